@@ -21,6 +21,7 @@ __all__ = [
     "ArchitectureAdapter",
     "UnsupportedArchitectureError",
     "get_adapter",
+    "layer_widths",
     "register_adapter",
 ]
 
@@ -211,3 +212,20 @@ def get_adapter(model_or_config: Any) -> ArchitectureAdapter:
             f"{', '.join(sorted(ADAPTERS))}. Add an ArchitectureAdapter with "
             "funcprune.register_adapter to support it."
         ) from None
+
+
+def layer_widths(model: nn.Module) -> dict[int, int]:
+    """Current MLP width of every layer, read from the modules (pruned models included).
+
+    Unlike ``config.intermediate_size``, this is right for models with per-layer
+    widths.
+
+    Returns
+    -------
+    dict[int, int]
+        Layer index -> number of intermediate channels (input features of the down
+        projection).
+    """
+    adapter = get_adapter(model)
+    return {i: int(adapter.mlp_weight(layer, "mlp.down").shape[1])
+            for i, layer in enumerate(adapter.get_layers(model))}

@@ -18,6 +18,7 @@ Used in the chapter :doc:`/executed/01_capture_activations`.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import ArchitectureAdapter, get_adapter
+from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .models import describe_model
 from .provenance import environment_info
 from .store import ActivationStore, ActivationWriter, check_dtype, split_layers
@@ -223,7 +224,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     check_dtype(dtype)
     adapter = get_adapter(model)
     recorder = MLPRecorder(model, kinds=kinds, layers=layers, dtype=dtype, adapter=adapter)
-    width = adapter.intermediate_size(model.config)
+    widths = layer_widths(model)
     batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
         raise ValueError("every calibration text tokenised to zero tokens")
@@ -234,7 +235,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
         "dtype": dtype,
         "kinds": list(recorder.kinds),
         "layers": recorder.layers,
-        "widths": {str(i): width for i in recorder.layers},
+        "widths": {str(i): widths[i] for i in recorder.layers},
         "max_tokens": max_tokens,
         "drop_first_token": drop_first_token,
     }
@@ -246,8 +247,11 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
                unit="batch", disable=not progress)
     was_training = model.training
     model.eval()
+    # Disk writes of batch b overlap the forward pass of batch b + 1 (at most one batch in flight,
+    # so memory stays bounded by two batches).
+    pending: Future[None] | None = None
     try:
-        with recorder:
+        with recorder, ThreadPoolExecutor(max_workers=1) as io:
             for b, (idx, batch) in enumerate(batches):
                 if b < writer.batches_done:
                     continue
@@ -256,16 +260,19 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
                     mask[:, 0] = False
                 recorder.mask = mask
                 model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-                rows = {}
-                for i in recorder.layers:
-                    block = torch.cat([recorder.records[(i, k)] for k in recorder.kinds], dim=1)
+                for (i, _kind), block in recorder.records.items():
                     if not torch.isfinite(block).all():
                         raise ValueError(f"non-finite activations in layer {i}, batch {b} (texts "
                                          f"{[identity['text_ids'][j] for j in idx]}); try float32 weights")
-                    rows[i] = block.numpy()
+                rows = {key: block.numpy() for key, block in recorder.records.items()}
                 doc = np.repeat(np.asarray(idx, dtype=np.int32), mask.sum(dim=1).numpy())
                 tokens = batch["input_ids"][mask].numpy()
-                writer.append(rows, tokens, doc)
+                if pending is not None:
+                    pending.result()
+                    bar.update(1)
+                pending = io.submit(writer.append, rows, tokens, doc)
+            if pending is not None:
+                pending.result()
                 bar.update(1)
     finally:
         bar.close()

@@ -3,14 +3,17 @@
 Layout of a store directory::
 
     manifest.json      what produced the data and how far the capture got
-    layer_000.bin      (n_tokens, n_voxels) in the manifest's dtype, row-major
+    layer_000_act.bin  (n_tokens, width) in the manifest's dtype, row-major, one file per kind
+    layer_000_up.bin
     ...
     tokens.bin         (n_tokens,) int32 token id of every row
     docs.bin           (n_tokens,) int32 index of the text each row came from
 
 Voxels of a layer are ordered kind-major: for kinds ``("act", "up")`` and an MLP
-of width ``I``, columns ``0..I-1`` are the ``act`` copies of channels ``0..I-1``
-and columns ``I..2I-1`` their ``up`` copies (see :meth:`ActivationStore.voxel_channels`).
+of width ``I``, columns ``0..I-1`` of :meth:`ActivationStore.layer` are the ``act``
+copies of channels ``0..I-1`` and columns ``I..2I-1`` their ``up`` copies (see
+:meth:`ActivationStore.voxel_channels`). Each kind has its own file, so capture
+writes each hooked tensor as it is, without concatenating.
 
 Rows are appended batch by batch. After each batch the files are flushed and the
 manifest is rewritten atomically with the committed row count, so a run that is
@@ -33,7 +36,7 @@ from ._io import atomic_write_json, read_json
 
 __all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES"]
 
-STORE_FORMAT = "funcprune-activations/1"
+STORE_FORMAT = "funcprune-activations/2"
 #: Storage dtypes a user may choose; computations downstream are done in float64.
 SUPPORTED_DTYPES = ("float32", "float16")
 #: Manifest keys that must match for a resume to be allowed.
@@ -52,8 +55,8 @@ def check_dtype(dtype: str) -> np.dtype:
     return np.dtype(dtype)
 
 
-def _layer_file(root: Path, layer: int) -> Path:
-    return root / f"layer_{layer:03d}.bin"
+def _layer_file(root: Path, layer: int, kind: str) -> Path:
+    return root / f"layer_{layer:03d}_{kind}.bin"
 
 
 class ActivationWriter:
@@ -85,10 +88,8 @@ class ActivationWriter:
         self.identity = {"format": STORE_FORMAT, **identity}
         self.np_dtype = check_dtype(self.identity["dtype"])
         self.layers: list[int] = list(self.identity["layers"])
-        self.n_voxels = {
-            layer: len(self.identity["kinds"]) * int(self.identity["widths"][str(layer)])
-            for layer in self.layers
-        }
+        self.kinds: list[str] = list(self.identity["kinds"])
+        self.widths = {layer: int(self.identity["widths"][str(layer)]) for layer in self.layers}
         self.batches_done = 0
         self.rows = 0
         self.complete = False
@@ -118,20 +119,16 @@ class ActivationWriter:
             f.write_bytes(b"")
         self._write_manifest()
 
-    def _files(self) -> list[Path]:
-        return [_layer_file(self.path, layer) for layer in self.layers] + [
-            self.path / "tokens.bin", self.path / "docs.bin"]
-
-    def _row_bytes(self, f: Path) -> int:
-        if f.name in ("tokens.bin", "docs.bin"):
-            return 4
-        layer = int(f.stem.split("_")[1])
-        return self.n_voxels[layer] * self.np_dtype.itemsize
+    def _files(self) -> dict[Path, int]:
+        """Every data file of the store and the bytes of one of its rows."""
+        files = {_layer_file(self.path, layer, kind): self.widths[layer] * self.np_dtype.itemsize
+                 for layer in self.layers for kind in self.kinds}
+        return {**files, self.path / "tokens.bin": 4, self.path / "docs.bin": 4}
 
     def _truncate_to_committed(self) -> None:
         """Drop rows written after the last committed batch (an interrupted append)."""
-        for f in self._files():
-            expected = self.rows * self._row_bytes(f)
+        for f, row_bytes in self._files().items():
+            expected = self.rows * row_bytes
             size = f.stat().st_size if f.exists() else -1
             if size < expected:
                 raise IncompatibleStoreError(
@@ -152,31 +149,31 @@ class ActivationWriter:
         })
 
     # -- appending --------------------------------------------------------------
-    def append(self, layer_rows: Mapping[int, np.ndarray], token_ids: np.ndarray,
+    def append(self, rows: Mapping[tuple[int, str], np.ndarray], token_ids: np.ndarray,
                doc_ids: np.ndarray) -> None:
         """Append one batch and commit it.
 
         Parameters
         ----------
-        layer_rows : Mapping[int, ndarray of shape (n_rows, n_voxels)]
-            Activations of every layer of the store for this batch.
+        rows : Mapping[(int, str), ndarray of shape (n_rows, width)]
+            Activations of every (layer, kind) of the store for this batch.
         token_ids, doc_ids : ndarray of shape (n_rows,)
             Token id and text index of every row.
         """
         n_rows = len(token_ids)
-        if set(layer_rows) != set(self.layers):
-            raise ValueError(f"batch has layers {sorted(layer_rows)}, store expects {self.layers}")
-        for layer in self.layers:
-            rows = np.ascontiguousarray(layer_rows[layer], dtype=self.np_dtype)
-            if rows.shape != (n_rows, self.n_voxels[layer]):
-                raise ValueError(
-                    f"layer {layer}: rows of shape {rows.shape}, expected {(n_rows, self.n_voxels[layer])}"
-                )
-            with open(_layer_file(self.path, layer), "ab") as fh:
-                fh.write(rows.tobytes())
+        expected_keys = {(layer, kind) for layer in self.layers for kind in self.kinds}
+        if set(rows) != expected_keys:
+            raise ValueError(f"batch has (layer, kind) keys {sorted(rows)}, store expects {sorted(expected_keys)}")
+        for (layer, kind), block in rows.items():
+            block = np.ascontiguousarray(block, dtype=self.np_dtype)
+            if block.shape != (n_rows, self.widths[layer]):
+                raise ValueError(f"layer {layer} {kind}: rows of shape {block.shape}, "
+                                 f"expected {(n_rows, self.widths[layer])}")
+            with open(_layer_file(self.path, layer, kind), "ab") as fh:
+                fh.write(memoryview(block).cast("B"))
         for name, values in (("tokens.bin", token_ids), ("docs.bin", doc_ids)):
             with open(self.path / name, "ab") as fh:
-                fh.write(np.asarray(values, dtype=np.int32).tobytes())
+                fh.write(np.ascontiguousarray(values, dtype=np.int32).tobytes())
         self.rows += n_rows
         self.batches_done += 1
         self._write_manifest()
@@ -244,20 +241,17 @@ class ActivationStore:
         Returns
         -------
         ndarray of shape (n_tokens, n_voxels) or (n_tokens, width)
-            Read-only memory map in the stored dtype; cast to float64 before
-            statistics.
+            With ``kind``: a read-only memory map in the stored dtype. Without: all
+            kinds side by side (an in-memory copy). Cast to float64 before statistics.
         """
         if layer not in self.layers:
             raise KeyError(f"layer {layer} not in store; captured layers: {self.layers}")
-        width = self.width(layer)
-        data = np.memmap(_layer_file(self.path, layer), dtype=self.dtype, mode="r",
-                         shape=(self.n_tokens, len(self.kinds) * width))
         if kind is None:
-            return data
+            return np.concatenate([self.layer(layer, k) for k in self.kinds], axis=1)
         if kind not in self.kinds:
             raise KeyError(f"kind {kind!r} not in store; captured kinds: {list(self.kinds)}")
-        k = self.kinds.index(kind)
-        return data[:, k * width:(k + 1) * width]
+        return np.memmap(_layer_file(self.path, layer, kind), dtype=self.dtype, mode="r",
+                         shape=(self.n_tokens, self.width(layer)))
 
     def voxel_channels(self, layer: int) -> np.ndarray:
         """Channel index of every voxel (column) of ``layer``, shape ``(n_voxels,)``."""

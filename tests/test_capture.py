@@ -157,7 +157,7 @@ def test_resume_after_interruption(tmp_path: Path) -> None:
     def crash_on_third(self, rows, tokens, docs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 3:  # write half a batch of one layer, then die
-            with open(tmp_path / "run" / "layer_000.bin", "ab") as fh:
+            with open(tmp_path / "run" / "layer_000_act.bin", "ab") as fh:
                 fh.write(b"\x00" * 100)
             raise KeyboardInterrupt
         return original(self, rows, tokens, docs)
@@ -192,12 +192,14 @@ def test_store_round_trip(tmp_path: Path) -> None:
                 "kinds": ["act", "up"], "layers": [0, 2], "widths": {"0": 4, "2": 4}, "max_tokens": 8,
                 "drop_first_token": False}
     writer = ActivationWriter(tmp_path, identity)
-    batches = [{0: rng.normal(size=(3, 8)), 2: rng.normal(size=(3, 8))} for _ in range(2)]
+    batches = [{(layer, kind): rng.normal(size=(3, 4)) for layer in (0, 2) for kind in ("act", "up")}
+               for _ in range(2)]
     for b, rows in enumerate(batches):
         writer.append(rows, np.arange(3) + 10 * b, np.full(3, b))
     store = writer.finish()
     for layer in (0, 2):
-        expected = np.concatenate([b[layer] for b in batches]).astype(np.float32)
+        expected = np.concatenate([np.hstack([b[(layer, "act")], b[(layer, "up")]]) for b in batches])
+        expected = expected.astype(np.float32)
         np.testing.assert_array_equal(store.layer(layer), expected)
         np.testing.assert_array_equal(store.layer(layer, "up"), expected[:, 4:])
     np.testing.assert_array_equal(store.voxel_channels(0), [0, 1, 2, 3, 0, 1, 2, 3])

@@ -1,0 +1,634 @@
+"""Stage 4: physically remove MLP channels, compensate biases, save and reload pruned models.
+
+Three levels, as in Torch-Pruning:
+
+* :func:`slice_linear` keeps some output rows or input columns of one ``nn.Linear``
+  (or GPT-2 ``Conv1D``); :func:`prune_layer` slices one decoder layer's MLP;
+* a :class:`~funcprune.plan.PruningPlan` says what every layer keeps;
+* :func:`prune` checks the plan against the model and applies it, with optional
+  FLAP-style bias compensation.
+
+**Bias compensation** (An et al., 2024, FLAP; used by Liu et al., 2025): the removed
+channels ``R`` of a layer contributed ``W_down[:, R] @ x_R`` to its output; their
+mean is folded into the down projection's bias, ``b += W_down[:, R] @ mean_t(x_R)``
+(a bias is created where the projection has none). :func:`compensate_bias` does this
+with given statistics (e.g. measured on the dense model). Passing
+:class:`CalibrationData` to :func:`prune` instead measures each layer's means *on the
+network whose earlier layers are already pruned and compensated*, as the paper does:
+the calibration tokens' hidden states are kept at the current layer; layer ``l`` is
+run once to measure its down-projection input, pruned and compensated, and run again
+to produce the input of layer ``l + 1``. Cost: about three forward passes over the
+calibration set (one to record each layer's call, two layer passes per pruned layer)
+and memory for the hidden states of every calibration token
+(``n_tokens x hidden`` in the model's dtype, padding included).
+
+**Config**: after pruning, ``config.per_layer_config = {layer: {key: width}}`` lists the
+layers whose width differs from the global ``intermediate_size`` (``n_inner`` for
+GPT-2), which keeps the *original* width; if every layer ends with the same width the
+global value is set to it instead and no per-layer entry is needed. In transformers
+5.24 a per-layer attribute then raises when read from the global config, which is what
+transformers' modeling code does, so a plain ``from_pretrained`` cannot build such a
+checkpoint yet: :func:`load_pruned` builds the architecture at the global width, slices
+the MLPs to the saved widths, and loads the weights strictly. ``config.funcprune``
+records the widths and the layers whose down projection gained a bias.
+
+Used in the chapter :doc:`/executed/03_prune`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._io import sha256_file
+from .adapters import ArchitectureAdapter, get_adapter, layer_widths
+from .capture import MLPRecorder, tokenize_batches
+from .evaluate import count_parameters
+from .plan import PruningPlan
+from .scoring import ChannelStatistics, _Accumulator
+
+__all__ = [
+    "CalibrationData",
+    "PlanMismatchError",
+    "PLAN_FILE",
+    "check_plan",
+    "compensate_bias",
+    "load_pruned",
+    "parameter_report",
+    "prune",
+    "prune_layer",
+    "save_pruned",
+    "slice_linear",
+]
+
+#: File name of the plan inside a saved pruned checkpoint.
+PLAN_FILE = "pruning_plan.json"
+PRUNED_FORMAT = "funcprune-pruned/1"
+
+
+class PlanMismatchError(ValueError):
+    """A plan does not fit the model it is applied to, or is malformed."""
+
+
+# ----------------------------------------------------------------------------------
+# Low level: one projection, one layer
+# ----------------------------------------------------------------------------------
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+@torch.no_grad()
+def slice_linear(module: nn.Module, keep: Sequence[int] | torch.Tensor, dim: int) -> nn.Module:
+    """Keep some output features (``dim=0``) or input features (``dim=1``) of a projection, in place.
+
+    Parameters
+    ----------
+    module : nn.Linear or transformers Conv1D
+        ``dim`` refers to the linear map ``y = W x + b`` with ``W`` of shape ``(out, in)``
+        whatever the storage layout (GPT-2's ``Conv1D`` stores ``(in, out)``).
+    keep : sequence of int or LongTensor
+        Indices to keep, in the order they will have.
+    dim : {0, 1}
+        0: output features (weight rows and the bias); 1: input features (columns;
+        the bias is unchanged).
+
+    Returns
+    -------
+    nn.Module
+        ``module`` itself, with new parameters (dtype, device and ``requires_grad`` kept).
+    """
+    if dim not in (0, 1):
+        raise ValueError(f"dim must be 0 (output features) or 1 (input features), got {dim!r}")
+    conv = _is_conv1d(module)
+    if not conv and not isinstance(module, nn.Linear):
+        raise TypeError(f"cannot slice a {type(module).__name__}; expected nn.Linear or Conv1D")
+    weight = module.weight
+    idx = torch.as_tensor(keep, dtype=torch.long, device=weight.device)
+    storage_dim = (1 - dim) if conv else dim
+    module.weight = nn.Parameter(weight.index_select(storage_dim, idx).contiguous(),
+                                 requires_grad=weight.requires_grad)
+    if dim == 0 and module.bias is not None:
+        module.bias = nn.Parameter(module.bias.index_select(0, idx).contiguous(),
+                                   requires_grad=module.bias.requires_grad)
+    n = int(idx.numel())
+    if conv:
+        if dim == 0:
+            module.nf = n
+        else:
+            module.nx = n
+    elif dim == 0:
+        module.out_features = n
+    else:
+        module.in_features = n
+    return module
+
+
+def _width(adapter: ArchitectureAdapter, layer: nn.Module) -> int:
+    return int(adapter.mlp_weight(layer, "mlp.down").shape[1])
+
+
+def _mlp_parent(adapter: ArchitectureAdapter, layer: nn.Module) -> nn.Module | None:
+    path = adapter.modules["mlp.down"]
+    parent = path.rsplit(".", 1)[0] if "." in path else ""
+    return layer.get_submodule(parent) if parent else None
+
+
+def prune_layer(model: nn.Module, layer: int, keep: Sequence[int]) -> None:
+    """Keep channels ``keep`` of one layer's MLP: rows of gate and up, columns of down.
+
+    Does not update ``model.config``; :func:`prune` does.
+    """
+    adapter = get_adapter(model)
+    module = adapter.get_layers(model)[layer]
+    names = ("mlp.gate", "mlp.up") if adapter.gated else ("mlp.up",)
+    for name in names:
+        slice_linear(adapter.module(module, name), keep, dim=0)
+    slice_linear(adapter.module(module, "mlp.down"), keep, dim=1)
+    parent = _mlp_parent(adapter, module)
+    if parent is not None and isinstance(getattr(parent, "intermediate_size", None), int):
+        parent.intermediate_size = len(keep)
+
+
+# ----------------------------------------------------------------------------------
+# Checking a plan
+# ----------------------------------------------------------------------------------
+def check_plan(model: nn.Module, plan: PruningPlan) -> None:
+    """Raise :class:`PlanMismatchError` unless ``plan`` is well formed and made for ``model``.
+
+    Checks model type, layer count, hidden size, revision (when both are known), the
+    current MLP widths, and that every layer's kept indices are sorted, unique, in range
+    and non-empty.
+    """
+    ident = plan.model
+    config = model.config
+    widths = layer_widths(model)
+    problems = []
+    if ident.get("model_type") != config.model_type:
+        problems.append(f"model type {config.model_type!r} != plan's {ident.get('model_type')!r}")
+    if int(ident.get("n_layers", -1)) != len(widths):
+        problems.append(f"{len(widths)} layers != plan's {ident.get('n_layers')}")
+    if int(ident.get("hidden_size", -1)) != int(config.hidden_size):
+        problems.append(f"hidden size {config.hidden_size} != plan's {ident.get('hidden_size')}")
+    revision = getattr(model, "funcprune_source", {}).get("revision")
+    if revision and ident.get("revision") and revision != ident["revision"]:
+        problems.append(f"revision {revision!r} != plan's {ident['revision']!r} "
+                        f"(plan made for {ident.get('name')!r})")
+    if problems:
+        raise PlanMismatchError(f"the plan was made for another model: {'; '.join(problems)}")
+    if sorted(plan.widths) != list(range(len(widths))) or sorted(plan.kept) != list(range(len(widths))):
+        raise PlanMismatchError(f"the plan lists layers {sorted(plan.kept)} (widths for {sorted(plan.widths)}); "
+                                f"the model has layers 0..{len(widths) - 1}")
+    differ = {i: (plan.widths[i], w) for i, w in widths.items() if plan.widths[i] != w}
+    if differ:
+        already = all(len(plan.kept[i]) == w for i, w in widths.items())
+        raise PlanMismatchError(
+            "MLP widths differ (layer: (plan, model)): " + str(differ)
+            + ("; the model looks already pruned with this plan" if already else ""))
+    for i, kept in plan.kept.items():
+        arr = np.asarray(kept)
+        if arr.size == 0:
+            raise PlanMismatchError(f"layer {i}: the plan keeps no channel (at least one is needed)")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise PlanMismatchError(f"layer {i}: kept indices must be integers, got {arr.dtype}")
+        if arr.min() < 0 or arr.max() >= widths[i]:
+            bad = arr[(arr < 0) | (arr >= widths[i])][:5].tolist()
+            raise PlanMismatchError(f"layer {i}: kept indices {bad} out of range [0, {widths[i]})")
+        if len(np.unique(arr)) != len(arr):
+            dup = sorted({int(c) for c in arr if (arr == c).sum() > 1})[:5]
+            raise PlanMismatchError(f"layer {i}: duplicated kept indices {dup}")
+        if np.any(np.diff(arr) < 0):
+            raise PlanMismatchError(f"layer {i}: kept indices are not sorted")
+
+
+# ----------------------------------------------------------------------------------
+# Bias compensation
+# ----------------------------------------------------------------------------------
+@torch.no_grad()
+def _add_compensation(adapter: ArchitectureAdapter, layer: nn.Module, removed: Sequence[int],
+                      mean: np.ndarray | torch.Tensor) -> None:
+    """``b_down += W_down[:, R] @ mean(x_R)`` for the removed channels ``R`` of one layer."""
+    down = adapter.module(layer, "mlp.down")
+    weight = adapter.mlp_weight(layer, "mlp.down")  # (hidden, width)
+    idx = torch.as_tensor(list(removed), dtype=torch.long)
+    mean = torch.as_tensor(np.asarray(mean), dtype=torch.float64)
+    delta = weight[:, idx.to(weight.device)].double().cpu() @ mean[idx]  # W_down[:, R] @ mean_t(x_R)
+    if down.bias is None:
+        down.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device),
+                                 requires_grad=weight.requires_grad)
+        down.funcprune_added_bias = True
+    down.bias.add_(delta.to(down.bias.device, down.bias.dtype))
+
+
+def compensate_bias(model: nn.Module, plan: PruningPlan, stats: ChannelStatistics,
+                    layers: Sequence[int] | None = None) -> None:
+    """Fold the mean contribution of the channels a plan removes into the down-projection bias.
+
+    Call it *before* the channels are sliced away (it needs ``W_down[:, removed]``);
+    :func:`prune` with ``bias_compensation=stats`` does both.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The unpruned model (widths equal ``plan.widths``).
+    plan : PruningPlan
+    stats : ChannelStatistics
+        Means of the down projection's input channels (:func:`funcprune.scoring.channel_statistics`).
+    layers : sequence of int, optional
+        Layers to compensate (default every layer the plan prunes).
+    """
+    adapter = get_adapter(model)
+    modules = adapter.get_layers(model)
+    widths = layer_widths(model)
+    targets = [i for i in plan.layers if plan.removed(i)] if layers is None else list(layers)
+    for i in targets:
+        if widths[i] != plan.widths[i]:
+            raise PlanMismatchError(f"layer {i} has width {widths[i]}, the plan expects {plan.widths[i]}: "
+                                    "compensate before pruning")
+        if i not in stats.mean or len(stats.mean[i]) != widths[i]:
+            raise ValueError(f"statistics lack layer {i} at width {widths[i]}")
+        _add_compensation(adapter, modules[i], plan.removed(i), stats.mean[i])
+
+
+@dataclass
+class CalibrationData:
+    """Texts on which :func:`prune` measures the means for progressive bias compensation.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    texts : sequence of str
+    batch_size : int, default=4
+    max_tokens : int, default=512
+    """
+
+    tokenizer: Any
+    texts: Sequence[str]
+    batch_size: int = 4
+    max_tokens: int = 512
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@torch.no_grad()
+def _prune_progressively(model: nn.Module, plan: PruningPlan, calib: CalibrationData,
+                         progress: bool) -> None:
+    adapter = get_adapter(model)
+    layers = adapter.get_layers(model)
+    n_layers = len(layers)
+    batches = list(tokenize_batches(calib.tokenizer, calib.texts, batch_size=calib.batch_size,
+                                    max_tokens=calib.max_tokens))
+    if not batches:
+        raise ValueError("bias compensation needs calibration tokens: every text is empty")
+    device = model.get_input_embeddings().weight.device
+    # 1. Record how each layer is called (masks, position embeddings ...) and layer 0's input.
+    calls: list[list[tuple[tuple, dict]]] = []
+    hidden: list[torch.Tensor] = []
+
+    def record(i: int, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        h, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+        if i == 0:
+            hidden.append(h)
+        calls[-1].append((rest, kwargs))
+        if i == n_layers - 1:
+            raise _StopForward
+
+    handles = [layer.register_forward_pre_hook(functools.partial(record, i), with_kwargs=True)
+               for i, layer in enumerate(layers)]
+    try:
+        for _, batch in batches:
+            calls.append([])
+            try:
+                model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def run(i: int, b: int) -> torch.Tensor:
+        rest, kwargs = calls[b][i]
+        return _first(layers[i](hidden[b], *rest, **kwargs))
+
+    # 2. Layer by layer: measure on the pruned prefix, compensate, prune, move on.
+    for i in tqdm(range(n_layers), desc="pruning with bias compensation", unit="layer",
+                  disable=not progress):
+        removed = plan.removed(i)
+        if removed:
+            acc = _Accumulator()
+            with MLPRecorder(model, kinds=("product",), layers=[i], adapter=adapter) as rec:
+                for b, (_, batch) in enumerate(batches):
+                    rec.mask = batch["attention_mask"].bool()
+                    run(i, b)
+                    acc.update(rec.records[(i, "product")])
+            mean = acc.result()[0]
+            _add_compensation(adapter, layers[i], removed, mean)
+            prune_layer(model, i, plan.kept[i])
+        if i < n_layers - 1:
+            hidden = [run(i, b) for b in range(len(batches))]
+
+
+# ----------------------------------------------------------------------------------
+# High level
+# ----------------------------------------------------------------------------------
+def _global_width(config: Any, adapter: ArchitectureAdapter) -> int:
+    """The config's global MLP width, readable even when per-layer widths are set."""
+    value = config.to_dict().get(adapter.intermediate_size_key)
+    if value is None and adapter.weight_layout == "conv1d":
+        return 4 * int(config.n_embd)
+    if value is None:
+        raise ValueError(f"config has no {adapter.intermediate_size_key!r}")
+    return int(value)
+
+
+def _update_config(model: nn.Module, method: str = "") -> None:
+    """Make ``model.config`` describe the current per-layer MLP widths (see the module notes)."""
+    adapter = get_adapter(model)
+    config = model.config
+    key = adapter.intermediate_size_key
+    widths = layer_widths(model)
+    global_width = _global_width(config, adapter)
+    config.per_layer_config = None  # homogeneous again while we edit
+    if len(set(widths.values())) == 1:
+        setattr(config, key, next(iter(widths.values())))
+    else:
+        overrides = {i: {key: w} for i, w in widths.items() if w != global_width}
+        config.per_layer_config = overrides or None
+    down_bias = [i for i, layer in enumerate(adapter.get_layers(model))
+                 if getattr(adapter.module(layer, "mlp.down"), "funcprune_added_bias", False)]
+    previous = getattr(config, "funcprune", None) or {}
+    config.funcprune = {
+        "format": PRUNED_FORMAT,
+        "mlp_widths": {str(i): w for i, w in widths.items()},
+        "down_bias_layers": down_bias,
+        "methods": list(previous.get("methods", [])) + ([method] if method else []),
+    }
+
+
+def prune(model: nn.Module, plan: PruningPlan, *,
+          bias_compensation: ChannelStatistics | CalibrationData | None = None,
+          progress: bool = True) -> nn.Module:
+    """Physically remove the MLP channels a plan drops, in place.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model the plan was made for (checked by :func:`check_plan`).
+    plan : PruningPlan
+    bias_compensation : ChannelStatistics or CalibrationData, optional
+        ``None``: no compensation. :class:`~funcprune.scoring.ChannelStatistics`: fold the
+        given means into the biases (statistics measured beforehand, e.g. on the dense
+        model, as FLAP does). :class:`CalibrationData`: measure each layer's means with its
+        earlier layers already pruned and compensated (the paper's procedure; about three
+        forward passes over the texts).
+    progress : bool, default=True
+        Progress bar for progressive compensation.
+
+    Returns
+    -------
+    nn.Module
+        ``model``, pruned, with ``model.config`` updated and ``model.funcprune_plan`` set.
+    """
+    check_plan(model, plan)
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(bias_compensation, CalibrationData):
+            _prune_progressively(model, plan, bias_compensation, progress)
+        elif isinstance(bias_compensation, ChannelStatistics) or bias_compensation is None:
+            if bias_compensation is not None:
+                compensate_bias(model, plan, bias_compensation)
+            for i in plan.layers:
+                if len(plan.kept[i]) < plan.widths[i]:
+                    prune_layer(model, i, plan.kept[i])
+        else:
+            raise TypeError(f"bias_compensation must be None, ChannelStatistics or CalibrationData, "
+                            f"got {type(bias_compensation).__name__}")
+    finally:
+        model.train(was_training)
+    _update_config(model, plan.method)
+    model.funcprune_plan = plan
+    return model
+
+
+def parameter_report(model_before: nn.Module, model_after: nn.Module) -> dict[str, Any]:
+    """Parameters before and after pruning (counted by :func:`funcprune.evaluate.count_parameters`).
+
+    Returns
+    -------
+    dict
+        ``total_before``, ``total_after``, ``mlp_before``, ``mlp_after``, ``removed``,
+        ``ratio_total`` and ``ratio_mlp`` (fractions removed), ``widths_before`` and
+        ``widths_after`` (per layer). Compensation biases count as added parameters.
+    """
+    before, after = count_parameters(model_before), count_parameters(model_after)
+    removed = before["total"] - after["total"]
+    return {
+        "total_before": before["total"], "total_after": after["total"],
+        "mlp_before": before["mlp"], "mlp_after": after["mlp"],
+        "removed": removed,
+        "ratio_total": removed / before["total"],
+        "ratio_mlp": (before["mlp"] - after["mlp"]) / before["mlp"],
+        "widths_before": layer_widths(model_before),
+        "widths_after": layer_widths(model_after),
+    }
+
+
+# ----------------------------------------------------------------------------------
+# Save / load
+# ----------------------------------------------------------------------------------
+def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
+                plan: PruningPlan | None = None, *, overwrite: bool = False) -> Path:
+    """Write a pruned model as a standard checkpoint (safetensors) plus its plan.
+
+    The directory holds ``config.json`` (with ``per_layer_config`` and ``funcprune``),
+    the weights, the tokenizer (if it has ``save_pretrained``) and ``pruning_plan.json``.
+    It is written to a temporary directory and renamed, so it is never half written.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model pruned by :func:`prune`.
+    tokenizer : transformers tokenizer or None
+    path : str or path-like
+        Destination directory.
+    plan : PruningPlan, optional
+        Default ``model.funcprune_plan``.
+    overwrite : bool, default=False
+        Replace an existing directory.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    path = Path(path)
+    plan = plan if plan is not None else getattr(model, "funcprune_plan", None)
+    if plan is None:
+        raise ValueError("no plan: pass plan= (the model was not pruned by funcprune.prune)")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if getattr(model.config, "funcprune", None) is None:
+        _update_config(model, plan.method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(tmp)
+        plan.save(tmp / PLAN_FILE)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    missing = [f for f in files if not (path / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{path} lacks weight files {missing}")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update(load_file(path / f))
+    return weights
+
+
+def _rename_checkpoint_keys(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply transformers' checkpoint renames (e.g. GPT-NeoX ``embed_out`` -> ``lm_head``).
+
+    ``save_pretrained`` writes some tensors under legacy names and ``from_pretrained``
+    renames them back; only pure renames exist for the supported families.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:  # older transformers: keys are saved as they are
+        return weights
+    renames = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    out = {}
+    for key, tensor in weights.items():
+        for rename in renames:
+            key = rename.rename_source_key(key)[0]
+        out[key] = tensor
+    return out
+
+
+def _saved_widths(config: Any, adapter: ArchitectureAdapter) -> dict[int, int]:
+    n_layers = int(config.num_hidden_layers)
+    meta = getattr(config, "funcprune", None) or {}
+    if "mlp_widths" in meta:
+        return {int(k): int(v) for k, v in meta["mlp_widths"].items()}
+    if getattr(config, "is_heterogeneous", False):
+        return {i: adapter.intermediate_size(config.per_layer_config[i]) for i in range(n_layers)}
+    return {i: adapter.intermediate_size(config) for i in range(n_layers)}
+
+
+@torch.no_grad()
+def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torch.float32,
+                device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """Load a checkpoint written by :func:`save_pruned`.
+
+    The base architecture is built at the global width without random initialisation,
+    its MLPs are sliced to the saved widths (down biases added where compensation created
+    them), and the weights are loaded strictly: a missing or unexpected tensor is an
+    error (tied weights excepted).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Checkpoint directory.
+    dtype : torch.dtype or str, default=torch.float32
+    device : str or torch.device, default="cpu"
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        In eval mode, with ``funcprune_source`` and ``funcprune_plan`` (when the plan file exists).
+    tokenizer : transformers tokenizer or None
+        ``None`` if the directory has no tokenizer.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
+
+    path = Path(path)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    config = AutoConfig.from_pretrained(path)
+    adapter = get_adapter(config)
+    widths = _saved_widths(config, adapter)
+    meta = getattr(config, "funcprune", None) or {}
+    overrides = None
+    if getattr(config, "is_heterogeneous", False):
+        key = adapter.intermediate_size_key
+        global_width = _global_width(config, adapter)
+        overrides = {i: {key: w} for i, w in widths.items() if w != global_width}
+        config.per_layer_config = None  # let the modeling code read the global width
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # no_init_weights skips init_weights, which also ties the embeddings
+    if overrides:
+        config.per_layer_config = overrides
+    layers = adapter.get_layers(model)
+    if len(layers) != len(widths):
+        raise ValueError(f"config describes {len(widths)} MLP widths for {len(layers)} layers")
+    for i, width in widths.items():
+        if _width(adapter, layers[i]) != width:
+            prune_layer(model, i, list(range(width)))
+        if i in set(meta.get("down_bias_layers", [])):
+            down = adapter.module(layers[i], "mlp.down")
+            if down.bias is None:
+                weight = adapter.mlp_weight(layers[i], "mlp.down")
+                down.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype))
+            down.funcprune_added_bias = True
+    weights = _rename_checkpoint_keys(model, _read_weights(path))
+    expected = model.state_dict(keep_vars=True)
+    unexpected = sorted(set(weights) - set(expected))
+    loaded_ids = {id(expected[k]) for k in weights if k in expected}
+    missing = sorted(k for k in set(expected) - set(weights) if id(expected[k]) not in loaded_ids)
+    if unexpected or missing:
+        raise ValueError(f"{path} does not match the pruned architecture: missing tensors "
+                         f"{missing[:10]}, unexpected tensors {unexpected[:10]}")
+    model.load_state_dict(weights, strict=False)
+    model.to(device)
+    model.eval()
+    weights_file = path / "model.safetensors"
+    model.funcprune_source = {
+        "name": path.name, "source": "pruned", "path": str(path.resolve()),
+        "revision": sha256_file(weights_file)[:16] if weights_file.exists() else "unknown",
+        "model_type": config.model_type, "dtype": str(dtype).replace("torch.", ""),
+    }
+    if (path / PLAN_FILE).exists():
+        model.funcprune_plan = PruningPlan.load(path / PLAN_FILE)
+    tokenizer = None
+    if (path / "tokenizer_config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"
+    return model, tokenizer

@@ -1,0 +1,173 @@
+"""Run profiles and notebook execution: what ``make book`` and the notebook tests call.
+
+A *profile* (``params/<name>.yaml``) names a model, data and the settings of every
+stage. :func:`run_notebooks` executes each notebook of ``notebooks/`` in order with
+papermill, passing each one only the profile values its ``parameters`` cell
+declares, into executed copies (``book/executed/`` for the book). Every stage
+reads what earlier stages wrote to the profile's run directory.
+
+Command line::
+
+    python -m funcprune.workflow run --profile default [--out book/executed]
+    python -m funcprune.workflow check-html book/_build/html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+__all__ = ["REPO_ROOT", "find_errors", "load_profile", "notebook_parameters", "run_notebooks"]
+
+#: Repository root (the directory holding ``notebooks/`` and ``params/``).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_profile(name_or_path: str | Path) -> dict[str, Any]:
+    """Load a run profile by name (``params/<name>.yaml``) or path.
+
+    The profile's ``run_dir`` is made absolute (relative to the repository root) and
+    its ``profile`` key is set to its name.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the available profiles.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = REPO_ROOT / "params" / f"{name_or_path}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in (REPO_ROOT / "params").glob("*.yaml"))
+        raise FileNotFoundError(f"profile {str(name_or_path)!r} not found; available profiles: {available}")
+    profile = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(profile, dict):
+        raise ValueError(f"{path} must hold a mapping of parameter names to values")
+    profile.setdefault("profile", path.stem)
+    run_dir = Path(profile.get("run_dir", f"runs/{path.stem}"))
+    profile["run_dir"] = str(run_dir if run_dir.is_absolute() else REPO_ROOT / run_dir)
+    return profile
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
+    """Parameters declared by a notebook's ``parameters`` cell (papermill's inspection)."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+def run_notebooks(profile: str | Path | dict[str, Any], out_dir: str | Path, *,
+                  notebooks: Sequence[str | Path] | None = None, kernel_name: str = "python3",
+                  log_output: bool = False) -> list[dict[str, Any]]:
+    """Execute the stage notebooks in order with one profile.
+
+    Parameters
+    ----------
+    profile : str, path or dict
+        Profile name, YAML path, or an already loaded profile.
+    out_dir : str or path
+        Where executed notebooks are written (same file names).
+    notebooks : sequence of paths, optional
+        Notebooks to run (default: ``notebooks/[0-9]*.ipynb`` sorted).
+    kernel_name : str, default="python3"
+        Jupyter kernel.
+    log_output : bool, default=False
+        Stream cell output to the log while running.
+
+    Returns
+    -------
+    list of dict
+        Per notebook: name, parameters passed, seconds.
+
+    Raises
+    ------
+    ValueError
+        If the profile sets a parameter no notebook declares (a typo would otherwise be ignored).
+    """
+    import papermill
+
+    prof = profile if isinstance(profile, dict) else load_profile(profile)
+    paths = [Path(p) for p in notebooks] if notebooks else sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
+    declared = {p: notebook_parameters(p) for p in paths}
+    known = set().union(*declared.values()) | {"profile"}
+    unknown = sorted(set(prof) - known)
+    if unknown and notebooks is None:
+        raise ValueError(f"profile sets {unknown}, which no notebook declares; declared: {sorted(known)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    Path(prof["run_dir"]).mkdir(parents=True, exist_ok=True)
+    report = []
+    for path in paths:
+        params = {k: v for k, v in prof.items() if k in declared[path]}
+        start = time.perf_counter()
+        print(f"[funcprune] executing {path.name} with {params}", file=sys.stderr, flush=True)
+        papermill.execute_notebook(str(path), str(out / path.name), parameters=params,
+                                   kernel_name=kernel_name, cwd=str(REPO_ROOT), log_output=log_output,
+                                   progress_bar=False)
+        seconds = round(time.perf_counter() - start, 1)
+        print(f"[funcprune] {path.name} done in {seconds} s", file=sys.stderr, flush=True)
+        report.append({"notebook": path.name, "parameters": params, "seconds": seconds})
+    return report
+
+
+def find_errors(paths: Sequence[str | Path]) -> list[str]:
+    """Error outputs in executed notebooks or tracebacks in built HTML pages.
+
+    Parameters
+    ----------
+    paths : sequence of paths
+        ``.ipynb`` files, ``.html`` files, or directories searched recursively for both.
+
+    Returns
+    -------
+    list of str
+        One line per problem found (empty when clean).
+    """
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.rglob("*.ipynb")) + sorted(p.rglob("*.html")) if p.is_dir() else [p]
+    problems = []
+    for f in files:
+        if {"_sources", "_modules", ".ipynb_checkpoints"} & set(f.parts):
+            continue
+        if f.suffix == ".ipynb":
+            nb = json.loads(f.read_text())
+            for i, cell in enumerate(nb.get("cells", [])):
+                for output in cell.get("outputs", []):
+                    if output.get("output_type") == "error":
+                        problems.append(f"{f}: cell {i}: {output.get('ename')}: {output.get('evalue')}")
+        elif "Traceback (most recent call last)" in f.read_text(errors="replace"):
+            problems.append(f"{f}: contains a Python traceback")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m funcprune.workflow")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the notebooks with a profile")
+    run.add_argument("--profile", default="default")
+    run.add_argument("--out", default=str(REPO_ROOT / "book" / "executed"))
+    check = sub.add_parser("check-html", help="fail if built pages or executed notebooks show errors")
+    check.add_argument("paths", nargs="+")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        start = time.perf_counter()
+        report = run_notebooks(args.profile, args.out)
+        total = round(time.perf_counter() - start, 1)
+        print(json.dumps({"profile": args.profile, "notebooks": report, "seconds": total}, indent=2))
+        return 0
+    problems = find_errors(args.paths)
+    for line in problems:
+        print(line, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
