@@ -83,14 +83,24 @@ def authors_like(X: np.ndarray, k: int, n_init: int, seed: int, max_iter: int) -
     components, _, _ = randomized_svd(signals.T, n_components=k, transpose=True,
                                       random_state=seed, n_iter=5)
     seeds = np.random.RandomState(seed).randint(np.iinfo(np.int32).max, size=n_init)
-    best, best_sparsity = None, np.inf
+    best, best_sparsity, failed = None, np.inf, 0
     for s in seeds:
-        maps = fastica(components.astype(np.float64), whiten="unit-variance", fun="cube",
-                       random_state=s, max_iter=max_iter)[2].T
+        try:  # the authors caught errors per group and dropped the group
+            maps = fastica(components.astype(np.float64), whiten="unit-variance", fun="cube",
+                           random_state=s, max_iter=max_iter)[2].T
+        except ValueError:  # NaN inside scikit-learn (e.g. a whitening direction zeroed)
+            failed += 1
+            continue
+        if not np.isfinite(maps).all():
+            failed += 1
+            continue
         sparsity = np.abs(maps).sum(axis=1).max()
         if sparsity < best_sparsity:
             best, best_sparsity = maps, sparsity
-    return ((best - best.mean(axis=1, keepdims=True)) / best.std(axis=1, keepdims=True)).astype(np.float32)
+    if best is None:
+        return None, failed
+    z = (best - best.mean(axis=1, keepdims=True)) / best.std(axis=1, keepdims=True)
+    return z.astype(np.float32), failed
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
@@ -115,11 +125,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
                                     progress=False).fit(X)
             maps, record = fn.maps_[0], fn.convergence_[0]
         else:
-            maps, record = authors_like(X, case["k"], case["n_init"], 0, case["max_iter"]), None
+            maps, failed = authors_like(X, case["k"], case["n_init"], 0, case["max_iter"])
+            record = None
     seconds = time.perf_counter() - t0
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    _, truth_corr = match_maps(truth, maps)
+    truth_corr = match_maps(truth, maps)[1] if maps is not None else np.array([np.nan])
     out = {**case, "seconds": seconds, "traced_mib": traced_peak / 2**20,
            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "rss_before_mib": rss_before / 1024, "maps": maps,
@@ -127,7 +138,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
            "n_warnings": sum("did not converge" in str(w.message) for w in caught)}
     if record is not None:
         out.update(steps=record["seconds"], n_iter=record["n_iter"],
-                   converged=sum(record["converged"]))
+                   converged=sum(record["converged"]), failed=record["finite"].count(False))
+    else:
+        out.update(failed=failed)
     return out
 
 
@@ -140,7 +153,7 @@ def fmt_row(r: dict[str, Any]) -> str:
     return (f"{r['name']:<9} {r['impl']:<10} {r['tokens']:>6} {r['voxels']:>6} {r['k']:>4} "
             f"{r['n_init']:>3} {split} {r['seconds']:8.1f} {r['traced_mib']:8.0f} "
             f"{r['rss_before_mib']:6.0f} {r['rss_mib']:8.0f} {iters} "
-            f"{r['truth_median']:6.3f} {r['truth_min']:6.3f}")
+            f"{r['truth_median']:6.3f} {r['truth_min']:6.3f} {r['failed']:>4}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,11 +191,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.getloadavg()[0]:.1f} (timings scale with other work on the machine)")
     header = (f"{'case':<9} {'impl':<10} {'tokens':>6} {'voxels':>6} {'k':>4} {'ini':>3} "
               f"{'zscore':>7} {'svd':>7} {'ica':>7} {'s/layer':>8} {'traced':>8} {'RSS0':>6} {'maxRSS':>8} "
-              f"{'iters':>5} {'conv':>7} {'truth':>6} {'min':>6}")
+              f"{'iters':>5} {'conv':>7} {'truth':>6} {'min':>6} {'NaN':>4}")
     print(header + "\n" + "-" * len(header))
     print("seconds; MiB (traced: numpy peak during the fit; RSS0/maxRSS: process peak before/after\n"
           "the fit, imports and data included); iters: median FastICA iterations; conv: restarts\n"
-          "converged; truth/min: median/min matched |corr| with the planted sources")
+          "converged; truth/min: median/min matched |corr| with the planted sources; NaN: restarts\n"
+          "that failed with NaN/inf")
     results = []
     for case in cases:
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
@@ -198,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         for shape in shapes:
             ours, theirs = (next(r["maps"] for r in results if r["name"] == shape["name"]
                                  and r["impl"] == impl) for impl in ("funcprune", "authors"))
+            if theirs is None:
+                print(f"  {shape['name']:<9} the authors' path failed in every restart")
+                continue
             _, corr = match_maps(ours, theirs)
             print(f"  {shape['name']:<9} median {np.median(corr):.3f}, min {corr.min():.3f}, "
                   f"> 0.9: {int((corr > 0.9).sum())}/{len(corr)}")

@@ -145,8 +145,11 @@ def perplexity(
         ``ppl``, ``nll`` (mean, nats per token), ``n_tokens`` (tokens scored),
         ``n_windows``, ``seq_len`` (used), ``seq_len_requested``,
         ``seq_len_clamped``, ``stride``, ``n_tokens_data`` (tokens available),
-        ``n_tokens_dropped`` (tail not covered by a full window), ``tokenized``
-        and ``text_ids`` (when given).
+        ``n_tokens_dropped`` (tail not covered by a full window), ``tokenized``,
+        ``window_nll`` (list, one mean NLL per window in order, nats per token:
+        the units of a standard error or bootstrap over windows),
+        ``window_tokens`` (tokens scored in each window) and ``text_ids`` (when
+        given). ``nll`` is the token-weighted mean of ``window_nll``.
 
     Raises
     ------
@@ -186,6 +189,8 @@ def perplexity(
     model.eval()
     nll_sum = 0.0
     n_scored = 0
+    window_nll: list[float] = []  # mean NLL of each window's scored tokens
+    window_tokens: list[int] = []
     try:
         with torch.inference_mode():
             for b in tqdm(range(0, len(starts), batch_size), desc=f"perplexity@{seq_len}",
@@ -197,14 +202,18 @@ def perplexity(
                     labels[row, :first] = -100
                 windows, labels = windows.to(device), labels.to(device)
                 logits = model(input_ids=windows, use_cache=False).logits  # (B, L, V)
-                nll = F.cross_entropy(
+                token_nll = F.cross_entropy(
                     logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                     labels[:, 1:].reshape(-1),
                     ignore_index=-100,
-                    reduction="sum",
-                )
-                nll_sum += float(nll.double())
-                n_scored += int((labels[:, 1:] != -100).sum())
+                    reduction="none",
+                ).reshape(len(batch_starts), -1)  # (B, L - 1), 0 where ignored
+                row_sums = token_nll.double().sum(dim=1).tolist()
+                row_counts = (labels[:, 1:] != -100).sum(dim=1).tolist()
+                window_nll += [s / c for s, c in zip(row_sums, row_counts)]
+                window_tokens += [int(c) for c in row_counts]
+                nll_sum += sum(row_sums)
+                n_scored += sum(row_counts)
     finally:
         model.train(was_training)
 
@@ -224,6 +233,8 @@ def perplexity(
         "n_tokens_used": n_avail,
         "n_tokens_dropped": n_avail - covered,
         "tokenized": tokenized,
+        "window_nll": window_nll,
+        "window_tokens": window_tokens,
     }
     if text_ids is not None:
         result["text_ids"] = list(text_ids)

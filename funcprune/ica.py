@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator
 from sklearn.decomposition import FastICA
@@ -55,6 +56,9 @@ DEVICES = ("cpu", "cuda")
 #: A voxel whose standard deviation over time is below this (relative to its mean,
 #: or absolute when the mean is below 1) is treated as constant and set to zero.
 CONSTANT_RTOL = 1e-12
+#: Below this ratio of smallest to largest singular value of the centred spatial
+#: components, whitening amplifies noise: warned about and recorded.
+WHITENING_MIN_CONDITION = 1e-2
 
 
 class ICAConvergenceWarning(ConvergenceWarning):
@@ -159,6 +163,17 @@ def _whiten(spatial: np.ndarray) -> tuple[np.ndarray, float]:
     return P * np.sqrt(spatial.shape[0]), float(sv[-1] / sv[0]) if sv[0] > 0 else 0.0
 
 
+def _cube(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cube non-linearity for FastICA: ``g(x) = x**3`` and the mean of ``g'(x) = 3 x**2``.
+
+    Same values as scikit-learn's ``fun="cube"``, written with multiplications:
+    ``x ** 3`` calls ``pow`` per element and made each FastICA iteration ~20x slower
+    (measured in ``benchmarks/bench_ica.py``).
+    """
+    x2 = x * x
+    return x2 * x, 3.0 * x2.mean(axis=-1)
+
+
 def _fastica_restart(white: np.ndarray, seed: int, max_iter: int, tol: float) -> dict[str, Any]:
     """One FastICA run on whitened spatial loadings; warnings are captured, not lost.
 
@@ -175,9 +190,11 @@ def _fastica_restart(white: np.ndarray, seed: int, max_iter: int, tol: float) ->
         ``n_iter``, ``converged``, ``finite``, ``sparsity`` (max over components of
         the L1 norm, ``inf`` if not finite) and ``warnings`` (messages).
     """
-    ica = FastICA(fun="cube", whiten=False, max_iter=max_iter, tol=tol, random_state=int(seed))
+    ica = FastICA(fun=_cube, whiten=False, max_iter=max_iter, tol=tol, random_state=int(seed))
     errstate = np.errstate(over="warn", divide="warn", invalid="warn", under="ignore")
-    with warnings.catch_warnings(record=True) as caught, errstate:
+    # Matrices of n_components x n_voxels are too small to gain from BLAS threads, and
+    # threads busy-waiting on a loaded machine slowed FastICA several-fold.
+    with warnings.catch_warnings(record=True) as caught, errstate, threadpool_limits(1):
         warnings.simplefilter("always")
         sources = ica.fit_transform(white)
         sources = sources / sources.std(axis=0)  # unit variance, as whiten="unit-variance"
@@ -234,9 +251,15 @@ def _as_source(X: Any, doc_ids: np.ndarray | None) -> _Source:
         if doc_ids is not None:
             raise ValueError("doc_ids is taken from the store (store.doc_ids); do not pass it")
         store = X
+
+        def read_store(layer: int, rows: slice | np.ndarray) -> np.ndarray:
+            # one kind's memory map at a time, only this group's rows: never a whole layer
+            return np.concatenate([np.asarray(store.layer(layer, kind)[rows], dtype=np.float64)
+                                   for kind in store.kinds], axis=1)
+
         return _Source(
             layers=list(store.layers), n_rows=store.n_tokens, doc_ids=store.doc_ids,
-            read=lambda layer, rows: np.array(store.layer(layer)[rows], dtype=np.float64),
+            read=read_store,
             voxel_channels=store.voxel_channels,
             description={"kind": "store", "path": str(store.path), "dtype": store.dtype.name,
                          "kinds": list(store.kinds), "model": store.manifest.get("model"),
@@ -632,6 +655,9 @@ class FunctionalNetworks(BaseEstimator):
                                 f"{'converged' if runs[selected]['converged'] else 'did NOT converge'}")
             if len(finite) < self.n_init:
                 problems.append(f"{self.n_init - len(finite)} restart(s) produced NaN/inf and were dropped")
+            if record["whitening_condition"] < WHITENING_MIN_CONDITION:
+                problems.append(f"a spatial component is nearly constant over voxels (whitening "
+                                f"condition {record['whitening_condition']:.1e}); its map is mostly noise")
             if record["warnings"] and not n_bad:
                 problems.append("FastICA raised warnings")
             if problems:

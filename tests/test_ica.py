@@ -180,6 +180,16 @@ def test_constant_voxels_become_zero_not_nan(planted_data):
     assert fn.convergence_[0]["n_constant_voxels"] == 4
 
 
+def test_global_mode_is_reported():
+    """A mode shared by every voxel is almost removed by centring: warned, recorded."""
+    rng = np.random.default_rng(0)
+    X = rng.laplace(size=(300, 500)) + 50 * rng.normal(size=(300, 1))
+    fn = FunctionalNetworks(4, n_init=2, random_state=0, progress=False)
+    with pytest.warns(ICAConvergenceWarning, match="nearly constant over voxels"):
+        fn.fit(X)
+    assert fn.convergence_[0]["whitening_condition"] < 1e-2
+
+
 def test_non_convergence_warns_and_is_recorded(planted_data):
     fn = FunctionalNetworks(N_SOURCES, n_groups=2, n_init=2, max_iter=1, random_state=0, progress=False)
     with pytest.warns(ICAConvergenceWarning) as caught:
@@ -245,8 +255,9 @@ def store(tmp_path_factory) -> ActivationStore:
             for layer in (0, 1)}
     for start in range(0, n_tokens, 100):  # several batches
         rows = slice(start, min(start + 100, n_tokens))
-        writer.append({layer: data[layer][rows] for layer in data}, np.zeros(rows.stop - rows.start),
-                      doc_ids[rows])
+        blocks = {(layer, kind): data[layer][rows, k * WIDTH:(k + 1) * WIDTH]
+                  for layer in data for k, kind in enumerate(KINDS)}  # kind-major voxels
+        writer.append(blocks, np.zeros(rows.stop - rows.start), doc_ids[rows])
     return writer.finish()
 
 
@@ -306,3 +317,16 @@ def test_torch_svd_spans_the_same_subspace(planted_data):
     ours = _randomized_svd_torch(X, N_SOURCES, "auto", seed=0, device="cpu")
     cosines = np.linalg.svd(reference.T @ ours, compute_uv=False)  # principal angles
     assert cosines.min() > 1 - 1e-8, cosines
+
+
+def test_fast_cube_equals_sklearn_cube() -> None:
+    """Our multiplication-based cube gives scikit-learn's fun="cube" result."""
+    from sklearn.decomposition import FastICA
+
+    from funcprune.ica import _cube, _whiten
+
+    X, *_ = planted(seed=3)
+    white, _ = _whiten(np.linalg.svd(X - X.mean(0), full_matrices=False)[2][:N_SOURCES].T)
+    ours = FastICA(fun=_cube, whiten=False, random_state=0, max_iter=200).fit_transform(white)
+    theirs = FastICA(fun="cube", whiten=False, random_state=0, max_iter=200).fit_transform(white)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-9)

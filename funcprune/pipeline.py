@@ -1,0 +1,637 @@
+"""Stage 4, high level: one definition of every pruning method, and pruning a model with all of them.
+
+A *method* is a scorer plus a way to apply its plan. Every method goes through the
+same code: :func:`make_plan` ranks the channels with the method's scorer and selects
+them with :func:`funcprune.plan.select_channels` (same budget, same protected layers,
+same ``round_to``), and :func:`build_pruned` slices a fresh copy of the dense model
+with :func:`funcprune.prune.prune`. Methods differ only in the score and the bias
+compensation:
+
+===========  ==========================================================  ==============================
+method       score (larger = keep)                                       bias compensation
+===========  ==========================================================  ==============================
+fn           key-neuron score ``max |z|`` of the functional networks     none
+fn-bias      the same plan as ``fn``                                     progressive: measured with the
+                                                                         pruned network feeding later
+                                                                         layers (the paper's)
+random       ``U(0, 1)``, seeded (run several seeds)                     none
+magnitude    L2 norm of the channel's gate, up and down weights          none
+wanda-sp     ``sum_i |W_down[i, j]| * ||x_j||_2``                         none
+flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``                        static: dense-model means (FLAP)
+===========  ==========================================================  ==============================
+
+:func:`prune_all` runs a grid of methods, ratios and seeds over one run directory::
+
+    run_dir/activations/manifest.json   stage 1: which calibration texts (read by calibration_texts)
+    run_dir/networks/                   stage 2: FunctionalNetworks.save
+    run_dir/stats/                      activation statistics for wanda-sp and flap (cached)
+    run_dir/plans/<key>.json            one plan per (method, ratio[, seed])
+    run_dir/pruned/<key>/               the pruned checkpoint (save_pruned / load_pruned)
+    run_dir/pruned/index.json           what was built: ratios, parameters, widths, seconds
+
+Keys read ``fn_r0.20`` or ``random-s1_r0.10``. Work already done is reused: a
+checkpoint whose saved plan equals the new plan (provenance aside) is not rebuilt.
+
+Used in the chapter :doc:`/executed/04_structured_pruning`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._io import atomic_write_json, read_json
+from .adapters import layer_widths
+from .data import DATASETS, Text, load_texts
+from .evaluate import count_parameters
+from .models import load_model
+from .plan import PruningPlan, model_identity, select_channels
+from .prune import PLAN_FILE, CalibrationData, load_pruned, prune, save_pruned
+from .scoring import (ChannelStatistics, FlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
+                      RandomScorer, Scorer, WandaSpScorer, channel_statistics)
+
+__all__ = [
+    "INDEX_FORMAT",
+    "METHODS",
+    "Method",
+    "build_pruned",
+    "calibration_statistics",
+    "calibration_texts",
+    "get_method",
+    "make_plan",
+    "method_key",
+    "prune_all",
+    "read_index",
+]
+
+INDEX_FORMAT = "funcprune-pruned-index/1"
+STATS_DIR = "stats"
+PLANS_DIR = "plans"
+PRUNED_DIR = "pruned"
+INDEX_FILE = "index.json"
+
+
+# ----------------------------------------------------------------------------------
+# The methods
+# ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """A pruning method: a scorer and how its plan is applied.
+
+    Attributes
+    ----------
+    name : str
+        Registry key (``"fn"``, ``"fn-bias"``, ...).
+    label : str
+        Name for tables and figures.
+    scorer : {"functional_networks", "random", "magnitude", "wanda_sp", "flap"}
+        Importance criterion (see :mod:`funcprune.scoring`).
+    compensation : {None, "progressive", "static"}
+        Bias compensation at pruning time: none; measured layer by layer on the
+        network whose earlier layers are already pruned
+        (:class:`funcprune.prune.CalibrationData`); or from statistics of the dense
+        model (:class:`funcprune.scoring.ChannelStatistics`, FLAP's).
+    needs_networks : bool
+        The score needs fitted functional networks (stage 2).
+    needs_statistics : bool
+        The score or the compensation needs activation statistics of the dense model.
+    seeded : bool
+        The score is random; run several seeds.
+    description : str
+        One line for readers.
+    """
+
+    name: str
+    label: str
+    scorer: str
+    compensation: Literal["progressive", "static"] | None = None
+    needs_networks: bool = False
+    needs_statistics: bool = False
+    seeded: bool = False
+    description: str = ""
+
+    @property
+    def needs_texts(self) -> bool:
+        """Calibration texts are needed (statistics or progressive compensation)."""
+        return self.needs_statistics or self.compensation == "progressive"
+
+
+#: The registry, in the order tables and figures show the methods.
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("fn", "FN", "functional_networks", needs_networks=True,
+           description="functional networks: keep the key neurons, max |z| over ICA maps (Liu et al., 2025)"),
+    Method("fn-bias", "FN + bias", "functional_networks", compensation="progressive", needs_networks=True,
+           description="the fn plan, then bias compensation measured on the progressively pruned network"),
+    Method("random", "random", "random", seeded=True,
+           description="uniform random scores, seeded"),
+    Method("magnitude", "magnitude", "magnitude",
+           description="L2 norm of the weights a channel owns (gate and up rows, down column)"),
+    Method("wanda-sp", "Wanda-sp", "wanda_sp", needs_statistics=True,
+           description="|W_down| column sum times the channel's activation norm (An et al., 2024)"),
+    Method("flap", "FLAP", "flap", compensation="static", needs_statistics=True,
+           description="fluctuation metric and bias compensation from dense statistics (An et al., 2024)"),
+)}
+
+
+def get_method(name: str | Method) -> Method:
+    """The :class:`Method` registered as ``name``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the accepted ones.
+    """
+    if isinstance(name, Method):
+        return name
+    if name not in METHODS:
+        raise ValueError(f"unknown pruning method {name!r}; accepted methods: {list(METHODS)}")
+    return METHODS[name]
+
+
+def method_key(method: str, ratio: float, seed: int | None = None) -> str:
+    """File-name key of one pruned model: ``"fn_r0.20"``, ``"random-s1_r0.10"``.
+
+    The ratio is written with two decimals when that is exact, else with up to six
+    significant digits (``"fn_r0.125"``), so different ratios never share a key.
+    """
+    tag = f"{ratio:.2f}" if math.isclose(ratio, round(ratio, 2), abs_tol=1e-12) else f"{ratio:.6g}"
+    name = get_method(method).name
+    return f"{name}-s{seed}_r{tag}" if seed is not None else f"{name}_r{tag}"
+
+
+def _scorer(method: Method, networks: Any, seed: int) -> Scorer:
+    if method.scorer == "functional_networks":
+        if networks is None:
+            raise ValueError(f"method {method.name!r} needs functional networks: pass networks= "
+                             "(FunctionalNetworks fitted in stage 2)")
+        return FunctionalNetworkScorer(networks)
+    if method.scorer == "random":
+        return RandomScorer(seed)
+    if method.scorer == "magnitude":
+        return MagnitudeScorer()
+    if method.scorer == "wanda_sp":
+        return WandaSpScorer()
+    if method.scorer == "flap":
+        return FlapScorer()
+    raise ValueError(f"method {method.name!r} has an unknown scorer {method.scorer!r}")
+
+
+def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks: Any = None,
+              stats: ChannelStatistics | None = None, seed: int = 0,
+              basis: Literal["total", "mlp"] = "total",
+              allocation: Literal["global", "uniform"] = "global",
+              protected_layers: Sequence[int] | None = None, round_to: int = 1,
+              settings: Mapping[str, Any] | None = None) -> PruningPlan:
+    """The plan of one method at one ratio: score every channel, then select.
+
+    Parameters
+    ----------
+    method : str or Method
+        A key of :data:`METHODS`.
+    model : nn.Module
+        The dense model.
+    ratio : float
+        Fraction of ``basis`` parameters to remove, in ``(0, maximum)`` (the plan's
+        error message states the maximum).
+    networks : FunctionalNetworks, optional
+        Fitted functional networks (``fn`` and ``fn-bias``).
+    stats : ChannelStatistics, optional
+        Activation statistics of the dense model (``wanda-sp`` and ``flap``).
+    seed : int, default=0
+        Seed of the ``random`` scores (ignored by the other methods).
+    basis : {"total", "mlp"}, default="total"
+        What the ratio counts (see :func:`funcprune.plan.select_channels`).
+    allocation : {"global", "uniform"}, default="global"
+        One ranking across layers, or the same fraction of every prunable layer.
+    protected_layers : sequence of int, optional
+        Layers never pruned; default the first three and the last two.
+    round_to : int, default=1
+        Kept widths are multiples of this.
+    settings : dict, optional
+        Extra facts recorded in the plan's ``settings`` (e.g. the calibration data).
+
+    Returns
+    -------
+    PruningPlan
+        ``method`` is the method's name; ``settings`` hold the scorer's name and
+        settings, the compensation and (for ``random``) the seed.
+
+    Raises
+    ------
+    ValueError
+        Unknown method, a ratio outside ``(0, maximum)``, missing networks or statistics.
+    """
+    m = get_method(method)
+    if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
+        raise ValueError(f"ratio {ratio!r} must be a number in (0, 1) (a fraction of {basis} parameters "
+                         "to remove; the largest reachable one depends on the protected layers)")
+    scorer = _scorer(m, networks, seed)
+    scores = scorer(model, stats)
+    recorded = {"scorer": scorer.name, "scorer_settings": dict(getattr(scorer, "settings", {})),
+                "bias_compensation": m.compensation}
+    if m.seeded:
+        recorded["seed"] = int(seed)
+    recorded.update(settings or {})
+    return select_channels(scores, model, ratio=float(ratio), basis=basis, allocation=allocation,
+                           protected_layers=protected_layers, round_to=round_to, method=m.name,
+                           settings=recorded)
+
+
+def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module, plan: PruningPlan, *,
+                 calibration: CalibrationData | None = None, stats: ChannelStatistics | None = None,
+                 progress: bool = False) -> nn.Module:
+    """A pruned copy of the base model: the plan applied the method's way.
+
+    Parameters
+    ----------
+    method : str or Method
+        A key of :data:`METHODS`; decides the bias compensation.
+    base : str, path-like or nn.Module
+        The dense model: a name for :func:`funcprune.models.load_model` (loaded
+        afresh) or a model (deep-copied; left untouched).
+    plan : PruningPlan
+        Made for ``base`` (e.g. by :func:`make_plan`). If its ``method`` differs (the
+        ``fn`` plan built as ``fn-bias``), the pruned model records a copy whose
+        ``method`` is ``method``.
+    calibration : CalibrationData, optional
+        Texts for progressive compensation (needed by ``fn-bias``).
+    stats : ChannelStatistics, optional
+        Dense-model statistics for static compensation (needed by ``flap``).
+    progress : bool, default=False
+        Progress bar of the progressive compensation.
+
+    Returns
+    -------
+    nn.Module
+        The pruned model, in eval mode, with ``funcprune_plan`` set.
+    """
+    m = get_method(method)
+    compensation: CalibrationData | ChannelStatistics | None = None
+    if m.compensation == "progressive":
+        if calibration is None:
+            raise ValueError(f"method {m.name!r} needs calibration=CalibrationData(tokenizer, texts) "
+                             "for its bias compensation")
+        compensation = calibration
+    elif m.compensation == "static":
+        if stats is None:
+            raise ValueError(f"method {m.name!r} needs stats= (ChannelStatistics of the dense model) "
+                             "for its bias compensation")
+        compensation = stats
+    if plan.method != m.name:
+        plan = dataclasses.replace(plan, method=m.name)
+    if isinstance(base, nn.Module):
+        model = copy.deepcopy(base)
+    else:
+        model, _ = load_model(str(base))
+    prune(model, plan, bias_compensation=compensation, progress=progress)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------
+# Calibration data of a run
+# ----------------------------------------------------------------------------------
+def _read_activation_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(run_dir) / "activations" / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run stage 1 (notebooks/01_capture_activations.ipynb) "
+                                "with this run_dir first")
+    return read_json(path)
+
+
+def calibration_texts(run_dir: str | os.PathLike[str]) -> list[Text]:
+    """The calibration texts stage 1 used, reloaded through :mod:`funcprune.data`.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        Run directory holding ``activations/manifest.json``.
+
+    Returns
+    -------
+    list of Text
+        In the order of the manifest's text ids.
+
+    Raises
+    ------
+    FileNotFoundError
+        No stage-1 manifest.
+    ValueError
+        The manifest names no registered dataset, its dataset checksum differs from the
+        registered one (the texts would not be the same), or an id is not in the corpus.
+    """
+    manifest = _read_activation_manifest(run_dir)
+    dataset = manifest.get("dataset") or {}
+    name = dataset.get("name")
+    if name not in DATASETS:
+        raise ValueError(f"the stage-1 manifest of {run_dir} names dataset {name!r}; registered datasets: "
+                         f"{sorted(DATASETS)} (texts passed by hand cannot be reloaded: pass texts=)")
+    expected = DATASETS[name].sha256
+    if dataset.get("sha256") != expected:
+        raise ValueError(f"dataset {name!r}: the stage-1 manifest records checksum {dataset.get('sha256')!r}, "
+                         f"the registered file has {expected!r}; the calibration texts cannot be reproduced "
+                         "(run stage 1 again)")
+    ids = [str(i) for i in dataset.get("ids") or manifest.get("text_ids") or []]
+    if manifest.get("text_ids") is not None and [str(i) for i in manifest["text_ids"]] != ids:
+        raise ValueError("the stage-1 manifest's text_ids differ from its dataset ids")
+    if not ids:
+        raise ValueError(f"the stage-1 manifest of {run_dir} lists no text ids")
+    by_id = {t.id: t for t in load_texts(name, dataset.get("split", "calibration"))}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"text ids {missing[:5]} of the stage-1 manifest are not in the "
+                         f"{dataset.get('split')!r} split of {name!r}")
+    return [by_id[i] for i in ids]
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for t in texts:
+        digest.update(t.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def _calibration_record(texts: Sequence[str], batch_size: int, max_tokens: int) -> dict[str, Any]:
+    return {"n_texts": len(texts), "sha256": _texts_digest(texts), "max_tokens": int(max_tokens),
+            "batch_size": int(batch_size)}
+
+
+def calibration_statistics(run_dir: str | os.PathLike[str], model: nn.Module, tokenizer: Any,
+                           texts: Sequence[str], *, batch_size: int = 4, max_tokens: int = 512,
+                           progress: bool = True) -> ChannelStatistics:
+    """Activation statistics of the dense model on the calibration texts, cached in ``run_dir/stats``.
+
+    Computed with :func:`funcprune.scoring.channel_statistics` once; later calls with
+    the same model (name, revision), texts and ``max_tokens`` read the cache.
+
+    Returns
+    -------
+    ChannelStatistics
+        ``source["calibration"]`` and ``source["model"]`` identify what they were measured on.
+    """
+    texts = [t.text if isinstance(t, Text) else t for t in texts]
+    path = Path(run_dir) / STATS_DIR
+    ident = model_identity(model)
+    key = {"model": {k: ident[k] for k in ("name", "model_type", "revision")},
+           "calibration": _calibration_record(texts, batch_size, max_tokens)}
+    key["calibration"].pop("batch_size")  # padding is excluded: the batch size does not matter
+    if (path / "stats.json").exists():
+        cached = ChannelStatistics.load(path)
+        if {k: cached.source.get(k) for k in key} == _normalise(key):
+            cached.check_model(model)
+            return cached
+    stats = channel_statistics(model, tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens,
+                               progress=progress)
+    stats.source.update(key)
+    stats.save(path)
+    return stats
+
+
+# ----------------------------------------------------------------------------------
+# Pruning a grid of methods, ratios and seeds
+# ----------------------------------------------------------------------------------
+def _normalise(obj: Any) -> Any:
+    """What ``obj`` becomes after a JSON round trip."""
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def _plan_content(plan: PruningPlan) -> dict[str, Any]:
+    """The plan minus its provenance, JSON-normalised: what must match for reuse."""
+    data = plan.to_dict()
+    data.pop("provenance", None)
+    return _normalise(data)
+
+
+def _plan_sha(plan: PruningPlan) -> str:
+    return hashlib.sha256(json.dumps(_plan_content(plan), sort_keys=True).encode()).hexdigest()
+
+
+def _checkpoint_matches(path: Path, plan: PruningPlan) -> bool:
+    weights = (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
+    if not (weights and (path / "config.json").exists() and (path / PLAN_FILE).exists()):
+        return False
+    try:
+        return _plan_content(PruningPlan.load(path / PLAN_FILE)) == _plan_content(plan)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return False
+
+
+def read_index(run_dir: str | os.PathLike[str]) -> "Any":
+    """The pruned-model index of a run (``run_dir/pruned/index.json``) as a DataFrame.
+
+    One row per pruned model; columns as listed in :func:`prune_all`. Empty (with no
+    columns) when nothing was pruned yet.
+    """
+    import pandas as pd
+
+    path = Path(run_dir) / PRUNED_DIR / INDEX_FILE
+    if not path.exists():
+        return pd.DataFrame()
+    return pd.DataFrame(read_json(path)["entries"])
+
+
+@dataclass
+class _Job:
+    key: str
+    method: Method
+    ratio: float
+    seed: int | None
+    plan: PruningPlan | None = None
+
+
+def _check_grid(methods: Sequence[str], ratios: Sequence[float], seeds: Sequence[int]) -> list[Method]:
+    if isinstance(methods, str):
+        methods = [methods]
+    resolved = [get_method(m) for m in dict.fromkeys(methods)]
+    if not resolved:
+        raise ValueError(f"no methods given; accepted methods: {list(METHODS)}")
+    if not ratios:
+        raise ValueError("no ratios given")
+    for r in ratios:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < float(r) < 1.0:
+            raise ValueError(f"ratio {r!r} must be a number in (0, 1)")
+    if any(m.seeded for m in resolved) and not seeds:
+        raise ValueError("the random method needs at least one seed (seeds=[0, 1, 2])")
+    return resolved
+
+
+def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathLike[str],
+              methods: Sequence[str], ratios: Sequence[float], seeds: Sequence[int] = (0,), *,
+              texts: Sequence[str | Text] | None = None, tokenizer: Any = None, networks: Any = None,
+              basis: Literal["total", "mlp"] = "total", allocation: Literal["global", "uniform"] = "global",
+              protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
+              max_tokens: int = 512, progress: bool = True) -> "Any":
+    """Prune the dense model with every method at every ratio (and seed); save plans and checkpoints.
+
+    For each ``(method, ratio[, seed])`` the plan is made (all plans first, so a bad
+    ratio fails before any work), written to ``run_dir/plans/<key>.json``, applied to a
+    fresh copy of the dense model, and the result saved with
+    :func:`funcprune.prune.save_pruned` to ``run_dir/pruned/<key>/``. A checkpoint whose
+    saved plan equals the new one (provenance aside) is reused, not rebuilt. After each
+    model ``run_dir/pruned/index.json`` is rewritten atomically.
+
+    Parameters
+    ----------
+    model : str, path-like or nn.Module
+        The dense model: a name for :func:`funcprune.models.load_model`, or a loaded
+        model (then pass ``tokenizer``; it is never modified).
+    run_dir : str or path-like
+        Run directory (see the module docstring).
+    methods : sequence of str
+        Keys of :data:`METHODS`.
+    ratios : sequence of float
+        Fractions of ``basis`` parameters to remove, each in ``(0, maximum)``.
+    seeds : sequence of int, default=(0,)
+        Seeds of the ``random`` method (one model per seed).
+    texts : sequence of str or Text, optional
+        Calibration texts for statistics and progressive compensation; default the
+        texts of stage 1 (:func:`calibration_texts`).
+    tokenizer : transformers tokenizer, optional
+        Needed when ``model`` is a module and a method uses texts; saved with each
+        checkpoint when it has ``save_pretrained``.
+    networks : FunctionalNetworks, optional
+        Default: loaded from ``run_dir/networks`` when a method needs them.
+    basis, allocation, protected_layers, round_to
+        Selection settings shared by every method (see :func:`make_plan`).
+    batch_size : int, default=4
+        Texts per forward pass for statistics and compensation.
+    max_tokens : int, default=512
+        Truncation length of each calibration text.
+    progress : bool, default=True
+        Progress bars.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of this call, in grid order (ratio, method, seed). Columns: ``key``,
+        ``method``, ``seed``, ``ratio_requested``, ``ratio_reached`` (plan, on
+        ``ratio_basis``), ``ratio_basis``, ``allocation``, ``protected_layers``,
+        ``params_total_before``/``_after``, ``params_mlp_before``/``_after``,
+        ``ratio_total``, ``ratio_mlp`` (measured on the models, compensation biases
+        counted), ``widths`` (per layer), ``path`` and ``plan`` (relative to
+        ``run_dir``), ``plan_sha256``, ``seconds`` (build and save) and ``status``
+        (``"built"`` or ``"reused"``).
+
+    Raises
+    ------
+    ValueError
+        Unknown method (the accepted ones are listed), a ratio outside ``(0, maximum)``,
+        no seed for ``random``.
+    FileNotFoundError
+        Functional networks or the stage-1 manifest are needed but missing.
+    """
+    import pandas as pd
+    from .ica import FunctionalNetworks
+
+    resolved = _check_grid(methods, ratios, seeds)
+    run_dir = Path(run_dir)
+    if isinstance(model, nn.Module):
+        dense = model
+    else:
+        dense, loaded_tokenizer = load_model(str(model))
+        tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
+    dense.eval()
+
+    if networks is None and any(m.needs_networks for m in resolved):
+        net_dir = run_dir / "networks"
+        if not net_dir.exists():
+            raise FileNotFoundError(f"{net_dir} does not exist: methods "
+                                    f"{[m.name for m in resolved if m.needs_networks]} need the functional "
+                                    "networks of stage 2 (notebooks/02_*.ipynb)")
+        networks = FunctionalNetworks.load(net_dir)
+    calib_texts: list[str] = []
+    calibration = None
+    stats = None
+    if any(m.needs_texts for m in resolved):
+        if tokenizer is None:
+            raise ValueError("a tokenizer is needed to read the calibration texts: pass tokenizer=")
+        source = calibration_texts(run_dir) if texts is None else texts
+        calib_texts = [t.text if isinstance(t, Text) else str(t) for t in source]
+        calibration = CalibrationData(tokenizer, calib_texts, batch_size=batch_size, max_tokens=max_tokens)
+    if any(m.needs_statistics for m in resolved):
+        stats = calibration_statistics(run_dir, dense, tokenizer, calib_texts, batch_size=batch_size,
+                                       max_tokens=max_tokens, progress=progress)
+    record = _calibration_record(calib_texts, batch_size, max_tokens) if calib_texts else None
+
+    jobs = [_Job(method_key(m.name, r, s if m.seeded else None), m, float(r), s if m.seeded else None)
+            for r in ratios for m in resolved for s in (seeds if m.seeded else [None])]
+    for job in jobs:
+        extra = {"calibration": record} if job.method.needs_texts else {}
+        job.plan = make_plan(job.method, dense, job.ratio, networks=networks, stats=stats,
+                             seed=job.seed or 0, basis=basis, allocation=allocation,
+                             protected_layers=protected_layers, round_to=round_to, settings=extra)
+
+    index_path = run_dir / PRUNED_DIR / INDEX_FILE
+    previous = {e["key"]: e for e in read_json(index_path)["entries"]} if index_path.exists() else {}
+    before = count_parameters(dense)
+    base_widths = layer_widths(dense)
+    entries: dict[str, dict[str, Any]] = {k: e for k, e in previous.items()
+                                          if (run_dir / e["path"]).exists()}
+    rows = []
+    bar = tqdm(jobs, desc="pruning", unit="model", disable=not progress)
+    for job in bar:
+        bar.set_postfix_str(job.key)
+        plan = job.plan
+        assert plan is not None
+        plan_path = run_dir / PLANS_DIR / f"{job.key}.json"
+        if not plan_path.exists() or _plan_content(PruningPlan.load(plan_path)) != _plan_content(plan):
+            plan.save(plan_path)
+        ckpt = run_dir / PRUNED_DIR / job.key
+        sha = _plan_sha(plan)
+        start = time.perf_counter()
+        old = previous.get(job.key)
+        if _checkpoint_matches(ckpt, plan):
+            status = "reused"
+            if old is not None and old.get("plan_sha256") == sha:
+                report = {k: old[k] for k in ("params_total_after", "params_mlp_after")}
+                seconds = old.get("seconds")
+            else:
+                loaded, _ = load_pruned(ckpt)
+                counted = count_parameters(loaded)
+                report = {"params_total_after": counted["total"], "params_mlp_after": counted["mlp"]}
+                del loaded
+                seconds = None
+        else:
+            status = "built"
+            pruned = build_pruned(job.method, dense, plan, calibration=calibration, stats=stats)
+            counted = count_parameters(pruned)
+            report = {"params_total_after": counted["total"], "params_mlp_after": counted["mlp"]}
+            save_pruned(pruned, tokenizer, ckpt, plan=pruned.funcprune_plan, overwrite=True)
+            del pruned
+            gc.collect()
+            seconds = round(time.perf_counter() - start, 2)
+        entry = {
+            "key": job.key, "method": job.method.name, "seed": job.seed,
+            "ratio_requested": job.ratio, "ratio_reached": plan.ratio_reached, "ratio_basis": plan.ratio_basis,
+            "allocation": plan.allocation, "protected_layers": plan.protected_layers,
+            "params_total_before": before["total"], "params_mlp_before": before["mlp"], **report,
+            "ratio_total": (before["total"] - report["params_total_after"]) / before["total"],
+            "ratio_mlp": (before["mlp"] - report["params_mlp_after"]) / before["mlp"],
+            "widths": [len(plan.kept[i]) for i in sorted(base_widths)],
+            "path": f"{PRUNED_DIR}/{job.key}", "plan": f"{PLANS_DIR}/{job.key}.json",
+            "plan_sha256": sha, "seconds": seconds, "status": status,
+        }
+        entries[job.key] = entry
+        rows.append(entry)
+        _write_index(index_path, dense, entries)
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def _write_index(path: Path, dense: nn.Module, entries: Mapping[str, dict[str, Any]]) -> None:
+    order = {name: i for i, name in enumerate(METHODS)}
+    ordered = sorted(entries.values(), key=lambda e: (e["ratio_requested"], order.get(e["method"], 99),
+                                                      -1 if e["seed"] is None else e["seed"], e["key"]))
+    atomic_write_json(path, {"format": INDEX_FORMAT, "base_model": model_identity(dense),
+                             "base_widths": list(layer_widths(dense).values()), "entries": ordered})
