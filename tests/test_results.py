@@ -1,0 +1,360 @@
+"""Stage 5: one evaluation protocol for the dense and every pruned model, the results table, comparisons.
+
+A tiny random Llama and a byte-level BPE tokenizer trained here (offline, in a second) stand in for the
+real model; the held-out text and the zero-shot items are the real offline assets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers as tf
+
+from funcprune import capture_activations, results
+from funcprune.data import dataset_info, load_texts
+from funcprune.evaluate import count_parameters
+from funcprune.pipeline import prune_all, read_index
+from funcprune.results import (DENSE_KEY, TABLE_COLUMNS, aggregate_seeds, evaluate_run, evaluation_stream,
+                               load_results, reference_numbers, select_windows, significant_differences,
+                               validate_results_table)
+from funcprune.workflow import REPO_ROOT, load_profile, notebook_parameters
+
+matplotlib.use("Agg")
+
+SEQ_LENS = (32, 256)  # 256 exceeds the tiny model's 128 positions: clamped
+MAX_TOKENS = 512
+TASKS = ("arc_easy", "winogrande")
+LIMIT = 2
+SETTINGS = dict(eval_dataset="wiki", ppl_seq_lens=SEQ_LENS, eval_max_tokens=MAX_TOKENS, zero_shot_tasks=TASKS,
+                zero_shot_limit=LIMIT, batch_size=8, progress=False)
+
+
+def tiny_tokenizer(texts: list[str]) -> tf.PreTrainedTokenizerFast:
+    """A byte-level BPE (any text encodes; offsets available), trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                      pad_token="<|endoftext|>")
+
+
+def tiny_llama(vocab: int) -> torch.nn.Module:
+    """Seven layers, so the default protection (0, 1, 2, 5, 6) leaves two prunable ones."""
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=7,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                            bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A run directory as stages 1 and 4 leave it (manifest, 3 pruned checkpoints), then evaluated once."""
+    root = tmp_path_factory.mktemp("stage5")
+    calib = load_texts("wiki", "calibration", n_texts=3)
+    tok = tiny_tokenizer([t.text for t in load_texts("wiki", "calibration", n_texts=30)])
+    model = tiny_llama(len(tok))
+    dense_dir = root / "dense"
+    model.save_pretrained(dense_dir)
+    tok.save_pretrained(dense_dir)
+    run_dir = root / "run"
+    capture_activations(model, tok, [t.text for t in calib], run_dir / "activations", text_ids=[t.id for t in calib],
+                        dataset=dataset_info("wiki", "calibration", calib), max_tokens=32, progress=False)
+    prune_all(str(dense_dir), run_dir, ["random", "magnitude"], [0.05], seeds=[0, 1], progress=False)
+    table = evaluate_run(run_dir, model=str(dense_dir), **SETTINGS)
+    return {"run_dir": run_dir, "dense_dir": dense_dir, "table": table, "tok": tok, "calib": calib}
+
+
+# -- the results files ----------------------------------------------------------------------------------
+def test_results_files_hold_every_model_and_setting(run: dict) -> None:
+    run_dir, table = run["run_dir"], run["table"]
+    assert list(table.columns) == list(TABLE_COLUMNS)
+    index = read_index(run_dir)
+    assert list(dict.fromkeys(table["key"])) == [DENSE_KEY, *index["key"]]  # dense first, then the index order
+    pd.testing.assert_frame_equal(load_results(run_dir), table)  # the CSV round-trips exactly
+
+    saved = json.loads((run_dir / "results" / "results.json").read_text())
+    protocol = saved["protocol"]
+    assert protocol["eval_dataset"]["split"] == "evaluation"
+    assert protocol["eval_dataset"]["sha256"] == dataset_info("wiki", "evaluation", [])["sha256"]
+    assert protocol["ppl_seq_lens"] == list(SEQ_LENS) and protocol["eval_max_tokens"] == MAX_TOKENS
+    assert protocol["zero_shot"]["harness_version"] == "0.4.13" and protocol["zero_shot"]["limit"] == LIMIT
+    assert saved["environment"]["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert saved["dense_model"]["path"] == str(run["dense_dir"].resolve())
+    assert set(saved["models"]) == set(table["key"])
+
+    # efficiency agrees with the pruning index and with a fresh count on the dense model
+    params = table[table["metric"] == "params_total"].set_index("key")["value"]
+    assert params[DENSE_KEY] == count_parameters(tiny_llama(len(run["tok"])))["total"]
+    for _, entry in index.iterrows():
+        assert params[entry["key"]] == entry["params_total_after"] < params[DENSE_KEY]
+    rel = table[table["metric"] == "params_total_rel"].set_index("key")["value"]
+    assert rel[DENSE_KEY] == 1.0
+    assert rel.drop(DENSE_KEY).round(12).tolist() == (params.drop(DENSE_KEY) / params[DENSE_KEY]).round(12).tolist()
+
+
+def test_dense_and_pruned_models_share_one_protocol(run: dict) -> None:
+    table, run_dir = run["table"], run["run_dir"]
+    pairs = {k: set(zip(g["metric"], g["setting"], g["n"])) for k, g in table.groupby("key")}
+    assert len({frozenset(p) for p in pairs.values()}) == 1  # same metrics, settings and sample sizes
+    parts = json.loads((run_dir / "results" / "results.json").read_text())["models"]
+    for setting in ("32", "256"):
+        windows = {k: (p["perplexity"][setting]["tokens_sha256"], tuple(p["perplexity"][setting]["window_starts"]))
+                   for k, p in parts.items()}
+        assert len(set(windows.values())) == 1, setting
+    clamped = parts[DENSE_KEY]["perplexity"]["256"]
+    assert clamped["seq_len"] == 128 and clamped["seq_len_clamped"] and clamped["n_windows"] == MAX_TOKENS // 128
+    assert parts[DENSE_KEY]["perplexity"]["32"]["n_windows"] == MAX_TOKENS // 32
+    acc = table[table["metric"] == "acc"]
+    assert set(acc["setting"]) == set(TASKS) and (acc["n"] == LIMIT).all()
+
+
+def test_dense_perplexity_equals_a_direct_computation(run: dict) -> None:
+    """Ground truth: score the recorded windows by hand with the dense model."""
+    model = tf.AutoModelForCausalLM.from_pretrained(run["dense_dir"]).eval()
+    stream = evaluation_stream(run["tok"], "wiki")
+    starts = select_windows(stream.n_tokens, 32, MAX_TOKENS)
+    nlls = []
+    with torch.no_grad():
+        for s in starts:
+            window = torch.from_numpy(stream.ids[s:s + 32])
+            logits = model(input_ids=window[None]).logits[0]
+            nlls.append(F.cross_entropy(logits[:-1].double(), window[1:]).item())
+    rows = run["table"].query("key == @DENSE_KEY and setting == '32'").set_index("metric")
+    assert rows.loc["nll", "value"] == pytest.approx(np.mean(nlls), rel=1e-6)
+    assert rows.loc["ppl", "value"] == pytest.approx(math.exp(np.mean(nlls)), rel=1e-6)
+    assert rows.loc["nll", "stderr"] == pytest.approx(np.std(nlls, ddof=1) / math.sqrt(len(nlls)), rel=1e-5)
+
+
+# -- resume -----------------------------------------------------------------------------------------------
+def test_a_second_call_reuses_every_finished_model(run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished model was evaluated again")
+
+    monkeypatch.setattr(results, "_evaluate_model", forbidden)
+    again = evaluate_run(run["run_dir"], model=str(run["dense_dir"]), **SETTINGS)
+    pd.testing.assert_frame_equal(again, run["table"])
+
+
+def test_an_interrupted_run_continues_with_the_missing_models(run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = run["run_dir"]
+    missing = read_index(run_dir)["key"].iloc[-1]
+    (run_dir / "results" / "parts" / f"{missing}.json").unlink()
+    evaluated = []
+    real = results._evaluate_model
+
+    def spy(model, tokenizer, stream, settings, progress):
+        evaluated.append(model.funcprune_source["name"])
+        return real(model, tokenizer, stream, settings, progress)
+
+    monkeypatch.setattr(results, "_evaluate_model", spy)
+    again = evaluate_run(run_dir, model=str(run["dense_dir"]), **SETTINGS)
+    assert evaluated == [missing]
+    pd.testing.assert_frame_equal(again, run["table"])  # deterministic: the same numbers
+
+
+def test_a_changed_protocol_is_not_served_from_the_cache(run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Recomputed(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Recomputed
+
+    monkeypatch.setattr(results, "_evaluate_model", stop)
+    with pytest.raises(Recomputed):
+        evaluate_run(run["run_dir"], model=str(run["dense_dir"]), **{**SETTINGS, "eval_max_tokens": 256})
+    with pytest.raises(Recomputed):
+        evaluate_run(run["run_dir"], model=str(run["dense_dir"]), **{**SETTINGS, "zero_shot_limit": 3})
+
+
+# -- held-out text ------------------------------------------------------------------------------------------
+def test_perplexity_windows_never_touch_calibration_text(run: dict) -> None:
+    run_dir = run["run_dir"]
+    saved = json.loads((run_dir / "results" / "results.json").read_text())
+    manifest = json.loads((run_dir / "activations" / "manifest.json").read_text())
+    calibration = set(manifest["text_ids"])
+    assert calibration == {t.id for t in run["calib"]}
+    evaluation = set(saved["eval_text_ids"])
+    assert evaluation == {t.id for t in load_texts("wiki", "evaluation")}
+    assert not calibration & evaluation
+    for key, part in saved["models"].items():
+        for setting, p in part["perplexity"].items():
+            assert p["text_ids"] and set(p["text_ids"]) <= evaluation, (key, setting)
+    assert saved["disjointness"]["checked"] and saved["disjointness"]["overlap"] == []
+
+
+def test_calibration_overlap_is_refused(run: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "run"
+    (bad / "activations").mkdir(parents=True)
+    manifest = json.loads((run["run_dir"] / "activations" / "manifest.json").read_text())
+    leaked = load_texts("wiki", "evaluation", n_texts=1)[0].id
+    manifest["text_ids"] = manifest["dataset"]["ids"] = [*manifest["text_ids"], leaked]
+    (bad / "activations" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"held-out text ids \\['{leaked}'\\].*calibration"):
+        evaluate_run(bad, model=str(run["dense_dir"]), **SETTINGS)
+
+
+def test_windows_are_spread_over_the_stream() -> None:
+    assert select_windows(1000, 100, None) == list(range(0, 1000, 100))
+    assert select_windows(1000, 100, 300) == [0, 300, 600]
+    assert select_windows(1000, 100, 10_000) == list(range(0, 1000, 100))
+    with pytest.raises(ValueError, match="eval_max_tokens"):
+        select_windows(1000, 100, 99)
+    with pytest.raises(ValueError, match="no perplexity window"):
+        select_windows(50, 100, None)
+
+
+# -- the schema check ------------------------------------------------------------------------------------
+def _broken(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    t = table.copy()
+    pruned = t["key"] != DENSE_KEY
+    first_acc = t.index[(t["metric"] == "acc") & pruned][0]
+    cases = {
+        "missing columns": t.drop(columns=["stderr"]),
+        "duplicated": pd.concat([t, t.iloc[[0]]], ignore_index=True),
+        "no dense model": t[~(t["key"] == DENSE_KEY)],
+        "accuracies outside": t.assign(value=np.where(t.index == first_acc, 1.5, t["value"])),
+        "ppl and nll disagree": t.assign(value=np.where((t["metric"] == "ppl") & pruned, t["value"] * 1.01, t["value"])),
+        "not measured like the dense model": t.drop(index=first_acc),
+        "negative or infinite stderr": t.assign(stderr=np.where(t.index == first_acc, -0.1, t["stderr"])),
+        "unknown metrics": t.assign(metric=np.where(t.index == first_acc, "f1", t["metric"])),
+        "n missing": t.assign(n=pd.array([0 if i == first_acc else v for i, v in zip(t.index, t["n"])], dtype="Int64")),
+        "outside \\[0, 1\\)": t.assign(ratio_reached=np.where(pruned, 1.2, t["ratio_reached"])),
+        "non-finite": t.assign(value=np.where(t.index == first_acc + 1, np.nan, t["value"])),
+    }
+    return cases
+
+
+def test_validate_accepts_the_real_table_and_rejects_broken_ones(run: dict) -> None:
+    table = run["table"]
+    assert validate_results_table(table) is table
+    for match, bad in _broken(table).items():
+        with pytest.raises(ValueError, match=match):
+            validate_results_table(bad)
+
+
+# -- aggregation and significance on hand-made numbers -------------------------------------------------
+def _hand_table() -> pd.DataFrame:
+    rows = [  # (key, method, seed, ratio, nll, se, mean_acc, se)
+        ("dense", "dense", None, 0.0, 3.00, 0.01, 0.60, 0.02),
+        ("random-s0_r0.20", "random", 0, 0.2, 3.50, 0.05, 0.50, 0.02),
+        ("random-s1_r0.20", "random", 1, 0.2, 3.60, 0.05, 0.52, 0.02),
+        ("random-s2_r0.20", "random", 2, 0.2, 3.70, 0.05, 0.54, 0.02),
+        ("magnitude_r0.20", "magnitude", None, 0.2, 3.55, 0.02, 0.59, 0.02),
+        ("fn_r0.20", "fn", None, 0.2, 3.02, 0.01, 0.61, 0.02),
+    ]
+    out = []
+    for key, method, seed, ratio, nll, nll_se, acc, acc_se in rows:
+        common = dict(key=key, method=method, seed=seed, ratio_requested=ratio, ratio_reached=ratio,
+                      ratio_basis="total")
+        out.append({**common, "metric": "nll", "setting": "128", "value": nll, "stderr": nll_se, "n": 50})
+        out.append({**common, "metric": "mean_acc", "setting": "", "value": acc, "stderr": acc_se, "n": 700})
+    return pd.DataFrame(out, columns=list(TABLE_COLUMNS))
+
+
+def test_aggregate_seeds_by_hand() -> None:
+    agg = aggregate_seeds(_hand_table()).set_index(["method", "metric"])
+    r = agg.loc[("random", "nll")]
+    assert r["value"] == pytest.approx(3.6) and r["value_std"] == pytest.approx(0.1) and r["n_seeds"] == 3
+    assert r["stderr"] == pytest.approx(math.sqrt(0.05 ** 2 + 0.1 ** 2 / 3))
+    m = agg.loc[("magnitude", "nll")]
+    assert m["n_seeds"] == 1 and np.isnan(m["value_std"]) and m["stderr"] == pytest.approx(0.02)
+    assert agg.loc[("random", "mean_acc"), "value"] == pytest.approx(0.52)
+
+
+def test_significance_against_dense_and_random_by_hand() -> None:
+    table = _hand_table()
+    vs_dense = significant_differences(table, "dense").set_index(["method", "metric"])
+    fn = vs_dense.loc[("fn", "nll")]
+    assert fn["difference"] == pytest.approx(0.02) and fn["stderr"] == pytest.approx(math.sqrt(2) * 0.01)
+    assert fn["z"] == pytest.approx(math.sqrt(2)) and not fn["exceeds"] and not fn["better"]
+    assert vs_dense.loc[("magnitude", "nll"), "exceeds"]  # 0.55 against 0.022
+    assert vs_dense.loc[("random", "nll"), "exceeds"]
+    assert not vs_dense.loc[("magnitude", "mean_acc"), "exceeds"]  # -0.01 against 0.028
+    assert vs_dense.loc[("random", "mean_acc"), "exceeds"] and not vs_dense.loc[("random", "mean_acc"), "better"]
+    # a lower threshold flags the fn difference (z = 1.41 > 1)
+    assert significant_differences(table, "dense", n_se=1.0).set_index(["method", "metric"]).loc[("fn", "nll"), "exceeds"]
+
+    vs_random = significant_differences(table, "random").set_index(["method", "metric"])
+    assert set(vs_random.index.get_level_values("method")) == {"magnitude", "fn"}
+    se_random = math.sqrt(0.05 ** 2 + 0.1 ** 2 / 3)
+    mag = vs_random.loc[("magnitude", "nll")]
+    assert mag["stderr"] == pytest.approx(math.sqrt(0.02 ** 2 + se_random ** 2))
+    assert mag["difference"] == pytest.approx(-0.05) and not mag["exceeds"] and mag["better"]
+    fn = vs_random.loc[("fn", "nll")]
+    assert fn["exceeds"] and fn["better"]
+    with pytest.raises(ValueError, match="baseline 'flap'"):
+        significant_differences(table, "flap")
+    with pytest.raises(ValueError, match="cannot test metrics \\['params_total'\\]"):
+        significant_differences(table, metrics=["params_total"])
+
+
+# -- displays -----------------------------------------------------------------------------------------------
+def test_summary_efficiency_and_plots(run: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    table = run["table"]
+    summary = results.summary_table(table)
+    assert list(summary.index) == [("dense", 0.0), ("random", 0.05), ("magnitude", 0.05)]
+    assert summary.loc[("random", 0.05), "seeds"] == 2
+    assert {"ppl@32", "ppl@32 ±", "ppl@256", "mean_acc", "params_total_rel"} <= set(summary.columns)
+    eff = results.efficiency_table(table)
+    assert eff.loc[("dense", 0.0), "flops_rel"] == 1.0 and (eff["params_total_rel"] <= 1).all()
+
+    ax = results.plot_perplexity(table, 32)
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[0] == "dense" and any(lab.startswith("random (mean of 2 seeds)") for lab in labels)
+    results.plot_accuracy(table)
+    bars = results.plot_task_bars(table, 0.05)
+    assert len(bars.patches) == len(TASKS) * 3  # dense, random, magnitude
+    plt.close("all")
+
+
+def test_reference_numbers_are_labelled_other_models() -> None:
+    ref = reference_numbers()
+    assert set(ref["model"]) == {"Vicuna-7B-v1.5", "LLaMA-7B"}
+    authors = ref[ref["source"].str.startswith("Liu et al.")]
+    tasks = ["arc_challenge", "arc_easy", "hellaswag", "openbookqa", "piqa", "winogrande"]
+    full = authors.dropna(subset=tasks)
+    # the published means are the means of the published task accuracies (6 tasks, no BoolQ)
+    np.testing.assert_allclose(full[tasks].mean(axis=1), full["mean_acc"], atol=0.006)
+    assert (full["mean_tasks"] == 6).all() and ref["protocol"].notna().all()
+    lit = ref[ref["model"] == "LLaMA-7B"].set_index(["method", "removed"])
+    assert lit.loc[("dense", 0.0), "ppl_wikitext2_128"] < lit.loc[("flap", 0.2), "ppl_wikitext2_128"]
+
+
+# -- the Vicuna-7B profile (dry run) -----------------------------------------------------------------------
+def test_vicuna_profile_resolves() -> None:
+    profile = load_profile("vicuna-7b")
+    notebooks = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
+    declared = set().union(*(notebook_parameters(p) for p in notebooks))
+    assert set(profile) - {"profile"} <= declared, sorted(set(profile) - {"profile"} - declared)
+    assert profile["model"] == "lmsys/vicuna-7b-v1.5"
+    assert profile["model_dtype"] in ("bfloat16", "float16") and profile["device"] == "cuda"
+    assert profile["dataset"] in ("wiki", "c4") and profile["eval_dataset"] in ("wiki", "c4")
+    assert profile["zero_shot_limit"] is None and set(profile["zero_shot_tasks"]) == set(results.ALL_TASKS)
+    assert profile["ratios"] == [0.2, 0.3, 0.5] and Path(profile["run_dir"]).is_absolute()
+    text = (REPO_ROOT / "params" / "vicuna-7b.yaml").read_text()
+    assert "expected runtime" in text.lower()
+
+
+def test_notebook_declares_the_shared_stage5_parameters() -> None:
+    params = notebook_parameters(REPO_ROOT / "notebooks" / "05_evaluate_benchmarks.ipynb")
+    assert {"run_dir", "model", "eval_dataset", "ppl_seq_lens", "eval_max_tokens", "zero_shot_tasks",
+            "zero_shot_limit", "eval_batch_size"} <= set(params)
+    for name in ("default", "tiny"):
+        profile = load_profile(name)
+        assert {"eval_max_tokens", "zero_shot_limit", "ppl_seq_lens"} <= set(profile), name
