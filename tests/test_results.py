@@ -7,6 +7,7 @@ real model; the held-out text and the zero-shot items are the real offline asset
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 import math
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def test_results_files_hold_every_model_and_setting(run: dict) -> None:
     assert protocol["eval_dataset"]["sha256"] == dataset_info("wiki", "evaluation", [])["sha256"]
     assert protocol["ppl_seq_lens"] == list(SEQ_LENS) and protocol["eval_max_tokens"] == MAX_TOKENS
     assert protocol["zero_shot"]["harness_version"] == "0.4.13" and protocol["zero_shot"]["limit"] == LIMIT
-    assert saved["environment"]["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert saved["environment"]["packages"]["torch"] == version("torch")
     assert saved["dense_model"]["path"] == str(run["dense_dir"].resolve())
     assert set(saved["models"]) == set(table["key"])
 
