@@ -593,13 +593,14 @@ def _rows_of_part(part: Mapping[str, Any], dense: Mapping[str, Any]) -> list[dic
         rows.append({**common, "metric": metric, "setting": setting, "value": float(value),
                      "stderr": np.nan if stderr is None else float(stderr), "n": np.nan if n is None else int(n)})
 
-    for setting, p in part["perplexity"].items():
+    # JSON files sort their keys: order settings by window length and tasks as in ALL_TASKS
+    for setting, p in sorted(part["perplexity"].items(), key=lambda kv: int(kv[0])):
         add("ppl", setting, p["ppl"], p["ppl_stderr"], p["n_windows"])
         add("nll", setting, p["nll"], p["nll_stderr"], p["n_windows"])
     zs = part.get("zero_shot")
     if zs:
         accs, prefs = [], []
-        for task, t in zs["tasks"].items():
+        for task, t in sorted(zs["tasks"].items(), key=lambda kv: ALL_TASKS.index(kv[0])):
             add("acc", task, t["acc"], t["acc_stderr"], t["n"])
             if t.get("acc_norm") is not None:
                 add("acc_norm", task, t["acc_norm"], t["acc_norm_stderr"], t["n"])
