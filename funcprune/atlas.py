@@ -121,26 +121,32 @@ def network_connectivity(fn: FunctionalNetworks, store: ActivationStore, layer: 
     return ConnectivityMeasure(kind=kind, standardize="zscore_sample").fit_transform([courses])[0]
 
 
-def window_table(fn: FunctionalNetworks, threshold: float = 3.0, min_voxels: int = 5) -> pd.DataFrame:
+def window_table(fn: FunctionalNetworks, threshold: float = 3.0, min_share: float = 0.1) -> pd.DataFrame:
     """Which layers each cross-layer network touches (``mode="window"`` fits).
+
+    A z-scored map has a few voxels above any threshold by chance (about 0.3% above
+    3 for Gaussian noise, i.e. ~8 of 3072 voxels), so a layer counts as touched only
+    when it holds at least ``min_share`` of the network's member voxels.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (window, map): ``layers_touched`` (layers with at least
-        ``min_voxels`` voxels above threshold), ``n_layers_touched`` and the member
-        voxel count per layer (``voxels_l<k>`` columns in window order).
+        One row per (window, map): ``layers_touched``, ``n_layers_touched``,
+        ``n_members`` and the share of the members in each layer of the window
+        (``share_l<k>`` columns in window order).
     """
     rows = []
     for start, maps in fn.window_maps_.items():
         layers = fn.window_voxel_layers_[start]
         window = fn.window_layers_[start]
         for m, z in enumerate(maps):
-            counts = {layer: int((np.abs(z[layers == layer]) > threshold).sum()) for layer in window}
-            touched = [layer for layer, c in counts.items() if c >= min_voxels]
+            member = np.abs(z) > threshold
+            n_members = int(member.sum())
+            shares = {layer: float(member[layers == layer].sum() / max(n_members, 1)) for layer in window}
+            touched = [layer for layer, share in shares.items() if share >= min_share]
             rows.append({"window": start, "map": m, "layers_touched": touched,
-                         "n_layers_touched": len(touched),
-                         **{f"voxels_l{i}": counts[layer] for i, layer in enumerate(window)}})
+                         "n_layers_touched": len(touched), "n_members": n_members,
+                         **{f"share_l{i}": shares[layer] for i, layer in enumerate(window)}})
     return pd.DataFrame(rows)
 
 

@@ -62,10 +62,22 @@ def test_window_table_counts_layers_touched() -> None:
     rng = np.random.default_rng(0)
     data = {i: rng.laplace(size=(300, 40)) for i in range(3)}
     fn = FunctionalNetworks(3, n_init=1, mode="window", window_size=3, random_state=0, progress=False).fit(data)
-    table = window_table(fn, threshold=2.0, min_voxels=1)
+    table = window_table(fn, threshold=2.0, min_share=0.25)
     assert set(table["window"]) == {0}
     for _, row in table.iterrows():
-        assert row["n_layers_touched"] == sum(row[f"voxels_l{i}"] >= 1 for i in range(3))
+        shares = [row[f"share_l{i}"] for i in range(3)]
+        assert sum(shares) == pytest.approx(1.0)
+        assert row["n_layers_touched"] == sum(share >= 0.25 for share in shares)
+
+
+def test_window_network_confined_to_one_layer_touches_one() -> None:
+    """A source planted in layer 1 only must not be reported as spanning the window."""
+    X, *_ = planted(seed=4, n_voxels=600)
+    rng = np.random.default_rng(1)
+    data = {0: rng.normal(size=X.shape), 1: X, 2: rng.normal(size=X.shape)}
+    fn = FunctionalNetworks(5, n_init=2, mode="window", window_size=3, random_state=0, progress=False).fit(data)
+    table = window_table(fn, threshold=3.0)
+    assert (table["layers_touched"].apply(lambda t: t == [1])).sum() >= 4
 
 
 def test_figures_render(fitted) -> None:
