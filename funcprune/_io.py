@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["atomic_write_text", "atomic_write_json", "read_json", "sha256_file"]
+__all__ = ["atomic_directory", "atomic_write_text", "atomic_write_json", "read_json", "sha256_file"]
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -91,3 +93,29 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a directory under a temporary name and move it to ``path`` only on success.
+
+    An existing ``path`` is replaced at the end; on any error (or interrupt) the
+    temporary directory is removed and ``path`` is left as it was.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary directory to fill.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -14,8 +14,6 @@ Used in every chapter, first in :doc:`/executed/01_capture_activations`.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_json, read_json, sha256_file
+from ._io import atomic_directory, atomic_write_json, read_json, sha256_file
 from .adapters import get_adapter
 from .assets import AssetChecksumError, MissingAssetError, package_dir
 
@@ -167,9 +165,7 @@ def ensure_model(alias: str = DEFAULT_MODEL, *, progress: bool = True) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = alias
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{alias}."))
-    try:
+    with atomic_directory(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         steps.update(1)
@@ -180,12 +176,6 @@ def ensure_model(alias: str = DEFAULT_MODEL, *, progress: bool = True) -> Path:
             "weights_sha256": sha256_file(tmp / "model.safetensors"),
             "conversion_seconds": round(time.perf_counter() - start, 1),
         })
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     steps.update(1)
     steps.close()
     return target

@@ -40,8 +40,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,7 +49,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import sha256_file
+from ._io import atomic_directory, sha256_file
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .capture import MLPRecorder, tokenize_batches
 from .evaluate import count_parameters
@@ -486,19 +484,11 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if getattr(model.config, "funcprune", None) is None:
         _update_config(model, plan.method)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(tmp)
         plan.save(tmp / PLAN_FILE)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
