@@ -14,7 +14,7 @@ sums of log-likelihoods are accumulated in float64.
 * :func:`measure_latency` -- prefill time, decode time per token and peak memory.
 
 Zero-shot task accuracy lives in :mod:`funcprune.tasks`.
-Used in the chapter :doc:`/executed/05_evaluate`.
+Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
 """
 
 from __future__ import annotations

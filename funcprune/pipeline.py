@@ -17,8 +17,13 @@ fn-bias      the same plan as ``fn``                                     progres
 random       ``U(0, 1)``, seeded (run several seeds)                     none
 magnitude    L2 norm of the channel's gate, up and down weights          none
 wanda-sp     ``sum_i |W_down[i, j]| * ||x_j||_2``                         none
-flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``                        static: dense-model means (FLAP)
+flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``, z-scored per layer   static: dense-model means (FLAP)
 ===========  ==========================================================  ==============================
+
+FLAP's scores are standardised within each layer before the global ranking, as FLAP's
+adaptive structure search does (An et al., 2024); without it the raw fluctuation metric,
+which grows with depth, would empty the first prunable layers. Wanda-sp scores are
+ranked as they are; ``allocation="uniform"`` prunes the same share of every layer instead.
 
 :func:`prune_all` runs a grid of methods, ratios and seeds over one run directory::
 
@@ -67,6 +72,7 @@ __all__ = [
     "METHODS",
     "Method",
     "build_pruned",
+    "calibration_data",
     "calibration_statistics",
     "calibration_texts",
     "get_method",
@@ -141,7 +147,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("wanda-sp", "Wanda-sp", "wanda_sp", needs_statistics=True,
            description="|W_down| column sum times the channel's activation norm (An et al., 2024)"),
     Method("flap", "FLAP", "flap", compensation="static", needs_statistics=True,
-           description="fluctuation metric and bias compensation from dense statistics (An et al., 2024)"),
+           description="fluctuation metric standardised per layer, and bias compensation from dense "
+                       "statistics (An et al., 2024)"),
 )}
 
 
@@ -184,7 +191,7 @@ def _scorer(method: Method, networks: Any, seed: int) -> Scorer:
     if method.scorer == "wanda_sp":
         return WandaSpScorer()
     if method.scorer == "flap":
-        return FlapScorer()
+        return FlapScorer(standardize=True)
     raise ValueError(f"method {method.name!r} has an unknown scorer {method.scorer!r}")
 
 
@@ -355,6 +362,27 @@ def calibration_texts(run_dir: str | os.PathLike[str]) -> list[Text]:
     return [by_id[i] for i in ids]
 
 
+def calibration_data(tokenizer: Any, texts: Sequence[str | Text], *, batch_size: int = 4,
+                     max_tokens: int = 512) -> CalibrationData:
+    """Calibration texts for progressive bias compensation, longest first.
+
+    The compensation (like the statistics) sums over tokens, so the order of the texts
+    does not matter; grouping texts of similar length into a batch wastes less compute
+    on padding (about a fifth less on the default calibration set).
+
+    Returns
+    -------
+    CalibrationData
+    """
+    return CalibrationData(tokenizer, _by_length(texts), batch_size=batch_size, max_tokens=max_tokens)
+
+
+def _by_length(texts: Sequence[str | Text]) -> list[str]:
+    """Texts as strings, longest first (ties keep their order): less padding per batch."""
+    strings = [t.text if isinstance(t, Text) else str(t) for t in texts]
+    return sorted(strings, key=len, reverse=True)
+
+
 def _texts_digest(texts: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for t in texts:
@@ -368,12 +396,13 @@ def _calibration_record(texts: Sequence[str], batch_size: int, max_tokens: int) 
 
 
 def calibration_statistics(run_dir: str | os.PathLike[str], model: nn.Module, tokenizer: Any,
-                           texts: Sequence[str], *, batch_size: int = 4, max_tokens: int = 512,
+                           texts: Sequence[str | Text], *, batch_size: int = 4, max_tokens: int = 512,
                            progress: bool = True) -> ChannelStatistics:
     """Activation statistics of the dense model on the calibration texts, cached in ``run_dir/stats``.
 
-    Computed with :func:`funcprune.scoring.channel_statistics` once; later calls with
-    the same model (name, revision), texts and ``max_tokens`` read the cache.
+    Computed with :func:`funcprune.scoring.channel_statistics` once (texts batched
+    longest first, see :func:`calibration_data`); later calls with the same model
+    (name, revision), texts and ``max_tokens`` read the cache.
 
     Returns
     -------
@@ -391,8 +420,8 @@ def calibration_statistics(run_dir: str | os.PathLike[str], model: nn.Module, to
         if {k: cached.source.get(k) for k in key} == _normalise(key):
             cached.check_model(model)
             return cached
-    stats = channel_statistics(model, tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens,
-                               progress=progress)
+    stats = channel_statistics(model, tokenizer, _by_length(texts), batch_size=batch_size,
+                               max_tokens=max_tokens, progress=progress)
     stats.source.update(key)
     stats.save(path)
     return stats
@@ -558,7 +587,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
             raise ValueError("a tokenizer is needed to read the calibration texts: pass tokenizer=")
         source = calibration_texts(run_dir) if texts is None else texts
         calib_texts = [t.text if isinstance(t, Text) else str(t) for t in source]
-        calibration = CalibrationData(tokenizer, calib_texts, batch_size=batch_size, max_tokens=max_tokens)
+        calibration = calibration_data(tokenizer, calib_texts, batch_size=batch_size, max_tokens=max_tokens)
     if any(m.needs_statistics for m in resolved):
         stats = calibration_statistics(run_dir, dense, tokenizer, calib_texts, batch_size=batch_size,
                                        max_tokens=max_tokens, progress=progress)

@@ -21,7 +21,7 @@ removed. The reached ratio is therefore within half a unit's parameters of the r
 (``r`` channels of ``3 * hidden`` parameters each for gated MLPs) -- exact, unlike the
 seed's hand-tuned threshold, which :func:`select_by_threshold` keeps for fidelity.
 
-Used in the chapter :doc:`/executed/03_prune`.
+Used in the chapters :doc:`/executed/03_key_neurons` and :doc:`/executed/04_structured_pruning`.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ checkpoint yet: :func:`load_pruned` builds the architecture at the global width,
 the MLPs to the saved widths, and loads the weights strictly. ``config.funcprune``
 records the widths and the layers whose down projection gained a bias.
 
-Used in the chapter :doc:`/executed/03_prune`.
+Used in the chapter :doc:`/executed/04_structured_pruning`.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ The activation statistics the last two need (mean, variance, squared L2 norm per
 of the down projection's input) come from :func:`channel_statistics` (one streaming pass
 with :class:`~funcprune.capture.MLPRecorder`) or :func:`channel_statistics_from_store`.
 
-Used in the chapters :doc:`/executed/03_prune` and :doc:`/executed/04_baselines`.
+Used in the chapters :doc:`/executed/03_key_neurons` and :doc:`/executed/04_structured_pruning`.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ recorded in every result:
 With ``offline=False`` the harness's built-in tasks run unchanged (and download
 their data from the Hugging Face hub).
 
-Used in the chapter :doc:`/executed/05_evaluate`.
+Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
 """
 
 from __future__ import annotations

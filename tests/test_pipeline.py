@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -13,17 +12,17 @@ import transformers as tf
 from test_capture import CharTokenizer
 from tiny_models import tiny_config
 
-from funcprune import capture_activations, get_adapter, pipeline
+from funcprune import capture_activations, pipeline
 from funcprune.adapters import layer_widths
 from funcprune.data import dataset_info, load_texts
 from funcprune.evaluate import count_parameters
 from funcprune.ica import FunctionalNetworks
-from funcprune.pipeline import (METHODS, build_pruned, calibration_statistics, calibration_texts, get_method,
-                                make_plan, method_key, prune_all, read_index)
+from funcprune.pipeline import (METHODS, build_pruned, calibration_data, calibration_statistics, calibration_texts,
+                                get_method, make_plan, method_key, prune_all, read_index)
 from funcprune.plan import PruningPlan, channel_parameters
 from funcprune.prune import CalibrationData, load_pruned
-from funcprune.scoring import (channel_statistics, flap_scores, key_neuron_scores, magnitude_scores,
-                               random_scores, wanda_sp_scores)
+from funcprune.scoring import (ChannelStatistics, channel_statistics, flap_scores, key_neuron_scores,
+                               magnitude_scores, random_scores, wanda_sp_scores)
 
 TEXTS = ["the cat sat on the mat and looked at the dog", "functional networks in a digital brain",
          "tokens are time points", "channels are voxels and layers are regions of the brain",
@@ -65,8 +64,8 @@ def reference_scores(name: str, setup: dict, seed: int) -> dict[int, np.ndarray]
     model, stats, fn = setup["model"], setup["stats"], setup["networks"]
     return {"functional_networks": lambda: key_neuron_scores(fn.maps_, fn.voxel_channels_, layer_widths(model)),
             "random": lambda: random_scores(model, seed), "magnitude": lambda: magnitude_scores(model),
-            "wanda_sp": lambda: wanda_sp_scores(model, stats), "flap": lambda: flap_scores(model, stats),
-            }[get_method(name).scorer]()
+            "wanda_sp": lambda: wanda_sp_scores(model, stats),
+            "flap": lambda: flap_scores(model, stats, standardize=True)}[get_method(name).scorer]()
 
 
 # -- plans --------------------------------------------------------------------------------------------
@@ -162,16 +161,16 @@ def run_grid(setup: dict, run_dir: Path, methods: list[str], ratios: list[float]
 def test_prune_all_writes_plans_checkpoints_and_an_index_that_reload(setup: dict, tmp_path: Path) -> None:
     model = setup["model"]
     dense_logits = logits(model)
-    rows = run_grid(setup, tmp_path, list(METHODS), [0.05, RATIO])
-    keys = [f"{m}_r{r}" for r in ("0.05", "0.10") for m in
-            ("fn", "fn-bias", "random-s0", "random-s1", "magnitude", "wanda-sp", "flap")]
+    rows = run_grid(setup, tmp_path, list(METHODS), [RATIO])
+    keys = [f"{m}_r0.10" for m in ("fn", "fn-bias", "random-s0", "random-s1", "magnitude", "wanda-sp", "flap")]
     assert list(rows["key"]) == keys
     index = json.loads((tmp_path / "pruned" / "index.json").read_text())
     assert [e["key"] for e in index["entries"]] == keys
     assert read_index(tmp_path)["key"].tolist() == keys
     assert (tmp_path / "stats" / "stats.npz").exists()
     total, mlp = count_parameters(model)["total"], count_parameters(model)["mlp"]
-    calibration = CalibrationData(setup["tok"], TEXTS)
+    calibration = calibration_data(setup["tok"], TEXTS)
+    stats = ChannelStatistics.load(tmp_path / "stats")
     for entry in index["entries"]:
         plan = PruningPlan.load(tmp_path / entry["plan"])
         assert plan.protected_layers == entry["protected_layers"] == PROTECTED
@@ -185,7 +184,7 @@ def test_prune_all_writes_plans_checkpoints_and_an_index_that_reload(setup: dict
         assert (entry["params_total_after"], entry["params_mlp_after"]) == (counted["total"], counted["mlp"])
         assert entry["widths"] == list(layer_widths(loaded).values())
         assert loaded.funcprune_plan == plan
-        in_memory = build_pruned(entry["method"], model, plan, calibration=calibration, stats=setup["stats"])
+        in_memory = build_pruned(entry["method"], model, plan, calibration=calibration, stats=stats)
         assert torch.equal(logits(loaded), logits(in_memory)), entry["key"]
     fn, fn_bias = (PruningPlan.load(tmp_path / "plans" / f"{k}_r0.10.json") for k in ("fn", "fn-bias"))
     assert fn.kept == fn_bias.kept
@@ -253,7 +252,7 @@ def test_statistics_are_cached_per_texts(setup: dict, tmp_path: Path, monkeypatc
     b = calibration_statistics(tmp_path, model, tok, TEXTS, batch_size=3, progress=False)
     assert len(calls) == 1
     np.testing.assert_array_equal(a.var[3], b.var[3])
-    np.testing.assert_allclose(a.mean[4], setup["stats"].mean[4], rtol=1e-12)
+    np.testing.assert_allclose(a.mean[4], setup["stats"].mean[4], rtol=1e-5, atol=1e-7)  # other batches
     calibration_statistics(tmp_path, model, tok, TEXTS[:3], progress=False)
     assert len(calls) == 2
 
