@@ -159,6 +159,20 @@ def tokenize_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int, m
         yield idx, {"input_ids": ids, "attention_mask": mask}
 
 
+def _check_and_append(writer: ActivationWriter, rows: Mapping[tuple[int, str], np.ndarray],
+                      tokens: np.ndarray, doc: np.ndarray, batch: int, texts: list[str]) -> None:
+    """Refuse non-finite activations, then append the batch (runs on the writer thread).
+
+    The check sums each block first (a NaN or inf makes the sum non-finite) and only
+    looks element-wise when the sum says so, so it costs one pass over the data.
+    """
+    for (layer, _kind), block in rows.items():
+        if not np.isfinite(block.sum(dtype=np.float64)) and not np.isfinite(block).all():
+            raise ValueError(f"non-finite activations in layer {layer}, batch {batch} (texts {texts}); "
+                             "try float32 weights")
+    writer.append(rows, tokens, doc)
+
+
 def _input_device(model: nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
 
@@ -260,17 +274,14 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
                     mask[:, 0] = False
                 recorder.mask = mask
                 model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-                for (i, _kind), block in recorder.records.items():
-                    if not torch.isfinite(block).all():
-                        raise ValueError(f"non-finite activations in layer {i}, batch {b} (texts "
-                                         f"{[identity['text_ids'][j] for j in idx]}); try float32 weights")
                 rows = {key: block.numpy() for key, block in recorder.records.items()}
                 doc = np.repeat(np.asarray(idx, dtype=np.int32), mask.sum(dim=1).numpy())
                 tokens = batch["input_ids"][mask].numpy()
                 if pending is not None:
                     pending.result()
                     bar.update(1)
-                pending = io.submit(writer.append, rows, tokens, doc)
+                texts_of_batch = [identity["text_ids"][j] for j in idx]
+                pending = io.submit(_check_and_append, writer, rows, tokens, doc, b, texts_of_batch)
             if pending is not None:
                 pending.result()
                 bar.update(1)
