@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .models import describe_model
 from .provenance import environment_info
-from .store import ActivationStore, ActivationWriter, check_dtype, split_layers
+from .store import ActivationStore, ActivationWriter, aligned_empty, check_dtype, split_layers
 
 __all__ = ["KINDS", "MLPRecorder", "capture_activations", "tokenize_batches"]
 
@@ -57,42 +57,98 @@ class MLPRecorder:
     layers : sequence of int, optional
         Layers to record (default: all).
     dtype : {"float32", "float16"}, default="float32"
-        dtype of the recorded tensors (moved to the CPU and detached).
+        dtype of the recorded rows (copied to the CPU).
+    ring : int, default=0
+        With ``ring=n > 0`` the rows are copied into ``n`` sets of buffers used in
+        turn, so after the first ``n`` forward passes recording allocates nothing
+        unless a batch has more rows than any before (fresh memory costs the kernel a
+        page fault and a zeroing per 4 KiB page). The buffers are page-aligned, so
+        the activation store can write them with direct I/O. The records of a pass
+        then stay valid only for the next ``n - 1`` passes. ``0`` gives every pass
+        new tensors.
+    on_record : callable, optional
+        Called as ``on_record(key, rows)`` from the hook as soon as a record exists,
+        while the forward pass goes on (capture starts writing a layer to disk there).
+        It may return a :class:`~concurrent.futures.Future`: with a ring, that
+        buffer is not refilled before the future is done (its error is raised then).
 
     Attributes
     ----------
     records : dict[(int, str), torch.Tensor]
-        ``(layer, kind) -> (n_rows, width)`` tensor of the last forward pass. When
-        :attr:`mask` is set (a ``(batch, seq)`` bool tensor), only the positions where
-        it is true are kept, row-major, otherwise all ``batch * seq`` positions.
+        ``(layer, kind) -> (n_rows, width)`` contiguous CPU tensor of the last forward
+        pass: the positions where :attr:`mask` is true, row-major, or all
+        ``batch * seq`` positions when it is ``None``.
+    mask : torch.Tensor or None
+        ``(batch, seq)`` bool tensor of the positions that are time points; set it
+        before each forward pass.
 
     Examples
     --------
     >>> with MLPRecorder(model, kinds=("act", "up")) as rec:  # doctest: +SKIP
-    ...     model(input_ids)
+    ...     rec.mask = attention_mask.bool()
+    ...     model(input_ids, attention_mask=attention_mask)
     ...     act0 = rec.records[(0, "act")]
     """
 
     def __init__(self, model: nn.Module, kinds: Sequence[str] = ("act", "up"),
                  layers: Sequence[int] | None = None, dtype: str = "float32",
-                 adapter: ArchitectureAdapter | None = None) -> None:
+                 adapter: ArchitectureAdapter | None = None, ring: int = 0,
+                 on_record: Callable[[tuple[int, str], torch.Tensor], Future[Any] | None] | None = None
+                 ) -> None:
+        if ring < 0:
+            raise ValueError(f"ring must be >= 0, got {ring}")
         self.model = model
         self.adapter = adapter or get_adapter(model)
         self.kinds = _check_kinds(kinds)
-        check_dtype(dtype)
+        self._np_dtype = check_dtype(dtype)
         self.dtype = _TORCH_DTYPES[dtype]
         self.layers = split_layers(layers, len(self.adapter.get_layers(model)))
         self.records: dict[tuple[int, str], torch.Tensor] = {}
         self.mask: torch.Tensor | None = None
+        self.ring = ring
+        self.on_record = on_record
+        self._buffers: list[dict[tuple[int, str], torch.Tensor]] = [{} for _ in range(ring)]
+        self._slot = 0
+        self._in_use: dict[tuple[int, int, str], Future[Any]] = {}  # (slot, layer, kind) -> its consumer
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _runs(self, value: torch.Tensor) -> list[tuple[int, int, int]]:
+        """``(row, start, stop)`` runs of the positions of ``value`` to keep, row-major."""
+        if self.mask is None:
+            return [(b, 0, value.shape[1]) for b in range(value.shape[0])]
+        if tuple(self.mask.shape) != tuple(value.shape[:2]):
+            raise ValueError(f"mask of shape {tuple(self.mask.shape)} does not match the (batch, seq) "
+                             f"shape {tuple(value.shape[:2])} of the recorded activations")
+        return _true_runs(self.mask)
+
+    def _output(self, key: tuple[int, str], n_rows: int, width: int) -> torch.Tensor:
+        if key in self.records and self.ring:  # a new forward pass: move on to the next buffer set
+            self._slot = (self._slot + 1) % self.ring
+            self.records = {}
+        if not self.ring:
+            return torch.empty((n_rows, width), dtype=self.dtype)
+        consumer = self._in_use.pop((self._slot, *key), None)
+        if consumer is not None:
+            consumer.result()
+        buffers = self._buffers[self._slot]
+        if key not in buffers or buffers[key].shape[0] < n_rows or buffers[key].shape[1] != width:
+            # page-aligned, so that the activation store can write it with direct I/O
+            buffers[key] = torch.from_numpy(aligned_empty((n_rows, width), self._np_dtype))
+        return buffers[key][:n_rows]
 
     def _store(self, key: tuple[int, str], value: torch.Tensor) -> None:
         value = value.detach()
-        if self.mask is not None:
-            value = value[self.mask.to(value.device)]
-        else:
-            value = value.reshape(-1, value.shape[-1])
-        self.records[key] = value.to("cpu", self.dtype)
+        value = value.reshape(-1, value.shape[-2], value.shape[-1])
+        runs = self._runs(value)
+        out = self._output(key, sum(stop - start for _, start, stop in runs), value.shape[-1])
+        offset = 0
+        for b, start, stop in runs:  # one contiguous copy per text (and dtype conversion, device move)
+            out[offset:offset + stop - start].copy_(value[b, start:stop])
+            offset += stop - start
+        self.records[key] = out
+        consumer = self.on_record(key, out) if self.on_record is not None else None
+        if consumer is not None and self.ring:
+            self._in_use[(self._slot, *key)] = consumer
 
     def __enter__(self) -> "MLPRecorder":
         layers = self.adapter.get_layers(self.model)
@@ -126,8 +182,18 @@ class MLPRecorder:
 
     def __exit__(self, *exc: Any) -> None:
         self._remove()
-        self.records.clear()
+        self.records = {}
+        self._buffers = [{} for _ in range(self.ring)]
+        self._in_use.clear()
         self.mask = None
+
+
+def _true_runs(mask: torch.Tensor) -> list[tuple[int, int, int]]:
+    """``(row, start, stop)`` of every run of true values of a ``(batch, seq)`` mask, row-major."""
+    padded = np.pad(mask.cpu().numpy().astype(np.int8), ((0, 0), (1, 1)))
+    edges = np.diff(padded, axis=1)
+    starts, stops = np.argwhere(edges == 1), np.argwhere(edges == -1)
+    return [(int(b), int(s), int(e)) for (b, s), (_, e) in zip(starts, stops)]
 
 
 def tokenize_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_tokens: int
@@ -159,18 +225,48 @@ def tokenize_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int, m
         yield idx, {"input_ids": ids, "attention_mask": mask}
 
 
-def _check_and_append(writer: ActivationWriter, rows: Mapping[tuple[int, str], np.ndarray],
-                      tokens: np.ndarray, doc: np.ndarray, batch: int, texts: list[str]) -> None:
-    """Refuse non-finite activations, then append the batch (runs on the writer thread).
+#: For each storage dtype: its signed and unsigned integer views and its exponent mask.
+_FLOAT_BITS = {np.dtype(np.float16): (np.int16, np.uint16, 0x7C00, 0x8000),
+               np.dtype(np.float32): (np.int32, np.uint32, 0x7F800000, 0x80000000)}
 
-    The check sums each block first (a NaN or inf makes the sum non-finite) and only
-    looks element-wise when the sum says so, so it costs one pass over the data.
+
+def all_finite(block: np.ndarray) -> bool:
+    """Whether a float16 or float32 array holds no NaN and no inf, read from its bits.
+
+    An IEEE value is NaN or inf exactly when all its exponent bits are set. Seen as
+    signed integers, the non-finite positive values are the ones ``>= mask`` (the
+    exponent mask); seen as unsigned, the non-finite negative ones are ``>= sign | mask``.
+    Two integer maxima decide it exactly, with no conversion (numpy computes
+    float16 sums in software, ten times slower).
+
+    Examples
+    --------
+    >>> all_finite(np.array([1.0, -2.5e38, 0.0], dtype=np.float32))
+    True
+    >>> all_finite(np.array([1.0, -np.inf], dtype=np.float16))
+    False
     """
-    for (layer, _kind), block in rows.items():
-        if not np.isfinite(block.sum(dtype=np.float64)) and not np.isfinite(block).all():
-            raise ValueError(f"non-finite activations in layer {layer}, batch {batch} (texts {texts}); "
-                             "try float32 weights")
-    writer.append(rows, tokens, doc)
+    if block.size == 0:
+        return True
+    signed, unsigned, mask, sign = _FLOAT_BITS[block.dtype]
+    return bool(block.view(signed).max() < mask and block.view(unsigned).max() < (sign | mask))
+
+
+def _check_and_write(writer: ActivationWriter, key: tuple[int, str], rows: np.ndarray, batch: int,
+                     texts: list[str]) -> None:
+    """Refuse non-finite activations, then write one block (runs on the writer thread)."""
+    if not all_finite(rows):
+        raise ValueError(f"non-finite activations in layer {key[0]}, batch {batch} (texts {texts}); "
+                         "try float32 weights")
+    writer.write(key, rows)
+
+
+def _wait(writes: list[Future[None]], bar: Any) -> None:
+    """Wait for one batch's writes and commit, raising the first error."""
+    if writes:
+        for future in writes:
+            future.result()
+        bar.update(1)
 
 
 def _input_device(model: nn.Module) -> torch.device:
@@ -237,7 +333,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
         raise ValueError(f"batch_size ({batch_size}) and max_tokens ({max_tokens}) must be >= 1")
     check_dtype(dtype)
     adapter = get_adapter(model)
-    recorder = MLPRecorder(model, kinds=kinds, layers=layers, dtype=dtype, adapter=adapter)
+    recorder = MLPRecorder(model, kinds=kinds, layers=layers, dtype=dtype, adapter=adapter, ring=1)
     widths = layer_widths(model)
     batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
@@ -261,11 +357,21 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
                unit="batch", disable=not progress)
     was_training = model.training
     model.eval()
-    # Disk writes of batch b overlap the forward pass of batch b + 1 (at most one batch in flight,
-    # so memory stays bounded by two batches).
-    pending: Future[None] | None = None
+    # Each layer's rows are written on a writer thread as soon as its hook fires, while the
+    # forward pass goes on; the batch is committed after its last layer. One set of buffers is
+    # enough: the hook of batch b + 1 waits for batch b's write of that layer (long done, usually).
+    context: dict[str, Any] = {}
+
+    def write_soon(key: tuple[int, str], rows: torch.Tensor) -> Future[None]:
+        future = io.submit(_check_and_write, writer, key, rows.numpy(), context["batch"], context["texts"])
+        context["writes"].append(future)
+        return future
+
+    recorder.on_record = write_soon
+    previous: list[Future[None]] = []
+    io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funcprune-writer")
     try:
-        with recorder, ThreadPoolExecutor(max_workers=1) as io:
+        with recorder:
             for b, (idx, batch) in enumerate(batches):
                 if b < writer.batches_done:
                     continue
@@ -273,19 +379,15 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
                 if drop_first_token:
                     mask[:, 0] = False
                 recorder.mask = mask
+                context.update(batch=b, texts=[identity["text_ids"][j] for j in idx], writes=[])
                 model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-                rows = {key: block.numpy() for key, block in recorder.records.items()}
                 doc = np.repeat(np.asarray(idx, dtype=np.int32), mask.sum(dim=1).numpy())
-                tokens = batch["input_ids"][mask].numpy()
-                if pending is not None:
-                    pending.result()
-                    bar.update(1)
-                texts_of_batch = [identity["text_ids"][j] for j in idx]
-                pending = io.submit(_check_and_append, writer, rows, tokens, doc, b, texts_of_batch)
-            if pending is not None:
-                pending.result()
-                bar.update(1)
+                context["writes"].append(io.submit(writer.commit, batch["input_ids"][mask].numpy(), doc))
+                _wait(previous, bar)
+                previous = context["writes"]
+            _wait(previous, bar)
     finally:
+        io.shutdown(wait=True, cancel_futures=True)  # on an error, queued writes are dropped
         bar.close()
         model.train(was_training)
     skipped = sorted(set(range(len(texts))) - {i for idx, _ in batches for i in idx})

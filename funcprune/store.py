@@ -21,11 +21,20 @@ interrupted resumes from the last committed batch: :class:`ActivationWriter`
 truncates any partially written rows and continues. A manifest that describes a
 different model, dataset, text list or dtype is refused instead of being mixed in.
 
+Where the operating system allows it (Linux ``O_DIRECT``), blocks allocated with
+:func:`aligned_empty` are written with direct I/O: the disk reads them from the
+process's memory, so writing costs almost no CPU and no page cache (buffered writes
+of a float32 capture cost 0.6-3.8 s of CPU per 1.8 GB on a 2-core machine, time
+taken from the forward passes they overlap). Anything else is written through the
+page cache; a file system that refuses direct I/O switches the writer to buffered
+writes for good.
+
 Used in the chapter :doc:`/executed/01_capture_activations`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,7 +43,7 @@ import numpy as np
 
 from ._io import atomic_write_json, read_json
 
-__all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES"]
+__all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES", "aligned_empty"]
 
 STORE_FORMAT = "funcprune-activations/2"
 #: Storage dtypes a user may choose; computations downstream are done in float64.
@@ -55,6 +64,37 @@ def check_dtype(dtype: str) -> np.dtype:
     return np.dtype(dtype)
 
 
+#: Memory alignment of :func:`aligned_empty` buffers (a page: enough for direct I/O everywhere).
+MEMORY_ALIGNMENT = 4096
+#: Alignment of direct-I/O lengths and file offsets: the logical block size of most disks.
+#: A device that needs more makes the write fail with EINVAL, and the writer falls back.
+BLOCK_ALIGNMENT = 512
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a page boundary.
+
+    :class:`ActivationWriter` writes such arrays with direct I/O when their length and
+    file offset are multiples of :data:`BLOCK_ALIGNMENT` (e.g. rows of 128 float32).
+
+    Examples
+    --------
+    >>> aligned_empty((3, 128), "float32").ctypes.data % MEMORY_ALIGNMENT
+    0
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + MEMORY_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % MEMORY_ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _direct_io_possible(data: memoryview, offset: int) -> bool:
+    address = np.frombuffer(data, dtype=np.uint8).ctypes.data if len(data) else 0
+    return (address % MEMORY_ALIGNMENT == 0 and len(data) % BLOCK_ALIGNMENT == 0
+            and offset % BLOCK_ALIGNMENT == 0)
+
+
 def _layer_file(root: Path, layer: int, kind: str) -> Path:
     return root / f"layer_{layer:03d}_{kind}.bin"
 
@@ -73,6 +113,8 @@ class ActivationWriter:
         on resume.
     overwrite : bool, default=False
         Discard an incompatible existing store instead of raising.
+    direct_io : bool, default=True
+        Write aligned blocks with direct I/O where the system supports it.
 
     Attributes
     ----------
@@ -80,10 +122,12 @@ class ActivationWriter:
         Batches already committed (non-zero when resuming).
     rows : int
         Rows (tokens) committed per layer.
+    bytes_written : dict[str, int]
+        Activation bytes written by this writer with ``"direct"`` and ``"buffered"`` I/O.
     """
 
     def __init__(self, path: str | os.PathLike[str], identity: Mapping[str, Any], *,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, direct_io: bool = True) -> None:
         self.path = Path(path)
         self.identity = {"format": STORE_FORMAT, **identity}
         self.np_dtype = check_dtype(self.identity["dtype"])
@@ -94,6 +138,9 @@ class ActivationWriter:
         self.rows = 0
         self.complete = False
         self.extra: dict[str, Any] = {}
+        self.direct_io = direct_io and hasattr(os, "O_DIRECT")
+        self.bytes_written = {"direct": 0, "buffered": 0}
+        self._pending: dict[tuple[int, str], int] = {}
         self._open(overwrite)
 
     # -- set-up -----------------------------------------------------------------
@@ -149,9 +196,65 @@ class ActivationWriter:
         })
 
     # -- appending --------------------------------------------------------------
+    def write(self, key: tuple[int, str], block: np.ndarray) -> None:
+        """Write one ``(layer, kind)`` block of the batch being appended, uncommitted.
+
+        Blocks can be written as soon as they exist (capture writes each layer while
+        the forward pass goes on); the batch counts only after :meth:`commit`. Until
+        then its bytes lie past the committed end of the files, where a resumed or
+        retried batch overwrites them.
+
+        Parameters
+        ----------
+        key : (int, str)
+            Layer and voxel kind.
+        block : ndarray of shape (n_rows, width)
+            The batch's rows; every block of a batch has the same ``n_rows``.
+        """
+        layer, kind = key
+        if layer not in self.widths or kind not in self.kinds:
+            raise ValueError(f"(layer, kind) {key} is not in this store (layers {self.layers}, kinds {self.kinds})")
+        block = np.ascontiguousarray(block, dtype=self.np_dtype)
+        n_rows = next(iter(self._pending.values()), None)  # set by the batch's first block
+        if (block.ndim != 2 or block.shape[1] != self.widths[layer]
+                or (n_rows is not None and block.shape[0] != n_rows)):
+            raise ValueError(f"layer {layer} {kind}: rows of shape {block.shape}, expected "
+                             f"({'n_rows' if n_rows is None else n_rows}, {self.widths[layer]})")
+        self._write_at(_layer_file(self.path, layer, kind), memoryview(block).cast("B"),
+                       self.rows * block.shape[1] * block.itemsize)
+        self._pending[key] = block.shape[0]
+
+    def commit(self, token_ids: np.ndarray, doc_ids: np.ndarray) -> None:
+        """Commit the blocks written since the last commit as one batch.
+
+        Parameters
+        ----------
+        token_ids, doc_ids : ndarray of shape (n_rows,)
+            Token id and text index of every row of the batch.
+
+        Raises
+        ------
+        ValueError
+            If a ``(layer, kind)`` of the store was not written or the row counts
+            disagree; nothing is committed and the batch can be written again.
+        """
+        pending, self._pending = self._pending, {}
+        n_rows = len(token_ids)
+        expected_keys = {(layer, kind) for layer in self.layers for kind in self.kinds}
+        if set(pending) != expected_keys or len(doc_ids) != n_rows or any(n != n_rows for n in pending.values()):
+            raise ValueError(f"batch not committed: written (layer, kind) blocks {sorted(pending)} with "
+                             f"{sorted(set(pending.values()))} rows, {n_rows} token ids and {len(doc_ids)} doc ids; "
+                             f"the store expects every one of {sorted(expected_keys)} with the same rows")
+        for name, values in (("tokens.bin", token_ids), ("docs.bin", doc_ids)):
+            self._write_at(self.path / name, memoryview(np.ascontiguousarray(values, dtype=np.int32)).cast("B"),
+                           self.rows * 4)
+        self.rows += n_rows
+        self.batches_done += 1
+        self._write_manifest()
+
     def append(self, rows: Mapping[tuple[int, str], np.ndarray], token_ids: np.ndarray,
                doc_ids: np.ndarray) -> None:
-        """Append one batch and commit it.
+        """Write every block of one batch and commit it (:meth:`write`, then :meth:`commit`).
 
         Parameters
         ----------
@@ -160,26 +263,42 @@ class ActivationWriter:
         token_ids, doc_ids : ndarray of shape (n_rows,)
             Token id and text index of every row.
         """
-        n_rows = len(token_ids)
-        expected_keys = {(layer, kind) for layer in self.layers for kind in self.kinds}
-        if set(rows) != expected_keys:
-            raise ValueError(f"batch has (layer, kind) keys {sorted(rows)}, store expects {sorted(expected_keys)}")
-        for (layer, kind), block in rows.items():
-            block = np.ascontiguousarray(block, dtype=self.np_dtype)
-            if block.shape != (n_rows, self.widths[layer]):
-                raise ValueError(f"layer {layer} {kind}: rows of shape {block.shape}, "
-                                 f"expected {(n_rows, self.widths[layer])}")
-            with open(_layer_file(self.path, layer, kind), "ab") as fh:
-                fh.write(memoryview(block).cast("B"))
-        for name, values in (("tokens.bin", token_ids), ("docs.bin", doc_ids)):
-            with open(self.path / name, "ab") as fh:
-                fh.write(np.ascontiguousarray(values, dtype=np.int32).tobytes())
-        self.rows += n_rows
-        self.batches_done += 1
-        self._write_manifest()
+        self._pending = {}
+        for key, block in rows.items():
+            self.write(key, block)
+        self.commit(token_ids, doc_ids)
+
+    def _write_at(self, path: Path, data: memoryview, offset: int) -> None:
+        """Write ``data`` at byte ``offset`` (the committed end) of ``path``, directly if possible.
+
+        Writing at the committed end rather than appending overwrites whatever an
+        interrupted batch left there.
+        """
+        if self.direct_io and len(data) and _direct_io_possible(data, offset):
+            written = 0
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+                try:
+                    written = os.pwrite(fd, data, offset)
+                finally:
+                    os.close(fd)
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+                self.direct_io = False  # this file system (or device) refuses direct I/O
+            self.bytes_written["direct"] += written
+            data, offset = data[written:], offset + written
+            if not len(data):
+                return
+        with open(path, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(data)
+        self.bytes_written["buffered"] += len(data)
 
     def finish(self, **extra: Any) -> "ActivationStore":
         """Mark the store complete, record ``extra`` facts, and open it for reading."""
+        self._pending = {}
+        self._truncate_to_committed()  # drop blocks written but never committed
         self.complete = True
         self.extra.update(extra)
         self._write_manifest()

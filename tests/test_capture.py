@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ import torch
 from tiny_models import tiny_model
 
 from funcprune import MLPRecorder, capture_activations, get_adapter
-from funcprune.store import ActivationStore, ActivationWriter, IncompatibleStoreError
+from funcprune.capture import all_finite
+from funcprune.store import (MEMORY_ALIGNMENT, ActivationStore, ActivationWriter, IncompatibleStoreError,
+                             aligned_empty)
 
 
 class CharTokenizer:
@@ -152,22 +155,26 @@ def test_resume_after_interruption(tmp_path: Path) -> None:
     reference = capture_activations(model, tok, texts, tmp_path / "ref", batch_size=1, progress=False)
 
     calls = {"n": 0}
-    original = ActivationWriter.append
+    original = ActivationWriter.commit
 
-    def crash_on_third(self, rows, tokens, docs):  # type: ignore[no-untyped-def]
+    def crash_on_third(self, tokens, docs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if calls["n"] == 3:  # write half a batch of one layer, then die
+        if calls["n"] == 3:  # every layer of batch 3 is written, plus half a row more; die before the commit
             with open(tmp_path / "run" / "layer_000_act.bin", "ab") as fh:
                 fh.write(b"\x00" * 100)
             raise KeyboardInterrupt
-        return original(self, rows, tokens, docs)
+        return original(self, tokens, docs)
 
-    ActivationWriter.append = crash_on_third  # type: ignore[method-assign]
+    ActivationWriter.commit = crash_on_third  # type: ignore[method-assign]
     try:
         with pytest.raises(KeyboardInterrupt):
             capture_activations(model, tok, texts, tmp_path / "run", batch_size=1, progress=False)
     finally:
-        ActivationWriter.append = original  # type: ignore[method-assign]
+        ActivationWriter.commit = original  # type: ignore[method-assign]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    row_bytes = manifest["widths"]["0"] * 4
+    assert manifest["batches_done"] == 2
+    assert (tmp_path / "run" / "layer_000_act.bin").stat().st_size > manifest["rows"] * row_bytes  # uncommitted
     with pytest.raises(IncompatibleStoreError, match="incomplete"):
         ActivationStore(tmp_path / "run")
     resumed = capture_activations(model, tok, texts, tmp_path / "run", batch_size=1, progress=False)
@@ -206,3 +213,168 @@ def test_store_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(store.doc_ids, [0, 0, 0, 1, 1, 1])
     with pytest.raises(KeyError, match="captured layers"):
         store.layer(1)
+
+
+def test_records_are_the_masked_rows_for_any_mask() -> None:
+    """Run-wise copies equal boolean-mask indexing, for holes and left padding too, in each dtype."""
+    model = tiny_model("llama")
+    ids = torch.randint(0, 97, (3, 6))
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1], [1, 0, 1, 1, 0, 1]], dtype=torch.bool)
+    outputs: dict[int, torch.Tensor] = {}
+    up = model.model.layers[1].mlp.up_proj
+    grab = up.register_forward_hook(lambda _m, _a, out: outputs.__setitem__(1, out.detach()))
+    try:
+        for dtype in ("float32", "float16"):
+            with torch.no_grad(), MLPRecorder(model, kinds=("up",), layers=[1], dtype=dtype) as rec:
+                rec.mask = mask
+                model(input_ids=ids)
+                record = rec.records[(1, "up")]
+            assert record.dtype == getattr(torch, dtype) and record.is_contiguous()
+            torch.testing.assert_close(record, outputs[1][mask].to(record.dtype), rtol=0, atol=0)
+    finally:
+        grab.remove()
+
+
+def test_mask_of_the_wrong_shape_is_refused() -> None:
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match=r"mask of shape \(2, 4\) does not match .* \(2, 5\)"):
+        with torch.no_grad(), MLPRecorder(model) as rec:
+            rec.mask = torch.ones(2, 4, dtype=torch.bool)
+            model(input_ids=torch.randint(0, 97, (2, 5)))
+
+
+def test_ring_reuses_buffers_and_keeps_recent_records() -> None:
+    """With ring=2 the third pass writes into the first pass's memory; records of the last pass stay intact."""
+    model = tiny_model("llama")
+    batches = [torch.randint(0, 97, (2, 5)) for _ in range(3)]
+    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0]) as fresh:
+        expected = []
+        for ids in batches:
+            model(input_ids=ids)
+            expected.append(fresh.records[(0, "act")])
+    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0], ring=2) as rec:
+        seen = []
+        for ids, want in zip(batches, expected):
+            model(input_ids=ids)
+            seen.append(rec.records[(0, "act")])
+            torch.testing.assert_close(seen[-1], want, rtol=0, atol=0)
+            if len(seen) >= 2:  # the previous pass is still readable
+                torch.testing.assert_close(seen[-2], expected[len(seen) - 2], rtol=0, atol=0)
+        assert seen[2].data_ptr() == seen[0].data_ptr() != seen[1].data_ptr()
+    with pytest.raises(ValueError, match="ring"):
+        MLPRecorder(model, ring=-1)
+
+
+def test_writer_rejects_a_bad_batch_without_writing(tmp_path: Path) -> None:
+    """A rejected batch is never committed, and the next good batch lands where it should."""
+    identity = {"model": {"name": "m"}, "dataset": {}, "text_ids": ["a"], "dtype": "float32",
+                "kinds": ["act", "up"], "layers": [0], "widths": {"0": 4}, "max_tokens": 8,
+                "drop_first_token": False}
+    writer = ActivationWriter(tmp_path, identity)
+    rows = np.arange(20, dtype=np.float32).reshape(5, 4)
+    with pytest.raises(ValueError, match=r"layer 0 up: rows of shape \(4, 4\), expected \(5, 4\)"):
+        writer.append({(0, "act"): rows, (0, "up"): rows[:4]}, np.arange(5), np.zeros(5))
+    with pytest.raises(ValueError, match="batch not committed"):
+        writer.append({(0, "act"): rows}, np.arange(5), np.zeros(5))
+    with pytest.raises(ValueError, match="not in this store"):
+        writer.write((1, "act"), rows)
+    writer.append({(0, "act"): rows, (0, "up"): rows[::-1]}, np.arange(5), np.zeros(5))
+    store = writer.finish()
+    np.testing.assert_array_equal(store.layer(0, "act"), rows)
+    np.testing.assert_array_equal(store.layer(0, "up"), rows[::-1])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_all_finite_matches_numpy_on_every_special_value(dtype: type) -> None:
+    info = np.finfo(dtype)
+    specials = [0.0, -0.0, 1.0, -1.0, info.max, -info.max, info.tiny, -info.tiny, info.smallest_subnormal,
+                -info.smallest_subnormal, np.inf, -np.inf, np.nan, -np.nan]
+    rng = np.random.default_rng(0)
+    for value in specials:
+        block = rng.normal(size=(7, 5)).astype(dtype)
+        block[3, 2] = value
+        assert all_finite(block) == bool(np.isfinite(block).all()), value
+    # every float16 bit pattern, each alone in a block of ones
+    patterns = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    blocks = np.ones((len(patterns), 3), dtype=np.float16)
+    blocks[:, 1] = patterns
+    assert [all_finite(b) for b in blocks] == np.isfinite(patterns).tolist()
+    assert all_finite(np.zeros((0, 4), dtype=dtype))
+
+
+def _writer_128(path: Path, **kwargs: Any) -> ActivationWriter:
+    identity = {"model": {"name": "m"}, "dataset": {}, "text_ids": ["a"], "dtype": "float32", "kinds": ["act"],
+                "layers": [0], "widths": {"0": 128}, "max_tokens": 8, "drop_first_token": False}
+    return ActivationWriter(path, identity, **kwargs)
+
+
+def _batches_128() -> list[np.ndarray]:
+    """Page-aligned blocks (direct I/O candidates) and one plain, unaligned block in between."""
+    rng = np.random.default_rng(0)
+    blocks = []
+    for n_rows in (3, 5, 2, 4):
+        block = aligned_empty((n_rows, 128), "float32")
+        block[:] = rng.normal(size=block.shape)
+        blocks.append(block)
+    shifted = aligned_empty((blocks[2].size + 1,), "float32")[1:].reshape(blocks[2].shape)  # 4 bytes off a page
+    shifted[:] = blocks[2]
+    blocks[2] = shifted
+    return blocks
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_direct_io_round_trip_and_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refuse: bool) -> None:
+    """Aligned blocks go by direct I/O where the OS allows; a refusal (EINVAL) falls back without losing rows."""
+    import errno
+    import os
+
+    import funcprune.store as store_module
+
+    if refuse:
+        real_open = os.open
+
+        def no_direct(path, flags, *args):  # type: ignore[no-untyped-def]
+            if flags & getattr(os, "O_DIRECT", 0):
+                raise OSError(errno.EINVAL, "direct I/O not supported here")
+            return real_open(path, flags, *args)
+
+        monkeypatch.setattr(store_module.os, "open", no_direct)
+    writer = _writer_128(tmp_path)
+    blocks = _batches_128()
+    for block in blocks:
+        writer.append({(0, "act"): block}, np.arange(len(block)), np.zeros(len(block)))
+    store = writer.finish()
+    np.testing.assert_array_equal(store.layer(0, "act"), np.concatenate(blocks))
+    total = sum(b.nbytes for b in blocks)
+    assert writer.bytes_written["direct"] + writer.bytes_written["buffered"] == total + 2 * 4 * 14
+    if refuse or not hasattr(os, "O_DIRECT"):
+        assert writer.bytes_written["direct"] == 0 and not writer.direct_io
+    elif writer.direct_io:  # the file system took direct I/O: every aligned block went that way
+        assert writer.bytes_written["direct"] >= total - blocks[2].nbytes
+
+
+def test_capture_buffers_are_page_aligned() -> None:
+    model = tiny_model("llama")
+    with torch.no_grad(), MLPRecorder(model, ring=2) as rec:
+        model(input_ids=torch.randint(0, 97, (2, 5)))
+        assert all(r.data_ptr() % MEMORY_ALIGNMENT == 0 for r in rec.records.values())
+
+
+def test_ring_waits_for_the_consumer_of_a_buffer_before_refilling_it() -> None:
+    """A buffer handed to on_record is refilled only once its future is done; the future's error surfaces."""
+    from concurrent.futures import Future
+
+    model = tiny_model("llama")
+    failed: Future[None] = Future()
+    failed.set_exception(OSError("disk full"))
+    handed: list[tuple[int, str]] = []
+
+    def consumer(key: tuple[int, str], rows: torch.Tensor) -> Future[None]:
+        handed.append(key)
+        return failed
+
+    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0, 1], ring=1, on_record=consumer):
+        model(input_ids=torch.randint(0, 97, (2, 5)))
+        assert handed == [(0, "act"), (1, "act")]
+        with pytest.raises(OSError, match="disk full"):
+            model(input_ids=torch.randint(0, 97, (2, 5)))
