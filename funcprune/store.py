@@ -35,6 +35,7 @@ Used in the chapter :doc:`/executed/01_capture_activations`.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -72,10 +73,13 @@ BLOCK_ALIGNMENT = 512
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on a page boundary.
+    """An uninitialised C-contiguous array in its own page-aligned anonymous memory map.
 
     :class:`ActivationWriter` writes such arrays with direct I/O when their length and
     file offset are multiples of :data:`BLOCK_ALIGNMENT` (e.g. rows of 128 float32).
+    The map lies outside the ``malloc`` heap (so it does not change how the heap serves
+    the model's own temporaries) and is advised to use transparent huge pages where
+    the system has them, which makes first touching it ~500x fewer page faults.
 
     Examples
     --------
@@ -83,10 +87,13 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
     0
     """
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(nbytes + MEMORY_ALIGNMENT, dtype=np.uint8)
-    start = -raw.ctypes.data % MEMORY_ALIGNMENT
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    count = int(np.prod(shape))
+    if count == 0:
+        return np.empty(shape, dtype=dtype)
+    memory = mmap.mmap(-1, count * dtype.itemsize)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)
 
 
 def _direct_io_possible(data: memoryview, offset: int) -> bool:
