@@ -58,18 +58,17 @@ class MLPRecorder:
         Layers to record (default: all).
     dtype : {"float32", "float16"}, default="float32"
         dtype of the recorded rows (copied to the CPU).
-    ring : int, default=0
-        With ``ring=n > 0`` the rows are copied into ``n`` sets of buffers used in
-        turn, so after the first ``n`` forward passes recording allocates nothing
-        unless a batch has more rows than any before (fresh memory costs the kernel a
-        page fault and a zeroing per 4 KiB page). The buffers are page-aligned, so
-        the activation store can write them with direct I/O. The records of a pass
-        then stay valid only for the next ``n - 1`` passes. ``0`` gives every pass
-        new tensors.
+    reuse : bool, default=False
+        Copy the rows of every pass into the same buffers, so that after the first
+        pass recording allocates nothing unless a batch has more rows than any before
+        (fresh memory costs the kernel a page fault and a zeroing per 4 KiB page). The
+        buffers are page-aligned, so the activation store can write them with direct
+        I/O. The records of a pass then stay valid only until the next pass. ``False``
+        gives every pass new tensors.
     on_record : callable, optional
         Called as ``on_record(key, rows)`` from the hook as soon as a record exists,
         while the forward pass goes on (capture starts writing a layer to disk there).
-        It may return a :class:`~concurrent.futures.Future`: with a ring, that
+        It may return a :class:`~concurrent.futures.Future`: with ``reuse``, that
         buffer is not refilled before the future is done (its error is raised then).
 
     Attributes
@@ -92,11 +91,9 @@ class MLPRecorder:
 
     def __init__(self, model: nn.Module, kinds: Sequence[str] = ("act", "up"),
                  layers: Sequence[int] | None = None, dtype: str = "float32",
-                 adapter: ArchitectureAdapter | None = None, ring: int = 0,
+                 adapter: ArchitectureAdapter | None = None, reuse: bool = False,
                  on_record: Callable[[tuple[int, str], torch.Tensor], Future[Any] | None] | None = None
                  ) -> None:
-        if ring < 0:
-            raise ValueError(f"ring must be >= 0, got {ring}")
         self.model = model
         self.adapter = adapter or get_adapter(model)
         self.kinds = _check_kinds(kinds)
@@ -105,11 +102,10 @@ class MLPRecorder:
         self.layers = split_layers(layers, len(self.adapter.get_layers(model)))
         self.records: dict[tuple[int, str], torch.Tensor] = {}
         self.mask: torch.Tensor | None = None
-        self.ring = ring
+        self.reuse = reuse
         self.on_record = on_record
-        self._buffers: list[dict[tuple[int, str], torch.Tensor]] = [{} for _ in range(ring)]
-        self._slot = 0
-        self._in_use: dict[tuple[int, int, str], Future[Any]] = {}  # (slot, layer, kind) -> its consumer
+        self._buffers: dict[tuple[int, str], torch.Tensor] = {}
+        self._in_use: dict[tuple[int, str], Future[Any]] = {}  # buffer -> the consumer it was handed to
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _runs(self, value: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -122,19 +118,16 @@ class MLPRecorder:
         return _true_runs(self.mask)
 
     def _output(self, key: tuple[int, str], n_rows: int, width: int) -> torch.Tensor:
-        if key in self.records and self.ring:  # a new forward pass: move on to the next buffer set
-            self._slot = (self._slot + 1) % self.ring
-            self.records = {}
-        if not self.ring:
+        if not self.reuse:
             return torch.empty((n_rows, width), dtype=self.dtype)
-        consumer = self._in_use.pop((self._slot, *key), None)
+        consumer = self._in_use.pop(key, None)
         if consumer is not None:
             consumer.result()
-        buffers = self._buffers[self._slot]
-        if key not in buffers or buffers[key].shape[0] < n_rows or buffers[key].shape[1] != width:
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape[0] < n_rows or buffer.shape[1] != width:
             # page-aligned, so that the activation store can write it with direct I/O
-            buffers[key] = torch.from_numpy(aligned_empty((n_rows, width), self._np_dtype))
-        return buffers[key][:n_rows]
+            buffer = self._buffers[key] = torch.from_numpy(aligned_empty((n_rows, width), self._np_dtype))
+        return buffer[:n_rows]
 
     def _store(self, key: tuple[int, str], value: torch.Tensor) -> None:
         value = value.detach()
@@ -147,8 +140,8 @@ class MLPRecorder:
             offset += stop - start
         self.records[key] = out
         consumer = self.on_record(key, out) if self.on_record is not None else None
-        if consumer is not None and self.ring:
-            self._in_use[(self._slot, *key)] = consumer
+        if consumer is not None and self.reuse:
+            self._in_use[key] = consumer
 
     def __enter__(self) -> "MLPRecorder":
         layers = self.adapter.get_layers(self.model)
@@ -183,7 +176,7 @@ class MLPRecorder:
     def __exit__(self, *exc: Any) -> None:
         self._remove()
         self.records = {}
-        self._buffers = [{} for _ in range(self.ring)]
+        self._buffers.clear()
         self._in_use.clear()
         self.mask = None
 
@@ -333,7 +326,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
         raise ValueError(f"batch_size ({batch_size}) and max_tokens ({max_tokens}) must be >= 1")
     check_dtype(dtype)
     adapter = get_adapter(model)
-    recorder = MLPRecorder(model, kinds=kinds, layers=layers, dtype=dtype, adapter=adapter, ring=1)
+    recorder = MLPRecorder(model, kinds=kinds, layers=layers, dtype=dtype, adapter=adapter, reuse=True)
     widths = layer_widths(model)
     batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
@@ -358,8 +351,8 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     was_training = model.training
     model.eval()
     # Each layer's rows are written on a writer thread as soon as its hook fires, while the
-    # forward pass goes on; the batch is committed after its last layer. One set of buffers is
-    # enough: the hook of batch b + 1 waits for batch b's write of that layer (long done, usually).
+    # forward pass goes on; the batch is committed after its last layer. The hook of batch b + 1
+    # waits for batch b's write of that layer (long done, usually) before refilling its buffer.
     context: dict[str, Any] = {}
 
     def write_soon(key: tuple[int, str], rows: torch.Tensor) -> Future[None]:

@@ -243,8 +243,8 @@ def test_mask_of_the_wrong_shape_is_refused() -> None:
             model(input_ids=torch.randint(0, 97, (2, 5)))
 
 
-def test_ring_reuses_buffers_and_keeps_recent_records() -> None:
-    """With ring=2 the third pass writes into the first pass's memory; records of the last pass stay intact."""
+def test_reused_buffers_hold_each_pass_exactly() -> None:
+    """With reuse=True every pass writes into the same memory and still records what fresh tensors record."""
     model = tiny_model("llama")
     batches = [torch.randint(0, 97, (2, 5)) for _ in range(3)]
     with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0]) as fresh:
@@ -252,17 +252,13 @@ def test_ring_reuses_buffers_and_keeps_recent_records() -> None:
         for ids in batches:
             model(input_ids=ids)
             expected.append(fresh.records[(0, "act")])
-    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0], ring=2) as rec:
-        seen = []
+    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0], reuse=True) as rec:
+        pointers = []
         for ids, want in zip(batches, expected):
             model(input_ids=ids)
-            seen.append(rec.records[(0, "act")])
-            torch.testing.assert_close(seen[-1], want, rtol=0, atol=0)
-            if len(seen) >= 2:  # the previous pass is still readable
-                torch.testing.assert_close(seen[-2], expected[len(seen) - 2], rtol=0, atol=0)
-        assert seen[2].data_ptr() == seen[0].data_ptr() != seen[1].data_ptr()
-    with pytest.raises(ValueError, match="ring"):
-        MLPRecorder(model, ring=-1)
+            torch.testing.assert_close(rec.records[(0, "act")], want, rtol=0, atol=0)
+            pointers.append(rec.records[(0, "act")].data_ptr())
+        assert len(set(pointers)) == 1
 
 
 def test_writer_rejects_a_bad_batch_without_writing(tmp_path: Path) -> None:
@@ -355,12 +351,12 @@ def test_direct_io_round_trip_and_fallback(tmp_path: Path, monkeypatch: pytest.M
 
 def test_capture_buffers_are_page_aligned() -> None:
     model = tiny_model("llama")
-    with torch.no_grad(), MLPRecorder(model, ring=2) as rec:
+    with torch.no_grad(), MLPRecorder(model, reuse=True) as rec:
         model(input_ids=torch.randint(0, 97, (2, 5)))
         assert all(r.data_ptr() % MEMORY_ALIGNMENT == 0 for r in rec.records.values())
 
 
-def test_ring_waits_for_the_consumer_of_a_buffer_before_refilling_it() -> None:
+def test_reuse_waits_for_the_consumer_of_a_buffer_before_refilling_it() -> None:
     """A buffer handed to on_record is refilled only once its future is done; the future's error surfaces."""
     from concurrent.futures import Future
 
@@ -373,7 +369,7 @@ def test_ring_waits_for_the_consumer_of_a_buffer_before_refilling_it() -> None:
         handed.append(key)
         return failed
 
-    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0, 1], ring=1, on_record=consumer):
+    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0, 1], reuse=True, on_record=consumer):
         model(input_ids=torch.randint(0, 97, (2, 5)))
         assert handed == [(0, "act"), (1, "act")]
         with pytest.raises(OSError, match="disk full"):
