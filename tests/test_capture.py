@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -193,12 +192,17 @@ def test_store_from_other_run_is_refused(tmp_path: Path) -> None:
     assert store.manifest["text_ids"] == ["0", "1", "2"]
 
 
+def _writer(path: Path, kinds: list[str], layers: list[int], width: int) -> ActivationWriter:
+    """A writer for a synthetic store (no model): float32, every layer ``width`` channels wide."""
+    identity = {"model": {"name": "m"}, "dataset": {}, "text_ids": ["a", "b"], "dtype": "float32", "kinds": kinds,
+                "layers": layers, "widths": {str(layer): width for layer in layers}, "max_tokens": 8,
+                "drop_first_token": False}
+    return ActivationWriter(path, identity)
+
+
 def test_store_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    identity = {"model": {"name": "m"}, "dataset": {}, "text_ids": ["a", "b"], "dtype": "float32",
-                "kinds": ["act", "up"], "layers": [0, 2], "widths": {"0": 4, "2": 4}, "max_tokens": 8,
-                "drop_first_token": False}
-    writer = ActivationWriter(tmp_path, identity)
+    writer = _writer(tmp_path, ["act", "up"], [0, 2], 4)
     batches = [{(layer, kind): rng.normal(size=(3, 4)) for layer in (0, 2) for kind in ("act", "up")}
                for _ in range(2)]
     for b, rows in enumerate(batches):
@@ -261,12 +265,9 @@ def test_reused_buffers_hold_each_pass_exactly() -> None:
         assert len(set(pointers)) == 1
 
 
-def test_writer_rejects_a_bad_batch_without_writing(tmp_path: Path) -> None:
+def test_writer_never_commits_a_bad_batch(tmp_path: Path) -> None:
     """A rejected batch is never committed, and the next good batch lands where it should."""
-    identity = {"model": {"name": "m"}, "dataset": {}, "text_ids": ["a"], "dtype": "float32",
-                "kinds": ["act", "up"], "layers": [0], "widths": {"0": 4}, "max_tokens": 8,
-                "drop_first_token": False}
-    writer = ActivationWriter(tmp_path, identity)
+    writer = _writer(tmp_path, ["act", "up"], [0], 4)
     rows = np.arange(20, dtype=np.float32).reshape(5, 4)
     with pytest.raises(ValueError, match=r"layer 0 up: rows of shape \(4, 4\), expected \(5, 4\)"):
         writer.append({(0, "act"): rows, (0, "up"): rows[:4]}, np.arange(5), np.zeros(5))
@@ -296,12 +297,6 @@ def test_all_finite_matches_numpy_on_every_special_value(dtype: type) -> None:
     blocks[:, 1] = patterns
     assert [all_finite(b) for b in blocks] == np.isfinite(patterns).tolist()
     assert all_finite(np.zeros((0, 4), dtype=dtype))
-
-
-def _writer_128(path: Path, **kwargs: Any) -> ActivationWriter:
-    identity = {"model": {"name": "m"}, "dataset": {}, "text_ids": ["a"], "dtype": "float32", "kinds": ["act"],
-                "layers": [0], "widths": {"0": 128}, "max_tokens": 8, "drop_first_token": False}
-    return ActivationWriter(path, identity, **kwargs)
 
 
 def _batches_128() -> list[np.ndarray]:
@@ -335,7 +330,7 @@ def test_direct_io_round_trip_and_fallback(tmp_path: Path, monkeypatch: pytest.M
             return real_open(path, flags, *args)
 
         monkeypatch.setattr(store_module.os, "open", no_direct)
-    writer = _writer_128(tmp_path)
+    writer = _writer(tmp_path, ["act"], [0], 128)
     blocks = _batches_128()
     for block in blocks:
         writer.append({(0, "act"): block}, np.arange(len(block)), np.zeros(len(block)))
