@@ -369,3 +369,13 @@ def test_reuse_waits_for_the_consumer_of_a_buffer_before_refilling_it() -> None:
         assert handed == [(0, "act"), (1, "act")]
         with pytest.raises(OSError, match="disk full"):
             model(input_ids=torch.randint(0, 97, (2, 5)))
+
+
+def test_finish_drops_blocks_that_were_never_committed(tmp_path: Path) -> None:
+    writer = _writer(tmp_path, ["act"], [0], 4)
+    rows = np.ones((3, 4), dtype=np.float32)
+    writer.append({(0, "act"): rows}, np.arange(3), np.zeros(3))
+    writer.write((0, "act"), 2 * rows)  # written, never committed
+    store = writer.finish()
+    assert (tmp_path / "layer_000_act.bin").stat().st_size == rows.nbytes
+    np.testing.assert_array_equal(store.layer(0, "act"), rows)
