@@ -9,7 +9,8 @@ pre-activation and ``"act"`` its activation.
 
 :class:`MLPRecorder` is a context manager that registers forward hooks and
 removes exactly its own hooks in ``finally``. :func:`capture_activations` runs
-batches of texts through the model and streams the rows of every layer to an
+batches of texts through the model, up to the last recorded layer only (the LM
+head is never run), and streams the rows of every layer to an
 :class:`~funcprune.store.ActivationWriter`, so memory is bounded by one batch.
 
 Used in the chapter :doc:`/executed/01_capture_activations`.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -31,11 +33,15 @@ from .models import describe_model
 from .provenance import environment_info
 from .store import ActivationStore, ActivationWriter, aligned_empty, check_dtype, split_layers
 
-__all__ = ["KINDS", "MLPRecorder", "capture_activations", "tokenize_batches"]
+__all__ = ["KINDS", "MLPRecorder", "StopForward", "all_finite", "capture_activations", "rows_finite",
+           "stop_after_layer", "tokenize_batches"]
 
 #: Voxel kinds that can be captured per channel.
 KINDS = ("act", "up", "product")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+#: Capture's buffers in flight between the hooks and the writer: a layer's forward takes far
+#: longer than writing one record, so a few suffice, and they stay in the cache.
+_RING = 8
 
 
 def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
@@ -70,6 +76,21 @@ class MLPRecorder:
         while the forward pass goes on (capture starts writing a layer to disk there).
         It may return a :class:`~concurrent.futures.Future`: with ``reuse``, that
         buffer is not refilled before the future is done (its error is raised then).
+    ring : int, optional
+        With ``reuse``, cycle through this many buffers shared by all layers and kinds
+        instead of one per ``(layer, kind)``: memory for ``ring`` records rather than for
+        a whole pass, and buffers that stay in the CPU cache. A record is then
+        overwritten ``ring`` records later, so it must be consumed in ``on_record``
+        (which capture does); :attr:`records` stays empty.
+    max_rows : int, optional
+        With ``reuse``, allocate every buffer for this many rows at once (capture knows
+        its largest batch in advance), instead of for the first pass's rows and anew
+        whenever a pass has more.
+    stop_early : bool, default=False
+        End every forward pass right after the last recorded layer by raising
+        :class:`StopForward` there: the layers after it, the final norm and the LM head
+        (a sixth of the forward time of SmolLM2-135M on a CPU: its vocabulary is large) are not run.
+        Run the model with :meth:`forward`, which catches it.
 
     Attributes
     ----------
@@ -79,7 +100,9 @@ class MLPRecorder:
         ``batch * seq`` positions when it is ``None``.
     mask : torch.Tensor or None
         ``(batch, seq)`` bool tensor of the positions that are time points; set it
-        before each forward pass.
+        before each forward pass. The recorder keeps a copy of it and of its runs of
+        true values (computed once per pass, not once per hook), so editing the
+        tensor in place afterwards changes nothing: assign it again.
 
     Examples
     --------
@@ -92,8 +115,8 @@ class MLPRecorder:
     def __init__(self, model: nn.Module, kinds: Sequence[str] = ("act", "up"),
                  layers: Sequence[int] | None = None, dtype: str = "float32",
                  adapter: ArchitectureAdapter | None = None, reuse: bool = False,
-                 on_record: Callable[[tuple[int, str], torch.Tensor], Future[Any] | None] | None = None
-                 ) -> None:
+                 on_record: Callable[[tuple[int, str], torch.Tensor], Future[Any] | None] | None = None,
+                 ring: int | None = None, max_rows: int | None = None, stop_early: bool = False) -> None:
         self.model = model
         self.adapter = adapter or get_adapter(model)
         self.kinds = _check_kinds(kinds)
@@ -101,47 +124,71 @@ class MLPRecorder:
         self.dtype = _TORCH_DTYPES[dtype]
         self.layers = split_layers(layers, len(self.adapter.get_layers(model)))
         self.records: dict[tuple[int, str], torch.Tensor] = {}
-        self.mask: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        self._mask_runs: list[tuple[int, int, int]] = []
         self.reuse = reuse
         self.on_record = on_record
-        self._buffers: dict[tuple[int, str], torch.Tensor] = {}
-        self._in_use: dict[tuple[int, str], Future[Any]] = {}  # buffer -> the consumer it was handed to
+        if ring is not None and (not reuse or ring < 1):
+            raise ValueError(f"ring={ring} needs reuse=True and at least one buffer")
+        self.ring = ring
+        self._next_slot = 0
+        self.max_rows = max_rows
+        self.stop_early = stop_early
+        self._buffers: dict[Any, torch.Tensor] = {}  # slot ((layer, kind), or ring index) -> flat buffer
+        self._in_use: dict[Any, Future[Any]] = {}  # slot -> the consumer its record was handed to
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self._mask
+
+    @mask.setter
+    def mask(self, mask: torch.Tensor | None) -> None:
+        if mask is not None and mask.ndim != 2:
+            raise ValueError(f"mask must have shape (batch, seq), got {tuple(mask.shape)}")
+        self._mask = None if mask is None else mask.detach().to("cpu", torch.bool, copy=True)
+        self._mask_runs = [] if self._mask is None else _true_runs(self._mask)
 
     def _runs(self, value: torch.Tensor) -> list[tuple[int, int, int]]:
         """``(row, start, stop)`` runs of the positions of ``value`` to keep, row-major."""
-        if self.mask is None:
+        if self._mask is None:
             return [(b, 0, value.shape[1]) for b in range(value.shape[0])]
-        if tuple(self.mask.shape) != tuple(value.shape[:2]):
-            raise ValueError(f"mask of shape {tuple(self.mask.shape)} does not match the (batch, seq) "
+        if tuple(self._mask.shape) != tuple(value.shape[:2]):
+            raise ValueError(f"mask of shape {tuple(self._mask.shape)} does not match the (batch, seq) "
                              f"shape {tuple(value.shape[:2])} of the recorded activations")
-        return _true_runs(self.mask)
+        return self._mask_runs
 
-    def _output(self, key: tuple[int, str], n_rows: int, width: int) -> torch.Tensor:
+    def _output(self, key: tuple[int, str], n_rows: int, width: int) -> tuple[torch.Tensor, Any]:
+        """The tensor to copy a record into, and the buffer slot it lies in (``None``: a fresh tensor)."""
         if not self.reuse:
-            return torch.empty((n_rows, width), dtype=self.dtype)
-        consumer = self._in_use.pop(key, None)
+            return torch.empty((n_rows, width), dtype=self.dtype), None
+        slot: Any = key
+        if self.ring is not None:
+            slot, self._next_slot = self._next_slot, (self._next_slot + 1) % self.ring
+        consumer = self._in_use.pop(slot, None)
         if consumer is not None:
             consumer.result()
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.shape[0] < n_rows or buffer.shape[1] != width:
+        buffer = self._buffers.get(slot)
+        if buffer is None or buffer.numel() < n_rows * width:
             # page-aligned, so that the activation store can write it with direct I/O
-            buffer = self._buffers[key] = torch.from_numpy(aligned_empty((n_rows, width), self._np_dtype))
-        return buffer[:n_rows]
+            rows = max(n_rows, self.max_rows or 0)
+            buffer = self._buffers[slot] = torch.from_numpy(aligned_empty((rows * width,), self._np_dtype))
+        return buffer[:n_rows * width].view(n_rows, width), slot
 
     def _store(self, key: tuple[int, str], value: torch.Tensor) -> None:
         value = value.detach()
         value = value.reshape(-1, value.shape[-2], value.shape[-1])
         runs = self._runs(value)
-        out = self._output(key, sum(stop - start for _, start, stop in runs), value.shape[-1])
+        out, slot = self._output(key, sum(stop - start for _, start, stop in runs), value.shape[-1])
         offset = 0
         for b, start, stop in runs:  # one contiguous copy per text (and dtype conversion, device move)
             out[offset:offset + stop - start].copy_(value[b, start:stop])
             offset += stop - start
-        self.records[key] = out
+        if self.ring is None:
+            self.records[key] = out
         consumer = self.on_record(key, out) if self.on_record is not None else None
-        if consumer is not None and self.reuse:
-            self._in_use[key] = consumer
+        if consumer is not None and slot is not None:
+            self._in_use[slot] = consumer
 
     def __enter__(self) -> "MLPRecorder":
         layers = self.adapter.get_layers(self.model)
@@ -163,10 +210,19 @@ class MLPRecorder:
                             lambda _m, _args, out, key=key: self._store(key, out))
                     seen.add(id(module))
                     self._handles.append(hook)
+            if self.stop_early:
+                self._handles.append(layers[max(self.layers)].register_forward_hook(_stop))
         except BaseException:
             self._remove()
             raise
         return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the model on ``args``/``kwargs`` and record; ``None`` if stopped early."""
+        try:
+            return self.model(*args, **kwargs)
+        except StopForward:
+            return None
 
     def _remove(self) -> None:
         for handle in self._handles:
@@ -181,9 +237,32 @@ class MLPRecorder:
         self.mask = None
 
 
+class StopForward(Exception):
+    """Ends a forward pass after the last layer an :class:`MLPRecorder` needs (``stop_early``)."""
+
+
+def _stop(_module: nn.Module, _args: Any, _output: Any) -> None:
+    raise StopForward
+
+
+@contextmanager
+def stop_after_layer(model: nn.Module, layer: int, adapter: ArchitectureAdapter | None = None) -> Iterator[None]:
+    """Within the context, every forward pass of ``model`` ends after decoder ``layer``.
+
+    The pass raises :class:`StopForward` there (catch it); hooks of earlier modules
+    have run. :class:`MLPRecorder` does this with ``stop_early``; alone it gives the
+    plain baseline of the same work (``benchmarks/bench_capture.py``).
+    """
+    handle = (adapter or get_adapter(model)).get_layers(model)[layer].register_forward_hook(_stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _true_runs(mask: torch.Tensor) -> list[tuple[int, int, int]]:
     """``(row, start, stop)`` of every run of true values of a ``(batch, seq)`` mask, row-major."""
-    padded = np.pad(mask.cpu().numpy().astype(np.int8), ((0, 0), (1, 1)))
+    padded = np.pad(mask.numpy().astype(np.int8), ((0, 0), (1, 1)))
     edges = np.diff(padded, axis=1)
     starts, stops = np.argwhere(edges == 1), np.argwhere(edges == -1)
     return [(int(b), int(s), int(e)) for (b, s), (_, e) in zip(starts, stops)]
@@ -245,13 +324,32 @@ def all_finite(block: np.ndarray) -> bool:
     return bool(block.view(signed).max() < mask and block.view(unsigned).max() < (sign | mask))
 
 
-def _check_and_write(writer: ActivationWriter, key: tuple[int, str], rows: np.ndarray, batch: int,
-                     texts: list[str]) -> None:
-    """Refuse non-finite activations, then write one block (runs on the writer thread)."""
-    if not all_finite(rows):
-        raise ValueError(f"non-finite activations in layer {key[0]}, batch {batch} (texts {texts}); "
+def rows_finite(rows: torch.Tensor) -> bool:
+    """Whether a block of rows holds no NaN and no inf, decided exactly in one fast pass.
+
+    A row's sum is finite only if every value in it is (IEEE arithmetic never turns
+    a NaN or an inf back into a finite number), so one vectorised pass of row sums
+    clears almost every block; a block with a non-finite row sum (a non-finite value,
+    or a sum that overflowed) is decided bit by bit by :func:`all_finite`. Called in
+    the capture hook, it reads rows that the copy has just brought into the cache.
+
+    Examples
+    --------
+    >>> rows_finite(torch.tensor([[60000.0, 60000.0], [1.0, 2.0]], dtype=torch.float16))
+    True
+    >>> rows_finite(torch.tensor([[1.0, float("nan")]]))
+    False
+    """
+    if rows.numel() == 0 or bool(torch.isfinite(rows.sum(dim=-1)).all()):
+        return True
+    return all_finite(rows.detach().cpu().numpy())
+
+
+def _check_finite(key: tuple[int, str], rows: torch.Tensor, batch: int, texts: list[str]) -> None:
+    """Refuse non-finite activations, naming the layer, kind, batch and texts."""
+    if not rows_finite(rows):
+        raise ValueError(f"non-finite activations in layer {key[0]} ({key[1]}), batch {batch} (texts {texts}); "
                          "try float32 weights")
-    writer.write(key, rows)
 
 
 def _wait(writes: list[Future[None]], bar: Any) -> None:
@@ -326,11 +424,12 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
         raise ValueError(f"batch_size ({batch_size}) and max_tokens ({max_tokens}) must be >= 1")
     check_dtype(dtype)
     adapter = get_adapter(model)
-    recorder = MLPRecorder(model, kinds=kinds, layers=layers, dtype=dtype, adapter=adapter, reuse=True)
     widths = layer_widths(model)
     batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
         raise ValueError("every calibration text tokenised to zero tokens")
+    recorder = MLPRecorder(model, kinds=kinds, layers=layers, dtype=dtype, adapter=adapter, reuse=True,
+                           ring=_RING, max_rows=max(int(b["attention_mask"].sum()) for _, b in batches), stop_early=True)
     identity = {
         "model": {k: v for k, v in describe_model(model).items() if k in ("name", "revision", "model_type")},
         "dataset": dict(dataset or {}),
@@ -350,13 +449,15 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
                unit="batch", disable=not progress)
     was_training = model.training
     model.eval()
-    # Each layer's rows are written on a writer thread as soon as its hook fires, while the
-    # forward pass goes on; the batch is committed after its last layer. The hook of batch b + 1
-    # waits for batch b's write of that layer (long done, usually) before refilling its buffer.
+    # Each layer's rows are checked in its hook (they are in the cache after the copy) and written
+    # on a writer thread, by direct I/O where possible, while the forward pass goes on; the batch is
+    # committed after its last layer. Records cycle through a ring of _RING buffers: a hook waits
+    # for the write of the record _RING records earlier (long done, usually) before refilling one.
     context: dict[str, Any] = {}
 
     def write_soon(key: tuple[int, str], rows: torch.Tensor) -> Future[None]:
-        future = io.submit(_check_and_write, writer, key, rows.numpy(), context["batch"], context["texts"])
+        _check_finite(key, rows, context["batch"], context["texts"])  # in the hook: the rows are in the cache
+        future = io.submit(writer.write, key, rows.numpy())
         context["writes"].append(future)
         return future
 
@@ -373,7 +474,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
                     mask[:, 0] = False
                 recorder.mask = mask
                 context.update(batch=b, texts=[identity["text_ids"][j] for j in idx], writes=[])
-                model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+                recorder.forward(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
                 doc = np.repeat(np.asarray(idx, dtype=np.int32), mask.sum(dim=1).numpy())
                 context["writes"].append(io.submit(writer.commit, batch["input_ids"][mask].numpy(), doc))
                 _wait(previous, bar)

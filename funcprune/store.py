@@ -67,6 +67,8 @@ def check_dtype(dtype: str) -> np.dtype:
 
 #: Memory alignment of :func:`aligned_empty` buffers (a page: enough for direct I/O everywhere).
 MEMORY_ALIGNMENT = 4096
+#: Size of a transparent huge page on x86-64 and most arm64 Linux systems.
+HUGE_PAGE = 2 << 20
 #: Alignment of direct-I/O lengths and file offsets: the logical block size of most disks.
 #: A device that needs more makes the write fail with EINVAL, and the writer falls back.
 BLOCK_ALIGNMENT = 512
@@ -78,8 +80,12 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
     :class:`ActivationWriter` writes such arrays with direct I/O when their length and
     file offset are multiples of :data:`BLOCK_ALIGNMENT` (e.g. rows of 128 float32).
     The map lies outside the ``malloc`` heap (so it does not change how the heap serves
-    the model's own temporaries) and is advised to use transparent huge pages where
-    the system has them: first touching it then costs a page fault per 2 MiB, not per 4 KiB.
+    the model's own temporaries). It is private (shared anonymous memory is ``shmem``,
+    which most systems keep off transparent huge pages), a multiple of 2 MiB long
+    when it is larger than that (Linux then aligns it to a huge page) and advised to
+    use huge pages where the system has them: first touching it then costs a page
+    fault per 2 MiB, not per 4 KiB (measured: 256 faults and 0.08 s for 512 MiB,
+    instead of 131,072 faults and 0.25-0.31 s).
 
     Examples
     --------
@@ -90,7 +96,13 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
     count = int(np.prod(shape))
     if count == 0:
         return np.empty(shape, dtype=dtype)
-    memory = mmap.mmap(-1, count * dtype.itemsize)
+    length = count * dtype.itemsize
+    if length > HUGE_PAGE:
+        length = -(-length // HUGE_PAGE) * HUGE_PAGE
+    if hasattr(mmap, "MAP_PRIVATE"):
+        memory = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    else:  # Windows: anonymous maps are private already
+        memory = mmap.mmap(-1, length)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         memory.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)

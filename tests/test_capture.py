@@ -11,7 +11,7 @@ import torch
 from tiny_models import tiny_model
 
 from funcprune import MLPRecorder, capture_activations, get_adapter
-from funcprune.capture import all_finite
+from funcprune.capture import StopForward, all_finite, rows_finite
 from funcprune.store import (MEMORY_ALIGNMENT, ActivationStore, ActivationWriter, IncompatibleStoreError,
                              aligned_empty)
 
@@ -247,16 +247,63 @@ def test_mask_of_the_wrong_shape_is_refused() -> None:
             model(input_ids=torch.randint(0, 97, (2, 5)))
 
 
-def test_reused_buffers_hold_each_pass_exactly() -> None:
-    """With reuse=True every pass writes into the same memory and still records what fresh tensors record."""
+def test_mask_is_read_when_assigned() -> None:
+    """The recorder keeps its own copy of the mask: editing the tensor later changes nothing."""
     model = tiny_model("llama")
-    batches = [torch.randint(0, 97, (2, 5)) for _ in range(3)]
+    ids = torch.randint(0, 97, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    expected = mask.clone()
+    with torch.no_grad(), MLPRecorder(model, kinds=("up",), layers=[0]) as rec:
+        rec.mask = mask
+        mask[:] = False
+        model(input_ids=ids)
+        assert rec.records[(0, "up")].shape[0] == int(expected.sum())
+        torch.testing.assert_close(rec.mask, expected)
+        with pytest.raises(ValueError, match=r"shape \(batch, seq\), got \(5,\)"):
+            rec.mask = torch.ones(5, dtype=torch.bool)
+
+
+def test_stop_early_records_the_same_and_runs_no_further(family_model: torch.nn.Module) -> None:
+    """With stop_early the pass ends after the last recorded layer: same records, no later layer, no head."""
+    adapter = get_adapter(family_model)
+    layers = adapter.get_layers(family_model)
+    ids = torch.randint(0, 97, (2, 6))
+    calls: list[str] = []
+    watchers = [layers[-1].register_forward_hook(lambda *_: calls.append("last layer")),
+                family_model.get_output_embeddings().register_forward_hook(lambda *_: calls.append("head"))]
+    before = _n_hooks(family_model)
+    try:
+        with torch.no_grad(), MLPRecorder(family_model, kinds=("act", "up"), layers=[1]) as full:
+            assert full.forward(input_ids=ids) is not None
+        assert calls == ["last layer", "head"]
+        calls.clear()
+        with torch.no_grad(), MLPRecorder(family_model, kinds=("act", "up"), layers=[1], stop_early=True) as rec:
+            assert _n_hooks(family_model) == before + 2 + 1
+            assert rec.forward(input_ids=ids) is None
+            with pytest.raises(StopForward):
+                family_model(input_ids=ids)
+        assert calls == [] and _n_hooks(family_model) == before
+        for key in full.records:
+            torch.testing.assert_close(rec.records[key], full.records[key], rtol=0, atol=0)
+    finally:
+        for w in watchers:
+            w.remove()
+
+
+@pytest.mark.parametrize("max_rows", [None, 2 * 7])
+def test_reused_buffers_hold_each_pass_exactly(max_rows: int | None) -> None:
+    """With reuse=True every pass writes into the same memory and still records what fresh tensors record.
+
+    With ``max_rows`` a longer batch later on fits the buffer allocated at the start too.
+    """
+    model = tiny_model("llama")
+    batches = [torch.randint(0, 97, (2, n)) for n in ((5, 5, 5) if max_rows is None else (5, 7, 3))]
     with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0]) as fresh:
         expected = []
         for ids in batches:
             model(input_ids=ids)
             expected.append(fresh.records[(0, "act")])
-    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0], reuse=True) as rec:
+    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0], reuse=True, max_rows=max_rows) as rec:
         pointers = []
         for ids, want in zip(batches, expected):
             model(input_ids=ids)
@@ -297,6 +344,25 @@ def test_all_finite_matches_numpy_on_every_special_value(dtype: type) -> None:
     blocks[:, 1] = patterns
     assert [all_finite(b) for b in blocks] == np.isfinite(patterns).tolist()
     assert all_finite(np.zeros((0, 4), dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_rows_finite_is_exact_also_when_row_sums_overflow(dtype: torch.dtype) -> None:
+    """The fast row-sum test never clears a non-finite value and never refuses finite rows whose sum overflows."""
+    big = torch.finfo(dtype).max
+    assert rows_finite(torch.full((3, 4), big, dtype=dtype))  # every row sum overflows; all values finite
+    assert rows_finite(torch.zeros((0, 4), dtype=dtype))
+    patterns = torch.arange(2**16, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    rows = torch.full((len(patterns), 3), 1000.0, dtype=torch.float16)
+    rows[:, 1] = patterns
+    finite = torch.isfinite(patterns)
+    for value in (0.0, big, -big, float("inf"), -float("inf"), float("nan")):
+        block = torch.randn(5, 6).to(dtype)
+        block[2, 3] = value
+        block[4, :] = big  # an overflowing row beside it
+        assert rows_finite(block) == bool(torch.isfinite(block).all()), value
+    rows = rows.to(dtype)  # every float16 bit pattern, each in a row of its own
+    assert [rows_finite(rows[i:i + 1]) for i in range(len(rows))] == finite.tolist()
 
 
 def _batches_128() -> list[np.ndarray]:
@@ -369,6 +435,48 @@ def test_reuse_waits_for_the_consumer_of_a_buffer_before_refilling_it() -> None:
         assert handed == [(0, "act"), (1, "act")]
         with pytest.raises(OSError, match="disk full"):
             model(input_ids=torch.randint(0, 97, (2, 5)))
+
+
+def test_ring_of_buffers_hands_every_record_exactly_and_waits_for_its_consumer() -> None:
+    """With ring=2 all layers share two buffers: each record is exact when handed over, and a buffer is
+    refilled (two records later) only once the consumer of its record is done."""
+    from concurrent.futures import Future
+
+    model = tiny_model("llama")
+    ids = torch.randint(0, 97, (2, 5))
+    with torch.no_grad(), MLPRecorder(model, kinds=("act", "up")) as fresh:
+        model(input_ids=ids)
+        expected = dict(fresh.records)
+    handed: dict[tuple[int, str], torch.Tensor] = {}
+    pointers: set[int] = set()
+
+    def clone(key: tuple[int, str], rows: torch.Tensor) -> None:
+        handed[key] = rows.clone()
+        pointers.add(rows.data_ptr())
+
+    with torch.no_grad(), MLPRecorder(model, kinds=("act", "up"), reuse=True, ring=2, on_record=clone) as rec:
+        model(input_ids=ids)
+        assert rec.records == {} and len(pointers) == 2
+    assert handed.keys() == expected.keys()
+    for key, rows in expected.items():
+        torch.testing.assert_close(handed[key], rows, rtol=0, atol=0)
+
+    failed: Future[None] = Future()
+    failed.set_exception(OSError("disk full"))
+    order: list[tuple[int, str]] = []
+
+    def first_fails(key: tuple[int, str], rows: torch.Tensor) -> Future[None]:
+        order.append(key)
+        done: Future[None] = Future()
+        done.set_result(None)
+        return failed if len(order) == 1 else done
+
+    with pytest.raises(OSError, match="disk full"):
+        with torch.no_grad(), MLPRecorder(model, kinds=("act", "up"), reuse=True, ring=2, on_record=first_fails):
+            model(input_ids=ids)
+    assert len(order) == 2  # the third record needed the first record's buffer
+    with pytest.raises(ValueError, match="ring=2 needs reuse=True"):
+        MLPRecorder(model, ring=2)
 
 
 def test_finish_drops_blocks_that_were_never_committed(tmp_path: Path) -> None:
