@@ -229,7 +229,7 @@ def channel_statistics(model: nn.Module, tokenizer: Any, texts: Sequence[str], *
     batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
         raise ValueError("no calibration tokens: every text is empty")
-    recorder = MLPRecorder(model, kinds=("product",), layers=layers)
+    recorder = MLPRecorder(model, kinds=("product",), layers=layers, stop_early=True)  # no LM head needed
     accumulators = {i: _Accumulator() for i in recorder.layers}
     device = model.get_input_embeddings().weight.device
     was_training = model.training
@@ -238,7 +238,7 @@ def channel_statistics(model: nn.Module, tokenizer: Any, texts: Sequence[str], *
         with recorder:
             for _, batch in tqdm(batches, desc="channel statistics", unit="batch", disable=not progress):
                 recorder.mask = batch["attention_mask"].bool()
-                model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+                recorder.forward(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
                 for i, acc in accumulators.items():
                     acc.update(recorder.records[(i, "product")])
     finally:
