@@ -89,8 +89,8 @@ class MLPRecorder:
     stop_early : bool, default=False
         End every forward pass right after the last recorded layer by raising
         :class:`StopForward` there: the layers after it, the final norm and the LM head
-        (a sixth of the forward time of SmolLM2-135M on a CPU: its vocabulary is large) are not run.
-        Run the model with :meth:`forward`, which catches it.
+        (a sixth of the forward time of SmolLM2-135M on a CPU: its vocabulary is
+        large) are not run. Run the model with :meth:`forward`, which catches it.
 
     Attributes
     ----------
@@ -428,8 +428,9 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
         raise ValueError("every calibration text tokenised to zero tokens")
+    largest = max(int(b["attention_mask"].sum()) for _, b in batches)
     recorder = MLPRecorder(model, kinds=kinds, layers=layers, dtype=dtype, adapter=adapter, reuse=True,
-                           ring=_RING, max_rows=max(int(b["attention_mask"].sum()) for _, b in batches), stop_early=True)
+                           ring=_RING, max_rows=largest, stop_early=True)
     identity = {
         "model": {k: v for k, v in describe_model(model).items() if k in ("name", "revision", "model_type")},
         "dataset": dict(dataset or {}),
