@@ -13,6 +13,7 @@ Used in every chapter, first in :doc:`/executed/01_capture_activations`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "describe_model",
     "ensure_model",
     "load_model",
+    "local_revision",
 ]
 
 #: Alias of the built-in default model.
@@ -181,6 +183,44 @@ def ensure_model(alias: str = DEFAULT_MODEL, *, progress: bool = True) -> Path:
     return target
 
 
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file, remembered in the cache by path, size and modification time.
+
+    A local 7B checkpoint's shards are several GB each: they are read once, not at
+    every load. A file changed in any way that alters its size or time is read again.
+    """
+    stat = path.stat()
+    key = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    record = cache_dir() / "digests" / f"{hashlib.sha256(key['path'].encode()).hexdigest()[:32]}.json"
+    try:
+        known = read_json(record)
+        if {k: known.get(k) for k in key} == key:
+            return str(known["sha256"])
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = sha256_file(path)
+    try:
+        atomic_write_json(record, {**key, "sha256": digest})
+    except OSError:  # a read-only cache only costs the next load a re-read
+        pass
+    return digest
+
+
+def local_revision(path: str | os.PathLike[str]) -> str:
+    """Revision of a local checkpoint: a digest of its ``*.safetensors`` weights.
+
+    One shard: the first 16 hex digits of its SHA-256. Several: those of the SHA-256
+    of their names and digests. ``"unknown"`` when there are no safetensors files.
+    """
+    weights = sorted(Path(path).glob("*.safetensors"))
+    if not weights:
+        return "unknown"
+    if len(weights) == 1:
+        return _file_digest(weights[0])[:16]
+    lines = "".join(f"{w.name} {_file_digest(w)}\n" for w in weights)
+    return hashlib.sha256(lines.encode()).hexdigest()[:16]
+
+
 def _resolve(name_or_path: str) -> tuple[str, dict[str, Any]]:
     """Map an alias, local path or hub id to something ``from_pretrained`` accepts."""
     if name_or_path in MODELS:
@@ -192,10 +232,8 @@ def _resolve(name_or_path: str) -> tuple[str, dict[str, Any]]:
                            "notes": info["notes"]}
     if Path(name_or_path).is_dir():
         path = Path(name_or_path)
-        weights = sorted(path.glob("*.safetensors"))
-        revision = sha256_file(weights[0])[:16] if weights else "unknown"
         return str(path), {"name": path.name, "source": "local", "path": str(path.resolve()),
-                           "revision": revision}
+                           "revision": local_revision(path)}
     return name_or_path, {"name": name_or_path, "source": "hub", "revision": None}
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,30 @@ def test_default_model_loads_offline_from_the_cache(default_model) -> None:
     manifest = json.loads((Path(source["path"]) / "funcprune_asset.json").read_text())
     assert manifest["source_sha256"] == models.MODELS[models.DEFAULT_MODEL].sha256
     assert source["revision"] == manifest["weights_sha256"][:16]
+
+
+def test_local_revision_reads_each_shard_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Shard digests are remembered by path, size and time: a reload reads nothing, a changed shard is re-read."""
+    monkeypatch.setenv("FUNCPRUNE_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    for name, byte in zip(names, (b"a", b"b")):
+        (ckpt / name).write_bytes(byte * 100)
+    reads: list[str] = []
+    real = models.sha256_file
+    monkeypatch.setattr(models, "sha256_file", lambda path: reads.append(Path(path).name) or real(path))
+    first = models.local_revision(ckpt)
+    lines = "".join(f"{n} {hashlib.sha256(b * 100).hexdigest()}\n" for n, b in zip(names, (b"a", b"b")))
+    assert first == hashlib.sha256(lines.encode()).hexdigest()[:16]
+    assert models.local_revision(ckpt) == first and reads == names
+    shard = ckpt / names[1]
+    old = shard.stat().st_mtime_ns
+    shard.write_bytes(b"c" * 100)  # same size: only the time tells
+    os.utime(shard, ns=(old + 10**9, old + 10**9))
+    assert models.local_revision(ckpt) != first and reads == names + [names[1]]
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "model.safetensors").write_bytes(b"w" * 10)
+    assert models.local_revision(single) == hashlib.sha256(b"w" * 10).hexdigest()[:16]
+    assert models.local_revision(tmp_path / "cache") == "unknown"
