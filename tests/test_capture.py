@@ -275,16 +275,19 @@ def test_stop_early_records_the_same_and_runs_no_further(family_model: torch.nn.
     try:
         with torch.no_grad(), MLPRecorder(family_model, kinds=("act", "up"), layers=[1]) as full:
             assert full.forward(input_ids=ids) is not None
+            expected = dict(full.records)
         assert calls == ["last layer", "head"]
         calls.clear()
         with torch.no_grad(), MLPRecorder(family_model, kinds=("act", "up"), layers=[1], stop_early=True) as rec:
             assert _n_hooks(family_model) == before + 2 + 1
             assert rec.forward(input_ids=ids) is None
+            got = dict(rec.records)
             with pytest.raises(StopForward):
                 family_model(input_ids=ids)
         assert calls == [] and _n_hooks(family_model) == before
-        for key in full.records:
-            torch.testing.assert_close(rec.records[key], full.records[key], rtol=0, atol=0)
+        assert got.keys() == expected.keys() == {(1, "act"), (1, "up")}
+        for key, rows in expected.items():
+            torch.testing.assert_close(got[key], rows, rtol=0, atol=0)
     finally:
         for w in watchers:
             w.remove()
