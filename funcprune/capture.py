@@ -234,6 +234,7 @@ class MLPRecorder:
         self.records = {}
         self._buffers.clear()
         self._in_use.clear()
+        self._next_slot = 0
         self.mask = None
 
 

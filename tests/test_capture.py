@@ -420,6 +420,21 @@ def test_capture_buffers_are_page_aligned() -> None:
         assert all(r.data_ptr() % MEMORY_ALIGNMENT == 0 for r in rec.records.values())
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_aligned_buffers_are_private_memory() -> None:
+    """Shared anonymous memory (Python's mmap default) is shmem, which gets no transparent huge pages."""
+    block = aligned_empty((3 << 20,), "uint8")
+    address = block.ctypes.data
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, perms = line.split()[:2]
+        start, end = (int(x, 16) for x in span.split("-"))
+        if start <= address < end:
+            assert perms.endswith("p"), line
+            break
+    else:
+        pytest.fail("the buffer's mapping is not in /proc/self/maps")
+
+
 def test_reuse_waits_for_the_consumer_of_a_buffer_before_refilling_it() -> None:
     """A buffer handed to on_record is refilled only once its future is done; the future's error surfaces."""
     from concurrent.futures import Future
