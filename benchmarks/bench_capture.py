@@ -22,6 +22,7 @@ forward <= 1.10.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -96,17 +97,11 @@ def main() -> None:
     def plain(stop: bool) -> float:
         """Tokenise and run the texts, as capture does, with no hooks and no store."""
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), stop_after_layer(model, last_layer) if stop else contextlib.nullcontext():
             for _, batch in tokenize_batches(tokenizer, texts, batch_size=args.batch_size,
                                              max_tokens=args.max_tokens):
-                if not stop:
+                with contextlib.suppress(StopForward):
                     model(**batch, use_cache=False)
-                    continue
-                with stop_after_layer(model, last_layer):
-                    try:
-                        model(**batch, use_cache=False)
-                    except StopForward:
-                        pass
         return time.perf_counter() - start
 
     def capture() -> float:
