@@ -1,8 +1,13 @@
-"""Small file helpers shared by every stage: atomic writes and checksums.
+"""Small file helpers shared by every stage: atomic writes, checksums and artefact errors.
 
 Every artefact funcprune writes (manifests, plans, results) goes through
 :func:`atomic_write_text` or :func:`atomic_write_json`, so an interrupted run
 leaves either the old file or the new one, never half of one.
+
+Artefacts that a later stage reads are verified with :func:`file_record` (written at
+commit: size and SHA-256) and :func:`verify_file` (sizes always, digests when asked).
+Any problem with a file on disk raises :class:`ArtefactError`, whose message names the
+file, what is wrong and how to recover.
 """
 
 from __future__ import annotations
@@ -16,7 +21,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_directory", "atomic_write_text", "atomic_write_json", "read_json", "sha256_file"]
+__all__ = ["ArtefactError", "atomic_directory", "atomic_write_text", "atomic_write_json", "file_record",
+           "read_json", "sha256_file", "verify_file"]
+
+
+class ArtefactError(ValueError):
+    """A file written by an earlier stage is missing, truncated, corrupt or from other settings.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The offending file (or directory).
+    problem : str
+        What is wrong, in a few words.
+    fix : str
+        What the user should do (e.g. "delete it and re-run stage 2").
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    problem, fix : str
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problem: str, fix: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.path}: {problem}; {fix}")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -67,10 +98,28 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file written by :func:`atomic_write_json`."""
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def read_json(path: str | os.PathLike[str], *, fix: str = "delete it and re-run the stage that wrote it") -> Any:
+    """Read a JSON file written by :func:`atomic_write_json`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    fix : str, optional
+        How to recover, used in the error of a file that is not valid JSON.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ArtefactError
+        The file is not valid UTF-8 JSON (truncated or overwritten), naming it and ``fix``.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtefactError(path, f"not valid JSON ({exc}): the file is truncated or corrupt", fix) from None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
@@ -93,6 +142,50 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Size and SHA-256 of a file, as recorded in a manifest when the file is committed.
+
+    Returns
+    -------
+    dict
+        ``{"size": bytes, "sha256": hex digest}``.
+    """
+    return {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
+def verify_file(path: str | os.PathLike[str], record: dict[str, Any], *, digest: bool = False,
+                fix: str = "delete it and re-run the stage that wrote it") -> None:
+    """Check a file against its :func:`file_record`: the size always, the digest when asked.
+
+    A size check costs one ``stat``; a digest reads the whole file (about 1 GB/s).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    record : dict
+        ``{"size": ..., "sha256": ...}`` as written by :func:`file_record`.
+    digest : bool, default=False
+        Also compare the SHA-256.
+    fix : str, optional
+        How to recover, used in the error.
+
+    Raises
+    ------
+    ArtefactError
+        The file is missing, has another size, or (``digest=True``) another digest.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ArtefactError(path, "is missing", fix)
+    size = path.stat().st_size
+    if size != record["size"]:
+        raise ArtefactError(path, f"has {size} bytes where {record['size']} were written (truncated or "
+                                  "replaced)", fix)
+    if digest and sha256_file(path) != record["sha256"]:
+        raise ArtefactError(path, "has changed since it was written (SHA-256 differs)", fix)
 
 
 @contextmanager

@@ -1,0 +1,40 @@
+"""The shared artefact helpers: clear errors for truncated, changed and missing files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from funcprune._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
+
+
+def test_read_json_names_a_truncated_file_and_the_fix(tmp_path: Path) -> None:
+    path = atomic_write_json(tmp_path / "manifest.json", {"a": [1, 2, 3]})
+    assert read_json(path) == {"a": [1, 2, 3]}
+    path.write_text(path.read_text()[:7])
+    with pytest.raises(ArtefactError, match=r"manifest\.json: not valid JSON.*re-run stage 1") as err:
+        read_json(path, fix="delete it and re-run stage 1")
+    assert err.value.path == path
+
+
+def test_verify_file_checks_size_always_and_digest_on_request(tmp_path: Path) -> None:
+    path = tmp_path / "layer.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    record = file_record(path)
+    assert record["size"] == 1024
+    verify_file(path, record, digest=True)
+
+    flipped = bytearray(path.read_bytes())
+    flipped[100] ^= 0x01  # same size, one bit differs
+    path.write_bytes(bytes(flipped))
+    verify_file(path, record)  # the size check alone cannot see a bit flip
+    with pytest.raises(ArtefactError, match="SHA-256 differs"):
+        verify_file(path, record, digest=True)
+
+    path.write_bytes(bytes(flipped[:500]))
+    with pytest.raises(ArtefactError, match="has 500 bytes where 1024 were written"):
+        verify_file(path, record, fix="re-run stage 1")
+    path.unlink()
+    with pytest.raises(ArtefactError, match="is missing"):
+        verify_file(path, record)
