@@ -48,6 +48,7 @@ __all__ = [
     "DatasetSpec",
     "DATASETS",
     "SPLITS",
+    "check_dataset",
     "MissingAssetError",
     "AssetChecksumError",
     "dataset_path",
@@ -171,6 +172,18 @@ def _get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; accepted values: {sorted(DATASETS)}.")
     return DATASETS[name]
+
+
+def check_dataset(name: str) -> str:
+    """Validate a dataset name (as :func:`load_texts` does); return it.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown dataset and the accepted ones.
+    """
+    _get_spec(name)
+    return name
 
 
 def _installed_version(package: str) -> str | None:
