@@ -353,7 +353,8 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     if report.disk["total"] - report.disk["existing"] > report.disk["free"]:
         problems.append(f"the run writes about {_gb(report.disk['total'])} but {run_dir} has "
                         f"{_gb(report.disk['free'])} free; free space, point run_dir elsewhere, lower n_texts or "
-                        "max_tokens, store activations as `dtype: float16`, or run fewer methods/ratios")
+                        "max_tokens" + (", store activations as `dtype: float16`" if store_bytes > 2 else "")
+                        + ", or run fewer methods/ratios")
 
     rate = _flops_rate(device_map)
     cores = max(1, os.cpu_count() or 2) / 2

@@ -121,3 +121,42 @@ def test_command_line_preflight_exit_codes(tmp_path: Path, capsys: pytest.Captur
                                     if k != "profile"}))
     assert workflow.main(["preflight", "--profile", str(path)]) == 0
     assert "preflight of profile 'impossible': ok" in capsys.readouterr().err
+
+
+def test_vicuna_profile_offers_only_sensible_ratios(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper's profile on a config of Vicuna-7B's shape (Llama 2 7B): every ratio reachable, none near-total."""
+    from funcprune.workflow import REPO_ROOT, notebook_parameters
+
+    profile = workflow.load_profile("vicuna-7b")
+    declared = set().union(*(notebook_parameters(p) for p in sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))))
+    assert set(profile) - {"profile"} <= declared
+    assert profile["dataset"] == profile["eval_dataset"] == "wikitext2"
+    assert (profile["n_texts"], profile["max_tokens"], profile["n_components"]) == (40, 1024, 128)
+    shape = tmp_path / "vicuna-shape"
+    tf.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                   num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False).save_pretrained(shape)
+    monkeypatch.setattr(preflight, "_free_bytes", lambda path: 2**50)
+    report = preflight.check_profile({**profile, "model": str(shape), "device": "cpu", "dataset": "wiki",
+                                      "eval_dataset": "wiki", "run_dir": str(tmp_path / "run")}, strict=False)
+    assert report.ok, report.problems
+    assert not any("removes" in n for n in report.notes)  # no ratio empties most prunable channels
+    assert report.max_ratio["total"]["protected"] == pytest.approx(0.5419, abs=1e-4)
+    # 0.5, offered before, removes ~92 % of the prunable MLP parameters: the preflight says so.
+    old = preflight.check_profile({**profile, "model": str(shape), "device": "cpu", "dataset": "wiki",
+                                   "eval_dataset": "wiki", "ratios": [0.5], "run_dir": str(tmp_path / "run")},
+                                  strict=False)
+    assert any("ratio 0.5 of total parameters removes 92%" in n for n in old.notes)
+
+
+def test_hub_dataset_offline_is_a_preflight_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from funcprune import data
+
+    def offline(spec, split):
+        raise ConnectionError(f"Couldn't reach {spec.hub_id!r} on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(data, "_hub_load", offline)
+    data._hub_rows.cache_clear()
+    model_dir = _embedding_heavy(tmp_path / "ckpt")
+    report = preflight.check_profile(_profile(model_dir, tmp_path, ratio_basis="mlp", dataset="wikitext2"),
+                                     strict=False)
+    assert any("dataset 'wikitext2'" in p and "use an offline corpus instead" in p for p in report.problems)
