@@ -279,7 +279,8 @@ def _device_problem(device: str | int | torch.device) -> str | None:
             return (f"device {str(device)!r} is not available: only {torch.cuda.device_count()} CUDA device(s); "
                     f"use cuda:0..cuda:{torch.cuda.device_count() - 1} or `device: auto`")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        return f"device {str(device)!r} is not available (torch.backends.mps.is_available() is False); set `device: cpu`"
+        return (f"device {str(device)!r} is not available (torch.backends.mps.is_available() is False); "
+                "set `device: cpu`")
     elif dev.type not in ("cpu", "cuda", "mps"):
         return f"device {str(device)!r} is not supported; accepted: 'cpu', 'cuda', 'cuda:<n>', 'mps' or 'auto'"
     return None

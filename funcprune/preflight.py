@@ -270,7 +270,8 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     if isinstance(device_map, str) and device_map in models.DEVICE_MAPS and not torch.cuda.is_available():
         notes.append(f"device {device_map!r} with no GPU: accelerate keeps the model on the CPU")
     if dtype in (torch.float16, torch.bfloat16) and device_map is None and len(problems) == n_problems:
-        notes.append(f"model_dtype {p.get('model_dtype')} on the CPU is slow on most processors; float32 is the default")
+        notes.append(f"model_dtype {p.get('model_dtype')} on the CPU is slow on most processors; "
+                     "float32 is the default")
     found = _check(problems, models.model_config, p.get("model", models.DEFAULT_MODEL))
     model = None
     if found is not None:
@@ -378,6 +379,7 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
 
 
 def _finish(report: PreflightReport, strict: bool) -> PreflightReport:
+    report.problems[:] = list(dict.fromkeys(report.problems))  # dataset and eval_dataset may fail alike
     if strict and report.problems:
         raise PreflightError(report)
     return report

@@ -169,8 +169,8 @@ def _preflight(profile: str, model: str | None, *, check: bool = True) -> dict[s
             print(f"[funcprune] note: {note}", file=sys.stderr, flush=True)
         Path(prof["run_dir"]).mkdir(parents=True, exist_ok=True)
         kept = {k: v for k, v in prof.items() if k not in ("profile", "run_dir")}
-        (Path(prof["run_dir"]) / "profile.yaml").write_text(
-            f"# derived from profile {profile!r} for model {model!r} by `--model`\n" + yaml.safe_dump(kept, sort_keys=False))
+        header = f"# derived from profile {profile!r} for model {model!r} by `--model`\n"
+        (Path(prof["run_dir"]) / "profile.yaml").write_text(header + yaml.safe_dump(kept, sort_keys=False))
     if check:
         report = check_profile(prof, strict=False)
         print(f"[funcprune] {report}", file=sys.stderr, flush=True)
@@ -195,10 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("paths", nargs="+")
     args = parser.parse_args(argv)
     if args.command in ("run", "preflight"):
+        from .preflight import PreflightError
+
         try:
             prof = _preflight(args.profile, args.model,
                               check=args.command == "preflight" or not args.skip_preflight)
-        except ValueError as err:  # PreflightError, or a model that cannot be found for --model
+        except PreflightError as err:  # the report above lists every problem
+            print(f"[funcprune] stopped before stage 1: fix the {len(err.report.problems)} problem(s) above; "
+                  f"`make preflight PROFILE={args.profile}` checks again in seconds", file=sys.stderr)
+            return 2
+        except ValueError as err:  # a model that cannot be found for --model
             print(f"[funcprune] {err}", file=sys.stderr)
             return 2
         if args.command == "preflight":
