@@ -56,6 +56,43 @@ def test_inputs_go_where_the_embedding_is_in_a_sharded_model() -> None:
     assert models.input_device(model) == torch.device("cpu")
 
 
+@pytest.fixture(scope="module")
+def offloaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, nn.Module]:
+    """A tiny model and its copy loaded by accelerate with the embedding offloaded to disk (weights on meta)."""
+    import transformers as tf
+
+    dense = tiny_model("llama")
+    dense.config.tie_word_embeddings = False
+    path = tmp_path_factory.mktemp("tiny")
+    dense.save_pretrained(path)
+    device_map = {"model.embed_tokens": "disk", "model.layers": "cpu", "model.norm": "cpu",
+                  "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    model = tf.AutoModelForCausalLM.from_pretrained(path, device_map=device_map,
+                                                    offload_folder=tmp_path_factory.mktemp("offload"))
+    return dense, model.eval()
+
+
+def test_inputs_of_a_really_offloaded_model(offloaded) -> None:
+    """With accelerate's own device map, inputs on input_device give the dense model's logits."""
+    dense, model = offloaded
+    assert model.get_input_embeddings().weight.device.type == "meta"
+    device = models.input_device(model)
+    assert device == torch.device("cpu")
+    ids = torch.randint(0, dense.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(input_ids=ids.to(device)).logits, dense(input_ids=ids).logits)
+
+
+@pytest.mark.xfail(strict=True, raises=NotImplementedError,
+                   reason="evaluate._model_device takes the first parameter's device (meta when the embedding is "
+                          "offloaded); it should use funcprune.models.input_device")
+def test_perplexity_of_an_offloaded_model(offloaded) -> None:
+    dense, model = offloaded
+    ids = torch.randint(0, dense.config.vocab_size, (256,), generator=torch.Generator().manual_seed(0))
+    expected = perplexity(dense, None, ids, seq_len=64, progress=False)["ppl"]
+    assert perplexity(model, None, ids, seq_len=64, progress=False)["ppl"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_auto_device_map_loads_and_runs_like_the_cpu_model(default_model, tmp_path: Path) -> None:
     """``device: auto`` (accelerate) works end to end; on a CPU-only machine it keeps every module on the CPU."""
     dense, tokenizer = default_model
