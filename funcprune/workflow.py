@@ -8,8 +8,13 @@ reads what earlier stages wrote to the profile's run directory.
 
 Command line::
 
-    python -m funcprune.workflow run --profile default [--out book/executed]
+    python -m funcprune.workflow run --profile default [--model ID_OR_PATH] [--out book/executed] [--skip-preflight]
+    python -m funcprune.workflow preflight --profile default [--model ID_OR_PATH]
     python -m funcprune.workflow check-html book/_build/html
+
+``run`` checks the whole profile first (:func:`funcprune.preflight.check_profile`, seconds)
+and stops with every problem listed; ``--model`` derives the profile for another model
+(:func:`funcprune.preflight.derive_profile`, each change printed).
 """
 
 from __future__ import annotations
@@ -147,19 +152,66 @@ def find_errors(paths: Sequence[str | Path]) -> list[str]:
     return problems
 
 
+def _preflight(profile: str, model: str | None, *, check: bool = True) -> dict[str, Any]:
+    """The profile to run: derived for ``model`` when given (notes printed), checked unless ``check=False``.
+
+    Raises
+    ------
+    funcprune.preflight.PreflightError
+        Listing every problem of the profile, each with its fix.
+    """
+    from .preflight import PreflightError, check_profile, derive_profile
+
+    prof = load_profile(profile)
+    if model:
+        prof, notes = derive_profile(prof, model)
+        for note in notes:
+            print(f"[funcprune] note: {note}", file=sys.stderr, flush=True)
+        Path(prof["run_dir"]).mkdir(parents=True, exist_ok=True)
+        kept = {k: v for k, v in prof.items() if k not in ("profile", "run_dir")}
+        header = f"# derived from profile {profile!r} for model {model!r} by `--model`\n"
+        (Path(prof["run_dir"]) / "profile.yaml").write_text(header + yaml.safe_dump(kept, sort_keys=False))
+    if check:
+        report = check_profile(prof, strict=False)
+        print(f"[funcprune] {report}", file=sys.stderr, flush=True)
+        if not report.ok:
+            raise PreflightError(report)
+    return prof
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m funcprune.workflow")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebooks with a profile")
     run.add_argument("--profile", default="default")
+    run.add_argument("--model", default=None, help="run the profile on this model instead (alias, hub id or path)")
     run.add_argument("--out", default=str(REPO_ROOT / "book" / "executed"))
+    run.add_argument("--skip-preflight", action="store_true", help="do not check the profile first")
+    pre = sub.add_parser("preflight", help="check a profile against the model's config and this machine")
+    pre.add_argument("--profile", default="default")
+    pre.add_argument("--model", default=None)
     check = sub.add_parser("check-html", help="fail if built pages or executed notebooks show errors")
     check.add_argument("paths", nargs="+")
     args = parser.parse_args(argv)
+    if args.command in ("run", "preflight"):
+        from .preflight import PreflightError
+
+        try:
+            prof = _preflight(args.profile, args.model,
+                              check=args.command == "preflight" or not args.skip_preflight)
+        except PreflightError as err:  # the report above lists every problem
+            print(f"[funcprune] stopped before stage 1: fix the {len(err.report.problems)} problem(s) above; "
+                  f"`make preflight PROFILE={args.profile}` checks again in seconds", file=sys.stderr)
+            return 2
+        except ValueError as err:  # a model that cannot be found for --model
+            print(f"[funcprune] {err}", file=sys.stderr)
+            return 2
+        if args.command == "preflight":
+            return 0
     if args.command == "run":
         start = time.perf_counter()
-        report = run_notebooks(args.profile, args.out)
+        report = run_notebooks(prof, args.out)
         total = round(time.perf_counter() - start, 1)
         print(json.dumps({"profile": args.profile, "notebooks": report, "seconds": total}, indent=2))
         return 0

@@ -147,8 +147,8 @@ def test_repeated_calls_use_the_cache():
 
 
 def test_unknown_name_or_split_raises():
-    with pytest.raises(ValueError, match=r"Unknown dataset 'wikitext2'.*'c4'.*'wiki'"):
-        load_texts("wikitext2")
+    with pytest.raises(ValueError, match=r"Unknown dataset 'wikitext3'.*'c4'.*'wiki'.*'wikitext2'"):
+        load_texts("wikitext3")
     with pytest.raises(ValueError, match=r"Unknown split 'test'.*calibration.*evaluation.*all"):
         load_texts("wiki", "test")
     with pytest.raises(ValueError, match="Unknown dataset"):
@@ -227,3 +227,89 @@ def test_dataset_info_content():
     assert info["n_words"] == sum(len(t.text.split()) for t in texts)
     few = dataset_info("c4", "calibration", load_texts("c4", n_texts=3))
     assert few["ids"] == ["line-1", "line-2", "line-3"] and few["n_texts"] == 3
+
+
+# ----------------------------------------------------------------------------------
+# WikiText-2 from the hub (a fake loader: no network is touched)
+# ----------------------------------------------------------------------------------
+_WIKITEXT = {
+    "train": ["", " = Valkyria Chronicles III = \n", "", " Senjō no Valkyria 3 is a game . \n",
+              " = = Gameplay = = \n", " The game 's battle system is kept . \n", ""],
+    "validation": ["", " = Homarus gammarus = \n", " Homarus gammarus is a lobster . \n"],
+    "test": ["", " = Robert Boulter = \n", "", " Robert Boulter is an English actor . \n", "",
+             " = = Career = = \n", " In 2000 Boulter had a role . \n"],
+}
+
+
+@pytest.fixture
+def fake_wikitext(monkeypatch: pytest.MonkeyPatch):
+    calls: list[tuple[str, str, str]] = []
+
+    def load(spec, split):
+        calls.append((spec.hub_id, spec.config, split))
+        return list(_WIKITEXT[split])
+
+    monkeypatch.setattr(data, "_hub_load", load)
+    data._hub_rows.cache_clear()
+    yield calls
+    data._hub_rows.cache_clear()
+
+
+def test_wikitext2_splits_are_the_corpus_own(fake_wikitext) -> None:
+    cal = load_texts("wikitext2", "calibration")
+    assert [t.id for t in cal] == ["train-3", "train-5"]  # paragraphs: no empty rows, no headings
+    assert cal[0].text == "Senjō no Valkyria 3 is a game ."
+    test = load_texts("wikitext2", "evaluation")
+    # The literature's stream: every test row joined with blank lines.
+    assert "\n\n".join(t.text for t in test) == "\n\n".join(_WIKITEXT["test"])
+    assert [t.id for t in load_texts("wikitext2", "validation")] == ["validation-0", "validation-1", "validation-2"]
+    assert [t.id for t in load_texts("wikitext2", "calibration", n_texts=1)] == ["train-3"]
+    assert {c[:2] for c in fake_wikitext} == {("Salesforce/wikitext", "wikitext-2-raw-v1")}
+    assert {c[2] for c in fake_wikitext} == {"train", "test", "validation"}
+    with pytest.raises(ValueError, match=r"Unknown split 'all'; accepted values: \['calibration', 'validation'"):
+        load_texts("wikitext2", "all")
+    with pytest.raises(ValueError, match="n_texts=3 requested"):
+        load_texts("wikitext2", "calibration", n_texts=3)
+
+
+def test_wikitext2_provenance_digests_the_split(fake_wikitext) -> None:
+    texts = load_texts("wikitext2", "evaluation")
+    info = dataset_info("wikitext2", "evaluation", texts)
+    assert info["sha256"] == hashlib.sha256("\n".join(_WIKITEXT["test"]).encode()).hexdigest()
+    assert info["file"] == "hf://datasets/Salesforce/wikitext/wikitext-2-raw-v1/test"
+    assert info["ids"] == [t.id for t in texts] and info["n_texts"] == 7 and info["split"] == "evaluation"
+    assert dataset_info("wikitext2", "calibration", [])["sha256"] != info["sha256"]
+    assert data.check_dataset("wikitext2") == "wikitext2"
+
+
+def test_wikitext2_perplexity_stream(fake_wikitext) -> None:
+    from transformers import AutoTokenizer
+
+    from funcprune.models import cache_dir
+    from funcprune.results import evaluation_stream
+
+    path = cache_dir() / "models" / "smollm2-135m-instruct"
+    if not (path / "tokenizer.json").exists():
+        pytest.skip("the default model is not converted yet (make assets)")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    stream = evaluation_stream(tokenizer, "wikitext2")
+    assert stream.ids.tolist() == tokenizer("\n\n".join(_WIKITEXT["test"]))["input_ids"]
+    assert stream.dataset["name"] == "wikitext2" and stream.dataset["split"] == "evaluation"
+
+
+def test_wikitext2_offline_names_the_offline_corpora(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The real loader, hub switched off, empty caches: a clear error, no network."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets", raising=False)
+    data._hub_rows.cache_clear()
+    for call in (lambda: load_texts("wikitext2", "calibration"), lambda: data.check_dataset("wikitext2")):
+        with pytest.raises(data.HubDatasetUnavailableError) as info:
+            call()
+        message = str(info.value)
+        assert "'wikitext2'" in message and "use an offline corpus instead ('c4', 'wiki')" in message
+        assert "HF_HUB_OFFLINE=0" in message and "\n" not in message

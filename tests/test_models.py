@@ -80,3 +80,73 @@ def test_local_revision_reads_each_shard_once(monkeypatch: pytest.MonkeyPatch, t
     (single / "model.safetensors").write_bytes(b"w" * 10)
     assert models.local_revision(single) == hashlib.sha256(b"w" * 10).hexdigest()[:16]
     assert models.local_revision(tmp_path / "cache") == "unknown"
+
+
+# ----------------------------------------------------------------------------------
+# One-line errors for bad model names, dtypes and devices (issue 14)
+# ----------------------------------------------------------------------------------
+def _no_load(*args, **kwargs):
+    raise AssertionError("nothing may be loaded for an invalid request")
+
+
+def test_misspelled_alias_is_named_with_the_known_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
+    for call in (lambda: models.model_config("smollm2-135m"), lambda: load_model("smollm2-135m")):
+        with pytest.raises(models.ModelNotFoundError) as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message and "unknown model 'smollm2-135m'" in message
+        assert "did you mean 'smollm2-135m-instruct'" in message
+        assert "known aliases: ['smollm2-135m-instruct']" in message
+        assert "HF_HUB_OFFLINE=0" in message and "local directory with config.json" in message
+
+
+def test_missing_local_path_and_directory_without_config(tmp_path: Path) -> None:
+    with pytest.raises(models.ModelNotFoundError, match=r"local path '.*nope' does not exist; known aliases"):
+        load_model(str(tmp_path / "nope"))
+    with pytest.raises(models.ModelNotFoundError, match=r"has no config\.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(models.ModelNotFoundError, match="not an alias, a local directory or a valid hub id"):
+        models.model_config("no such model!")
+
+
+def test_dtype_validator(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert models.check_dtype("bfloat16") is torch.bfloat16
+    assert models.check_dtype("torch.float16") is torch.float16
+    assert models.check_dtype(torch.float64) is torch.float64
+    monkeypatch.setattr(models, "model_config", _no_load)
+    for bad in ("float13", "int8", torch.int64, 32):
+        with pytest.raises(ValueError, match=r"is not a torch floating dtype; accepted: \['float32', 'bfloat16'"):
+            load_model(models.DEFAULT_MODEL, dtype=bad)
+
+
+def test_device_validator(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert models.check_device(None) is None and models.check_device("cpu") is None
+    assert models.check_device("auto") == "auto"
+    assert models.check_device(torch.device("cpu")) == "cpu"
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a device; accepted: 'cpu', 'cuda'"):
+        models.check_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "model_config", _no_load)
+    with pytest.raises(ValueError, match=r"device 'cuda' is not available: .*no CUDA GPU.*set `device: cpu`"):
+        load_model(models.DEFAULT_MODEL, device_map="cuda")
+    with pytest.raises(ValueError, match=r"device map: device 'cuda:0' is not available"):
+        models.check_device({"model.embed_tokens": 0, "model.layers": "cpu"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert models.check_device("cuda:1") == "cuda:1"
+    with pytest.raises(ValueError, match=r"only 2 CUDA device\(s\); use cuda:0\.\.cuda:1 or `device: auto`"):
+        models.check_device("cuda:2")
+
+
+def test_local_checkpoint_config_is_read_without_weights(tmp_path: Path) -> None:
+    """model_config reads config.json only: a directory with no weights is enough."""
+    from tiny_models import tiny_config
+
+    tiny_config("qwen2").save_pretrained(tmp_path)
+    config, path, source = models.model_config(str(tmp_path))
+    assert config.model_type == "qwen2" and path == str(tmp_path)
+    assert source["source"] == "local" and source["revision"] == "unknown" and source["model_type"] == "qwen2"
