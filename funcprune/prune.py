@@ -53,7 +53,7 @@ from ._io import atomic_directory, sha256_file
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .capture import MLPRecorder, tokenize_batches
 from .evaluate import count_parameters
-from .plan import PruningPlan
+from .plan import PlanMismatchError, PruningPlan, channel_parameters
 from .scoring import ChannelStatistics, _Accumulator
 
 __all__ = [
@@ -73,10 +73,6 @@ __all__ = [
 #: File name of the plan inside a saved pruned checkpoint.
 PLAN_FILE = "pruning_plan.json"
 PRUNED_FORMAT = "funcprune-pruned/1"
-
-
-class PlanMismatchError(ValueError):
-    """A plan does not fit the model it is applied to, or is malformed."""
 
 
 # ----------------------------------------------------------------------------------
@@ -165,8 +161,9 @@ def check_plan(model: nn.Module, plan: PruningPlan) -> None:
     """Raise :class:`PlanMismatchError` unless ``plan`` is well formed and made for ``model``.
 
     Checks model type, layer count, hidden size, revision (when both are known), the
-    current MLP widths, and that every layer's kept indices are sorted, unique, in range
-    and non-empty.
+    current MLP widths, the plan itself (:meth:`~funcprune.plan.PruningPlan.check`: kept
+    indices sorted, unique, in range and non-empty, totals consistent) and that its
+    ``params_removed`` and ``params_basis`` are what its kept lists remove from ``model``.
     """
     ident = plan.model
     config = model.config
@@ -193,20 +190,14 @@ def check_plan(model: nn.Module, plan: PruningPlan) -> None:
         raise PlanMismatchError(
             "MLP widths differ (layer: (plan, model)): " + str(differ)
             + ("; the model looks already pruned with this plan" if already else ""))
-    for i, kept in plan.kept.items():
-        arr = np.asarray(kept)
-        if arr.size == 0:
-            raise PlanMismatchError(f"layer {i}: the plan keeps no channel (at least one is needed)")
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise PlanMismatchError(f"layer {i}: kept indices must be integers, got {arr.dtype}")
-        if arr.min() < 0 or arr.max() >= widths[i]:
-            bad = arr[(arr < 0) | (arr >= widths[i])][:5].tolist()
-            raise PlanMismatchError(f"layer {i}: kept indices {bad} out of range [0, {widths[i]})")
-        if len(np.unique(arr)) != len(arr):
-            dup = sorted({int(c) for c in arr if (arr == c).sum() > 1})[:5]
-            raise PlanMismatchError(f"layer {i}: duplicated kept indices {dup}")
-        if np.any(np.diff(arr) < 0):
-            raise PlanMismatchError(f"layer {i}: kept indices are not sorted")
+    plan.check()
+    cost = channel_parameters(model)
+    removed = sum((widths[i] - len(plan.kept[i])) * cost[i] for i in widths)
+    basis = int(count_parameters(model)[plan.ratio_basis])
+    if removed != plan.params_removed or basis != plan.params_basis:
+        raise PlanMismatchError(f"the plan's totals disagree with its kept lists on this model: its channels "
+                                f"hold {removed} of {basis} {plan.ratio_basis} parameters, the plan says "
+                                f"params_removed={plan.params_removed} of params_basis={plan.params_basis}")
 
 
 # ----------------------------------------------------------------------------------

@@ -159,6 +159,22 @@ def test_bad_plans_raise_clear_errors_and_leave_the_model_alone(mutate, match: s
     assert layer_widths(model) == {0: 48, 1: 48, 2: 48}
 
 
+@pytest.mark.parametrize("mutate, match", [
+    (lambda p: dataclasses.replace(p, params_removed=p.params_removed + 96,
+                                   ratio_reached=(p.params_removed + 96) / p.params_basis),
+     r"totals disagree with its kept lists.*params_removed="),
+    (lambda p: dataclasses.replace(p, params_basis=p.params_basis + 1,
+                                   ratio_reached=p.params_removed / (p.params_basis + 1)), "totals disagree"),
+    (lambda p: dataclasses.replace(p, ratio_reached=p.ratio_reached + 0.01), r"ratio_reached=.* but params_removed"),
+    (lambda p: dataclasses.replace(p, protected_layers=[1]), r"protected layers \[1\] lose channels"),
+])
+def test_plans_whose_totals_disagree_with_their_kept_lists_are_refused(mutate, match: str) -> None:
+    model = tiny_model("llama")
+    with pytest.raises(PlanMismatchError, match=match):
+        prune(model, mutate(random_plan(model)))
+    assert layer_widths(model) == {0: 48, 1: 48, 2: 48}
+
+
 def test_plan_for_another_model_is_refused() -> None:
     llama, mistral = tiny_model("llama"), tiny_model("mistral")
     with pytest.raises(PlanMismatchError, match="another model.*model type 'llama' != plan's 'mistral'"):
