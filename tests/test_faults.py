@@ -235,7 +235,8 @@ def clean_stats(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (lambda p: (p / "stats.json").write_text((p / "stats.json").read_text().replace("funcprune-stats/1", "x")),
      r"stats.json: is not a 'funcprune-stats/1' record"),
 ])
-def test_statistics_faults_are_named(clean_stats: Path, tmp_path: Path, fault, match: str) -> None:  # type: ignore[no-untyped-def]
+def test_statistics_faults_are_named(clean_stats: Path, tmp_path: Path, fault,  # type: ignore[no-untyped-def]
+                                     match: str) -> None:
     from funcprune.scoring import ChannelStatistics
 
     path = Path(shutil.copytree(clean_stats, tmp_path / "stats"))

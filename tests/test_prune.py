@@ -19,8 +19,8 @@ from transformers.pytorch_utils import Conv1D
 from funcprune import get_adapter
 from funcprune._io import ArtefactError, file_record
 from funcprune.plan import PruningPlan, select_by_threshold, select_channels
-from funcprune.prune import (CHECKPOINT_MANIFEST, CalibrationData, PlanMismatchError, check_plan, compensate_bias, load_pruned,
-                             parameter_report, prune, prune_layer, save_pruned, slice_linear)
+from funcprune.prune import (CHECKPOINT_MANIFEST, CalibrationData, PlanMismatchError, check_plan, compensate_bias,
+                             load_pruned, parameter_report, prune, prune_layer, save_pruned, slice_linear)
 from funcprune.adapters import layer_widths
 from funcprune.scoring import channel_statistics, random_scores
 
