@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .models import describe_model
 from .provenance import environment_info
-from .store import ActivationStore, ActivationWriter, aligned_empty, check_dtype, split_layers
+from .store import ActivationStore, ActivationWriter, aligned_empty, all_finite, check_dtype, split_layers
 
 __all__ = ["KINDS", "MLPRecorder", "StopForward", "all_finite", "capture_activations", "rows_finite",
            "stop_after_layer", "tokenize_batches"]
@@ -269,12 +269,21 @@ def _true_runs(mask: torch.Tensor) -> list[tuple[int, int, int]]:
     return [(int(b), int(s), int(e)) for (b, s), (_, e) in zip(starts, stops)]
 
 
-def tokenize_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_tokens: int
-                     ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+def tokenize_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_tokens: int,
+                     first_text: int = 0) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """Tokenise texts one by one (truncated to ``max_tokens``) and pad them in batches.
 
     Padding is on the right, so every real token keeps the position it has when the
     text runs alone and, under a causal mask, never attends to padding.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    texts : sequence of str
+    batch_size, max_tokens : int
+        Texts per batch; truncation length per text.
+    first_text : int, default=0
+        Skip the texts before this index (a resumed capture continues there).
 
     Yields
     ------
@@ -283,9 +292,9 @@ def tokenize_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int, m
     batch : dict
         ``input_ids`` and ``attention_mask`` of shape ``(batch, seq)``.
     """
-    encoded = [tokenizer(t, truncation=True, max_length=max_tokens, add_special_tokens=True)["input_ids"]
-               for t in texts]
-    kept = [i for i, ids in enumerate(encoded) if len(ids) > 0]
+    encoded = {i: tokenizer(texts[i], truncation=True, max_length=max_tokens, add_special_tokens=True)["input_ids"]
+               for i in range(first_text, len(texts))}
+    kept = [i for i, ids in encoded.items() if len(ids) > 0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in range(0, len(kept), batch_size):
         idx = kept[start:start + batch_size]
@@ -296,33 +305,6 @@ def tokenize_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int, m
             ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
             mask[row, :len(encoded[i])] = 1
         yield idx, {"input_ids": ids, "attention_mask": mask}
-
-
-#: For each storage dtype: its signed and unsigned integer views and its exponent mask.
-_FLOAT_BITS = {np.dtype(np.float16): (np.int16, np.uint16, 0x7C00, 0x8000),
-               np.dtype(np.float32): (np.int32, np.uint32, 0x7F800000, 0x80000000)}
-
-
-def all_finite(block: np.ndarray) -> bool:
-    """Whether a float16 or float32 array holds no NaN and no inf, read from its bits.
-
-    An IEEE value is NaN or inf exactly when all its exponent bits are set. Seen as
-    signed integers, the non-finite positive values are the ones ``>= mask`` (the
-    exponent mask); seen as unsigned, the non-finite negative ones are ``>= sign | mask``.
-    Two integer maxima decide it exactly, with no conversion (numpy computes
-    float16 sums in software, ten times slower).
-
-    Examples
-    --------
-    >>> all_finite(np.array([1.0, -2.5e38, 0.0], dtype=np.float32))
-    True
-    >>> all_finite(np.array([1.0, -np.inf], dtype=np.float16))
-    False
-    """
-    if block.size == 0:
-        return True
-    signed, unsigned, mask, sign = _FLOAT_BITS[block.dtype]
-    return bool(block.view(signed).max() < mask and block.view(unsigned).max() < (sign | mask))
 
 
 def rows_finite(rows: torch.Tensor) -> bool:
@@ -384,7 +366,10 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
         Calibration texts; each becomes up to ``max_tokens`` time points.
     out_dir : str or path-like
         Store directory (see :mod:`funcprune.store`). An incomplete store of the same
-        run is resumed; one of a different run is refused unless ``overwrite``.
+        run is resumed at its first uncommitted text, with this call's ``batch_size``
+        (the rows written are those of an uninterrupted run); one of a different run
+        is refused unless ``overwrite``. A complete store of the same run is verified
+        (every file's digest) and returned.
     text_ids : sequence of str, optional
         Identifiers of the texts for the manifest (default: their positions).
     dataset : Mapping, optional
@@ -429,9 +414,8 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
         raise ValueError("every calibration text tokenised to zero tokens")
-    largest = max(int(b["attention_mask"].sum()) for _, b in batches)
     recorder = MLPRecorder(model, kinds=kinds, layers=layers, dtype=dtype, adapter=adapter, reuse=True,
-                           ring=_RING, max_rows=largest, stop_early=True)
+                           ring=_RING, stop_early=True)
     identity = {
         "model": {k: v for k, v in describe_model(model).items() if k in ("name", "revision", "model_type")},
         "dataset": dict(dataset or {}),
@@ -446,8 +430,16 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     writer = ActivationWriter(out_dir, identity, overwrite=overwrite)
     if writer.complete:
         return ActivationStore(out_dir)
+    if writer.texts_done:  # resume at the first text not committed, whatever batch size wrote the rest
+        batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens,
+                                        first_text=writer.texts_done))
+    sizes = writer.extra.setdefault("batch_sizes", [])
+    if not sizes or sizes[-1] != batch_size:
+        sizes.append(batch_size)
+    recorder.max_rows = max((int(b["attention_mask"].sum()) for _, b in batches), default=None)
     device = _input_device(model)
-    bar = tqdm(total=len(batches), initial=writer.batches_done, desc="capturing activations",
+    done = writer.batches_done
+    bar = tqdm(total=done + len(batches), initial=done, desc="capturing activations",
                unit="batch", disable=not progress)
     was_training = model.training
     model.eval()
@@ -468,9 +460,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funcprune-writer")
     try:
         with recorder:
-            for b, (idx, batch) in enumerate(batches):
-                if b < writer.batches_done:
-                    continue
+            for b, (idx, batch) in enumerate(batches, start=done):
                 mask = batch["attention_mask"].bool()
                 if drop_first_token:
                     mask[:, 0] = False
@@ -478,7 +468,8 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
                 context.update(batch=b, texts=[identity["text_ids"][j] for j in idx], writes=[])
                 recorder.forward(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
                 doc = np.repeat(np.asarray(idx, dtype=np.int32), mask.sum(dim=1).numpy())
-                context["writes"].append(io.submit(writer.commit, batch["input_ids"][mask].numpy(), doc))
+                context["writes"].append(io.submit(writer.commit, batch["input_ids"][mask].numpy(), doc,
+                                                   texts_done=idx[-1] + 1))
                 _wait(previous, bar)
                 previous = context["writes"]
             _wait(previous, bar)

@@ -14,10 +14,16 @@ CanICA recipe of nilearn on the matrix ``X`` of shape ``(n_tokens, n_voxels)``:
    (largest ``|z|``) is positive; maps are ordered by the variance of ``X`` they
    explain, largest first.
 
-Non-convergence, overflow and NaN are never silent: they raise an
-:class:`ICAConvergenceWarning` that names the layer and the group and are recorded
-in ``convergence_``; a group whose every restart produced NaN is discarded, with a
+Non-convergence, overflow, NaN and rank deficiency (``n_components`` above the
+numerical rank of the data, so that some maps are numerical noise) are never silent:
+they raise an :class:`ICAConvergenceWarning` that names the layer and the group and
+are recorded in ``convergence_`` (``status`` other than ``"ok"``) and listed in
+``warnings_``; a group whose every restart produced NaN is discarded, with a
 warning, and ``n_groups_used_`` counts the groups that remain.
+
+:meth:`FunctionalNetworks.save` records the size and SHA-256 of the arrays file;
+:meth:`FunctionalNetworks.load` checks both (one read of a file of a few MB) and names
+a damaged file with the fix.
 
 Used in the chapter :doc:`/executed/02_functional_networks`.
 """
@@ -43,7 +49,7 @@ from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_json, read_json, sha256_file
+from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 from .store import ActivationStore
 
 __all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "zscore_time", "match_maps"]
@@ -62,7 +68,18 @@ WHITENING_MIN_CONDITION = 1e-2
 
 
 class ICAConvergenceWarning(ConvergenceWarning):
-    """FastICA did not converge, overflowed or produced NaN for one layer and group."""
+    """FastICA did not converge, overflowed or produced NaN, or the data's rank is below ``k``."""
+
+
+def _numerical_rank(X: np.ndarray, spatial: np.ndarray) -> int:
+    """How many of the spatial singular vectors carry signal: ``||X v_i||`` above numpy's rank tolerance.
+
+    ``||X v_i||`` is the i-th singular value; the tolerance is ``matrix_rank``'s,
+    ``s_max * max(X.shape) * eps``. Vectors found past the rank of ``X`` span noise.
+    """
+    singular = np.linalg.norm(X @ spatial, axis=0)
+    top = float(singular.max()) if singular.size else 0.0
+    return int(np.sum(singular > top * max(X.shape) * np.finfo(np.float64).eps)) if top > 0 else 0
 
 
 # ----------------------------------------------------------------------------------
@@ -401,9 +418,11 @@ class FunctionalNetworks(BaseEstimator):
         (text indices, or None for array input without ``doc_ids``).
     convergence_ : list of dict
         One record per key and group: ``key``, ``layers``, ``group``, ``status``
-        (``"ok"``, ``"not_converged"`` or ``"discarded"``), per-restart ``n_iter``,
-        ``converged``, ``finite``, ``sparsity``, the ``selected`` restart, captured
-        ``warnings``, ``n_constant_voxels`` and ``seconds`` per step.
+        (``"ok"``, ``"rank_deficient"``, ``"not_converged"`` or ``"discarded"``), the
+        data's numerical ``rank`` (of the first ``n_components`` singular directions),
+        per-restart ``n_iter``, ``converged``, ``finite``, ``sparsity``, the ``selected``
+        restart, captured ``warnings``, the ``problems`` warned about (sentences),
+        ``n_constant_voxels`` and ``seconds`` per step.
     layers_ : list of int
         Layers fitted.
     keys_ : list of int
@@ -414,6 +433,9 @@ class FunctionalNetworks(BaseEstimator):
         Base seed actually used (record it to repeat a ``random_state=None`` fit).
     input_ : dict
         Description of the fitted input (store path, model, dtype, shapes).
+    warnings_ : list of str
+        One sentence per fit that warned (layer, group, status and what went wrong),
+        for a chapter to show; empty when every fit is clean.
 
     Notes
     -----
@@ -625,6 +647,7 @@ class FunctionalNetworks(BaseEstimator):
             spatial = vt.T
         else:
             spatial = _randomized_svd_torch(X, k, self.svd_n_iter, int(seeds[0]), self.device)
+        record["rank"] = _numerical_rank(X, spatial)
         t2 = time.perf_counter()
         white, record["whitening_condition"] = _whiten(spatial)
         runs = Parallel(n_jobs=self.n_jobs)(
@@ -641,14 +664,20 @@ class FunctionalNetworks(BaseEstimator):
             "selected": selected,
         })
         n_bad = self.n_init - sum(record["converged"])
+        problems: list[str] = []
         if selected is None:
             record["status"] = "discarded"
+            problems.append(f"every FastICA restart ({self.n_init}) produced NaN/inf; the group is discarded")
             warnings.warn(f"{label}: every FastICA restart ({self.n_init}) produced NaN/inf; this "
                           f"group is discarded for this layer (see n_groups_used_ and convergence_). "
                           f"Captured: {record['warnings']}", ICAConvergenceWarning, stacklevel=3)
         else:
             record["status"] = "ok" if runs[selected]["converged"] else "not_converged"
-            problems = []
+            if record["rank"] < k:
+                record["status"] = "rank_deficient"
+                problems.append(f"the data have numerical rank {record['rank']} < n_components={k}, so "
+                                f"{k - record['rank']} of the {k} maps are numerical noise; lower n_components "
+                                "or n_groups (more tokens per group)")
             if n_bad:
                 problems.append(f"FastICA did not converge in {n_bad} of {self.n_init} restarts "
                                 f"(max_iter={self.max_iter}, tol={self.tol}); the selected restart "
@@ -663,6 +692,7 @@ class FunctionalNetworks(BaseEstimator):
             if problems:
                 warnings.warn(f"{label}: {'; '.join(problems)}. Captured: {record['warnings']} "
                               "(recorded in convergence_)", ICAConvergenceWarning, stacklevel=3)
+        record["problems"] = problems
         out = None
         if selected is not None:
             maps = runs[selected]["sources"].T  # (k, n_voxels)
@@ -685,6 +715,18 @@ class FunctionalNetworks(BaseEstimator):
     # -- using the fit ------------------------------------------------------------
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "maps_")
+
+    @property
+    def warnings_(self) -> list[str]:
+        """One sentence per fit that warned: its status is not ``"ok"`` or it recorded ``problems``."""
+        check_is_fitted(self)
+        out = []
+        for r in self.convergence_:
+            if r["status"] != "ok" or r.get("problems"):
+                where = self._label(r["key"], r["layers"], r["group"])
+                detail = "; ".join(r.get("problems") or []) or "see convergence_"
+                out.append(f"{where}: {r['status']}: {detail}")
+        return out
 
     @property
     def _fitted_maps(self) -> dict[int, np.ndarray]:
@@ -777,7 +819,7 @@ class FunctionalNetworks(BaseEstimator):
         """Write the fit to a directory: ``networks.npz`` then ``networks.json``.
 
         Both are written atomically; the JSON manifest, written last, records the
-        SHA-256 of the arrays file, which :meth:`load` checks.
+        size and SHA-256 of the arrays file, which :meth:`load` checks.
 
         Parameters
         ----------
@@ -802,7 +844,7 @@ class FunctionalNetworks(BaseEstimator):
             Path(tmp).unlink(missing_ok=True)
             raise
         manifest = self.to_dict()
-        manifest["arrays"] = {"file": ARRAYS_NAME, "sha256": sha256_file(path / ARRAYS_NAME)}
+        manifest["arrays"] = {"file": ARRAYS_NAME, **file_record(path / ARRAYS_NAME)}
         atomic_write_json(path / MANIFEST_NAME, manifest)
         return path
 
@@ -819,16 +861,29 @@ class FunctionalNetworks(BaseEstimator):
         -------
         FunctionalNetworks
             A fitted estimator (``random_state`` is None if it was not an int).
+
+        Raises
+        ------
+        FileNotFoundError
+            No ``networks.json`` in ``path``.
+        funcprune._io.ArtefactError
+            The manifest is corrupt or of another format, or the arrays file is missing,
+            truncated or changed (size and SHA-256 are compared), naming the file and the fix.
         """
         path = Path(path)
-        manifest = read_json(path / MANIFEST_NAME)
+        fix = f"delete {path} and re-run stage 2 (notebooks/02_functional_networks.ipynb) to fit the networks again"
+        if not (path / MANIFEST_NAME).exists():
+            raise FileNotFoundError(f"{path / MANIFEST_NAME} does not exist: no networks saved there; run stage 2 "
+                                    "(notebooks/02_functional_networks.ipynb) first")
+        manifest = read_json(path / MANIFEST_NAME, fix=fix)
         if manifest.get("format") != NETWORKS_FORMAT:
-            raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {NETWORKS_FORMAT!r}")
+            raise ArtefactError(path / MANIFEST_NAME, f"has format {manifest.get('format')!r}, expected "
+                                                      f"{NETWORKS_FORMAT!r} (another version of funcprune)", fix)
+        if "size" not in manifest.get("arrays", {}):
+            raise ArtefactError(path / MANIFEST_NAME, "records no size for the arrays file (written by an "
+                                                      "older funcprune)", fix)
         arrays_path = path / manifest["arrays"]["file"]
-        digest = sha256_file(arrays_path)
-        if digest != manifest["arrays"]["sha256"]:
-            raise ValueError(f"{arrays_path} does not match its manifest (sha256 {digest} != "
-                             f"{manifest['arrays']['sha256']}); the fit is damaged or was modified")
+        verify_file(arrays_path, manifest["arrays"], digest=True, fix=fix)
         params = dict(manifest["params"])
         if isinstance(params["random_state"], str):
             params["random_state"] = None

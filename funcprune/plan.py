@@ -21,6 +21,11 @@ removed. The reached ratio is therefore within half a unit's parameters of the r
 (``r`` channels of ``3 * hidden`` parameters each for gated MLPs) -- exact, unlike the
 seed's hand-tuned threshold, which :func:`select_by_threshold` keeps for fidelity.
 
+A plan is checked when it is loaded (:meth:`PruningPlan.load` runs :meth:`PruningPlan.check`:
+indices sorted, unique and in range, protected layers whole, totals consistent) and
+again, against the model, before pruning (:func:`funcprune.prune.check_plan`); a bad
+plan file is named with the fix.
+
 Used in the chapters :doc:`/executed/03_key_neurons` and :doc:`/executed/04_structured_pruning`.
 """
 
@@ -28,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +43,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from ._io import atomic_write_json, read_json
+from ._io import ArtefactError, atomic_write_json, read_json
 from .adapters import get_adapter, layer_widths
 from .evaluate import count_parameters
 from .models import describe_model
@@ -44,6 +51,7 @@ from .provenance import environment_info
 
 __all__ = [
     "PLAN_FORMAT",
+    "PlanMismatchError",
     "PruningPlan",
     "channel_parameters",
     "default_protected_layers",
@@ -56,6 +64,13 @@ __all__ = [
 PLAN_FORMAT = "funcprune-plan/1"
 BASES = ("total", "mlp")
 ALLOCATIONS = ("global", "uniform")
+#: How to recover from a bad plan file.
+PLAN_FIX = ("delete it and re-run the stage that made it (stage 3, notebooks/03_key_neurons.ipynb; "
+            "a plan inside a pruned checkpoint: stage 4)")
+
+
+class PlanMismatchError(ValueError):
+    """A plan does not fit the model it is applied to, or is malformed."""
 
 
 # ----------------------------------------------------------------------------------
@@ -159,7 +174,10 @@ class PruningPlan:
 
     def __post_init__(self) -> None:
         # JSON turns int keys into strings; normalise so a loaded plan equals the saved one.
-        self.kept = {int(k): [int(c) for c in v] for k, v in self.kept.items()}
+        try:  # operator.index refuses 1.5 where int() would truncate it
+            self.kept = {int(k): [operator.index(c) for c in v] for k, v in self.kept.items()}
+        except TypeError as exc:
+            raise PlanMismatchError(f"kept channel indices must be integers ({exc})") from None
         self.widths = {int(k): int(v) for k, v in self.widths.items()}
         self.protected_layers = [int(i) for i in self.protected_layers]
 
@@ -197,6 +215,47 @@ class PruningPlan:
                 f"{self.ratio_reached:.4f} (requested {requested}); protected layers {self.protected_layers}\n")
         return head + self.table().to_string(index=False, float_format=lambda x: f"{x:.3f}")
 
+    def check(self) -> None:
+        """Raise :class:`PlanMismatchError` unless the plan is consistent in itself.
+
+        Every layer of ``widths`` has a ``kept`` list that is non-empty, sorted, unique
+        and within ``[0, width)``; protected layers keep every channel; ``params_removed``
+        lies in ``[0, params_basis]``, is zero exactly when no channel goes, and
+        ``ratio_reached == params_removed / params_basis``. The parameters each channel
+        owns are a property of the model: :func:`funcprune.prune.check_plan` compares
+        ``params_removed`` with the kept lists given the model.
+        """
+        if sorted(self.kept) != sorted(self.widths):
+            raise PlanMismatchError(f"the plan lists kept channels for layers {sorted(self.kept)} but widths for "
+                                    f"{sorted(self.widths)}")
+        for i in sorted(self.kept):
+            arr, width = np.asarray(self.kept[i], dtype=np.int64), self.widths[i]
+            if arr.size == 0:
+                raise PlanMismatchError(f"layer {i}: the plan keeps no channel (at least one is needed)")
+            if arr.min() < 0 or arr.max() >= width:
+                bad = arr[(arr < 0) | (arr >= width)][:5].tolist()
+                raise PlanMismatchError(f"layer {i}: kept indices {bad} out of range [0, {width})")
+            if len(np.unique(arr)) != len(arr):
+                dup = sorted({int(c) for c in arr if (arr == c).sum() > 1})[:5]
+                raise PlanMismatchError(f"layer {i}: duplicated kept indices {dup}")
+            if np.any(np.diff(arr) < 0):
+                raise PlanMismatchError(f"layer {i}: kept indices are not sorted")
+        cut = [i for i in self.protected_layers if i in self.widths and len(self.kept[i]) != self.widths[i]]
+        if cut:
+            raise PlanMismatchError(f"protected layers {cut} lose channels")
+        n_removed = sum(self.widths[i] - len(self.kept[i]) for i in self.widths)
+        if self.params_basis <= 0 or not 0 <= self.params_removed <= self.params_basis:
+            raise PlanMismatchError(f"params_removed={self.params_removed} is not within [0, params_basis="
+                                    f"{self.params_basis}]")
+        if (n_removed == 0) != (self.params_removed == 0):
+            raise PlanMismatchError(f"the kept lists remove {n_removed} channels but params_removed="
+                                    f"{self.params_removed}")
+        if not math.isclose(self.ratio_reached, self.params_removed / self.params_basis, rel_tol=1e-9,
+                            abs_tol=1e-12):
+            raise PlanMismatchError(f"ratio_reached={self.ratio_reached} but params_removed / params_basis = "
+                                    f"{self.params_removed}/{self.params_basis} = "
+                                    f"{self.params_removed / self.params_basis}")
+
     # -- persistence --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (layer keys as strings)."""
@@ -227,9 +286,31 @@ class PruningPlan:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "PruningPlan":
-        """Read a plan written by :meth:`save`."""
-        return cls.from_dict(read_json(path))
+    def load(cls, path: str | os.PathLike[str], *, fix: str = PLAN_FIX) -> "PruningPlan":
+        """Read a plan written by :meth:`save` and :meth:`check` it.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The plan file.
+        fix : str, optional
+            How to recover, used in the error.
+
+        Raises
+        ------
+        funcprune._io.ArtefactError
+            The file is not valid JSON, not a plan, or an inconsistent plan (naming
+            the file, the problem and ``fix``).
+        """
+        data = read_json(path, fix=fix)
+        try:
+            if not isinstance(data, dict):
+                raise PlanMismatchError(f"holds a JSON {type(data).__name__}, not a plan")
+            plan = cls.from_dict(data)
+            plan.check()
+        except (PlanMismatchError, ValueError, TypeError) as exc:
+            raise ArtefactError(path, f"not a valid pruning plan: {exc}", fix) from None
+        return plan
 
 
 # ----------------------------------------------------------------------------------

@@ -32,13 +32,20 @@ checkpoint yet: :func:`load_pruned` builds the architecture at the global width,
 the MLPs to the saved widths, and loads the weights strictly. ``config.funcprune``
 records the widths and the layers whose down projection gained a bias.
 
+**Verification**: :func:`save_pruned` writes ``funcprune_checkpoint.json`` with the size
+and SHA-256 of the weights, the config and the plan; :func:`load_pruned` (through
+:func:`verify_pruned`) compares them before reading anything (one extra read of the
+weights, about 1 s per GB; ``verify=False`` compares the sizes only), checks that the
+config's widths and the weights' shapes agree, and that the attached plan describes the
+loaded model. Every failure names the file and the fix (delete the checkpoint and re-run
+stage 4).
+
 Used in the chapter :doc:`/executed/04_structured_pruning`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +56,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import atomic_directory, sha256_file
+from ._io import ArtefactError, atomic_directory, atomic_write_json, file_record, read_json, verify_file
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .capture import MLPRecorder, tokenize_batches
 from .evaluate import count_parameters
-from .plan import PruningPlan
+from .plan import PlanMismatchError, PruningPlan, channel_parameters
 from .scoring import ChannelStatistics, _Accumulator
 
 __all__ = [
@@ -68,15 +75,14 @@ __all__ = [
     "prune_layer",
     "save_pruned",
     "slice_linear",
+    "verify_pruned",
 ]
 
 #: File name of the plan inside a saved pruned checkpoint.
 PLAN_FILE = "pruning_plan.json"
+#: File name of the record (sizes and digests) of a saved pruned checkpoint's files.
+CHECKPOINT_MANIFEST = "funcprune_checkpoint.json"
 PRUNED_FORMAT = "funcprune-pruned/1"
-
-
-class PlanMismatchError(ValueError):
-    """A plan does not fit the model it is applied to, or is malformed."""
 
 
 # ----------------------------------------------------------------------------------
@@ -165,8 +171,9 @@ def check_plan(model: nn.Module, plan: PruningPlan) -> None:
     """Raise :class:`PlanMismatchError` unless ``plan`` is well formed and made for ``model``.
 
     Checks model type, layer count, hidden size, revision (when both are known), the
-    current MLP widths, and that every layer's kept indices are sorted, unique, in range
-    and non-empty.
+    current MLP widths, the plan itself (:meth:`~funcprune.plan.PruningPlan.check`: kept
+    indices sorted, unique, in range and non-empty, totals consistent) and that its
+    ``params_removed`` and ``params_basis`` are what its kept lists remove from ``model``.
     """
     ident = plan.model
     config = model.config
@@ -193,20 +200,14 @@ def check_plan(model: nn.Module, plan: PruningPlan) -> None:
         raise PlanMismatchError(
             "MLP widths differ (layer: (plan, model)): " + str(differ)
             + ("; the model looks already pruned with this plan" if already else ""))
-    for i, kept in plan.kept.items():
-        arr = np.asarray(kept)
-        if arr.size == 0:
-            raise PlanMismatchError(f"layer {i}: the plan keeps no channel (at least one is needed)")
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise PlanMismatchError(f"layer {i}: kept indices must be integers, got {arr.dtype}")
-        if arr.min() < 0 or arr.max() >= widths[i]:
-            bad = arr[(arr < 0) | (arr >= widths[i])][:5].tolist()
-            raise PlanMismatchError(f"layer {i}: kept indices {bad} out of range [0, {widths[i]})")
-        if len(np.unique(arr)) != len(arr):
-            dup = sorted({int(c) for c in arr if (arr == c).sum() > 1})[:5]
-            raise PlanMismatchError(f"layer {i}: duplicated kept indices {dup}")
-        if np.any(np.diff(arr) < 0):
-            raise PlanMismatchError(f"layer {i}: kept indices are not sorted")
+    plan.check()
+    cost = channel_parameters(model)
+    removed = sum((widths[i] - len(plan.kept[i])) * cost[i] for i in widths)
+    basis = int(count_parameters(model)[plan.ratio_basis])
+    if removed != plan.params_removed or basis != plan.params_basis:
+        raise PlanMismatchError(f"the plan's totals disagree with its kept lists on this model: its channels "
+                                f"hold {removed} of {basis} {plan.ratio_basis} parameters, the plan says "
+                                f"params_removed={plan.params_removed} of params_basis={plan.params_basis}")
 
 
 # ----------------------------------------------------------------------------------
@@ -457,8 +458,10 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
     """Write a pruned model as a standard checkpoint (safetensors) plus its plan.
 
     The directory holds ``config.json`` (with ``per_layer_config`` and ``funcprune``),
-    the weights, the tokenizer (if it has ``save_pretrained``) and ``pruning_plan.json``.
-    It is written to a temporary directory and renamed, so it is never half written.
+    the weights, the tokenizer (if it has ``save_pretrained``), ``pruning_plan.json`` and
+    ``funcprune_checkpoint.json`` (size and SHA-256 of the weights, config and plan,
+    checked by :func:`load_pruned`). It is written to a temporary directory and renamed,
+    so it is never half written.
 
     Parameters
     ----------
@@ -482,6 +485,10 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
         raise ValueError("no plan: pass plan= (the model was not pruned by funcprune.prune)")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    widths = layer_widths(model)
+    if plan.pruned_widths != widths:
+        raise PlanMismatchError(f"the plan's widths {plan.pruned_widths} are not the model's MLP widths {widths}: "
+                                "pass the plan the model was pruned with")
     if getattr(model.config, "funcprune", None) is None:
         _update_config(model, plan.method)
     with atomic_directory(path) as tmp:
@@ -489,24 +496,91 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(tmp)
         plan.save(tmp / PLAN_FILE)
+        recorded = [*_weight_files(tmp), "config.json", PLAN_FILE]
+        atomic_write_json(tmp / CHECKPOINT_MANIFEST, {
+            "format": PRUNED_FORMAT, "files": {name: file_record(tmp / name) for name in recorded}})
     return path
+
+
+def _weight_files(path: Path) -> list[str]:
+    """The weight files of a checkpoint (the shard index first when there is one)."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        return [index.name, *sorted(set(read_json(index, fix=_checkpoint_fix(path))["weight_map"].values()))]
+    return ["model.safetensors"]
+
+
+def _checkpoint_fix(path: Path) -> str:
+    return f"delete {path} and re-run stage 4 (notebooks/04_structured_pruning.ipynb), or save_pruned the model again"
+
+
+def verify_pruned(path: str | os.PathLike[str], *, digest: bool = True) -> dict[str, Any]:
+    """Check a checkpoint written by :func:`save_pruned` against its recorded sizes and digests.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Checkpoint directory.
+    digest : bool, default=True
+        Compare SHA-256 digests too (one read of the weights, about 1 s per GB); sizes
+        are always compared.
+
+    Returns
+    -------
+    dict
+        The checkpoint's record (``format``, ``files``: name -> size and SHA-256).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is not a directory.
+    funcprune._io.ArtefactError
+        The record is missing or corrupt, or a recorded file is missing, truncated or
+        changed, naming the file and the fix.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a checkpoint directory (save_pruned writes one)")
+    fix = _checkpoint_fix(path)
+    record_path = path / CHECKPOINT_MANIFEST
+    if not record_path.exists():
+        raise ArtefactError(record_path, "is missing: the checkpoint was not written by this version's save_pruned, "
+                                         "or was copied without it", fix)
+    record = read_json(record_path, fix=fix)
+    if not isinstance(record, dict) or record.get("format") != PRUNED_FORMAT or "files" not in record:
+        raise ArtefactError(record_path, f"is not a {PRUNED_FORMAT!r} record", fix)
+    unrecorded = [name for name in [*_weight_files(path), "config.json"] if name not in record["files"]]
+    if unrecorded:
+        raise ArtefactError(record_path, f"records no size and digest for {unrecorded}", fix)
+    for name, file in record["files"].items():
+        verify_file(path / name, file, digest=digest, fix=fix)
+    return record
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    missing = [f for f in files if not (path / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"{path} lacks weight files {missing}")
+    files = [f for f in _weight_files(path) if not f.endswith(".index.json")]
     weights: dict[str, torch.Tensor] = {}
     for f in files:
-        weights.update(load_file(path / f))
+        try:
+            weights.update(load_file(path / f))
+        except FileNotFoundError:
+            raise ArtefactError(path / f, "is missing", _checkpoint_fix(path)) from None
+        except Exception as exc:  # safetensors reports truncation and corruption without the path
+            raise ArtefactError(path / f, f"cannot be read as safetensors ({exc}): truncated or corrupt",
+                                _checkpoint_fix(path)) from None
     return weights
+
+
+def _check_shapes(path: Path, model: nn.Module, weights: dict[str, torch.Tensor], widths: dict[int, int]) -> None:
+    """One line naming config and weights when a tensor's shape is not the one the config implies."""
+    expected = model.state_dict()
+    for key, tensor in weights.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise ArtefactError(path, f"config.json and the weights disagree: {key} has shape {tuple(tensor.shape)} "
+                                      f"in the weights but {tuple(expected[key].shape)} for the MLP widths of "
+                                      f"config.json ({widths})", _checkpoint_fix(path))
 
 
 def _rename_checkpoint_keys(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -529,6 +603,22 @@ def _rename_checkpoint_keys(model: nn.Module, weights: dict[str, torch.Tensor]) 
     return out
 
 
+def _attached_plan(path: Path, model: nn.Module) -> PruningPlan:
+    """The checkpoint's plan, checked to describe the loaded (pruned) model."""
+    plan_path = path / PLAN_FILE
+    plan = PruningPlan.load(plan_path, fix=_checkpoint_fix(path))
+    ident, widths = plan.model, layer_widths(model)
+    found = {"model_type": model.config.model_type, "n_layers": len(widths),
+             "hidden_size": int(model.config.hidden_size)}
+    differ = [f"{k} {v!r} != plan's {ident.get(k)!r}" for k, v in found.items() if ident.get(k) != v]
+    if plan.pruned_widths != widths:
+        differ.append(f"MLP widths {widths} != plan's {plan.pruned_widths}")
+    if differ:
+        raise ArtefactError(plan_path, f"describes another model or pruning than the checkpoint's weights: "
+                                       f"{'; '.join(differ)}", _checkpoint_fix(path))
+    return plan
+
+
 def _saved_widths(config: Any, adapter: ArchitectureAdapter) -> dict[int, int]:
     n_layers = int(config.num_hidden_layers)
     meta = getattr(config, "funcprune", None) or {}
@@ -541,13 +631,15 @@ def _saved_widths(config: Any, adapter: ArchitectureAdapter) -> dict[int, int]:
 
 @torch.no_grad()
 def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torch.float32,
-                device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+                device: str | torch.device = "cpu", verify: bool = True) -> tuple[nn.Module, Any]:
     """Load a checkpoint written by :func:`save_pruned`.
 
+    The files are first checked against the checkpoint's record (:func:`verify_pruned`).
     The base architecture is built at the global width without random initialisation,
     its MLPs are sliced to the saved widths (down biases added where compensation created
-    them), and the weights are loaded strictly: a missing or unexpected tensor is an
-    error (tied weights excepted).
+    them), and the weights are loaded strictly: a missing or unexpected tensor, or one
+    whose shape the config does not imply, is an error (tied weights excepted). The
+    attached plan must describe the loaded model.
 
     Parameters
     ----------
@@ -555,6 +647,15 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
         Checkpoint directory.
     dtype : torch.dtype or str, default=torch.float32
     device : str or torch.device, default="cpu"
+    verify : bool, default=True
+        Compare the files' SHA-256 digests with the record (one read of the weights,
+        about 1 s per GB); sizes are compared either way.
+
+    Raises
+    ------
+    funcprune._io.ArtefactError
+        A file is missing, truncated or changed, the config and the weights disagree,
+        or the plan describes another model; the message names the file and the fix.
 
     Returns
     -------
@@ -569,6 +670,7 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
     path = Path(path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    record = verify_pruned(path, digest=verify)
     config = AutoConfig.from_pretrained(path)
     adapter = get_adapter(config)
     widths = _saved_widths(config, adapter)
@@ -597,6 +699,7 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
                 down.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype))
             down.funcprune_added_bias = True
     weights = _rename_checkpoint_keys(model, _read_weights(path))
+    _check_shapes(path, model, weights, widths)
     expected = model.state_dict(keep_vars=True)
     unexpected = sorted(set(weights) - set(expected))
     loaded_ids = {id(expected[k]) for k in weights if k in expected}
@@ -607,14 +710,13 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
     model.load_state_dict(weights, strict=False)
     model.to(device)
     model.eval()
-    weights_file = path / "model.safetensors"
     model.funcprune_source = {
         "name": path.name, "source": "pruned", "path": str(path.resolve()),
-        "revision": sha256_file(weights_file)[:16] if weights_file.exists() else "unknown",
+        "revision": record["files"][_weight_files(path)[0]]["sha256"][:16],
         "model_type": config.model_type, "dtype": str(dtype).replace("torch.", ""),
     }
     if (path / PLAN_FILE).exists():
-        model.funcprune_plan = PruningPlan.load(path / PLAN_FILE)
+        model.funcprune_plan = _attached_plan(path, model)
     tokenizer = None
     if (path / "tokenizer_config.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -16,10 +16,25 @@ copies of channels ``0..I-1`` and columns ``I..2I-1`` their ``up`` copies (see
 writes each hooked tensor as it is, without concatenating.
 
 Rows are appended batch by batch. After each batch the files are flushed and the
-manifest is rewritten atomically with the committed row count, so a run that is
-interrupted resumes from the last committed batch: :class:`ActivationWriter`
-truncates any partially written rows and continues. A manifest that describes a
-different model, dataset, text list or dtype is refused instead of being mixed in.
+manifest is rewritten atomically with the committed row count and ``texts_done``, the
+index of the first text not yet committed, so a run that is interrupted resumes from
+the last committed text: :class:`ActivationWriter` truncates any partially written rows
+and capture continues with the next text, whatever the batch size of the new run (so
+the rows written are always those of an uninterrupted run; with another batch size
+their values may differ from it in the last bits, as between any two batch sizes). A
+manifest that describes a different model, dataset, text list, dtype or format is
+refused instead of being mixed in.
+
+**Verification.** :meth:`ActivationWriter.finish` records the size and SHA-256 of
+every data file in the manifest (``files``; it reads the store once, about 1 s per GB).
+Opening an :class:`ActivationStore` always compares the sizes (a ``stat`` per file), so
+a truncated or replaced file is named at once instead of being read as fewer tokens;
+``ActivationStore(path, verify=True)`` also compares the digests (one read of the
+store). A writer that finds a complete store (capture run again) verifies the digests
+before returning it, and one that resumes an incomplete store checks that its
+committed rows hold no NaN or inf. Any failure raises
+:class:`~funcprune._io.ArtefactError` naming the file and the fix: delete the store and
+re-run stage 1.
 
 Where the operating system allows it (Linux ``O_DIRECT``), blocks allocated with
 :func:`aligned_empty` are written with direct I/O: the disk reads them from the
@@ -42,11 +57,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_json, read_json
+from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 
-__all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES", "aligned_empty"]
+__all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES", "aligned_empty",
+           "all_finite"]
 
-STORE_FORMAT = "funcprune-activations/2"
+STORE_FORMAT = "funcprune-activations/3"
 #: Storage dtypes a user may choose; computations downstream are done in float64.
 SUPPORTED_DTYPES = ("float32", "float16")
 #: Manifest keys that must match for a resume to be allowed.
@@ -56,6 +72,39 @@ IDENTITY_KEYS = ("format", "model", "dataset", "text_ids", "dtype", "kinds", "la
 
 class IncompatibleStoreError(RuntimeError):
     """An existing store was produced by a different model, dataset or setting."""
+
+
+def _fix(path: Path) -> str:
+    """How to recover from a damaged store."""
+    return (f"delete {path} and re-run stage 1 (capture_activations, notebooks/01_capture_activations.ipynb) "
+            "to capture it again")
+
+
+#: For each storage dtype: its signed and unsigned integer views and its exponent mask.
+_FLOAT_BITS = {np.dtype(np.float16): (np.int16, np.uint16, 0x7C00, 0x8000),
+               np.dtype(np.float32): (np.int32, np.uint32, 0x7F800000, 0x80000000)}
+
+
+def all_finite(block: np.ndarray) -> bool:
+    """Whether a float16 or float32 array holds no NaN and no inf, read from its bits.
+
+    An IEEE value is NaN or inf exactly when all its exponent bits are set. Seen as
+    signed integers, the non-finite positive values are the ones ``>= mask`` (the
+    exponent mask); seen as unsigned, the non-finite negative ones are ``>= sign | mask``.
+    Two integer maxima decide it exactly, with no conversion (numpy computes
+    float16 sums in software, ten times slower).
+
+    Examples
+    --------
+    >>> all_finite(np.array([1.0, -2.5e38, 0.0], dtype=np.float32))
+    True
+    >>> all_finite(np.array([1.0, -np.inf], dtype=np.float16))
+    False
+    """
+    if block.size == 0:
+        return True
+    signed, unsigned, mask, sign = _FLOAT_BITS[block.dtype]
+    return bool(block.view(signed).max() < mask and block.view(unsigned).max() < (sign | mask))
 
 
 def check_dtype(dtype: str) -> np.dtype:
@@ -139,6 +188,8 @@ class ActivationWriter:
     ----------
     batches_done : int
         Batches already committed (non-zero when resuming).
+    texts_done : int
+        Index of the first text not yet committed: a resumed capture continues there.
     rows : int
         Rows (tokens) committed per layer.
     bytes_written : dict[str, int]
@@ -155,9 +206,11 @@ class ActivationWriter:
         self.kinds: list[str] = list(self.identity["kinds"])
         self.widths = {layer: int(self.identity["widths"][str(layer)]) for layer in self.layers}
         self.batches_done = 0
+        self.texts_done = 0
         self.rows = 0
         self.complete = False
         self.extra: dict[str, Any] = {}
+        self.files: dict[str, dict[str, Any]] = {}
         self.direct_io = direct_io and hasattr(os, "O_DIRECT")
         self.bytes_written = {"direct": 0, "buffered": 0}
         self._pending: dict[tuple[int, str], int] = {}
@@ -167,19 +220,27 @@ class ActivationWriter:
     def _open(self, overwrite: bool) -> None:
         manifest_path = self.path / "manifest.json"
         if manifest_path.exists():
-            old = read_json(manifest_path)
+            old = read_json(manifest_path, fix=_fix(self.path))
             mismatched = [k for k in IDENTITY_KEYS if old.get(k) != self.identity.get(k)]
             if mismatched and not overwrite:
+                older = ("; it was written by another version of funcprune (format "
+                         f"{old.get('format')!r}, this one writes {STORE_FORMAT!r})" if "format" in mismatched else "")
                 raise IncompatibleStoreError(
                     f"{self.path} holds activations from a different run (differs in "
-                    f"{mismatched}); pass overwrite=True or choose another directory"
+                    f"{mismatched}){older}; pass overwrite=True (or delete it) to capture again, "
+                    "or choose another directory"
                 )
             if not mismatched:
                 self.batches_done = int(old["batches_done"])
+                self.texts_done = int(old["texts_done"])
                 self.rows = int(old["rows"])
                 self.complete = bool(old["complete"])
                 self.extra = dict(old.get("extra", {}))
+                if self.complete:  # reused as it is: check every byte first
+                    ActivationStore(self.path, verify=True)
+                    return
                 self._truncate_to_committed()
+                self._check_committed_finite()
                 return
         self.path.mkdir(parents=True, exist_ok=True)
         for f in self._files():
@@ -198,21 +259,32 @@ class ActivationWriter:
             expected = self.rows * row_bytes
             size = f.stat().st_size if f.exists() else -1
             if size < expected:
-                raise IncompatibleStoreError(
-                    f"{f} holds {size} bytes but the manifest commits {expected}; the store is "
-                    "damaged (was it copied partially?). Re-run with overwrite=True."
-                )
+                raise ArtefactError(f, f"holds {size} bytes but the manifest commits {expected} (truncated, "
+                                       "deleted or copied partially)", _fix(self.path))
             if size > expected:
                 with open(f, "r+b") as fh:
                     fh.truncate(expected)
+
+    def _check_committed_finite(self, chunk_bytes: int = 64 << 20) -> None:
+        """Refuse to resume a store whose committed rows hold NaN or inf (bytes overwritten since)."""
+        for f, row_bytes in self._files().items():
+            if f.name in ("tokens.bin", "docs.bin") or not self.rows:
+                continue
+            data = np.memmap(f, dtype=self.np_dtype, mode="r", shape=(self.rows, row_bytes // self.np_dtype.itemsize))
+            step = max(1, chunk_bytes // row_bytes)
+            if not all(all_finite(np.asarray(data[i:i + step])) for i in range(0, self.rows, step)):
+                raise ArtefactError(f, "committed rows hold NaN or inf, which capture never writes (the file "
+                                       "was overwritten)", _fix(self.path))
 
     def _write_manifest(self) -> None:
         atomic_write_json(self.path / "manifest.json", {
             **self.identity,
             "batches_done": self.batches_done,
+            "texts_done": self.texts_done,
             "rows": self.rows,
             "complete": self.complete,
             "extra": self.extra,
+            **({"files": self.files} if self.complete else {}),
         })
 
     # -- appending --------------------------------------------------------------
@@ -244,13 +316,16 @@ class ActivationWriter:
                        self.rows * block.shape[1] * block.itemsize)
         self._pending[key] = block.shape[0]
 
-    def commit(self, token_ids: np.ndarray, doc_ids: np.ndarray) -> None:
+    def commit(self, token_ids: np.ndarray, doc_ids: np.ndarray, *, texts_done: int | None = None) -> None:
         """Commit the blocks written since the last commit as one batch.
 
         Parameters
         ----------
         token_ids, doc_ids : ndarray of shape (n_rows,)
             Token id and text index of every row of the batch.
+        texts_done : int, optional
+            Index of the first text after this batch (capture passes it: a text with no
+            rows counts too); default one past the largest ``doc_ids``.
 
         Raises
         ------
@@ -270,6 +345,9 @@ class ActivationWriter:
                            self.rows * 4)
         self.rows += n_rows
         self.batches_done += 1
+        if texts_done is None:
+            texts_done = int(np.max(doc_ids)) + 1 if n_rows else self.texts_done
+        self.texts_done = max(self.texts_done, int(texts_done))
         self._write_manifest()
 
     def append(self, rows: Mapping[tuple[int, str], np.ndarray], token_ids: np.ndarray,
@@ -316,9 +394,13 @@ class ActivationWriter:
         self.bytes_written["buffered"] += len(data)
 
     def finish(self, **extra: Any) -> "ActivationStore":
-        """Mark the store complete, record ``extra`` facts, and open it for reading."""
+        """Mark the store complete, record ``extra`` facts and every file's size and digest, and open it.
+
+        The digests cost one read of the store (about 1 s per GB).
+        """
         self._pending = {}
         self._truncate_to_committed()  # drop blocks written but never committed
+        self.files = {f.name: file_record(f) for f in self._files()}
         self.complete = True
         self.extra.update(extra)
         self._write_manifest()
@@ -332,6 +414,18 @@ class ActivationStore:
     ----------
     path : str or path-like
         Store directory written by :class:`ActivationWriter`.
+    verify : bool, default=False
+        Also compare every file's SHA-256 with the manifest (one read of the whole
+        store, about 1 s per GB). Sizes are always compared (one ``stat`` per file).
+
+    Raises
+    ------
+    FileNotFoundError
+        No manifest at ``path``.
+    IncompatibleStoreError
+        Another format, or an incomplete capture (run it again to resume).
+    funcprune._io.ArtefactError
+        A file is missing, truncated, replaced or (``verify``) changed, naming it and the fix.
 
     Attributes
     ----------
@@ -345,19 +439,28 @@ class ActivationStore:
         Voxel copies per channel, in column order.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, verify: bool = False) -> None:
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.exists():
             raise FileNotFoundError(f"no activation store at {self.path} (manifest.json missing)")
-        self.manifest: dict[str, Any] = read_json(manifest_path)
+        self.manifest: dict[str, Any] = read_json(manifest_path, fix=_fix(self.path))
         if self.manifest.get("format") != STORE_FORMAT:
             raise IncompatibleStoreError(
-                f"{self.path} has format {self.manifest.get('format')!r}, expected {STORE_FORMAT!r}")
+                f"{self.path} has format {self.manifest.get('format')!r}, expected {STORE_FORMAT!r} (written by "
+                f"another version of funcprune); {_fix(self.path)}")
         if not self.manifest["complete"]:
             raise IncompatibleStoreError(
                 f"{self.path} is incomplete ({self.manifest['batches_done']} batches committed); "
                 "run the capture again to resume it")
+        records = self.manifest.get("files", {})
+        expected = [_layer_file(self.path, layer, kind).name for layer in self.manifest["layers"]
+                    for kind in self.manifest["kinds"]] + ["tokens.bin", "docs.bin"]
+        unrecorded = [name for name in expected if name not in records]
+        if unrecorded:
+            raise ArtefactError(manifest_path, f"records no size and digest for {unrecorded}", _fix(self.path))
+        for name in expected:
+            verify_file(self.path / name, records[name], digest=verify, fix=_fix(self.path))
         self.layers: list[int] = list(self.manifest["layers"])
         self.n_tokens: int = int(self.manifest["rows"])
         self.kinds: tuple[str, ...] = tuple(self.manifest["kinds"])

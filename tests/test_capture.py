@@ -156,13 +156,13 @@ def test_resume_after_interruption(tmp_path: Path) -> None:
     calls = {"n": 0}
     original = ActivationWriter.commit
 
-    def crash_on_third(self, tokens, docs):  # type: ignore[no-untyped-def]
+    def crash_on_third(self, tokens, docs, **kwargs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 3:  # every layer of batch 3 is written, plus half a row more; die before the commit
             with open(tmp_path / "run" / "layer_000_act.bin", "ab") as fh:
                 fh.write(b"\x00" * 100)
             raise KeyboardInterrupt
-        return original(self, tokens, docs)
+        return original(self, tokens, docs, **kwargs)
 
     ActivationWriter.commit = crash_on_third  # type: ignore[method-assign]
     try:
@@ -505,3 +505,58 @@ def test_finish_drops_blocks_that_were_never_committed(tmp_path: Path) -> None:
     store = writer.finish()
     assert (tmp_path / "layer_000_act.bin").stat().st_size == rows.nbytes
     np.testing.assert_array_equal(store.layer(0, "act"), rows)
+
+
+_KILL_SCRIPT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from tiny_models import tiny_model
+from test_capture import CharTokenizer, TEXTS
+from funcprune import capture_activations
+from funcprune.store import ActivationWriter
+
+original = ActivationWriter.write
+def write(self, key, block):
+    original(self, key, block)
+    if self.batches_done == 2:  # the third batch is half written: wait here to be killed
+        print("ready", flush=True)
+        time.sleep(600)
+ActivationWriter.write = write
+capture_activations(tiny_model("llama"), CharTokenizer(), [t * 3 for t in TEXTS if t], sys.argv[2],
+                    batch_size=1, progress=False)
+"""
+
+
+def test_resume_after_kill_9_is_byte_identical(tmp_path: Path) -> None:
+    """A capture killed with SIGKILL in the middle of a batch resumes to the uninterrupted store, byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    texts = [t * 3 for t in TEXTS if t]
+    reference = capture_activations(tiny_model("llama"), CharTokenizer(), texts, tmp_path / "ref", batch_size=1,
+                                    progress=False)
+    script = tmp_path / "kill.py"
+    script.write_text(_KILL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["batches_done"] == 2
+    resumed = capture_activations(tiny_model("llama"), CharTokenizer(), texts, tmp_path / "run", batch_size=1,
+                                  progress=False)
+    assert resumed.manifest["files"] == reference.manifest["files"]  # sizes and SHA-256 of every file
+    for name in reference.manifest["files"]:
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+
+
+def test_two_captures_are_byte_identical(tmp_path: Path) -> None:
+    stores = [capture_activations(tiny_model("llama"), CharTokenizer(), TEXTS, tmp_path / name, batch_size=2,
+                                  progress=False) for name in ("a", "b")]
+    assert stores[0].manifest["files"] == stores[1].manifest["files"]
+    assert set(stores[0].manifest["files"]) == {"tokens.bin", "docs.bin"} | {
+        f"layer_{layer:03d}_{kind}.bin" for layer in range(3) for kind in ("act", "up")}

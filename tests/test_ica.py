@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from funcprune._io import ArtefactError
 from funcprune.ica import (FunctionalNetworks, ICAConvergenceWarning, _randomized_svd_torch,
                            match_maps, zscore_time)
 from funcprune.store import ActivationStore, ActivationWriter
@@ -302,8 +303,21 @@ def test_save_load_round_trip(store, tmp_path):
     X = np.asarray(store.layer(1))
     np.testing.assert_array_equal(back.transform(X, 1), fn.transform(X, 1))
     (tmp_path / "networks" / "networks.npz").write_bytes(b"damaged")
-    with pytest.raises(ValueError, match="does not match its manifest"):
+    with pytest.raises(ArtefactError, match=r"networks.npz: has 7 bytes where \d+ were written.*re-run stage 2"):
         FunctionalNetworks.load(tmp_path / "networks")
+
+
+def test_rank_deficiency_is_a_warning_and_a_status(planted_fit):
+    """k above the data's numerical rank: some maps are noise; the fit says so instead of "ok"."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4, 2)) @ rng.laplace(size=(2, 60))  # 4 time points of rank 2
+    with pytest.warns(ICAConvergenceWarning, match=r"numerical rank [12] < n_components=4"):
+        fn = FunctionalNetworks(4, n_init=2, random_state=0, progress=False).fit(X)
+    record = fn.convergence_[0]
+    assert record["status"] == "rank_deficient" and record["rank"] in (1, 2)
+    assert len(fn.warnings_) == 1 and fn.warnings_[0].startswith("layer 0, group 0: rank_deficient: ")
+    # a full-rank fit has the rank of its k and no warning sentence
+    assert planted_fit.convergence_[0]["rank"] == planted_fit.n_components and planted_fit.warnings_ == []
 
 
 # -- torch SVD (the device="cuda" path), checked on the CPU -----------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,10 @@ from tiny_models import FAMILIES, tiny_config, tiny_model
 from transformers.pytorch_utils import Conv1D
 
 from funcprune import get_adapter
+from funcprune._io import ArtefactError, file_record
 from funcprune.plan import PruningPlan, select_by_threshold, select_channels
-from funcprune.prune import (CalibrationData, PlanMismatchError, check_plan, compensate_bias, load_pruned,
-                             parameter_report, prune, prune_layer, save_pruned, slice_linear)
+from funcprune.prune import (CHECKPOINT_MANIFEST, CalibrationData, PlanMismatchError, check_plan, compensate_bias,
+                             load_pruned, parameter_report, prune, prune_layer, save_pruned, slice_linear)
 from funcprune.adapters import layer_widths
 from funcprune.scoring import channel_statistics, random_scores
 
@@ -159,6 +161,22 @@ def test_bad_plans_raise_clear_errors_and_leave_the_model_alone(mutate, match: s
     assert layer_widths(model) == {0: 48, 1: 48, 2: 48}
 
 
+@pytest.mark.parametrize("mutate, match", [
+    (lambda p: dataclasses.replace(p, params_removed=p.params_removed + 96,
+                                   ratio_reached=(p.params_removed + 96) / p.params_basis),
+     r"totals disagree with its kept lists.*params_removed="),
+    (lambda p: dataclasses.replace(p, params_basis=p.params_basis + 1,
+                                   ratio_reached=p.params_removed / (p.params_basis + 1)), "totals disagree"),
+    (lambda p: dataclasses.replace(p, ratio_reached=p.ratio_reached + 0.01), r"ratio_reached=.* but params_removed"),
+    (lambda p: dataclasses.replace(p, protected_layers=[1]), r"protected layers \[1\] lose channels"),
+])
+def test_plans_whose_totals_disagree_with_their_kept_lists_are_refused(mutate, match: str) -> None:
+    model = tiny_model("llama")
+    with pytest.raises(PlanMismatchError, match=match):
+        prune(model, mutate(random_plan(model)))
+    assert layer_widths(model) == {0: 48, 1: 48, 2: 48}
+
+
 def test_plan_for_another_model_is_refused() -> None:
     llama, mistral = tiny_model("llama"), tiny_model("mistral")
     with pytest.raises(PlanMismatchError, match="another model.*model type 'llama' != plan's 'mistral'"):
@@ -295,16 +313,27 @@ def test_save_load_with_compensation_biases(tmp_path: Path) -> None:
     assert torch.equal(logits(loaded), logits(model))
 
 
+def rerecord(path: Path, name: str = "model.safetensors") -> None:
+    """Record a file of a checkpoint anew, as if save_pruned had written it (to reach the checks after the record's)."""
+    manifest = json.loads((path / CHECKPOINT_MANIFEST).read_text())
+    manifest["files"][name] = file_record(path / name)
+    (path / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest))
+
+
 def test_load_is_strict(tmp_path: Path) -> None:
     model = prune(tiny_model("llama"), random_plan(tiny_model("llama")))
     path = save_pruned(model, None, tmp_path / "p")
     weights = load_file(path / "model.safetensors")
     missing = {k: v for k, v in weights.items() if k != "model.layers.1.mlp.up_proj.weight"}
     save_file(missing, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ArtefactError, match=r"model.safetensors: has \d+ bytes where \d+ were written"):
+        load_pruned(path)  # the record catches the change first ...
+    rerecord(path)
     with pytest.raises(ValueError, match=r"missing tensors \['model.layers.1.mlp.up_proj.weight'\]"):
-        load_pruned(path)
+        load_pruned(path)  # ... and, re-recorded, the strict load
     save_file({**weights, "model.extra.weight": torch.zeros(2)}, path / "model.safetensors",
               metadata={"format": "pt"})
+    rerecord(path)
     with pytest.raises(ValueError, match=r"unexpected tensors \['model.extra.weight'\]"):
         load_pruned(path)
 
