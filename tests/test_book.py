@@ -178,3 +178,18 @@ def test_strict_build_fails_on_a_missing_term(tmp_path: Path) -> None:
         shutil.rmtree(book / "_build", ignore_errors=True)
         result = subprocess.run([jb, "build", str(book), "--warningiserror"], capture_output=True, text=True)
         assert (result.returncode == 0) == ok, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_pages_workflow_deploys_what_make_publish_writes() -> None:
+    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "pages.yml").read_text())
+    assert workflow["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}
+    build = workflow["jobs"]["build"]["steps"]
+    runs = [step["run"] for step in build if "run" in step]
+    assert any(run.startswith("make publish") for run in runs)
+    upload = next(step for step in build if step.get("uses", "").startswith("actions/upload-pages-artifact@"))
+    deploy = workflow["jobs"]["deploy"]
+    assert deploy["needs"] == "build" and deploy["environment"]["name"] == "github-pages"
+    assert any(step.get("uses", "").startswith("actions/deploy-pages@") for step in deploy["steps"])
+    dry_run = subprocess.run(["make", "-n", "-W", "book", "publish"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout
+    assert f"mv public.tmp {upload['with']['path']}" in dry_run and ".nojekyll" in dry_run
