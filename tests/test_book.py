@@ -193,3 +193,14 @@ def test_pages_workflow_deploys_what_make_publish_writes() -> None:
     dry_run = subprocess.run(["make", "-n", "-W", "book", "publish"], cwd=REPO_ROOT, capture_output=True,
                              text=True, check=True).stdout
     assert f"mv public.tmp {upload['with']['path']}" in dry_run and ".nojekyll" in dry_run
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[:3], ids=lambda p: p.stem)
+def test_prerequisites_are_a_table_of_what_and_why(path: Path) -> None:
+    """Chapters 1-3: concept, importance, what it is needed for, time to learn, link."""
+    first = nbformat.read(path, as_version=4).cells[0].source
+    section = first.split("## Prerequisites\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert section[0] == "| Concept | Importance | Needed for | Time to learn | Link |"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section[2:]]
+    assert rows and all(len(row) == 5 and all(row) for row in rows), rows
+    assert all(row[1] in {"essential", "helpful", "optional"} for row in rows)
