@@ -9,7 +9,8 @@ the funcprune version and where the run came from.
 
 Unpacked into an empty run directory (:func:`unpack_bundle`), it lets chapter 3 (key
 neurons) run without stages 1 and 2, and chapters 4 and 5 show their tables; stage 4
-rebuilds a pruned model from its plan and the dense model when it needs one.
+rebuilds a pruned model from its plan and the dense model when it needs one. A chapter
+that starts with ``ensure_inputs(run_dir, [2], bundle=...)`` runs from a bundle alone.
 
 Command line::
 
@@ -31,7 +32,8 @@ from typing import Any, Sequence
 
 from ._io import ArtefactError, file_record, verify_file
 
-__all__ = ["MANIFEST", "bundle_files", "read_bundle_manifest", "unpack_bundle", "write_bundle"]
+__all__ = ["MANIFEST", "STAGE_OUTPUTS", "bundle_files", "ensure_inputs", "read_bundle_manifest", "unpack_bundle",
+           "write_bundle"]
 
 #: Name of the manifest member, first in every bundle.
 MANIFEST = "bundle.json"
@@ -39,6 +41,9 @@ MANIFEST = "bundle.json"
 BULK = {"activations": {"manifest.json"}, "pruned": {"index.json"}}
 _FORMAT = 1
 _FIX = "download or write the bundle again (make bundle)"
+#: What each stage leaves in the run directory that a later chapter reads (stage number -> relative paths).
+STAGE_OUTPUTS = {1: ("activations/manifest.json",), 2: ("networks/networks.json",), 3: ("plans",),
+                 4: ("pruned/index.json",)}
 
 
 def bundle_files(run_dir: str | os.PathLike[str]) -> list[str]:
@@ -189,6 +194,55 @@ def unpack_bundle(bundle: str | os.PathLike[str], run_dir: str | os.PathLike[str
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(tmp) / name, target)
     return sorted(records)
+
+
+def ensure_inputs(run_dir: str | os.PathLike[str], stages: Sequence[int], *,
+                  bundle: str | os.PathLike[str] | None = None) -> list[str]:
+    """Make sure the outputs of earlier stages are in a run directory, unpacking a bundle if they are not.
+
+    A chapter calls this first, with the stages it reads, so that a reader can start at it.
+
+    Parameters
+    ----------
+    run_dir : str or path
+        The run directory.
+    stages : sequence of int
+        Earlier stages whose outputs (:data:`STAGE_OUTPUTS`) the chapter reads.
+    bundle : str or path, optional
+        A bundle to unpack when some are missing (files already there are kept).
+
+    Returns
+    -------
+    list of str
+        The files unpacked (empty when everything was already there).
+
+    Raises
+    ------
+    ArtefactError
+        Outputs are missing and no bundle was given (or the bundle lacks them), naming the
+        chapters to run or the bundle to unpack.
+    """
+    unknown = sorted(set(stages) - set(STAGE_OUTPUTS))
+    if unknown:
+        raise ValueError(f"stages {unknown} have no outputs a later chapter reads; accepted: {sorted(STAGE_OUTPUTS)}")
+    root = Path(run_dir)
+
+    def missing() -> list[int]:
+        return [s for s in sorted(set(stages)) if not all((root / p).exists() for p in STAGE_OUTPUTS[s])]
+
+    gaps = missing()
+    if not gaps:
+        return []
+    fix = (f"run chapters {gaps} first with the same run_dir, or unpack a bundle of a run: "
+           f"python -m funcprune.bundle unpack <bundle.tar.gz> {root}")
+    if bundle is None:
+        raise ArtefactError(root, f"lacks the outputs of stage(s) {gaps}", fix)
+    manifest = read_bundle_manifest(bundle)
+    wanted = [name for name in manifest["files"] if not (root / name).exists()]
+    files = unpack_bundle(bundle, root) if wanted else []
+    if missing():
+        raise ArtefactError(root, f"still lacks the outputs of stage(s) {missing()} after unpacking {bundle}", fix)
+    return files
 
 
 def main(argv: Sequence[str] | None = None) -> int:

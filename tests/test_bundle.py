@@ -121,3 +121,23 @@ def test_chapter_3_runs_from_a_bundle_alone(tmp_path: Path) -> None:
     profile["run_dir"] = str(tmp_path / "fresh")
     report = run_notebooks(profile, tmp_path / "executed3", notebooks=notebooks[2:3])
     assert report[0]["ran"] and list((tmp_path / "fresh" / "plans").glob("fn_*.json"))
+
+
+def test_ensure_inputs_unpacks_only_when_something_is_missing(run_dir: Path, tmp_path: Path) -> None:
+    from funcprune.bundle import ensure_inputs
+
+    assert ensure_inputs(run_dir, [1, 2, 3, 4]) == []  # everything is there
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ArtefactError, match=r"stage\(s\) \[2\].*run chapters \[2\] first"):
+        ensure_inputs(fresh, [2])
+    write_bundle(run_dir, tmp_path / "b.tar.gz")
+    assert ensure_inputs(fresh, [2], bundle=tmp_path / "b.tar.gz") == sorted(SMALL)
+    assert (fresh / "networks" / "networks.json").exists()
+    assert ensure_inputs(fresh, [2], bundle=tmp_path / "b.tar.gz") == []
+    with pytest.raises(ValueError, match="accepted"):
+        ensure_inputs(fresh, [5])
+    partial = tmp_path / "partial"
+    (partial / "plans").mkdir(parents=True)
+    (partial / "plans" / "fn_r0.20.json").write_bytes((run_dir / "plans" / "fn_r0.20.json").read_bytes())
+    ensure_inputs(partial, [2, 3], bundle=tmp_path / "b.tar.gz")
+    assert (partial / "networks" / "networks.npz").exists()
