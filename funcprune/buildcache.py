@@ -1,0 +1,244 @@
+"""Content-addressed cache of executed notebooks: an unchanged book rebuilds in seconds.
+
+A stage (one notebook) is executed again only when one of its inputs changed:
+
+- the source notebook (its bytes),
+- the parameters it receives from the profile (its ``parameters`` cell's names only),
+- the ``funcprune`` package source (every ``.py`` file of the package: simple and safe,
+  a change to any module re-runs every stage), the Python version and the versions of
+  the libraries the stages compute with,
+- the key of the stage before it (so a change anywhere upstream re-runs everything
+  downstream);
+
+or when an earlier stage of the same build ran again, or when the run directory lost
+an entry that existed after the stage ran (for example after ``rm -rf runs/default/networks``).
+
+The key and a record of the executed notebook (size, SHA-256) are written atomically
+beside it, as ``<notebook>.stage.json``, only after a successful execution: a failed or
+interrupted stage leaves no record and runs again next time, while the stages that
+finished before it are reused (the build resumes).
+
+The HTML build itself is not cached: ``make book`` removes ``book/_build`` and builds
+every page strictly (about 11 s for the whole book). Sphinx could rebuild incrementally,
+but an incremental strict build would not report again the warnings of pages it does not
+re-read, nor notice a changed docstring (autodoc) or a removed glossary term.
+
+Command line::
+
+    python -m funcprune.buildcache times book/executed   # seconds per stage, from the records
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
+
+__all__ = ["STAGE_SUFFIX", "StageOutcome", "package_digest", "run_stage", "stage_key", "stage_times"]
+
+#: Suffix of the record written beside an executed notebook.
+STAGE_SUFFIX = ".stage.json"
+#: Libraries whose version is part of every stage key (their results can change with them).
+KEY_LIBRARIES = ("torch", "transformers", "numpy", "scipy", "scikit-learn", "nilearn", "pandas", "lm-eval",
+                 "papermill", "matplotlib")
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_FORMAT = 1
+
+
+def package_digest(package_dir: str | Path = _PACKAGE_DIR) -> str:
+    """SHA-256 over the source of every ``.py`` file of a package (relative path and bytes).
+
+    Parameters
+    ----------
+    package_dir : str or path, default: the installed ``funcprune`` package
+        Directory searched recursively.
+
+    Returns
+    -------
+    str
+        64 hexadecimal characters; changes whenever any module is edited, added or removed.
+    """
+    root = Path(package_dir)
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _environment() -> dict[str, str | None]:
+    """Python version and the versions of :data:`KEY_LIBRARIES` (None when not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in KEY_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_key(notebook: str | Path, parameters: dict[str, Any], *, upstream: str | None,
+              package: str | None = None, environment: dict[str, Any] | None = None) -> str:
+    """Content-addressed key of one stage execution.
+
+    Parameters
+    ----------
+    notebook : str or path
+        Source notebook.
+    parameters : dict
+        Values passed to its ``parameters`` cell (JSON-serialisable).
+    upstream : str or None
+        Key of the previous stage of the build (None for the first one).
+    package : str, optional
+        :func:`package_digest` (computed when omitted).
+    environment : dict, optional
+        Versions that enter the key (default: Python and :data:`KEY_LIBRARIES`).
+
+    Returns
+    -------
+    str
+        64 hexadecimal characters.
+    """
+    return _digest({
+        "format": _FORMAT,
+        "notebook": hashlib.sha256(Path(notebook).read_bytes()).hexdigest(),
+        "parameters": parameters,
+        "upstream": upstream,
+        "package": package if package is not None else package_digest(),
+        "environment": environment if environment is not None else _environment(),
+    })
+
+
+def _run_dir_entries(run_dir: str | Path | None) -> list[str]:
+    if run_dir is None or not Path(run_dir).is_dir():
+        return []
+    return sorted(p.name for p in Path(run_dir).iterdir() if not p.name.startswith("."))
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What :func:`run_stage` did for one notebook.
+
+    Attributes
+    ----------
+    key : str
+        The stage key (pass it as ``upstream`` to the next stage).
+    ran : bool
+        True when the notebook was executed, False when the cached copy was reused.
+    seconds : float
+        Execution time of this run, or of the run that produced the cached copy.
+    reason : str
+        Why it ran ("notebook, parameters, package or environment changed", "an earlier stage
+        ran", "no record", ...) or "cached".
+    """
+
+    key: str
+    ran: bool
+    seconds: float
+    reason: str
+
+
+def _cached_reason(record_path: Path, executed: Path, key: str, run_dir: str | Path | None) -> str | None:
+    """None when the executed notebook can be reused, else why it cannot."""
+    if not record_path.exists():
+        return "no record of a successful run"
+    try:
+        record = read_json(record_path)
+        if record.get("key") != key:
+            return "its notebook, parameters, the funcprune source or the environment changed"
+        verify_file(executed, record["notebook"], digest=True)
+    except (ArtefactError, KeyError, AttributeError) as exc:
+        return f"cached copy unusable ({exc})"
+    missing = sorted(set(record.get("run_dir_entries", [])) - set(_run_dir_entries(run_dir)))
+    if missing:
+        return f"run directory lost {missing}"
+    return None
+
+
+def run_stage(notebook: str | Path, executed: str | Path, parameters: dict[str, Any],
+              execute: Callable[[], None], *, upstream: str | None, force: str | None = None,
+              run_dir: str | Path | None = None, package: str | None = None) -> StageOutcome:
+    """Execute one stage unless an executed copy with the same key exists.
+
+    Parameters
+    ----------
+    notebook : str or path
+        Source notebook.
+    executed : str or path
+        Where ``execute`` writes the executed notebook; its record goes to
+        ``executed`` + :data:`STAGE_SUFFIX`.
+    parameters : dict
+        Values passed to the notebook (part of the key).
+    execute : callable
+        Runs the notebook into ``executed`` (e.g. a papermill call); must raise on failure.
+    upstream : str or None
+        Key of the previous stage (None for the first one).
+    force : str, optional
+        Run even when cached, for this reason (e.g. "an earlier stage ran").
+    run_dir : str or path, optional
+        The run directory the stages share: its entries after the run are recorded, and a
+        cached copy is not reused when one of them has disappeared.
+    package : str, optional
+        :func:`package_digest`, computed once per build by the caller.
+
+    Returns
+    -------
+    StageOutcome
+    """
+    executed = Path(executed)
+    record_path = executed.with_name(executed.name + STAGE_SUFFIX)
+    key = stage_key(notebook, parameters, upstream=upstream, package=package)
+    reason = force or _cached_reason(record_path, executed, key, run_dir)
+    if reason is None:
+        return StageOutcome(key, False, float(read_json(record_path).get("seconds", 0.0)), "cached")
+    record_path.unlink(missing_ok=True)  # a failed or interrupted run must leave no record
+    start = time.perf_counter()
+    execute()
+    seconds = round(time.perf_counter() - start, 1)
+    atomic_write_json(record_path, {"format": _FORMAT, "key": key, "notebook": file_record(executed),
+                                    "source": Path(notebook).name, "parameters": parameters,
+                                    "seconds": seconds, "run_dir_entries": _run_dir_entries(run_dir)})
+    return StageOutcome(key, True, seconds, reason)
+
+
+def stage_times(executed_dir: str | Path) -> dict[str, float]:
+    """Seconds each cached stage took when it last ran, from the records in ``executed_dir``.
+
+    Returns
+    -------
+    dict
+        Source notebook name -> seconds, in notebook order.
+    """
+    times = {}
+    for record_path in sorted(Path(executed_dir).glob(f"*{STAGE_SUFFIX}")):
+        record = read_json(record_path)
+        times[record["source"]] = float(record["seconds"])
+    return times
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m funcprune.buildcache")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("times", help="seconds per stage from the records in DIR").add_argument("dir")
+    args = parser.parse_args(argv)
+    print(json.dumps(stage_times(args.dir), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
