@@ -1,0 +1,141 @@
+"""The browser check of the built book, on small planted sites (headless Chromium)."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from funcprune import bookcheck
+from funcprune.bookcheck import BrowserUnavailable, check_book, find_chromium
+
+# A valid 1x1 PNG.
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
+
+needs_browser = pytest.mark.skipif(
+    find_chromium() is None or importlib.util.find_spec("playwright") is None,
+    reason="no Chromium (make browser) or no playwright (the book extra): the browser check cannot run")
+
+
+def _mathjax_dir() -> Path | None:
+    """MathJax 3 as shipped by the sphinx-mathjax-offline package (what the book bundles)."""
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0]) / "static" / "mathjax"
+
+
+def _page(body: str, head: str = "") -> str:
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'>{head}</head><body>{body}</body></html>"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A clean two-page site: an image, links with anchors, code showing TeX, typeset math."""
+    html = tmp_path / "html"
+    (html / "_images").mkdir(parents=True)
+    (html / "_images" / "dot.png").write_bytes(PNG)
+    head = ""
+    body = ""
+    mathjax = _mathjax_dir()
+    if mathjax is not None:
+        (html / "_static").mkdir()
+        (html / "_static" / "mathjax").symlink_to(mathjax)
+        head = "<script async src='_static/mathjax/tex-chtml.js'></script>"
+        body = "<p>The score is <span class='math'>\\(s_j = \\max |z|\\)</span>.</p>"
+    (html / "index.html").write_text(_page(
+        f"<h1 id='top'>Book</h1>{body}<img src='_images/dot.png' alt='dot'>"
+        "<p><a href='chapter/one.html#results'>results</a> <a href='#top'>top</a> "
+        "<a href='https://example.org/paper'>paper</a> <a href='chapter/'>chapter</a></p>"
+        "<pre>re.compile(r'\\(x\\)')  # code may show TeX delimiters</pre>", head))
+    (html / "chapter").mkdir()
+    (html / "chapter" / "one.html").write_text(_page(
+        "<h2 id='results'>Results</h2><p>Run directory: runs/default</p><a href='../index.html'>home</a>"))
+    (html / "chapter" / "index.html").write_text(_page("<p>Chapter</p>"))
+    return html
+
+
+def _plant(site: Path, body: str) -> list[tuple[str, str]]:
+    (site / "planted.html").write_text(_page(body))
+    return [(p.page, p.kind) for p in check_book(site)]
+
+
+@needs_browser
+def test_clean_site_passes_and_is_photographed(site: Path, tmp_path: Path) -> None:
+    shots = tmp_path / "shots"
+    problems = check_book(site, screenshots=shots)
+    assert problems == []
+    names = sorted(p.name for p in shots.iterdir())
+    assert names == sorted(f"{page}.{view}.png" for page in ("index", "chapter__one", "chapter__index")
+                           for view in ("desktop", "phone"))
+    assert all((shots / n).read_bytes().startswith(b"\x89PNG") for n in names)
+
+
+@needs_browser
+def test_math_without_mathjax_is_raw_tex(site: Path) -> None:
+    found = _plant(site, "<p>Formula: <span class='math'>\\(\\mathrm{act}(W x)\\)</span></p>")
+    assert found == [("planted.html", "raw-tex")]
+
+
+@needs_browser
+def test_display_math_dollars_are_raw_tex(site: Path) -> None:
+    assert _plant(site, "<p>$$ s = \\max |z| $$</p>") == [("planted.html", "raw-tex")]
+
+
+@needs_browser
+def test_absolute_path_of_the_build_machine(site: Path) -> None:
+    found = _plant(site, f"<pre>ActivationStore('{site.parent}/runs/default/activations')</pre>")
+    assert found and set(found) == {("planted.html", "machine-path")}
+
+
+@needs_browser
+def test_home_folder_path_in_an_attribute(site: Path) -> None:
+    found = _plant(site, "<a title='/home/alice/funcprune/runs' href='index.html'>runs</a>")
+    assert found == [("planted.html", "machine-path")]
+
+
+@needs_browser
+def test_broken_image(site: Path) -> None:
+    found = set(_plant(site, "<img src='_images/missing.png' alt='gone'>"))
+    assert found == {("planted.html", "broken-image"), ("planted.html", "missing-file")}
+
+
+@needs_browser
+def test_broken_internal_link_and_anchor(site: Path) -> None:
+    (site / "planted.html").write_text(_page(
+        "<a href='chapter/two.html'>two</a> <a href='chapter/one.html#nowhere'>nowhere</a>"))
+    problems = check_book(site)
+    assert [(p.page, p.kind) for p in problems] == [("planted.html", "broken-link")] * 2
+    assert "chapter/two.html does not exist" in problems[0].detail
+    assert "#nowhere" in problems[1].detail
+
+
+@needs_browser
+def test_request_outside_the_build_folder_is_blocked(site: Path) -> None:
+    found = set(_plant(site, "<script src='https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js'></script>"))
+    assert found == {("planted.html", "outside-request")}
+
+
+@needs_browser
+def test_traceback_in_an_output(site: Path) -> None:
+    found = _plant(site, "<div class='cell_output'><pre>Traceback (most recent call last):\n"
+                         "  ValueError: bad</pre></div>")
+    assert found == [("planted.html", "error-output")]
+
+
+def test_no_browser_is_a_clear_skip(site: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FUNCPRUNE_CHROMIUM", str(site / "no-such-chromium"))
+    assert find_chromium() is None
+    with pytest.raises(BrowserUnavailable, match="make browser"):
+        check_book(site)
+    assert bookcheck.main([str(site), "--no-screenshots"]) == 0
+    assert "SKIPPED" in capsys.readouterr().err
+    assert bookcheck.main([str(site), "--no-screenshots", "--require-browser"]) == 1
+
+
+def test_empty_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="make book"):
+        check_book(tmp_path)
