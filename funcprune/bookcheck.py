@@ -16,7 +16,11 @@ browser download), waits for MathJax to typeset, and reports:
 * ``outside-request``: a request for anything outside the build folder (a CDN, a
   web font, a file of the build machine); such requests are blocked, as they
   would fail for an offline reader;
-* ``script-error``: an uncaught JavaScript exception.
+* ``script-error``: a page that did not load; an uncaught JavaScript exception is
+  reported too but does not fail the check (the theme's own scripts raise some).
+
+A redirect page (``<meta http-equiv="refresh">``, Jupyter Book's ``index.html``) is
+not opened: its target is checked as an internal link.
 
 Screenshots of every page at a desktop and a phone width are written for a person
 to look at. Command line (``make check-book``)::
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
-from urllib.parse import unquote, urldefrag, urlsplit
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 __all__ = ["BrowserUnavailable", "Problem", "check_book", "find_chromium", "machine_paths"]
 
@@ -55,6 +59,8 @@ SKIP_DIRS = {"_static", "_sources", "_images", "_downloads"}
 #: TeX that MathJax should have typeset; only looked for outside code.
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{")
 #: Absolute paths that look like a home, temporary or mount folder on any machine.
+#: ``<meta http-equiv="refresh" content="0; url=...">`` of a redirect page.
+REDIRECT = re.compile(r"""<meta\s+http-equiv=["']refresh["']\s+content=["'][^"']*url=([^"']+)["']""", re.I)
 GENERIC_PATH = re.compile(r"(?<![\w.:/~-])(?:/(?:home|Users|root|tmp|mnt|private/var|var/folders)/[\w.@+-]+"
                           r"|[A-Za-z]:\\\\?Users\\\\?[\w.-]+)")
 
@@ -110,8 +116,13 @@ class Problem:
     kind: str
     detail: str
 
+    @property
+    def fatal(self) -> bool:
+        """Whether the check fails on it (all but a JavaScript exception of a page that loaded)."""
+        return not (self.kind == "script-error" and not self.detail.startswith("page did not load"))
+
     def __str__(self) -> str:
-        return f"{self.page}: {self.kind}: {self.detail}"
+        return f"{self.page}: {self.kind}: {self.detail}{'' if self.fatal else ' (not fatal)'}"
 
 
 def find_chromium() -> str | None:
@@ -266,7 +277,7 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
     Returns
     -------
     list of Problem
-        Empty when every page is clean.
+        Empty when every page is clean; the check fails on those whose ``fatal`` is true.
 
     Raises
     ------
@@ -311,20 +322,25 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
                     route.abort()
 
             context.route("**/*", route)
-            tab = context.new_page()
-            tab.on("response", lambda r: page_state["missing"].append(r.url)
-                   if r.status == 404 and r.url.startswith(server.base) else None)
-            tab.on("pageerror", lambda e: page_state["script"].append(str(e)))
             for number, path in enumerate(pages, 1):
                 rel = path.relative_to(html_dir).as_posix()
                 start = time.perf_counter()
+                redirect = REDIRECT.search(path.read_text(errors="replace")[:2000])
+                if redirect:
+                    target = redirect.group(1).strip()
+                    links[rel], ids[rel] = [(target, urljoin(server.base + rel, target))], set()
+                    continue
                 page_state.update(outside=[], missing=[], script=[])
-                tab.set_viewport_size(dict(zip(("width", "height"), VIEWPORTS["desktop"])))
+                tab = context.new_page()  # a fresh tab per page: no navigation leaks into the next
+                tab.on("response", lambda r: page_state["missing"].append(r.url)
+                       if r.status == 404 and r.url.startswith(server.base) else None)
+                tab.on("pageerror", lambda e: page_state["script"].append(str(e)))
                 try:
                     tab.goto(server.base + rel, wait_until="load", timeout=timeout_s * 1000)
                     info = tab.evaluate(_PAGE_SCRIPT)
                 except PlaywrightError as exc:
                     problems.append(Problem(rel, "script-error", f"page did not load: {exc}"))
+                    tab.close()
                     continue
                 problems.extend(_text_problems(rel, info, paths))
                 problems += [Problem(rel, "broken-image", f"{src!r} did not load") for src in info["brokenImages"]]
@@ -339,6 +355,7 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
                     for view, (width, height) in VIEWPORTS.items():
                         tab.set_viewport_size({"width": width, "height": height})
                         tab.screenshot(path=str(shots / f"{name}.{view}.png"), full_page=True)
+                tab.close()
                 if progress:
                     print(f"[bookcheck] {number}/{len(pages)} {rel} ({time.perf_counter() - start:.1f} s)",
                           file=sys.stderr, flush=True)
@@ -369,14 +386,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"[bookcheck] {exc}", file=sys.stderr)
         return 1
+    fatal = [p for p in problems if p.fatal]
+    notes: dict[str, list[str]] = {}
     for problem in problems:
+        if not problem.fatal:
+            notes.setdefault(f"{problem.kind}: {problem.detail}", []).append(problem.page)
+    for note, pages in notes.items():
+        print(f"[bookcheck] note, on {len(pages)} page(s) (e.g. {pages[0]}): {note} (not fatal)", file=sys.stderr)
+    for problem in fatal:
         print(problem, file=sys.stderr)
     seconds = time.perf_counter() - start
     n_pages = len(_pages(html_dir.resolve()))
-    verdict = f"{len(problems)} problem(s)" if problems else "no problems"
+    verdict = f"{len(fatal)} problem(s)" if fatal else "no problems"
     where = f"; screenshots in {shots}" if shots else ""
     print(f"[bookcheck] {n_pages} pages checked in {seconds:.0f} s: {verdict}{where}", file=sys.stderr)
-    return 1 if problems else 0
+    return 1 if fatal else 0
 
 
 if __name__ == "__main__":

@@ -139,3 +139,29 @@ def test_no_browser_is_a_clear_skip(site: Path, monkeypatch: pytest.MonkeyPatch,
 def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="make book"):
         check_book(tmp_path)
+
+
+@needs_browser
+@pytest.mark.slow
+def test_book_config_renders_math_offline(tmp_path: Path) -> None:
+    """A one-page Jupyter Book with the book's own _config.yml: MathJax served locally, formulas typeset."""
+    import shutil
+    import subprocess
+    import sys
+
+    from funcprune.workflow import REPO_ROOT
+
+    book = tmp_path / "book"
+    book.mkdir()
+    for name in ("_config.yml", "references.bib"):
+        shutil.copy(REPO_ROOT / "book" / name, book / name)
+    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+    (book / "intro.md").write_text("# Formulas\n\nThe activation $\\mathrm{act}(W_\\text{gate} x)$ and the score\n"
+                                   "$s_j = \\max |z|$.\n\n$$ z = \\frac{x - \\mu}{\\sigma} $$\n")
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    subprocess.run([str(jupyter_book), "build", str(book), "--warningiserror"], check=True,
+                   capture_output=True, timeout=600)
+    html = book / "_build" / "html"
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    assert "cdn.jsdelivr.net" not in (html / "intro.html").read_text()
+    assert [p for p in check_book(html) if p.fatal] == []
