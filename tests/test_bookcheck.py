@@ -165,3 +165,90 @@ def test_book_config_renders_math_offline(tmp_path: Path) -> None:
     assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
     assert "cdn.jsdelivr.net" not in (html / "intro.html").read_text()
     assert [p for p in check_book(html) if p.fatal] == []
+
+
+def test_display_path_never_shows_the_builder_file_system(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    from funcprune.provenance import display_path
+    from funcprune.workflow import REPO_ROOT
+
+    monkeypatch.setenv("FUNCPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert display_path(REPO_ROOT / "runs" / "default" / "activations") == "runs/default/activations"
+    assert display_path(REPO_ROOT) == "."
+    assert display_path("runs/tiny") == "runs/tiny"
+    assert display_path(tmp_path / "cache" / "models" / "m") == "$FUNCPRUNE_CACHE/models/m"
+    assert display_path(tmp_path / "home" / "runs" / "x") == "~/runs/x"
+    assert display_path("/srv/build/runs/activations") == "activations"
+
+
+def test_store_repr_shows_the_path_relative_to_the_repository(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import funcprune.workflow
+    from funcprune.store import ActivationWriter
+
+    identity = {"model": {"name": "synthetic"}, "dataset": "planted", "text_ids": [0], "dtype": "float32",
+                "kinds": ["act", "up"], "layers": [0], "widths": {"0": 3}, "max_tokens": 4,
+                "drop_first_token": False}
+    writer = ActivationWriter(tmp_path / "runs" / "x" / "activations", identity)
+    writer.append({(0, kind): np.ones((4, 3), dtype=np.float32) for kind in ("act", "up")},
+                  np.zeros(4), np.zeros(4, dtype=np.int32))
+    store = writer.finish()
+    monkeypatch.setattr(funcprune.workflow, "REPO_ROOT", tmp_path)  # as if the repository were tmp_path
+    text = repr(store)
+    assert text.startswith("ActivationStore('runs/x/activations', model='synthetic', layers=1, tokens=4")
+    assert str(tmp_path) not in text
+
+
+def test_injected_parameters_folded_into_the_parameters_cell(tmp_path: Path) -> None:
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    from funcprune.workflow import REPO_ROOT, fold_injected_parameters
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
+    source = ('run_dir = "runs/default"  # directory shared by all stages # not a second comment\n'
+              "n_texts = 16  # number of texts\n"
+              "layers = [3,\n          15]  # layers, on two lines\n"
+              "title = \"é\"  # unicode before the value shifts byte offsets\n"
+              "kept = 1.5  # not passed: unchanged")
+    nb.cells = [nbformat.v4.new_markdown_cell("# T"),
+                nbformat.v4.new_code_cell(source, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print(run_dir)")]
+    params = {"run_dir": str(REPO_ROOT / "runs" / "tiny"), "n_texts": 4, "layers": [1, 2], "title": "ü"}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    nbformat.write(parameterize_notebook(load_notebook_node(str(path)), params), path)  # as papermill does
+    assert fold_injected_parameters(path, params, profile="tiny")
+    folded = nbformat.read(path, as_version=4)
+    injected = next(c for c in folded.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "remove-cell" in injected.metadata.tags
+    shown = next(c for c in folded.cells if "parameters" in c.metadata.get("tags", []))
+    assert shown.source.startswith("# Parameters of profile 'tiny'")
+    assert str(REPO_ROOT) not in shown.source
+    assert "# directory shared by all stages # not a second comment" in shown.source
+    assert "# layers, on two lines" in shown.source
+    namespace: dict = {}
+    exec(shown.source, namespace)
+    assert (namespace["run_dir"], namespace["n_texts"], namespace["layers"], namespace["title"],
+            namespace["kept"]) == ("runs/tiny", 4, [1, 2], "ü", 1.5)
+    assert (REPO_ROOT / namespace["run_dir"]) == Path(params["run_dir"])  # the same folder from the repo
+    plain = tmp_path / "plain.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), plain)
+    before = plain.read_text()
+    assert not fold_injected_parameters(plain, {})
+    assert plain.read_text() == before
+
+
+def test_kernels_receive_repository_paths_relative() -> None:
+    """Notebooks run in the repository, so a relative run_dir is the same folder and prints no machine path."""
+    from funcprune.workflow import REPO_ROOT, _repo_relative
+
+    assert _repo_relative(str(REPO_ROOT / "runs" / "default")) == "runs/default"
+    assert (REPO_ROOT / _repo_relative(str(REPO_ROOT / "runs" / "default"))).resolve() == \
+        (REPO_ROOT / "runs" / "default").resolve()
+    assert _repo_relative("/srv/elsewhere/run") == "/srv/elsewhere/run"  # outside: still absolute, still valid
+    assert _repo_relative([3, 15]) == [3, 15] and _repo_relative("wiki") == "wiki"
