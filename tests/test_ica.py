@@ -330,3 +330,43 @@ def test_fast_cube_equals_sklearn_cube() -> None:
     ours = FastICA(fun=_cube, whiten=False, random_state=0, max_iter=200).fit_transform(white)
     theirs = FastICA(fun="cube", whiten=False, random_state=0, max_iter=200).fit_transform(white)
     np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-9)
+
+
+# -- convergence: is a stopped run's map what a longer run gives? ------------------------
+def test_convergence_check_continues_the_selected_run(planted_data):
+    """factor=1 reruns exactly the fit's selected restart; a longer run converges onto the planted sources."""
+    from funcprune.ica import convergence_check
+
+    X, _, _, sources_z = planted_data
+    with pytest.warns(ICAConvergenceWarning):
+        stopped = FunctionalNetworks(N_SOURCES, n_groups=2, n_init=3, max_iter=2, random_state=0,
+                                     progress=False).fit(X)
+    same = convergence_check(stopped, X, factor=1)
+    assert list(zip(same["layer"], same["group"])) == [(0, 0), (0, 1)]  # every stopped fit, up to max_fits
+    assert (same["status"] == "not_converged").all() and (same["n_iter_longer"] == 2).all()
+    assert np.allclose(same["map_corr_min"], 1.0, atol=1e-5) and np.allclose(same["key_overlap"], 1.0)
+    longer = convergence_check(stopped, X, factor=100, max_fits=1)
+    assert len(longer) == 1 and bool(longer["converged_longer"][0]) and longer["n_iter_longer"][0] < 200
+    assert longer["map_corr_min"][0] < 1 - 1e-3  # the stopped maps were still moving: the check shows it
+    converged = FunctionalNetworks(N_SOURCES, n_groups=2, n_init=3, max_iter=200, random_state=0,
+                                   progress=False).fit(X)
+    assert [r["status"] for r in converged.convergence_] == ["ok", "ok"]
+    assert convergence_check(converged, X).empty  # nothing stopped: nothing to check by default
+    again = convergence_check(converged, X, layers=[0], factor=5)  # a converged run does not move
+    assert np.allclose(again["map_corr_min"], 1.0, atol=1e-5)
+    assert (again["n_iter_longer"] == [r["n_iter"][r["selected"]] for r in converged.convergence_]).all()
+    with pytest.raises(ValueError, match=r"layers \[7\] were not fitted"):
+        convergence_check(converged, X, layers=[7])
+    with pytest.raises(ValueError, match="factor must be a positive integer; got 0"):
+        convergence_check(converged, X, factor=0)
+
+
+def test_top_overlap_counts_shared_key_neurons():
+    from funcprune.ica import top_overlap
+
+    a = np.arange(10.0)
+    assert top_overlap(a, a, 0.2) == 1.0
+    assert top_overlap(a, -a, 0.2) == 0.0
+    b = a.copy()
+    b[[9, 0]] = b[[0, 9]]  # the top channel swapped with the last: one of the top two lost
+    assert top_overlap(a, b, 0.2) == 0.5
