@@ -370,3 +370,44 @@ def test_top_overlap_counts_shared_key_neurons():
     b = a.copy()
     b[[9, 0]] = b[[0, 9]]  # the top channel swapped with the last: one of the top two lost
     assert top_overlap(a, b, 0.2) == 0.5
+
+
+def test_seed_agreement_puts_converged_and_stopped_layers_side_by_side(planted_data):
+    from funcprune.ica import seed_agreement
+
+    X = planted_data[0]
+    arrays = {0: X, 1: planted(seed=3)[0]}
+    a = FunctionalNetworks(N_SOURCES, n_init=2, max_iter=200, random_state=0, progress=False).fit(arrays)
+    b = FunctionalNetworks(N_SOURCES, n_init=2, max_iter=200, random_state=1, progress=False).fit(arrays)
+    table = seed_agreement(a, b)
+    assert list(table["layer"]) == [0, 1] and table["converged"].all()
+    assert (table["restarts_converged"] == 1.0).all()
+    assert (table["map_corr_min"] > 0.95).all() and (table["key_overlap"] > 0.9).all()  # planted: recovered twice
+    assert seed_agreement(a, a)["key_overlap"].eq(1.0).all()
+    with pytest.warns(ICAConvergenceWarning):
+        stopped = FunctionalNetworks(N_SOURCES, n_init=2, max_iter=1, layers=[1], random_state=1,
+                                     progress=False).fit(arrays)
+    mixed = seed_agreement(a, stopped)
+    assert list(mixed["layer"]) == [1] and not mixed["converged"][0]
+    assert mixed["restarts_converged"][0] == 0.5  # a's two restarts converged, stopped's two did not
+
+
+def test_sparsest_converged_restart_beats_a_sparser_stopped_one(planted_data, monkeypatch):
+    import funcprune.ica as ica_module
+
+    real = ica_module._fastica_restart
+    calls = {"n": 0}
+
+    def first_restart_stopped_and_sparsest(white, seed, max_iter, tol):
+        run = real(white, seed, max_iter, tol)
+        calls["n"] += 1
+        if calls["n"] == 1:  # looks sparsest, but FastICA stopped it
+            run.update(converged=False, sparsity=run["sparsity"] / 10, warnings=["ConvergenceWarning: stopped"])
+        return run
+
+    monkeypatch.setattr(ica_module, "_fastica_restart", first_restart_stopped_and_sparsest)
+    with pytest.warns(ICAConvergenceWarning, match="did not converge in 1 of 3"):
+        fn = FunctionalNetworks(N_SOURCES, n_init=3, random_state=0, progress=False).fit(planted_data[0])
+    record = fn.convergence_[0]
+    assert record["converged"] == [False, True, True] and record["status"] == "ok"
+    assert record["selected"] == 1 + int(np.argmin(record["sparsity"][1:]))  # sparsest of the converged
