@@ -59,6 +59,8 @@ SKIP_DIRS = {"_static", "_sources", "_images", "_downloads"}
 #: TeX that MathJax should have typeset; only looked for outside code.
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{")
 #: Absolute paths that look like a home, temporary or mount folder on any machine.
+#: What Python prints above a traceback.
+TRACEBACK = "Traceback (most recent call last)"
 #: ``<meta http-equiv="refresh" content="0; url=...">`` of a redirect page.
 REDIRECT = re.compile(r"""<meta\s+http-equiv=["']refresh["']\s+content=["'][^"']*url=([^"']+)["']""", re.I)
 GENERIC_PATH = re.compile(r"(?<![\w.:/~-])(?:/(?:home|Users|root|tmp|mnt|private/var|var/folders)/[\w.@+-]+"
@@ -79,9 +81,10 @@ async () => {
   const ids = Array.from(document.querySelectorAll('[id]')).map(e => e.id)
        .concat(Array.from(document.querySelectorAll('a[name]')).map(e => e.getAttribute('name')));
   const links = Array.from(document.querySelectorAll('a[href]')).map(a => [a.getAttribute('href'), a.href]);
+  const outputs = Array.from(document.querySelectorAll('.cell_output, .output')).map(e => e.textContent).join(' ');
   return {
     text: clone.textContent,
-    visibleText: document.body.innerText,
+    outputText: outputs,
     html: document.documentElement.outerHTML,
     brokenImages: images,
     ids: ids,
@@ -215,8 +218,10 @@ def _text_problems(page: str, info: dict[str, Any], paths: Sequence[str]) -> Ite
                                        f"{_context(text, *matches[0].span())!r}")
     if info["mathErrors"]:
         yield Problem(page, "raw-tex", f"{info['mathErrors']} formula(s) MathJax could not typeset")
-    if info["errorOutputs"] or "Traceback (most recent call last)" in info["visibleText"]:
-        yield Problem(page, "error-output", f"{info['errorOutputs']} error output cell(s) or a traceback")
+    tracebacks = sum(TRACEBACK in t for t in (text, info["outputText"]))  # prose or cell output, not quoted code
+    if info["errorOutputs"] or tracebacks:
+        yield Problem(page, "error-output", f"{info['errorOutputs']} error output cell(s); "
+                                            f"a Python traceback {'shown' if tracebacks else 'not shown'}")
     html = info["html"]
     found = set()
     for path in paths:

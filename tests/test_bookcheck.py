@@ -252,3 +252,9 @@ def test_kernels_receive_repository_paths_relative() -> None:
         (REPO_ROOT / "runs" / "default").resolve()
     assert _repo_relative("/srv/elsewhere/run") == "/srv/elsewhere/run"  # outside: still absolute, still valid
     assert _repo_relative([3, 15]) == [3, 15] and _repo_relative("wiki") == "wiki"
+
+
+@needs_browser
+def test_traceback_quoted_in_source_code_is_not_an_error(site: Path) -> None:
+    """Sphinx's source pages (viewcode) may quote the phrase in code; only outputs and prose count."""
+    assert _plant(site, "<div class='highlight'><pre>if 'Traceback (most recent call last)' in text:</pre></div>") == []
