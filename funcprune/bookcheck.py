@@ -315,7 +315,11 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
     with _Server(html_dir) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, headless=True, args=list(CHROMIUM_ARGS))
         try:
-            context = browser.new_context(viewport=dict(zip(("width", "height"), VIEWPORTS["desktop"])))
+            # Each width gets its own context, so a phone-width page is laid out as a phone loads it
+            # (resizing a loaded desktop page left the theme's layout half-updated).
+            contexts = {view: browser.new_context(viewport={"width": width, "height": height},
+                                                  is_mobile=view == "phone", has_touch=view == "phone")
+                        for view, (width, height) in VIEWPORTS.items()}
             page_state: dict[str, Any] = {}
 
             def route(route: Any) -> None:
@@ -326,7 +330,17 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
                     page_state["outside"].append(url)
                     route.abort()
 
-            context.route("**/*", route)
+            for context in contexts.values():
+                context.route("**/*", route)
+
+            def open_tab(view: str, url: str) -> Any:
+                tab = contexts[view].new_page()  # a fresh tab per page: no navigation leaks into the next
+                tab.on("response", lambda r: page_state["missing"].append(r.url)
+                       if r.status == 404 and r.url.startswith(server.base) else None)
+                tab.on("pageerror", lambda e: page_state["script"].append(str(e)))
+                tab.goto(url, wait_until="load", timeout=timeout_s * 1000)
+                return tab
+
             for number, path in enumerate(pages, 1):
                 rel = path.relative_to(html_dir).as_posix()
                 start = time.perf_counter()
@@ -336,16 +350,20 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
                     links[rel], ids[rel] = [(target, urljoin(server.base + rel, target))], set()
                     continue
                 page_state.update(outside=[], missing=[], script=[])
-                tab = context.new_page()  # a fresh tab per page: no navigation leaks into the next
-                tab.on("response", lambda r: page_state["missing"].append(r.url)
-                       if r.status == 404 and r.url.startswith(server.base) else None)
-                tab.on("pageerror", lambda e: page_state["script"].append(str(e)))
                 try:
-                    tab.goto(server.base + rel, wait_until="load", timeout=timeout_s * 1000)
+                    tab = open_tab("desktop", server.base + rel)
                     info = tab.evaluate(_PAGE_SCRIPT)
+                    if shots is not None:
+                        name = rel.replace("/", "__").removesuffix(".html")
+                        tab.screenshot(path=str(shots / f"{name}.desktop.png"), full_page=True)
+                        for view in VIEWPORTS.keys() - {"desktop"}:
+                            other = open_tab(view, server.base + rel)
+                            other.evaluate(_PAGE_SCRIPT)  # typeset, as on the desktop
+                            other.screenshot(path=str(shots / f"{name}.{view}.png"), full_page=True)
+                            other.close()
+                    tab.close()
                 except PlaywrightError as exc:
                     problems.append(Problem(rel, "script-error", f"page did not load: {exc}"))
-                    tab.close()
                     continue
                 problems.extend(_text_problems(rel, info, paths))
                 problems += [Problem(rel, "broken-image", f"{src!r} did not load") for src in info["brokenImages"]]
@@ -355,12 +373,6 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
                              for url in dict.fromkeys(page_state["outside"])]
                 problems += [Problem(rel, "script-error", msg) for msg in dict.fromkeys(page_state["script"])]
                 links[rel], ids[rel] = info["links"], set(info["ids"])
-                if shots is not None:
-                    name = rel.replace("/", "__").removesuffix(".html")
-                    for view, (width, height) in VIEWPORTS.items():
-                        tab.set_viewport_size({"width": width, "height": height})
-                        tab.screenshot(path=str(shots / f"{name}.{view}.png"), full_page=True)
-                tab.close()
                 if progress:
                     print(f"[bookcheck] {number}/{len(pages)} {rel} ({time.perf_counter() - start:.1f} s)",
                           file=sys.stderr, flush=True)
