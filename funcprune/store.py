@@ -510,8 +510,10 @@ class ActivationStore:
         return np.fromfile(self.path / "docs.bin", dtype=np.int32)
 
     def __repr__(self) -> str:
+        from .provenance import display_path  # the path as a reader sees it, never the builder's
+
         model = self.manifest.get("model", {}).get("name", "?")
-        return (f"ActivationStore({str(self.path)!r}, model={model!r}, layers={len(self.layers)}, "
+        return (f"ActivationStore({display_path(self.path)!r}, model={model!r}, layers={len(self.layers)}, "
                 f"tokens={self.n_tokens}, kinds={self.kinds}, dtype={self.dtype.name})")
 
 

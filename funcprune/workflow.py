@@ -31,7 +31,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-__all__ = ["REPO_ROOT", "find_errors", "load_profile", "notebook_parameters", "run_notebooks"]
+__all__ = ["REPO_ROOT", "find_errors", "fold_injected_parameters", "load_profile", "notebook_parameters",
+           "run_notebooks"]
 
 #: Repository root (the directory holding ``notebooks/`` and ``params/``).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -116,13 +117,14 @@ def run_notebooks(profile: str | Path | dict[str, Any], out_dir: str | Path, *,
     Path(prof["run_dir"]).mkdir(parents=True, exist_ok=True)
     report: list[dict[str, Any]] = []
     for path in paths:
-        params = {k: v for k, v in prof.items() if k in declared[path]}
+        params = {k: _repo_relative(v) for k, v in prof.items() if k in declared[path]}
 
         def execute(path: Path = path, params: dict[str, Any] = params) -> None:
             print(f"[funcprune] executing {path.name} with {params}", file=sys.stderr, flush=True)
             papermill.execute_notebook(str(path), str(out / path.name), parameters=params,
                                        kernel_name=kernel_name, cwd=str(REPO_ROOT), log_output=log_output,
                                        progress_bar=False)
+            fold_injected_parameters(out / path.name, params, profile=prof.get("profile"))
 
         report.append(_run_cached(path, out / path.name, params, execute, report, prof["run_dir"], use_cache))
     return report
@@ -148,6 +150,79 @@ def _run_cached(path: Path, executed: Path, params: dict[str, Any], execute: Cal
     print(f"[funcprune] {path.name} {verb}", file=sys.stderr, flush=True)
     return {"notebook": path.name, "parameters": params, "seconds": outcome.seconds, "ran": outcome.ran,
             "reason": outcome.reason, "key": outcome.key, "package": package}
+
+
+def _repo_relative(value: Any) -> Any:
+    """An absolute path inside the repository as a relative one (kernels run there); else unchanged.
+
+    What the kernel receives is what its outputs print: relative run directories keep
+    the builder's file system out of the book.
+    """
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(REPO_ROOT):
+        return Path(value).relative_to(REPO_ROOT).as_posix() or "."
+    return value
+
+
+def fold_injected_parameters(notebook: str | Path, params: dict[str, Any], *,
+                             profile: str | None = None) -> bool:
+    """Show readers one parameters cell holding the run's values; hide papermill's injected copy.
+
+    In an executed notebook, every assignment of the ``parameters`` cell whose name
+    papermill injected gets the injected value (its documenting comment kept), with
+    absolute paths shown by :func:`funcprune.provenance.display_path` (relative to
+    the repository, the notebooks' working folder, so the cell still runs as shown);
+    a first comment line names the profile. The ``injected-parameters`` cell is
+    tagged ``remove-cell``: it stays in the notebook, executed, but the book does not
+    render it. The notebook is rewritten atomically.
+
+    Parameters
+    ----------
+    notebook : str or path
+        Executed notebook (papermill output).
+    params : dict
+        The parameters papermill injected.
+    profile : str, optional
+        Profile name shown in the note.
+
+    Returns
+    -------
+    bool
+        Whether an injected cell was found (and the notebook rewritten).
+    """
+    import ast
+    import os
+
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    from ._io import atomic_write_text
+    from .provenance import display_path
+
+    path = Path(notebook)
+    nb = nbformat.read(path, as_version=4)
+    tagged = {tag: i for i, cell in enumerate(nb.cells) for tag in cell.metadata.get("tags", [])}
+    if "injected-parameters" not in tagged:
+        return False
+    injected = nb.cells[tagged["injected-parameters"]]
+    injected.metadata["tags"] = [*injected.metadata["tags"], "remove-cell"]
+    if "parameters" in tagged:
+        cell = nb.cells[tagged["parameters"]]
+        lines = cell.source.split("\n")
+        shown = {name: display_path(value) if isinstance(value, str) and os.path.isabs(value) else value
+                 for name, value in params.items()}
+        for node in reversed(ast.parse(cell.source).body):  # bottom up: earlier offsets stay valid
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                    and node.targets[0].id in shown):
+                first = lines[node.value.lineno - 1].encode()  # ast offsets count UTF-8 bytes
+                last = lines[node.value.end_lineno - 1].encode()
+                literal = PythonTranslator.translate(shown[node.targets[0].id])
+                joined = (first[:node.value.col_offset].decode() + literal
+                          + last[node.value.end_col_offset:].decode())
+                lines[node.value.lineno - 1:node.value.end_lineno] = [joined]
+        note = f"profile {profile!r}" if profile else "this run"
+        cell.source = "\n".join([f"# Parameters of {note}, as papermill passed them to this notebook", *lines])
+    atomic_write_text(path, nbformat.writes(nb))
+    return True
 
 
 def find_errors(paths: Sequence[str | Path]) -> list[str]:

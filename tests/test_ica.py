@@ -344,3 +344,84 @@ def test_fast_cube_equals_sklearn_cube() -> None:
     ours = FastICA(fun=_cube, whiten=False, random_state=0, max_iter=200).fit_transform(white)
     theirs = FastICA(fun="cube", whiten=False, random_state=0, max_iter=200).fit_transform(white)
     np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-9)
+
+
+# -- convergence: is a stopped run's map what a longer run gives? ------------------------
+def test_convergence_check_continues_the_selected_run(planted_data):
+    """factor=1 reruns exactly the fit's selected restart; a longer run converges onto the planted sources."""
+    from funcprune.ica import convergence_check
+
+    X, _, _, sources_z = planted_data
+    with pytest.warns(ICAConvergenceWarning):
+        stopped = FunctionalNetworks(N_SOURCES, n_groups=2, n_init=3, max_iter=2, random_state=0,
+                                     progress=False).fit(X)
+    same = convergence_check(stopped, X, factor=1)
+    assert list(zip(same["layer"], same["group"])) == [(0, 0), (0, 1)]  # every stopped fit, up to max_fits
+    assert (same["status"] == "not_converged").all() and (same["n_iter_longer"] == 2).all()
+    assert np.allclose(same["map_corr_min"], 1.0, atol=1e-5) and np.allclose(same["key_overlap"], 1.0)
+    longer = convergence_check(stopped, X, factor=100, max_fits=1)
+    assert len(longer) == 1 and bool(longer["converged_longer"][0]) and longer["n_iter_longer"][0] < 200
+    assert longer["map_corr_min"][0] < 1 - 1e-3  # the stopped maps were still moving: the check shows it
+    converged = FunctionalNetworks(N_SOURCES, n_groups=2, n_init=3, max_iter=200, random_state=0,
+                                   progress=False).fit(X)
+    assert [r["status"] for r in converged.convergence_] == ["ok", "ok"]
+    assert convergence_check(converged, X).empty  # nothing stopped: nothing to check by default
+    again = convergence_check(converged, X, layers=[0], factor=5)  # a converged run does not move
+    assert np.allclose(again["map_corr_min"], 1.0, atol=1e-5)
+    assert (again["n_iter_longer"] == [r["n_iter"][r["selected"]] for r in converged.convergence_]).all()
+    with pytest.raises(ValueError, match=r"layers \[7\] were not fitted"):
+        convergence_check(converged, X, layers=[7])
+    with pytest.raises(ValueError, match="factor must be a positive integer; got 0"):
+        convergence_check(converged, X, factor=0)
+
+
+def test_top_overlap_counts_shared_key_neurons():
+    from funcprune.ica import top_overlap
+
+    a = np.arange(10.0)
+    assert top_overlap(a, a, 0.2) == 1.0
+    assert top_overlap(a, -a, 0.2) == 0.0
+    b = a.copy()
+    b[[9, 0]] = b[[0, 9]]  # the top channel swapped with the last: one of the top two lost
+    assert top_overlap(a, b, 0.2) == 0.5
+
+
+def test_seed_agreement_puts_converged_and_stopped_layers_side_by_side(planted_data):
+    from funcprune.ica import seed_agreement
+
+    X = planted_data[0]
+    arrays = {0: X, 1: planted(seed=3)[0]}
+    a = FunctionalNetworks(N_SOURCES, n_init=2, max_iter=200, random_state=0, progress=False).fit(arrays)
+    b = FunctionalNetworks(N_SOURCES, n_init=2, max_iter=200, random_state=1, progress=False).fit(arrays)
+    table = seed_agreement(a, b)
+    assert list(table["layer"]) == [0, 1] and table["converged"].all()
+    assert (table["restarts_converged"] == 1.0).all()
+    assert (table["map_corr_min"] > 0.95).all() and (table["key_overlap"] > 0.9).all()  # planted: recovered twice
+    assert seed_agreement(a, a)["key_overlap"].eq(1.0).all()
+    with pytest.warns(ICAConvergenceWarning):
+        stopped = FunctionalNetworks(N_SOURCES, n_init=2, max_iter=1, layers=[1], random_state=1,
+                                     progress=False).fit(arrays)
+    mixed = seed_agreement(a, stopped)
+    assert list(mixed["layer"]) == [1] and not mixed["converged"][0]
+    assert mixed["restarts_converged"][0] == 0.5  # a's two restarts converged, stopped's two did not
+
+
+def test_sparsest_converged_restart_beats_a_sparser_stopped_one(planted_data, monkeypatch):
+    import funcprune.ica as ica_module
+
+    real = ica_module._fastica_restart
+    calls = {"n": 0}
+
+    def first_restart_stopped_and_sparsest(white, seed, max_iter, tol):
+        run = real(white, seed, max_iter, tol)
+        calls["n"] += 1
+        if calls["n"] == 1:  # looks sparsest, but FastICA stopped it
+            run.update(converged=False, sparsity=run["sparsity"] / 10, warnings=["ConvergenceWarning: stopped"])
+        return run
+
+    monkeypatch.setattr(ica_module, "_fastica_restart", first_restart_stopped_and_sparsest)
+    with pytest.warns(ICAConvergenceWarning, match="did not converge in 1 of 3"):
+        fn = FunctionalNetworks(N_SOURCES, n_init=3, random_state=0, progress=False).fit(planted_data[0])
+    record = fn.convergence_[0]
+    assert record["converged"] == [False, True, True] and record["status"] == "ok"
+    assert record["selected"] == 1 + int(np.argmin(record["sparsity"][1:]))  # sparsest of the converged
