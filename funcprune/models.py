@@ -505,8 +505,16 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
 
 
 def describe_model(model: torch.nn.Module) -> dict[str, Any]:
-    """Provenance of a loaded model: name, source, revision, type, dtype and size."""
+    """Provenance of a loaded model: name, source, revision, type, dtype and size.
+
+    A local ``path`` is shown as a reader should see it (:func:`funcprune.provenance.display_path`):
+    relative to the repository or to ``$FUNCPRUNE_CACHE``, never the builder's file system.
+    """
+    from .provenance import display_path
+
     source = dict(getattr(model, "funcprune_source", {}))
+    if source.get("path"):
+        source["path"] = display_path(source["path"])
     source.setdefault("name", getattr(model.config, "name_or_path", "") or type(model).__name__)
     source.setdefault("model_type", model.config.model_type)
     source["n_parameters"] = sum(p.numel() for p in model.parameters())

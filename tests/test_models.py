@@ -53,6 +53,9 @@ def test_default_model_loads_offline_from_the_cache(default_model) -> None:
     manifest = json.loads((Path(source["path"]) / "funcprune_asset.json").read_text())
     assert manifest["source_sha256"] == models.MODELS[models.DEFAULT_MODEL].sha256
     assert source["revision"] == manifest["weights_sha256"][:16]
+    shown = models.describe_model(model)["path"]  # what the book prints: never the builder's file system
+    assert not Path(shown).is_absolute() and shown.endswith("models/" + Path(source["path"]).name)
+    assert str(Path(source["path"]).parent.parent) not in shown
 
 
 def test_local_revision_reads_each_shard_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
