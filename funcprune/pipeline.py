@@ -7,23 +7,43 @@ same ``round_to``), and :func:`build_pruned` slices a fresh copy of the dense mo
 with :func:`funcprune.prune.prune`. Methods differ only in the score and the bias
 compensation:
 
-===========  ==========================================================  ==============================
-method       score (larger = keep)                                       bias compensation
-===========  ==========================================================  ==============================
-fn           key-neuron score ``max |z|`` of the functional networks     none
-fn-bias      the same plan as ``fn``                                     progressive: measured with the
-                                                                         pruned network feeding later
-                                                                         layers (the paper's)
-random       ``U(0, 1)``, seeded (run several seeds)                     none
-magnitude    L2 norm of the channel's gate, up and down weights          none
-wanda-sp     ``sum_i |W_down[i, j]| * ||x_j||_2``                         none
-flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``, z-scored per layer   static: dense-model means (FLAP)
-===========  ==========================================================  ==============================
+===========  ================================================  ==========  ===========================
+method       score (larger = keep)                             allocation  bias compensation
+===========  ================================================  ==========  ===========================
+fn           key-neuron score ``max |z|`` of the functional    global      none
+             networks
+fn-bias      the same plan as ``fn``                           global      progressive: measured with
+                                                                           the pruned network feeding
+                                                                           later layers (the paper's)
+random       ``U(0, 1)``, seeded (run several seeds)           uniform     none
+magnitude    L2 norm of the channel's gate, up and down        uniform     none
+             weights
+wanda-sp     ``sum_i |W_down[i, j]| * ||x_j||_2``              uniform     none
+flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``,            global      static: dense-model means
+             z-scored per layer                                            (FLAP)
+===========  ================================================  ==========  ===========================
 
-FLAP's scores are standardised within each layer before the global ranking, as FLAP's
-adaptive structure search does (An et al., 2024); without it the raw fluctuation metric,
-which grows with depth, would empty the first prunable layers. Wanda-sp scores are
-ranked as they are; ``allocation="uniform"`` prunes the same share of every layer instead.
+Each method carries the allocation its authors use (``Method.allocation``):
+
+* ``fn``: one global ranking by ``max |z|``, the paper's rule (a channel is key if its
+  ``|z|`` exceeds one threshold in any map of any layer).
+* ``flap``: its metric standardised within each layer, then ranked globally, as FLAP's
+  adaptive structure search does (An et al., 2024); without the standardisation the raw
+  fluctuation metric, which grows with depth, would empty the first prunable layers.
+* ``wanda-sp``: the same share of every prunable layer, as FLAP's paper defines and
+  reports Wanda-sp; raw Wanda scores grow with depth, so a global ranking empties early
+  layers (at 30 % of SmolLM2-135M: perplexity in the thousands).
+* ``magnitude``: the same share of every layer, like Wanda-sp and LLM-Pruner's
+  magnitude criteria: weight norms are not comparable across layers (their scale changes
+  with depth), so a global ranking would measure layer scale, not channel importance.
+* ``random``: the same share of every layer, the lesion-study control ("remove as many
+  random units"): a global ranking of i.i.d. scores spreads the removal evenly only in
+  expectation, so uniform removes layer-share noise between seeds without changing what
+  random pruning means.
+
+Any other allocation is an ablation: ``allocation="global"`` or ``"uniform"`` passed to
+:func:`make_plan` or :func:`prune_all` overrides every method's own (the plan records
+``allocation`` and ``settings["allocation_source"]``: ``"method"`` or ``"override"``).
 
 :func:`prune_all` runs a grid of methods, ratios and seeds over one run directory::
 
@@ -75,11 +95,13 @@ __all__ = [
     "calibration_data",
     "calibration_statistics",
     "calibration_texts",
+    "ALLOCATION_CHOICES",
     "get_method",
     "make_plan",
     "method_key",
     "prune_all",
     "read_index",
+    "resolve_allocation",
 ]
 
 INDEX_FORMAT = "funcprune-pruned-index/1"
@@ -109,6 +131,9 @@ class Method:
         network whose earlier layers are already pruned
         (:class:`funcprune.prune.CalibrationData`); or from statistics of the dense
         model (:class:`funcprune.scoring.ChannelStatistics`, FLAP's).
+    allocation : {"global", "uniform"}
+        How the method's authors spread the budget over layers (see the module notes):
+        one ranking across layers, or the same share of every prunable layer.
     needs_networks : bool
         The score needs fitted functional networks (stage 2).
     needs_statistics : bool
@@ -123,6 +148,7 @@ class Method:
     label: str
     scorer: str
     compensation: Literal["progressive", "static"] | None = None
+    allocation: Literal["global", "uniform"] = "global"
     needs_networks: bool = False
     needs_statistics: bool = False
     seeded: bool = False
@@ -140,12 +166,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="functional networks: keep the key neurons, max |z| over ICA maps (Liu et al., 2025)"),
     Method("fn-bias", "FN + bias", "functional_networks", compensation="progressive", needs_networks=True,
            description="the fn plan, then bias compensation measured on the progressively pruned network"),
-    Method("random", "random", "random", seeded=True,
-           description="uniform random scores, seeded"),
-    Method("magnitude", "magnitude", "magnitude",
-           description="L2 norm of the weights a channel owns (gate and up rows, down column)"),
-    Method("wanda-sp", "Wanda-sp", "wanda_sp", needs_statistics=True,
-           description="|W_down| column sum times the channel's activation norm (An et al., 2024)"),
+    Method("random", "random", "random", allocation="uniform", seeded=True,
+           description="uniform random scores, seeded; the same share of every layer"),
+    Method("magnitude", "magnitude", "magnitude", allocation="uniform",
+           description="L2 norm of the weights a channel owns (gate and up rows, down column); "
+                       "the same share of every layer"),
+    Method("wanda-sp", "Wanda-sp", "wanda_sp", allocation="uniform", needs_statistics=True,
+           description="|W_down| column sum times the channel's activation norm; the same share of every "
+                       "layer, as FLAP's paper runs it (An et al., 2024)"),
     Method("flap", "FLAP", "flap", compensation="static", needs_statistics=True,
            description="fluctuation metric standardised per layer, and bias compensation from dense "
                        "statistics (An et al., 2024)"),
@@ -178,6 +206,37 @@ def method_key(method: str, ratio: float, seed: int | None = None) -> str:
     return f"{name}-s{seed}_r{tag}" if seed is not None else f"{name}_r{tag}"
 
 
+#: Values of the ``allocation`` setting: the method's own, or an override for every method.
+ALLOCATION_CHOICES: tuple[str, ...] = ("per-method", "global", "uniform")
+
+
+def resolve_allocation(method: str | Method, allocation: str | None = "per-method") -> tuple[str, str]:
+    """The allocation a method uses under a setting, and where it comes from.
+
+    Parameters
+    ----------
+    method : str or Method
+    allocation : {"per-method", "global", "uniform"} or None
+        ``"per-method"`` or ``None``: the method's own; otherwise an override (ablation).
+
+    Returns
+    -------
+    (allocation, source) : tuple of str
+        ``source`` is ``"method"`` or ``"override"``.
+
+    Raises
+    ------
+    ValueError
+        An unknown setting, listing the accepted ones.
+    """
+    m = get_method(method)
+    if allocation is None or allocation == "per-method":
+        return m.allocation, "method"
+    if allocation not in ALLOCATION_CHOICES:
+        raise ValueError(f"allocation {allocation!r} invalid; choose one of {list(ALLOCATION_CHOICES)}")
+    return str(allocation), "override"
+
+
 def _scorer(method: Method, networks: Any, seed: int) -> Scorer:
     if method.scorer == "functional_networks":
         if networks is None:
@@ -198,7 +257,7 @@ def _scorer(method: Method, networks: Any, seed: int) -> Scorer:
 def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks: Any = None,
               stats: ChannelStatistics | None = None, seed: int = 0,
               basis: Literal["total", "mlp"] = "total",
-              allocation: Literal["global", "uniform"] = "global",
+              allocation: Literal["per-method", "global", "uniform"] | None = "per-method",
               protected_layers: Sequence[int] | None = None, round_to: int = 1,
               settings: Mapping[str, Any] | None = None) -> PruningPlan:
     """The plan of one method at one ratio: score every channel, then select.
@@ -220,8 +279,10 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
         Seed of the ``random`` scores (ignored by the other methods).
     basis : {"total", "mlp"}, default="total"
         What the ratio counts (see :func:`funcprune.plan.select_channels`).
-    allocation : {"global", "uniform"}, default="global"
-        One ranking across layers, or the same fraction of every prunable layer.
+    allocation : {"per-method", "global", "uniform"}, default="per-method"
+        ``"per-method"`` (or ``None``): the method's own (:attr:`Method.allocation`).
+        ``"global"`` (one ranking across layers) or ``"uniform"`` (the same fraction of
+        every prunable layer) override it: an ablation.
     protected_layers : sequence of int, optional
         Layers never pruned; default the first three and the last two.
     round_to : int, default=1
@@ -232,8 +293,10 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
     Returns
     -------
     PruningPlan
-        ``method`` is the method's name; ``settings`` hold the scorer's name and
-        settings, the compensation and (for ``random``) the seed.
+        ``method`` is the method's name; ``allocation`` the allocation used;
+        ``settings`` hold the scorer's name and settings, the compensation,
+        ``allocation_source`` (``"method"`` or ``"override"``) and (for ``random``)
+        the seed.
 
     Raises
     ------
@@ -244,14 +307,15 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
     if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
         raise ValueError(f"ratio {ratio!r} must be a number in (0, 1) (a fraction of {basis} parameters "
                          "to remove; the largest reachable one depends on the protected layers)")
+    used, source = resolve_allocation(m, allocation)
     scorer = _scorer(m, networks, seed)
     scores = scorer(model, stats)
     recorded = {"scorer": scorer.name, "scorer_settings": dict(getattr(scorer, "settings", {})),
-                "bias_compensation": m.compensation}
+                "bias_compensation": m.compensation, "allocation_source": source}
     if m.seeded:
         recorded["seed"] = int(seed)
     recorded.update(settings or {})
-    return select_channels(scores, model, ratio=float(ratio), basis=basis, allocation=allocation,
+    return select_channels(scores, model, ratio=float(ratio), basis=basis, allocation=used,
                            protected_layers=protected_layers, round_to=round_to, method=m.name,
                            settings=recorded)
 
@@ -498,7 +562,8 @@ def _check_grid(methods: Sequence[str], ratios: Sequence[float], seeds: Sequence
 def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathLike[str],
               methods: Sequence[str], ratios: Sequence[float], seeds: Sequence[int] = (0,), *,
               texts: Sequence[str | Text] | None = None, tokenizer: Any = None, networks: Any = None,
-              basis: Literal["total", "mlp"] = "total", allocation: Literal["global", "uniform"] = "global",
+              basis: Literal["total", "mlp"] = "total",
+              allocation: Literal["per-method", "global", "uniform"] | None = "per-method",
               protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
               max_tokens: int = 512, progress: bool = True) -> "Any":
     """Prune the dense model with every method at every ratio (and seed); save plans and checkpoints.
@@ -531,8 +596,10 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         checkpoint when it has ``save_pretrained``.
     networks : FunctionalNetworks, optional
         Default: loaded from ``run_dir/networks`` when a method needs them.
-    basis, allocation, protected_layers, round_to
+    basis, protected_layers, round_to
         Selection settings shared by every method (see :func:`make_plan`).
+    allocation : {"per-method", "global", "uniform"}, default="per-method"
+        Each method's own allocation (the headline), or one override for all (an ablation).
     batch_size : int, default=4
         Texts per forward pass for statistics and compensation.
     max_tokens : int, default=512

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -89,6 +90,28 @@ def test_every_method_plans_the_requested_ratio_with_its_own_score(name: str, al
     else:  # same share of each layer, lowest-scored channels of each layer
         assert abs(len(removed[3]) - len(removed[4])) <= 1
         assert all(removed[i].max() <= kept[i].min() for i in (3, 4))
+
+
+def test_each_method_uses_its_authors_allocation_unless_overridden(setup: dict) -> None:
+    model = setup["model"]
+    expected = {"fn": "global", "fn-bias": "global", "flap": "global",
+                "wanda-sp": "uniform", "magnitude": "uniform", "random": "uniform"}
+    assert {name: m.allocation for name, m in METHODS.items()} == expected
+    for name, allocation in expected.items():
+        plan = make_plan(name, model, RATIO, networks=setup["networks"], stats=setup["stats"])
+        assert plan.allocation == allocation and plan.settings["allocation_source"] == "method"
+    # Wanda-sp as FLAP's paper runs it: the same share of every prunable layer, whatever its scores
+    stats = setup["stats"]
+    # activation norms growing with depth, as raw Wanda scores do: a global ranking would empty layer 3
+    scaled = dataclasses.replace(stats, sq_norm={i: v * 100.0 ** i for i, v in stats.sq_norm.items()})
+    plan = make_plan("wanda-sp", model, RATIO, stats=scaled)
+    shares = [len(plan.removed(i)) / plan.widths[i] for i in plan.layers if i not in PROTECTED]
+    assert len(shares) == 2 and max(shares) - min(shares) <= 1 / 48 + 1e-12 and min(shares) > 0
+    glob = make_plan("wanda-sp", model, RATIO, stats=scaled, allocation="global")  # the ablation
+    assert glob.allocation == "global" and glob.settings["allocation_source"] == "override"
+    assert len(glob.removed(3)) > len(glob.removed(4))
+    with pytest.raises(ValueError, match=r"allocation 'layerwise' invalid; choose one of \['per-method'"):
+        make_plan("fn", model, RATIO, networks=setup["networks"], allocation="layerwise")
 
 
 def test_fn_and_fn_bias_share_the_plan_and_differ_only_by_biases(setup: dict) -> None:
