@@ -51,11 +51,18 @@ Any other allocation is an ablation: ``allocation="global"`` or ``"uniform"`` pa
     run_dir/networks/                   stage 2: FunctionalNetworks.save
     run_dir/stats/                      activation statistics for wanda-sp and flap (cached)
     run_dir/plans/<key>.json            one plan per (method, ratio[, seed])
-    run_dir/pruned/<key>/               the pruned checkpoint (save_pruned / load_pruned)
-    run_dir/pruned/index.json           what was built: ratios, parameters, widths, seconds
+    run_dir/pruned/biases/<key>.*       compensation biases (fn-bias, flap): safetensors + record
+    run_dir/pruned/index.json           what was made: ratios, parameters, widths, digests, seconds
 
-Keys read ``fn_r0.20`` or ``random-s1_r0.10``. Work already done is reused: a
-checkpoint whose saved plan equals the new plan (provenance aside) is not rebuilt.
+Plans, not checkpoints: a plan is a few kB, the biases of one compensated model a few
+hundred kB, where a checkpoint is the whole model. :func:`rebuild_pruned` turns the dense
+model, a plan and its biases back into the pruned model in seconds (equal to what
+:func:`build_pruned` gave); :func:`funcprune.prune.save_pruned` exports one as an HF
+checkpoint when wanted.
+
+Keys read ``fn_r0.20`` or ``random-s1_r0.10``. Work already done is reused: a plan on
+disk equal to the new plan (provenance aside), with its bias file intact (SHA-256
+checked against its record), is not recomputed.
 
 Used in the chapter :doc:`/executed/04_structured_pruning`.
 """
@@ -70,6 +77,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -77,13 +85,13 @@ from typing import Any, Literal, Mapping, Sequence
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_json, read_json
+from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 from .adapters import layer_widths
 from .data import DATASETS, Text, load_texts
 from .evaluate import count_parameters
 from .models import load_model
 from .plan import PruningPlan, model_identity, select_channels
-from .prune import PLAN_FILE, CalibrationData, load_pruned, prune, save_pruned
+from .prune import PLAN_FILE, CalibrationData, prune
 from .scoring import (ChannelStatistics, FlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
                       RandomScorer, Scorer, WandaSpScorer, channel_statistics)
 
@@ -101,6 +109,7 @@ __all__ = [
     "method_key",
     "prune_all",
     "read_index",
+    "rebuild_pruned",
     "resolve_allocation",
 ]
 
@@ -109,6 +118,8 @@ STATS_DIR = "stats"
 PLANS_DIR = "plans"
 PRUNED_DIR = "pruned"
 INDEX_FILE = "index.json"
+BIASES_DIR = "biases"
+BIASES_FORMAT = "funcprune-biases/1"
 
 
 # ----------------------------------------------------------------------------------
@@ -510,16 +521,6 @@ def _plan_sha(plan: PruningPlan) -> str:
     return hashlib.sha256(json.dumps(_plan_content(plan), sort_keys=True).encode()).hexdigest()
 
 
-def _checkpoint_matches(path: Path, plan: PruningPlan) -> bool:
-    weights = (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
-    if not (weights and (path / "config.json").exists() and (path / PLAN_FILE).exists()):
-        return False
-    try:
-        return _plan_content(PruningPlan.load(path / PLAN_FILE)) == _plan_content(plan)
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-        return False
-
-
 def read_index(run_dir: str | os.PathLike[str]) -> "Any":
     """The pruned-model index of a run (``run_dir/pruned/index.json``) as a DataFrame.
 
@@ -566,14 +567,18 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
               allocation: Literal["per-method", "global", "uniform"] | None = "per-method",
               protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
               max_tokens: int = 512, progress: bool = True) -> "Any":
-    """Prune the dense model with every method at every ratio (and seed); save plans and checkpoints.
+    """Prune the dense model with every method at every ratio (and seed); save plans and biases.
 
     For each ``(method, ratio[, seed])`` the plan is made (all plans first, so a bad
-    ratio fails before any work), written to ``run_dir/plans/<key>.json``, applied to a
-    fresh copy of the dense model, and the result saved with
-    :func:`funcprune.prune.save_pruned` to ``run_dir/pruned/<key>/``. A checkpoint whose
-    saved plan equals the new one (provenance aside) is reused, not rebuilt. After each
-    model ``run_dir/pruned/index.json`` is rewritten atomically.
+    ratio fails before any work) and written to ``run_dir/plans/<key>.json``; it is
+    applied to a fresh copy of the dense model to count its parameters, and for methods
+    with bias compensation the down-projection biases of the pruned layers are saved to
+    ``run_dir/pruned/biases/<key>.safetensors`` with a record (size, SHA-256). No
+    checkpoint is written: :func:`rebuild_pruned` rebuilds any model in seconds. A plan
+    on disk equal to the new one (provenance aside), with intact biases, is reused; a
+    corrupt bias file is recomputed with a warning naming it. After each model
+    ``run_dir/pruned/index.json`` is rewritten atomically. Checkpoint directories an
+    earlier version wrote to ``run_dir/pruned/<key>/`` for these keys are deleted.
 
     Parameters
     ----------
@@ -592,8 +597,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         Calibration texts for statistics and progressive compensation; default the
         texts of stage 1 (:func:`calibration_texts`).
     tokenizer : transformers tokenizer, optional
-        Needed when ``model`` is a module and a method uses texts; saved with each
-        checkpoint when it has ``save_pretrained``.
+        Needed when ``model`` is a module and a method uses texts.
     networks : FunctionalNetworks, optional
         Default: loaded from ``run_dir/networks`` when a method needs them.
     basis, protected_layers, round_to
@@ -615,9 +619,10 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         ``ratio_basis``), ``ratio_basis``, ``allocation``, ``protected_layers``,
         ``params_total_before``/``_after``, ``params_mlp_before``/``_after``,
         ``ratio_total``, ``ratio_mlp`` (measured on the models, compensation biases
-        counted), ``widths`` (per layer), ``path`` and ``plan`` (relative to
-        ``run_dir``), ``plan_sha256``, ``seconds`` (build and save) and ``status``
-        (``"built"`` or ``"reused"``).
+        counted), ``widths`` (per layer), ``plan`` (relative to ``run_dir``),
+        ``plan_sha256``, ``biases`` (``None``, or the bias file's ``path``, ``size``,
+        ``sha256``, ``plan_sha256`` and ``layers``), ``allocation_source``,
+        ``seconds`` (build) and ``status`` (``"built"`` or ``"reused"``).
 
     Raises
     ------
@@ -669,11 +674,11 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
                              protected_layers=protected_layers, round_to=round_to, settings=extra)
 
     index_path = run_dir / PRUNED_DIR / INDEX_FILE
-    previous = {e["key"]: e for e in read_json(index_path)["entries"]} if index_path.exists() else {}
+    previous = _read_entries(index_path)
     before = count_parameters(dense)
     base_widths = layer_widths(dense)
     entries: dict[str, dict[str, Any]] = {k: e for k, e in previous.items()
-                                          if (run_dir / e["path"]).exists()}
+                                          if (run_dir / e["plan"]).exists()}
     rows = []
     bar = tqdm(jobs, desc="pruning", unit="model", disable=not progress)
     for job in bar:
@@ -681,48 +686,218 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         plan = job.plan
         assert plan is not None
         plan_path = run_dir / PLANS_DIR / f"{job.key}.json"
-        if not plan_path.exists() or _plan_content(PruningPlan.load(plan_path)) != _plan_content(plan):
+        plan_on_disk = plan_path.exists() and _plan_content(PruningPlan.load(plan_path)) == _plan_content(plan)
+        if not plan_on_disk:
             plan.save(plan_path)
-        ckpt = run_dir / PRUNED_DIR / job.key
         sha = _plan_sha(plan)
         start = time.perf_counter()
         old = previous.get(job.key)
-        if _checkpoint_matches(ckpt, plan):
+        biases = _saved_biases(run_dir, job.key, sha) if job.method.compensation else None
+        reused = plan_on_disk and (job.method.compensation is None or biases is not None)
+        if reused:
             status = "reused"
-            if old is not None and old.get("plan_sha256") == sha:
+            same = old is not None and old.get("plan_sha256") == sha and (
+                biases is None or (old.get("biases") or {}).get("sha256") == biases["sha256"])
+            if same:
                 report = {k: old[k] for k in ("params_total_after", "params_mlp_after")}
                 seconds = old.get("seconds")
             else:
-                loaded, _ = load_pruned(ckpt)
-                counted = count_parameters(loaded)
-                report = {"params_total_after": counted["total"], "params_mlp_after": counted["mlp"]}
-                del loaded
+                report = _count_after(_apply(dense, plan, _read_biases(run_dir, job.key, biases)))
                 seconds = None
         else:
             status = "built"
             pruned = build_pruned(job.method, dense, plan, calibration=calibration, stats=stats)
-            counted = count_parameters(pruned)
-            report = {"params_total_after": counted["total"], "params_mlp_after": counted["mlp"]}
-            save_pruned(pruned, tokenizer, ckpt, plan=pruned.funcprune_plan, overwrite=True)
+            report = _count_after(pruned)
+            if job.method.compensation:
+                biases = _write_biases(run_dir, job.key, sha, pruned, plan)
             del pruned
             gc.collect()
             seconds = round(time.perf_counter() - start, 2)
         entry = {
             "key": job.key, "method": job.method.name, "seed": job.seed,
             "ratio_requested": job.ratio, "ratio_reached": plan.ratio_reached, "ratio_basis": plan.ratio_basis,
-            "allocation": plan.allocation, "protected_layers": plan.protected_layers,
+            "allocation": plan.allocation, "allocation_source": plan.settings.get("allocation_source"),
+            "protected_layers": plan.protected_layers,
             "params_total_before": before["total"], "params_mlp_before": before["mlp"], **report,
             "ratio_total": (before["total"] - report["params_total_after"]) / before["total"],
             "ratio_mlp": (before["mlp"] - report["params_mlp_after"]) / before["mlp"],
             "widths": [len(plan.kept[i]) for i in sorted(base_widths)],
-            "path": f"{PRUNED_DIR}/{job.key}", "plan": f"{PLANS_DIR}/{job.key}.json",
-            "plan_sha256": sha, "seconds": seconds, "status": status,
+            "plan": f"{PLANS_DIR}/{job.key}.json", "plan_sha256": sha, "biases": biases,
+            "seconds": seconds, "status": status,
         }
         entries[job.key] = entry
         rows.append(entry)
         _write_index(index_path, dense, entries)
     bar.close()
+    _remove_legacy_checkpoints(run_dir, [job.key for job in jobs])
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------
+# Plans and biases on disk; rebuilding a pruned model
+# ----------------------------------------------------------------------------------
+_BIAS_FIX = "delete it and re-run stage 4 (prune_all recomputes the biases)"
+
+
+def _bias_paths(run_dir: Path, key: str) -> tuple[Path, Path]:
+    folder = Path(run_dir) / PRUNED_DIR / BIASES_DIR
+    return folder / f"{key}.safetensors", folder / f"{key}.json"
+
+
+def _count_after(model: nn.Module) -> dict[str, int]:
+    counted = count_parameters(model)
+    return {"params_total_after": counted["total"], "params_mlp_after": counted["mlp"]}
+
+
+def _write_biases(run_dir: Path, key: str, plan_sha: str, pruned: nn.Module, plan: PruningPlan) -> dict[str, Any]:
+    """Save the down-projection biases of the layers a compensated plan prunes; return their record."""
+    from safetensors.torch import save_file
+
+    from .adapters import get_adapter
+
+    adapter = get_adapter(pruned)
+    tensors = {}
+    for i, layer in enumerate(adapter.get_layers(pruned)):
+        bias = adapter.module(layer, "mlp.down").bias
+        if plan.removed(i) and bias is not None:
+            tensors[f"layers.{i}.mlp.down.bias"] = bias.detach().to("cpu").contiguous().clone()
+    path, sidecar = _bias_paths(run_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": BIASES_FORMAT, "plan_sha256": plan_sha})
+    os.replace(tmp, path)
+    record = {"path": str(path.relative_to(run_dir)), **file_record(path), "plan_sha256": plan_sha,
+              "layers": sorted(int(k.split(".")[1]) for k in tensors)}
+    atomic_write_json(sidecar, {"format": BIASES_FORMAT, **record})
+    return record
+
+
+def _saved_biases(run_dir: Path, key: str, plan_sha: str) -> dict[str, Any] | None:
+    """The record of biases saved for this plan, if their file is intact; else ``None`` (a warning names a bad file)."""
+    path, sidecar = _bias_paths(run_dir, key)
+    if not sidecar.exists():
+        return None
+    try:
+        record = read_json(sidecar, fix=_BIAS_FIX)
+        if record.get("plan_sha256") != plan_sha:
+            return None
+        verify_file(path, record, digest=True, fix=_BIAS_FIX)
+    except ArtefactError as exc:
+        warnings.warn(f"recomputing the biases of {key}: {exc}", stacklevel=3)
+        return None
+    record.pop("format", None)
+    return record
+
+
+def _read_biases(run_dir: Path, key: str, record: Mapping[str, Any] | None) -> dict[int, Any]:
+    if not record:
+        return {}
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / record["path"]
+    verify_file(path, record, digest=True, fix=_BIAS_FIX)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtefactError(path, f"cannot be read ({exc})", _BIAS_FIX) from None
+    return {int(k.split(".")[1]): v for k, v in tensors.items()}
+
+
+def _apply(dense: nn.Module, plan: PruningPlan, biases: Mapping[int, Any]) -> nn.Module:
+    """A deep copy of ``dense`` with the saved down biases set, then pruned by ``plan``."""
+    import torch
+
+    from .adapters import get_adapter
+
+    model = copy.deepcopy(dense)
+    adapter = get_adapter(model)
+    layers = adapter.get_layers(model)
+    with torch.no_grad():
+        for i, value in biases.items():
+            down = adapter.module(layers[i], "mlp.down")
+            weight = adapter.mlp_weight(layers[i], "mlp.down")
+            value = value.to(weight.device, weight.dtype)
+            if down.bias is None:
+                down.bias = nn.Parameter(value.clone(), requires_grad=weight.requires_grad)
+                down.funcprune_added_bias = True
+            else:
+                down.bias.copy_(value)
+    prune(model, plan, progress=False)
+    return model.eval()
+
+
+def rebuild_pruned(run_dir: str | os.PathLike[str], key: str, dense: nn.Module) -> nn.Module:
+    """A pruned model of a run, rebuilt in seconds from the dense model, its plan and its biases.
+
+    Stage 4 (:func:`prune_all`) stores plans and compensation biases, not checkpoints.
+    This deep-copies ``dense``, sets the saved down-projection biases and slices the
+    channels the plan drops (:func:`funcprune.prune.prune`): the result equals what
+    :func:`build_pruned` gave when the plan was made. Export it as an HF checkpoint
+    with :func:`funcprune.prune.save_pruned`.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        Run directory with ``pruned/index.json``.
+    key : str
+        The model's key (:func:`method_key`), e.g. ``"fn-bias_r0.20"``.
+    dense : nn.Module
+        The dense model the plans were made for (any device and dtype; left untouched).
+
+    Returns
+    -------
+    nn.Module
+        In eval mode, with ``funcprune_plan`` and ``funcprune_source`` (key, plan and
+        bias digests, the dense model's source).
+
+    Raises
+    ------
+    KeyError
+        ``key`` is not in the index (the message lists the keys).
+    funcprune._io.ArtefactError
+        The plan or the bias file is missing, changed or unreadable, naming the file and the fix.
+    funcprune.prune.PlanMismatchError
+        The plan was made for another model.
+    """
+    run_dir = Path(run_dir)
+    entries = _read_entries(run_dir / PRUNED_DIR / INDEX_FILE)
+    if key not in entries:
+        raise KeyError(f"{key!r} is not in {run_dir / PRUNED_DIR / INDEX_FILE}; keys: {sorted(entries)}")
+    entry = entries[key]
+    plan_path = run_dir / entry["plan"]
+    fix = "delete it and re-run stage 4 (prune_all)"
+    if not plan_path.exists():
+        raise ArtefactError(plan_path, "is missing", fix)
+    plan = PruningPlan.load(plan_path)
+    if _plan_sha(plan) != entry["plan_sha256"]:
+        raise ArtefactError(plan_path, "differs from the plan the index records (plan_sha256)", fix)
+    model = _apply(dense, plan, _read_biases(run_dir, key, entry.get("biases")))
+    model.funcprune_source = {
+        "name": key, "source": "rebuilt", "plan_sha256": entry["plan_sha256"],
+        "biases_sha256": (entry.get("biases") or {}).get("sha256"),
+        "dense": dict(getattr(dense, "funcprune_source", {}) or {}),
+        "dtype": str(next(dense.parameters()).dtype).replace("torch.", ""),
+    }
+    return model
+
+
+def _read_entries(index_path: Path) -> dict[str, dict[str, Any]]:
+    if not index_path.exists():
+        return {}
+    entries = read_json(index_path, fix="delete it and re-run stage 4 (prune_all)")["entries"]
+    # an index of an older layout lists checkpoints, not plans: its entries are rebuilt
+    return {e["key"]: e for e in entries if "plan" in e and "biases" in e}
+
+
+def _remove_legacy_checkpoints(run_dir: Path, keys: Sequence[str]) -> None:
+    """Delete checkpoints an earlier layout of stage 4 saved for these keys (they can take gigabytes)."""
+    import shutil
+
+    for key in keys:
+        folder = run_dir / PRUNED_DIR / key
+        if folder.is_dir() and (folder / PLAN_FILE).exists():
+            shutil.rmtree(folder)
 
 
 def _write_index(path: Path, dense: nn.Module, entries: Mapping[str, dict[str, Any]]) -> None:

@@ -1,7 +1,8 @@
 """Stage 5: evaluate the dense model and every pruned model under one protocol, and compare them.
 
-:func:`evaluate_run` loads the dense model and each checkpoint listed in
-``run_dir/pruned/index.json`` (written by :func:`funcprune.pipeline.prune_all`) and
+:func:`evaluate_run` loads the dense model once and rebuilds each pruned model listed in
+``run_dir/pruned/index.json`` (written by :func:`funcprune.pipeline.prune_all`) from its
+plan and biases (:func:`funcprune.pipeline.rebuild_pruned`, seconds per model), and
 measures all of them the same way:
 
 * **perplexity** on held-out text (the ``"evaluation"`` split of
@@ -20,7 +21,7 @@ measures all of them the same way:
   and their ratios to the dense model.
 
 Each model's result is cached in ``run_dir/results/parts/<key>.json`` together with a
-fingerprint of the protocol and of the checkpoint, so an interrupted evaluation
+fingerprint of the protocol and of the model (plan and bias digests), so an interrupted evaluation
 continues where it stopped and a changed setting re-evaluates. The combined results
 are written atomically to ``run_dir/results/results.csv`` (one tidy *long* table: one
 row per model, metric and setting) and ``run_dir/results/results.json`` (every setting,
@@ -332,6 +333,19 @@ def _load_tokenizer(model: str) -> Any:
     return tokenizer
 
 
+def _load_dense(model_name: str, revision: str | None, base: Mapping[str, Any], dtype: Any,
+                device: str) -> torch.nn.Module:
+    """The dense model, checked against the revision the pruned models were planned on."""
+    from .models import load_model
+
+    lm, _ = load_model(model_name, dtype=dtype, device_map=None if device == "cpu" else device)
+    found = lm.funcprune_source.get("revision")
+    if revision and found and found != revision:
+        raise ValueError(f"dense model {model_name!r} has revision {found!r}, but the pruned models "
+                         f"were made from revision {revision!r} ({base.get('name')!r})")
+    return lm
+
+
 def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -524,12 +538,14 @@ def evaluate_run(
     parts_dir = run_dir / RESULTS_DIR / PARTS_DIR
     parts: dict[str, dict[str, Any]] = {}
     dense_revision = base.get("revision")
+    dense_lm = None
     bar = tqdm(jobs, desc="evaluating", unit="model", disable=not progress)
     for job in bar:
         key = job["key"]
         bar.set_postfix_str(key)
         identity = ({"model": model_name, "revision": dense_revision} if key == DENSE_KEY else
-                    {"path": job["path"], "plan_sha256": job.get("plan_sha256")})
+                    {"plan_sha256": job.get("plan_sha256"),
+                     "biases_sha256": (job.get("biases") or {}).get("sha256")})
         part_path = parts_dir / f"{key}.json"
         if part_path.exists():
             cached = read_json(part_path)
@@ -537,34 +553,31 @@ def evaluate_run(
                 parts[key] = cached
                 continue
         start = time.perf_counter()
+        if dense_lm is None:
+            dense_lm = _load_dense(model_name, dense_revision, base, dtype, device)
         if key == DENSE_KEY:
-            from .models import load_model
-
-            lm, tok = load_model(model_name, dtype=dtype, device_map=None if device == "cpu" else device)
-            revision = lm.funcprune_source.get("revision")
-            if dense_revision and revision and revision != dense_revision:
-                raise ValueError(f"dense model {model_name!r} has revision {revision!r}, but the pruned models "
-                                 f"were made from revision {dense_revision!r} ({base.get('name')!r})")
+            lm = dense_lm
         else:
-            from .prune import load_pruned
+            from .pipeline import rebuild_pruned
 
-            lm, tok = load_pruned(run_dir / job["path"], dtype=dtype, device=device)
-            if tok is not None and tok.get_vocab() != tokenizer.get_vocab():
-                raise ValueError(f"{key}: the checkpoint's tokenizer differs from the dense model's")
+            lm = rebuild_pruned(run_dir, key, dense_lm)
         loaded = round(time.perf_counter() - start, 2)
         measured = _evaluate_model(lm, tokenizer, stream, settings, progress=False)
         measured["seconds"]["load"] = loaded
         measured["seconds"]["total"] = round(time.perf_counter() - start, 2)
         part = {"format": PART_FORMAT, "key": key, "protocol_id": protocol_id, "identity": identity,
                 "entry": {k: job.get(k) for k in ("method", "seed", "ratio_requested", "ratio_reached",
-                                                  "ratio_basis", "path", "plan_sha256")},
+                                                  "ratio_basis", "allocation", "plan_sha256")},
                 "model": {k: v for k, v in getattr(lm, "funcprune_source", {}).items()},
                 **measured}
-        del lm, tok
-        _free_memory()
+        if lm is not dense_lm:
+            del lm
+            _free_memory()
         atomic_write_json(part_path, part)
         parts[key] = part
     bar.close()
+    del dense_lm
+    _free_memory()
 
     table = validate_results_table(_table_from_parts([parts[j["key"]] for j in jobs]))
     out_dir = run_dir / RESULTS_DIR
