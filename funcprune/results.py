@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from ._io import atomic_write_json, atomic_write_text, read_json
 from .data import dataset_info, load_texts
-from .evaluate import _max_positions, count_parameters, flops_per_token, perplexity
+from .evaluate import _max_positions, bos_token_id, count_parameters, flops_per_token, perplexity
 from .provenance import environment_info
 from .tasks import ALL_TASKS, TASKS, run_zero_shot
 
@@ -71,7 +71,9 @@ __all__ = [
     "calibration_record",
     "efficiency_table",
     "evaluate_run",
+    "evaluation_parts",
     "evaluation_stream",
+    "perplexity_sanity",
     "load_results",
     "plot_accuracy",
     "plot_metric_vs_ratio",
@@ -135,19 +137,26 @@ class EvaluationStream:
         :func:`funcprune.data.dataset_info` of the evaluation split (name, file
         checksum, every text id).
     ids : ndarray of shape (n_tokens,), int64
-        Token ids of the texts joined with ``"\\n\\n"`` (special tokens as the
-        tokenizer adds them, e.g. one BOS at the start).
+        Token ids of the texts joined with ``"\\n\\n"``, without special tokens
+        (a BOS token goes in front of every window instead, see ``bos_token_id``).
     text_index : ndarray of shape (n_tokens,), int64
         For each token, the index (into ``dataset["ids"]``) of the text it belongs
         to; ``-1`` when the tokenizer gives no character offsets.
     sha256 : str
         Checksum of ``ids`` (little-endian int64 bytes).
+    bos_token_id : int or None
+        The token put in front of every perplexity window: the tokenizer's BOS when
+        it adds one to every text (:func:`funcprune.evaluate.bos_token_id`), else ``None``.
+    part : str
+        ``"test"``, ``"validation"`` or ``"all"`` (see :func:`evaluation_parts`).
     """
 
     dataset: dict[str, Any]
     ids: np.ndarray
     text_index: np.ndarray
     sha256: str
+    bos_token_id: int | None = None
+    part: str = "all"
 
     @property
     def n_tokens(self) -> int:
@@ -169,8 +178,44 @@ def _ids_sha256(ids: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(ids, dtype="<i8").tobytes()).hexdigest()
 
 
-def evaluation_stream(tokenizer: Any, dataset: str = "wiki") -> EvaluationStream:
-    """Tokenize the held-out (``"evaluation"``) split of a corpus once.
+#: Parts of the held-out split: ``validation`` for design choices, ``test`` for the reported numbers.
+EVAL_PARTS: tuple[str, ...] = ("test", "validation", "all")
+#: Salt of the hash that assigns each held-out article to a part.
+_PART_SALT = "funcprune-held-out-part/1:"
+
+
+def evaluation_parts(texts: Sequence[Any]) -> dict[str, list[Any]]:
+    """Split held-out articles into a validation and a test part, disjoint by article.
+
+    Each article is ranked by the SHA-256 of a salted copy of its id; the first half of
+    that order (rounded down) is ``validation``, the rest ``test``. The rule depends only
+    on the ids, so the parts are the same on every machine and for every model; each
+    part keeps the file order.
+
+    Parameters
+    ----------
+    texts : sequence of Text
+        The held-out articles (:func:`funcprune.data.load_texts` with ``"evaluation"``).
+
+    Returns
+    -------
+    dict
+        ``{"validation": [...], "test": [...], "all": [...]}``.
+
+    >>> from funcprune.data import Text
+    >>> parts = evaluation_parts([Text(id=str(i), title="", text="x") for i in range(10)])
+    >>> len(parts["validation"]), len(parts["test"])
+    (5, 5)
+    """
+    order = sorted(range(len(texts)), key=lambda i: hashlib.sha256((_PART_SALT + str(texts[i].id)).encode())
+                   .hexdigest())
+    validation = set(order[:len(texts) // 2])
+    return {"validation": [t for i, t in enumerate(texts) if i in validation],
+            "test": [t for i, t in enumerate(texts) if i not in validation], "all": list(texts)}
+
+
+def evaluation_stream(tokenizer: Any, dataset: str = "wiki", part: str = "test") -> EvaluationStream:
+    """Tokenize one part of the held-out (``"evaluation"``) split of a corpus once.
 
     Parameters
     ----------
@@ -178,36 +223,49 @@ def evaluation_stream(tokenizer: Any, dataset: str = "wiki") -> EvaluationStream
         The dense model's tokenizer (pruned models share it).
     dataset : str, default="wiki"
         A key of :data:`funcprune.data.DATASETS`.
+    part : {"test", "validation", "all"}, default="test"
+        Which articles (:func:`evaluation_parts`): reports use ``"test"``; design
+        choices are made on ``"validation"``.
 
     Returns
     -------
     EvaluationStream
+        ``dataset["ids"]`` lists the part's articles; ``dataset["part"]`` names it.
+
+    Raises
+    ------
+    ValueError
+        An unknown part, naming the accepted ones.
     """
-    texts = load_texts(dataset, "evaluation")
-    info = dataset_info(dataset, "evaluation", texts)
+    if part not in EVAL_PARTS:
+        raise ValueError(f"unknown held-out part {part!r}; accepted: {list(EVAL_PARTS)}")
+    texts = evaluation_parts(load_texts(dataset, "evaluation"))[part]
+    info = {**dataset_info(dataset, "evaluation", texts), "part": part,
+            "part_rule": "articles ranked by sha256(salt + id): first half validation, rest test"}
     joined = "\n\n".join(t.text for t in texts)
     text_index = None
     try:
-        enc = tokenizer(joined, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
+        enc = tokenizer(joined, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets = np.asarray([o[0] for o in enc["offset_mapping"]], dtype=np.int64)
         starts = np.cumsum([0] + [len(t.text) + 2 for t in texts[:-1]])
         text_index = np.searchsorted(starts, offsets, side="right") - 1
     except (NotImplementedError, TypeError, ValueError, KeyError):  # slow tokenizers: no offsets
-        enc = tokenizer(joined, add_special_tokens=True, verbose=False)
+        enc = tokenizer(joined, add_special_tokens=False, verbose=False)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     if text_index is None:
         text_index = np.full(ids.shape, -1, dtype=np.int64)
     return EvaluationStream(dataset=info, ids=ids, text_index=text_index.astype(np.int64),
-                            sha256=_ids_sha256(ids))
+                            sha256=_ids_sha256(ids), bos_token_id=bos_token_id(tokenizer), part=part)
 
 
-def select_windows(n_tokens: int, seq_len: int, max_tokens: int | None) -> list[int]:
+def select_windows(n_tokens: int, seq_len: int, max_tokens: int | None, span: int | None = None) -> list[int]:
     """Start positions of the perplexity windows: a spread subset of the non-overlapping grid.
 
-    The stream holds ``W = n_tokens // seq_len`` non-overlapping windows (starts
-    ``0, seq_len, 2 seq_len, ...``; the tail is dropped). With ``max_tokens=None`` all
-    of them are used; otherwise ``n = min(W, max_tokens // seq_len)`` of them, the
-    ``floor(j W / n)``-th for ``j = 0 .. n-1``, evenly spread over the whole stream.
+    A window takes ``span`` tokens of the stream (``seq_len``, or ``seq_len - 1`` when a
+    BOS token is put in front of it). The stream holds ``W = n_tokens // span``
+    non-overlapping windows (starts ``0, span, 2 span, ...``; the tail is dropped). With
+    ``max_tokens=None`` all of them are used; otherwise ``n = min(W, max_tokens // seq_len)``
+    of them, the ``floor(j W / n)``-th for ``j = 0 .. n-1``, evenly spread over the stream.
 
     Parameters
     ----------
@@ -217,24 +275,27 @@ def select_windows(n_tokens: int, seq_len: int, max_tokens: int | None) -> list[
         Window length (already clamped to the model's maximum).
     max_tokens : int or None
         Token budget of this setting.
+    span : int, optional
+        Tokens of the stream per window; default ``seq_len``.
 
     Returns
     -------
     list of int
-        Sorted start offsets, each a multiple of ``seq_len``.
+        Sorted start offsets, each a multiple of ``span``.
 
     Raises
     ------
     ValueError
         If not even one window fits the stream or the budget.
     """
-    grid = n_tokens // seq_len
+    span = seq_len if span is None else int(span)
+    grid = n_tokens // span
     n = grid if max_tokens is None else min(grid, int(max_tokens) // seq_len)
     if n < 1:
         raise ValueError(f"no perplexity window of {seq_len} tokens fits: the held-out stream has {n_tokens} "
                          f"tokens and eval_max_tokens is {max_tokens}; raise eval_max_tokens to at least "
                          f"{seq_len} or use a shorter window")
-    return [(j * grid // n) * seq_len for j in range(n)]
+    return [(j * grid // n) * span for j in range(n)]
 
 
 # ----------------------------------------------------------------------------------
@@ -294,8 +355,9 @@ def _manifest_texts_digest(run_dir: Path) -> str | None:
 
 
 def _check_disjoint(stream: EvaluationStream, calibration: dict[str, Any] | None) -> dict[str, Any]:
-    """Raise if a held-out text was used for calibration; return what was checked."""
+    """Raise if a held-out text (of either part) was used for calibration; return what was checked."""
     eval_name = stream.dataset["name"]
+    held_out = [t.id for t in load_texts(eval_name, "evaluation")]
     if calibration is None:
         warnings.warn("the run has no stage-1 manifest (activations/manifest.json): the held-out texts "
                       "cannot be checked against the calibration texts", stacklevel=3)
@@ -307,13 +369,13 @@ def _check_disjoint(stream: EvaluationStream, calibration: dict[str, Any] | None
     if calibration["dataset"] != eval_name:
         return {"checked": True, "overlap": [], "reason": f"different corpora ({calibration['dataset']!r} "
                 f"calibration, {eval_name!r} evaluation)"}
-    overlap = sorted(set(calibration["ids"]) & set(stream.dataset["ids"]))
+    overlap = sorted(set(calibration["ids"]) & set(held_out))
     if overlap:
         raise ValueError(f"held-out text ids {overlap[:10]} (of {len(overlap)}) were used for calibration "
                          f"({calibration['manifest']}): perplexity would be measured on calibration text. "
                          f"Calibrate on the 'calibration' split and evaluate on the 'evaluation' split.")
     return {"checked": True, "overlap": [], "n_calibration_ids": len(calibration["ids"]),
-            "n_evaluation_ids": len(stream.dataset["ids"]),
+            "n_evaluation_ids": len(stream.dataset["ids"]), "n_held_out_ids": len(held_out),
             "plans_unverified": calibration["plans_unverified"]}
 
 
@@ -357,9 +419,10 @@ def _perplexities(model: torch.nn.Module, stream: EvaluationStream, seq_lens: Se
     out: dict[str, dict[str, Any]] = {}
     for requested in seq_lens:
         length = int(min(requested, max_pos)) if max_pos else int(requested)
-        starts = select_windows(stream.n_tokens, length, max_tokens)
-        ids = np.concatenate([stream.ids[s:s + length] for s in starts])
-        res = perplexity(model, None, torch.from_numpy(ids), seq_len=length,
+        span = length - (stream.bos_token_id is not None)
+        starts = select_windows(stream.n_tokens, length, max_tokens, span=span)
+        ids = np.concatenate([stream.ids[s:s + span] for s in starts])
+        res = perplexity(model, None, torch.from_numpy(ids), seq_len=length, bos=stream.bos_token_id,
                          batch_size=max(1, batch_tokens // length), progress=progress)
         window_nll = np.asarray(res["window_nll"], dtype=np.float64)
         stderr = float(window_nll.std(ddof=1) / math.sqrt(len(window_nll))) if len(window_nll) > 1 else None
@@ -369,7 +432,7 @@ def _perplexities(model: torch.nn.Module, stream: EvaluationStream, seq_lens: Se
             "seq_len_requested": int(requested), "seq_len": length, "seq_len_clamped": length != requested,
             "n_windows": res["n_windows"], "n_tokens_scored": res["n_tokens"], "n_tokens_used": int(ids.size),
             "window_starts": starts, "window_nll": res["window_nll"], "tokens_sha256": _ids_sha256(ids),
-            "text_ids": stream.text_ids(starts, length),
+            "bos_token_id": stream.bos_token_id, "text_ids": stream.text_ids(starts, span),
         }
     return out
 
@@ -423,6 +486,7 @@ def evaluate_run(
     *,
     model: str | None = None,
     eval_dataset: str = "wiki",
+    eval_part: str = "test",
     ppl_seq_lens: Sequence[int] = (128, 2048),
     eval_max_tokens: int | None = 4096,
     zero_shot_tasks: Sequence[str] | None = ALL_TASKS,
@@ -449,6 +513,9 @@ def evaluate_run(
         revision must match the one the pruned models were made from.
     eval_dataset : str, default="wiki"
         Corpus whose held-out (``"evaluation"``) split gives the perplexity text.
+    eval_part : {"test", "validation", "all"}, default="test"
+        Which held-out articles (:func:`evaluation_parts`, disjoint by article):
+        reported results use ``"test"``; design choices are made on ``"validation"``.
     ppl_seq_lens : sequence of int, default=(128, 2048)
         Window lengths; each is clamped to the model's maximum (recorded).
     eval_max_tokens : int or None, default=4096
@@ -505,7 +572,7 @@ def evaluate_run(
         model_name = DEFAULT_MODEL
 
     tokenizer = _load_tokenizer(model_name)
-    stream = evaluation_stream(tokenizer, eval_dataset)
+    stream = evaluation_stream(tokenizer, eval_dataset, eval_part)
     calibration = calibration_record(run_dir)
     disjoint = _check_disjoint(stream, calibration)
 
@@ -516,10 +583,14 @@ def evaluate_run(
         harness_version = version("lm_eval")
     protocol = {
         "eval_dataset": {k: stream.dataset[k] for k in ("name", "package", "package_version", "file", "sha256",
-                                                         "split", "n_texts", "n_words")},
+                                                         "split", "part", "part_rule", "n_texts", "n_words")},
         "eval_text_ids_sha256": hashlib.sha256("\n".join(stream.dataset["ids"]).encode()).hexdigest(),
         "eval_stream": {"n_tokens": stream.n_tokens, "sha256": stream.sha256, "joiner": "\\n\\n",
-                        "add_special_tokens": True},
+                        "add_special_tokens": False},
+        "bos": {"token_id": stream.bos_token_id,
+                "rule": "every window starts with the BOS token when the tokenizer puts one in front of a text; "
+                        "a window then holds seq_len - 1 tokens of text, all scored (else seq_len tokens, the "
+                        "last seq_len - 1 scored)"},
         "ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens,
         "window_selection": "evenly spread subset of the non-overlapping grid (select_windows)",
         "zero_shot": {"tasks": tasks, "limit": zero_shot_limit, "harness": "lm-eval",
@@ -580,6 +651,9 @@ def evaluate_run(
     _free_memory()
 
     table = validate_results_table(_table_from_parts([parts[j["key"]] for j in jobs]))
+    sanity = perplexity_sanity(parts[DENSE_KEY])
+    if sanity["flagged"]:
+        warnings.warn(sanity["message"], stacklevel=2)
     out_dir = run_dir / RESULTS_DIR
     atomic_write_text(out_dir / "results.csv", table.to_csv(index=False))
     atomic_write_json(out_dir / "results.json", {
@@ -587,9 +661,49 @@ def evaluate_run(
         "eval_text_ids": stream.dataset["ids"], "calibration": calibration, "disjointness": disjoint,
         "dense_model": {"name": model_name, **parts[DENSE_KEY]["model"]}, "base_model": base,
         "settings": {k: v for k, v in settings.items()}, "columns": list(TABLE_COLUMNS), "metrics": METRICS,
-        "models": parts, "environment": environment_info(),
+        "models": parts, "sanity": sanity, "environment": environment_info(),
     })
     return table
+
+
+#: A dense PPL at the shortest window above this multiple of the PPL at the longest is flagged.
+PPL_SANITY_FACTOR = 4.0
+
+
+def perplexity_sanity(dense_part: Mapping[str, Any], factor: float = PPL_SANITY_FACTOR) -> dict[str, Any]:
+    """Flag a dense model whose perplexity at the shortest window is ``factor`` times that at the longest.
+
+    Longer windows give more context, so perplexity falls with the window, but by a
+    factor well under 4 for a working protocol (SmolLM2-135M: about 1.5 from 128 to
+    2048 tokens). A larger factor means the short windows lack something the model
+    needs, typically the BOS token of a family trained with it.
+
+    Parameters
+    ----------
+    dense_part : dict
+        The dense model's record (``results.json["models"]["dense"]``).
+    factor : float, default=4.0
+
+    Returns
+    -------
+    dict
+        ``flagged`` (bool), ``ratio`` (short over long; ``None`` with one window length),
+        ``short``, ``long`` (window lengths), ``factor`` and ``message``.
+    """
+    ppl = {int(p["seq_len"]): float(p["ppl"]) for p in dense_part["perplexity"].values()}
+    if len(ppl) < 2:
+        return {"flagged": False, "ratio": None, "short": None, "long": None, "factor": factor,
+                "message": "one window length: nothing to compare"}
+    short, long = min(ppl), max(ppl)
+    ratio = ppl[short] / ppl[long]
+    flagged = ratio > factor
+    message = (f"dense perplexity at {short} tokens ({ppl[short]:.4g}) is {ratio:.2f}x that at {long} tokens "
+               f"({ppl[long]:.4g})")
+    if flagged:
+        message += (f", more than {factor:g}x: short windows lack something the model needs (a BOS token its "
+                    "family expects?); check the protocol record before reading the perplexities")
+    return {"flagged": bool(flagged), "ratio": ratio, "short": short, "long": long, "factor": factor,
+            "message": message}
 
 
 # ----------------------------------------------------------------------------------

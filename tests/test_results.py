@@ -23,7 +23,8 @@ from funcprune import capture_activations, results
 from funcprune.data import dataset_info, load_texts
 from funcprune.evaluate import count_parameters
 from funcprune.pipeline import prune_all, read_index
-from funcprune.results import (DENSE_KEY, TABLE_COLUMNS, aggregate_seeds, evaluate_run, evaluation_stream,
+from funcprune.results import (DENSE_KEY, TABLE_COLUMNS, aggregate_seeds, evaluate_run, evaluation_parts,
+                               evaluation_stream,
                                load_results, reference_numbers, select_windows, significant_differences,
                                validate_results_table)
 from funcprune.workflow import REPO_ROOT, load_profile, notebook_parameters
@@ -189,7 +190,9 @@ def test_perplexity_windows_never_touch_calibration_text(run: dict) -> None:
     calibration = set(manifest["text_ids"])
     assert calibration == {t.id for t in run["calib"]}
     evaluation = set(saved["eval_text_ids"])
-    assert evaluation == {t.id for t in load_texts("wiki", "evaluation")}
+    parts = evaluation_parts(load_texts("wiki", "evaluation"))
+    assert evaluation == {t.id for t in parts["test"]}  # reports use the test part of the held-out articles
+    assert saved["protocol"]["eval_dataset"]["part"] == "test"
     assert not calibration & evaluation
     for key, part in saved["models"].items():
         for setting, p in part["perplexity"].items():
@@ -208,10 +211,45 @@ def test_calibration_overlap_is_refused(run: dict, tmp_path: Path) -> None:
         evaluate_run(bad, model=str(run["dense_dir"]), **SETTINGS)
 
 
+def test_held_out_articles_split_into_disjoint_validation_and_test_parts() -> None:
+    held_out = load_texts("wiki", "evaluation")
+    parts = evaluation_parts(held_out)
+    val, test = ({t.id for t in parts[k]} for k in ("validation", "test"))
+    assert not val & test and val | test == {t.id for t in held_out}
+    assert abs(len(val) - len(test)) <= 1
+    assert [t.id for t in parts["test"]] == [t.id for t in held_out if t.id in test]  # file order kept
+    assert evaluation_parts(list(reversed(held_out)))["test"][::-1] == parts["test"]  # depends on ids only
+    with pytest.raises(ValueError, match=r"unknown held-out part 'dev'; accepted: \['test', 'validation', 'all'\]"):
+        evaluation_stream(None, "wiki", "dev")
+
+
+def test_the_stream_leaves_bos_to_the_windows() -> None:
+    from test_evaluate import bpe_tokenizer
+
+    for adds_bos in (True, False):
+        tok = bpe_tokenizer(adds_bos)
+        stream = evaluation_stream(tok, "wiki", "validation")
+        bos = tok.convert_tokens_to_ids("<s>")
+        assert stream.bos_token_id == (bos if adds_bos else None)
+        assert stream.part == "validation" and not (stream.ids == bos).any()
+
+
+def test_perplexity_sanity_flags_short_windows_far_above_long_ones() -> None:
+    def part(short: float, long: float) -> dict:
+        return {"perplexity": {"128": {"seq_len": 128, "ppl": short}, "2048": {"seq_len": 2048, "ppl": long}}}
+
+    ok = results.perplexity_sanity(part(15.4, 10.2))
+    assert not ok["flagged"] and ok["ratio"] == pytest.approx(15.4 / 10.2) and (ok["short"], ok["long"]) == (128, 2048)
+    bad = results.perplexity_sanity(part(157.0, 12.2))
+    assert bad["flagged"] and "BOS" in bad["message"] and "12.87x" in bad["message"]
+    assert not results.perplexity_sanity({"perplexity": {"64": {"seq_len": 64, "ppl": 9.0}}})["flagged"]
+
+
 def test_windows_are_spread_over_the_stream() -> None:
     assert select_windows(1000, 100, None) == list(range(0, 1000, 100))
     assert select_windows(1000, 100, 300) == [0, 300, 600]
     assert select_windows(1000, 100, 10_000) == list(range(0, 1000, 100))
+    assert select_windows(1000, 100, 300, span=99) == [0, 297, 594]  # BOS in front: 99 tokens of text each
     with pytest.raises(ValueError, match="eval_max_tokens"):
         select_windows(1000, 100, 99)
     with pytest.raises(ValueError, match="no perplexity window"):
