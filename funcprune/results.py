@@ -55,7 +55,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_json, atomic_write_text, read_json
+from ._io import ArtefactError, atomic_write_json, atomic_write_text, read_json
 from .data import dataset_info, load_texts
 from .evaluate import _max_positions, bos_token_id, count_parameters, flops_per_token, perplexity
 from .provenance import environment_info
@@ -122,6 +122,7 @@ _PROB_METRICS = ("acc", "acc_norm", "mean_acc", "mean_preferred")
 _EFFICIENCY = ("params_total", "params_mlp", "params_attention", "params_embedding", "flops_per_token")
 _RELATIVE = {"params_total_rel": "params_total", "params_mlp_rel": "params_mlp", "flops_rel": "flops_per_token"}
 _LOWER_IS_BETTER = ("ppl", "nll")
+_MEASURED = ("ppl", "nll", "acc", "acc_norm", "mean_acc", "mean_preferred")
 
 
 # ----------------------------------------------------------------------------------
@@ -395,6 +396,39 @@ def _load_tokenizer(model: str) -> Any:
     return tokenizer
 
 
+def _normalise_json(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _part_digest(part: Mapping[str, Any]) -> str:
+    """SHA-256 of a part's content (every key but ``sha256``), as JSON with sorted keys."""
+    body = {k: v for k, v in part.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached_part(path: Path, protocol_id: str, identity: Mapping[str, Any], tier: str) -> dict[str, Any] | None:
+    """A finished part for this protocol, model and tier whose content matches its digest; else ``None``.
+
+    A part that is not valid JSON or whose content no longer matches its digest is
+    re-evaluated, with a warning naming it.
+    """
+    if not path.exists():
+        return None
+    try:
+        cached = read_json(path)
+    except ArtefactError as exc:
+        warnings.warn(f"re-evaluating: {exc}", stacklevel=3)
+        return None
+    if not (cached.get("protocol_id") == protocol_id and cached.get("identity") == _normalise_json(identity)
+            and cached.get("tier", "full") == tier):
+        return None
+    if cached.get("sha256") != _part_digest(cached):
+        warnings.warn(f"re-evaluating {cached.get('key')!r}: {path} does not match its digest (edited, truncated "
+                      "or from an older version)", stacklevel=3)
+        return None
+    return cached
+
+
 def _load_dense(model_name: str, revision: str | None, base: Mapping[str, Any], dtype: Any,
                 device: str) -> torch.nn.Module:
     """The dense model, checked against the revision the pruned models were planned on."""
@@ -412,15 +446,30 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _token_budgets(seq_lens: Sequence[int], eval_max_tokens: Any) -> list[int | None]:
+    """One held-out token budget per window length (an int or ``None`` applies to all)."""
+    if eval_max_tokens is None or isinstance(eval_max_tokens, (int, np.integer)):
+        budgets = [eval_max_tokens] * len(seq_lens)
+    else:
+        budgets = list(eval_max_tokens)
+        if len(budgets) != len(seq_lens):
+            raise ValueError(f"eval_max_tokens lists {len(budgets)} budgets for {len(seq_lens)} window lengths "
+                             f"{list(seq_lens)}: give one int (or None) or one per window length")
+    for b in budgets:
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 2):
+            raise ValueError(f"eval_max_tokens must be ints >= 2 or None, got {eval_max_tokens!r}")
+    return [None if b is None else int(b) for b in budgets]
+
+
 def _perplexities(model: torch.nn.Module, stream: EvaluationStream, seq_lens: Sequence[int],
-                  max_tokens: int | None, batch_tokens: int, progress: bool) -> dict[str, dict[str, Any]]:
+                  max_tokens: Sequence[int | None], batch_tokens: int, progress: bool) -> dict[str, dict[str, Any]]:
     """Perplexity of ``model`` at each window length on the selected windows of ``stream``."""
     max_pos = _max_positions(model)
     out: dict[str, dict[str, Any]] = {}
-    for requested in seq_lens:
+    for requested, budget in zip(seq_lens, max_tokens):
         length = int(min(requested, max_pos)) if max_pos else int(requested)
         span = length - (stream.bos_token_id is not None)
-        starts = select_windows(stream.n_tokens, length, max_tokens, span=span)
+        starts = select_windows(stream.n_tokens, length, budget, span=span)
         ids = np.concatenate([stream.ids[s:s + span] for s in starts])
         res = perplexity(model, None, torch.from_numpy(ids), seq_len=length, bos=stream.bos_token_id,
                          batch_size=max(1, batch_tokens // length), progress=progress)
@@ -454,7 +503,7 @@ def _evaluate_model(model: torch.nn.Module, tokenizer: Any, stream: EvaluationSt
                     progress: bool) -> dict[str, Any]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    ppl = _perplexities(model, stream, settings["ppl_seq_lens"], settings["eval_max_tokens"],
+    ppl = _perplexities(model, stream, settings["ppl_seq_lens"], settings["eval_budgets"],
                         settings["ppl_batch_tokens"], progress)
     timings["perplexity"] = round(time.perf_counter() - start, 2)
     zero_shot = None
@@ -497,6 +546,7 @@ def evaluate_run(
     device: str = "cpu",
     offline: bool = True,
     zero_shot_seed: int = 1234,
+    full_ratios: Sequence[float] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Evaluate the dense model and every pruned checkpoint of a run under one protocol.
@@ -518,9 +568,11 @@ def evaluate_run(
         reported results use ``"test"``; design choices are made on ``"validation"``.
     ppl_seq_lens : sequence of int, default=(128, 2048)
         Window lengths; each is clamped to the model's maximum (recorded).
-    eval_max_tokens : int or None, default=4096
+    eval_max_tokens : int, None or sequence, default=4096
         Held-out tokens per perplexity setting (``eval_max_tokens // seq_len`` windows,
-        spread over the stream); ``None``: every window of the stream.
+        spread over the stream); ``None``: every window of the stream. A sequence gives
+        one budget per window length (e.g. ``[8192, 16384]``: 64 windows of 128 and 8
+        of 2048 tokens).
     zero_shot_tasks : sequence of str or None, default=ALL_TASKS
         Tasks of :data:`funcprune.tasks.TASKS`; empty or ``None`` skips zero-shot.
     zero_shot_limit : int, optional
@@ -537,6 +589,10 @@ def evaluate_run(
         Zero-shot data from the offline copies (see :mod:`funcprune.tasks`).
     zero_shot_seed : int, default=1234
         The harness's seeds.
+    full_ratios : sequence of float, optional
+        A tiered protocol: the dense model and the pruned models at these ratios are
+        scored at every window length and on the zero-shot tasks; the others only at the
+        shortest window length (a screen). ``None``: every model gets everything.
     progress : bool, default=True
         Progress bars.
 
@@ -556,8 +612,9 @@ def evaluate_run(
     seq_lens = [int(s) for s in ppl_seq_lens]
     if not seq_lens or any(s < 2 for s in seq_lens) or len(set(seq_lens)) != len(seq_lens):
         raise ValueError(f"ppl_seq_lens must be distinct ints >= 2, got {list(ppl_seq_lens)}")
-    if eval_max_tokens is not None and eval_max_tokens < 2:
-        raise ValueError(f"eval_max_tokens must be >= 2 or None, got {eval_max_tokens}")
+    budgets = _token_budgets(seq_lens, eval_max_tokens)
+    if full_ratios is not None:
+        full_ratios = [float(r) for r in full_ratios]
     tasks = list(zero_shot_tasks or [])
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -591,7 +648,10 @@ def evaluate_run(
                 "rule": "every window starts with the BOS token when the tokenizer puts one in front of a text; "
                         "a window then holds seq_len - 1 tokens of text, all scored (else seq_len tokens, the "
                         "last seq_len - 1 scored)"},
-        "ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens,
+        "ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "eval_budgets": budgets,
+        "tiers": {"full_ratios": full_ratios,
+                  "rule": "the dense model and models at full_ratios (all when None): every window length and "
+                          "zero-shot; the others: the shortest window length only"},
         "window_selection": "evenly spread subset of the non-overlapping grid (select_windows)",
         "zero_shot": {"tasks": tasks, "limit": zero_shot_limit, "harness": "lm-eval",
                       "harness_version": harness_version, "offline": offline, "seed": zero_shot_seed,
@@ -599,9 +659,13 @@ def evaluate_run(
         "dtype": dtype_name,
     }
     protocol_id = _fingerprint(protocol)
-    settings = {"ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "zero_shot_tasks": tasks,
-                "zero_shot_limit": zero_shot_limit, "batch_size": batch_size, "ppl_batch_tokens": ppl_batch_tokens,
-                "offline": offline, "zero_shot_seed": zero_shot_seed}
+    settings = {"ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "eval_budgets": budgets,
+                "zero_shot_tasks": tasks, "zero_shot_limit": zero_shot_limit, "batch_size": batch_size,
+                "ppl_batch_tokens": ppl_batch_tokens, "offline": offline, "zero_shot_seed": zero_shot_seed,
+                "full_ratios": full_ratios}
+    shortest = seq_lens.index(min(seq_lens))
+    screen = {**settings, "ppl_seq_lens": [seq_lens[shortest]], "eval_budgets": [budgets[shortest]],
+              "zero_shot_tasks": []}
 
     jobs: list[dict[str, Any]] = [{"key": DENSE_KEY, "method": DENSE_KEY, "seed": None, "ratio_requested": 0.0,
                                    "ratio_reached": 0.0, "ratio_basis": None, "path": None}]
@@ -617,12 +681,13 @@ def evaluate_run(
         identity = ({"model": model_name, "revision": dense_revision} if key == DENSE_KEY else
                     {"plan_sha256": job.get("plan_sha256"),
                      "biases_sha256": (job.get("biases") or {}).get("sha256")})
+        tier = "full" if (key == DENSE_KEY or full_ratios is None or any(
+            math.isclose(float(job["ratio_requested"]), r) for r in full_ratios)) else "screen"
         part_path = parts_dir / f"{key}.json"
-        if part_path.exists():
-            cached = read_json(part_path)
-            if cached.get("protocol_id") == protocol_id and cached.get("identity") == identity:
-                parts[key] = cached
-                continue
+        cached = _cached_part(part_path, protocol_id, identity, tier)
+        if cached is not None:
+            parts[key] = cached
+            continue
         start = time.perf_counter()
         if dense_lm is None:
             dense_lm = _load_dense(model_name, dense_revision, base, dtype, device)
@@ -633,10 +698,10 @@ def evaluate_run(
 
             lm = rebuild_pruned(run_dir, key, dense_lm)
         loaded = round(time.perf_counter() - start, 2)
-        measured = _evaluate_model(lm, tokenizer, stream, settings, progress=False)
+        measured = _evaluate_model(lm, tokenizer, stream, settings if tier == "full" else screen, progress=False)
         measured["seconds"]["load"] = loaded
         measured["seconds"]["total"] = round(time.perf_counter() - start, 2)
-        part = {"format": PART_FORMAT, "key": key, "protocol_id": protocol_id, "identity": identity,
+        part = {"format": PART_FORMAT, "key": key, "protocol_id": protocol_id, "identity": identity, "tier": tier,
                 "entry": {k: job.get(k) for k in ("method", "seed", "ratio_requested", "ratio_reached",
                                                   "ratio_basis", "allocation", "plan_sha256")},
                 "model": {k: v for k, v in getattr(lm, "funcprune_source", {}).items()},
@@ -644,6 +709,8 @@ def evaluate_run(
         if lm is not dense_lm:
             del lm
             _free_memory()
+        part = _normalise_json(part)
+        part["sha256"] = _part_digest(part)
         atomic_write_json(part_path, part)
         parts[key] = part
     bar.close()
@@ -651,11 +718,15 @@ def evaluate_run(
     _free_memory()
 
     table = validate_results_table(_table_from_parts([parts[j["key"]] for j in jobs]))
+    from .compare import headline_comparisons
+
+    comparisons = headline_comparisons(parts)
     sanity = perplexity_sanity(parts[DENSE_KEY])
     if sanity["flagged"]:
         warnings.warn(sanity["message"], stacklevel=2)
     out_dir = run_dir / RESULTS_DIR
     atomic_write_text(out_dir / "results.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "comparisons.csv", comparisons.to_csv(index=False))
     atomic_write_json(out_dir / "results.json", {
         "format": RESULTS_FORMAT, "protocol": protocol, "protocol_id": protocol_id,
         "eval_text_ids": stream.dataset["ids"], "calibration": calibration, "disjointness": disjoint,
@@ -780,7 +851,8 @@ def validate_results_table(df: pd.DataFrame) -> pd.DataFrame:
     Checks: the columns of :data:`TABLE_COLUMNS`; known metrics; no duplicated
     ``(key, metric, setting)``; exactly one dense model (key and method
     :data:`DENSE_KEY`, ratio 0); every model measured on the same ``(metric, setting)``
-    pairs as the dense model (one protocol); finite values; accuracies in [0, 1];
+    pairs as the dense model (one protocol) or, in a tiered protocol, screened: the
+    efficiency metrics and the perplexity at the shortest window only; finite values; accuracies in [0, 1];
     ``ppl >= 1`` and ``ppl == exp(nll)``; standard errors finite and ``>= 0`` or
     missing; ``n`` positive for measured metrics; ratios in [0, 1); the dense model's
     relative metrics equal 1.
@@ -819,11 +891,15 @@ def validate_results_table(df: pd.DataFrame) -> pd.DataFrame:
     if ((df["method"] == DENSE_KEY) & (df["key"] != DENSE_KEY)).any():
         problems.append(f"method {DENSE_KEY!r} is used by a key other than {DENSE_KEY!r}")
     protocol = set(zip(dense["metric"], dense["setting"]))
+    windows = [s for m, s in protocol if m == "ppl"]
+    shortest = min(windows, key=int) if windows else None
+    screen = {(m, s) for m, s in protocol if m not in _MEASURED} | {(m, shortest) for m in ("ppl", "nll")}
     for key, group in df.groupby("key", sort=False):
         pairs = set(zip(group["metric"], group["setting"]))
-        if pairs != protocol:
+        if pairs != protocol and pairs != screen:
             extra, lacking = sorted(pairs - protocol)[:3], sorted(protocol - pairs)[:3]
-            problems.append(f"{key}: not measured like the dense model (extra {extra}, missing {lacking})")
+            problems.append(f"{key}: not measured like the dense model (extra {extra}, missing {lacking}) nor "
+                            f"screened like it (efficiency and perplexity at {shortest} only)")
     value = df["value"].to_numpy(float)
     stderr = df["stderr"].to_numpy(float)
     if not np.isfinite(value).all():
@@ -845,7 +921,7 @@ def validate_results_table(df: pd.DataFrame) -> pd.DataFrame:
     mismatch = mismatch[~np.isclose(mismatch["ppl"], np.exp(mismatch["nll"]), rtol=1e-6)]
     if len(mismatch) or joined.isna().any().any():
         problems.append(f"ppl and nll disagree or lack a partner for {list(mismatch.index)[:5]}")
-    measured = df["metric"].isin(("ppl", "nll", "acc", "acc_norm", "mean_acc", "mean_preferred"))
+    measured = df["metric"].isin(_MEASURED)
     n = df["n"]
     bad_n = measured & (n.isna() | (n.fillna(0) < 1))
     if bad_n.any():

@@ -331,6 +331,13 @@ def test_zero_shot_all_tasks_offline(smollm2_tokenizer, monkeypatch):
         assert t["n"] == 3 and t["limit"] == 3 and t["split"] == "validation"
         assert t["n_available"] == fp_tasks.TASKS[name].n_items
         assert round(t["acc"] * 3, 9) in (0, 1, 2, 3)  # a proportion of 3 items
+        # per-item correctness from the harness's logged samples: its mean is the harness's accuracy
+        items = t["items"]
+        assert items["doc_id"] == [0, 1, 2] and len(items["acc"]) == 3 and set(items["acc"]) <= {"0", "1"}
+        assert items["acc"].count("1") / 3 == pytest.approx(t["acc"])
+        if t["acc_norm"] is not None:
+            assert items["acc_norm"].count("1") / 3 == pytest.approx(t["acc_norm"])
+        assert t["chance"] == fp_tasks.chance_level(name) in (0.5, 0.25)
         has_norm = name not in ("boolq", "winogrande")
         assert (t["acc_norm"] is not None) == has_norm == (t["acc_norm_stderr"] is not None)
     assert res["tasks"]["arc_easy"]["harness_split"] == "test"

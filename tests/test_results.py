@@ -182,6 +182,63 @@ def test_a_changed_protocol_is_not_served_from_the_cache(run: dict, monkeypatch:
         evaluate_run(run["run_dir"], model=str(run["dense_dir"]), **{**SETTINGS, "zero_shot_limit": 3})
 
 
+def test_a_tampered_part_is_named_and_evaluated_again(run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = run["run_dir"]
+    key = read_index(run_dir)["key"].iloc[0]
+    path = run_dir / "results" / "parts" / f"{key}.json"
+    part = json.loads(path.read_text())
+    assert part["sha256"] == results._part_digest(part)
+    part["perplexity"]["32"]["window_nll"][0] += 0.5  # an edit that keeps the JSON valid
+    path.write_text(json.dumps(part))
+    evaluated = []
+    real = results._evaluate_model
+    monkeypatch.setattr(results, "_evaluate_model",
+                        lambda model, *a, **k: evaluated.append(model.funcprune_source["name"]) or real(model, *a, **k))
+    with pytest.warns(UserWarning, match=f"re-evaluating '{key}': .*{key}.json does not match its digest"):
+        again = evaluate_run(run_dir, model=str(run["dense_dir"]), **SETTINGS)
+    assert evaluated == [key]
+    pd.testing.assert_frame_equal(again, run["table"])
+
+
+def test_per_window_and_per_item_records_and_comparisons(run: dict) -> None:
+    from funcprune.compare import compare_models, item_correctness
+
+    run_dir = run["run_dir"]
+    parts = json.loads((run_dir / "results" / "results.json").read_text())["models"]
+    for key, part in parts.items():
+        assert len(part["perplexity"]["32"]["window_nll"]) == MAX_TOKENS // 32
+        items = item_correctness(part)
+        assert set(items) == set(TASKS) and all(len(v[1]) == LIMIT for v in items.values())
+        for task, (_, correct) in items.items():  # the items reproduce the harness's accuracy
+            assert correct.mean() == pytest.approx(part["zero_shot"]["tasks"][task]["acc"])
+    # the headline file exists (no functional-network model in this small run: no rows) ...
+    headline = pd.read_csv(run_dir / "results" / "comparisons.csv")
+    assert {"ratio", "method", "baseline", "metric", "estimate", "ci_low", "ci_high", "p_value"} <= set(headline)
+    # ... and any two models compare on their shared windows and items
+    r = compare_models([parts["magnitude_r0.05"]], [parts["random-s0_r0.05"], parts["random-s1_r0.05"]], "ppl@32")
+    assert r["n"] == MAX_TOKENS // 32 and r["ci_low"] <= r["estimate"] <= r["ci_high"]
+    same = compare_models([parts[DENSE_KEY]], [parts[DENSE_KEY]], "acc")
+    assert same["estimate"] == 0 and not same["decided"] and same["n"] == LIMIT * len(TASKS)
+
+
+def test_a_tiered_protocol_screens_the_other_ratios(run: dict, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run["run_dir"], run_dir)
+    table = evaluate_run(run_dir, model=str(run["dense_dir"]), **{**SETTINGS, "eval_max_tokens": [512, 256]},
+                         full_ratios=[0.2])
+    pairs = {k: set(zip(g["metric"], g["setting"])) for k, g in table.groupby("key")}
+    assert ("ppl", "256") in pairs[DENSE_KEY] and ("acc", "arc_easy") in pairs[DENSE_KEY]
+    for key, p in pairs.items():
+        if key != DENSE_KEY:  # screened: the shortest window only, no zero-shot
+            assert {s for m, s in p if m == "ppl"} == {"32"} and not any(m == "acc" for m, _ in p)
+    dense = table.query("key == @DENSE_KEY and metric == 'ppl'").set_index("setting")["n"]
+    assert dense["32"] == 512 // 32 and dense["256"] == 256 // 128  # one budget per window length
+    with pytest.raises(ValueError, match="one per window length"):
+        evaluate_run(run_dir, model=str(run["dense_dir"]), **{**SETTINGS, "eval_max_tokens": [512]})
+
+
 # -- held-out text ------------------------------------------------------------------------------------------
 def test_perplexity_windows_never_touch_calibration_text(run: dict) -> None:
     run_dir = run["run_dir"]
