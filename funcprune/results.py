@@ -8,28 +8,40 @@ measures all of them the same way:
 * **perplexity** on held-out text (the ``"evaluation"`` split of
   :mod:`funcprune.data`, disjoint from calibration; checked against the stage-1
   manifest), token level, at each requested window length (clamped to the model's
-  maximum). The held-out texts are joined and tokenized once; from the grid of
-  non-overlapping windows of that stream, ``eval_max_tokens // seq_len`` windows are
-  taken evenly spread over the whole stream (all of them when ``eval_max_tokens`` is
-  ``None``: the literature's protocol). Every model sees exactly the same windows;
-  their positions, the texts they cover and a checksum of their tokens are recorded.
-  The standard error of the mean NLL is the spread of the per-window NLLs over
-  ``sqrt(n_windows)`` (windows are equally long).
+  maximum). The held-out articles are split by article into a ``validation`` part
+  (design choices) and a ``test`` part (reported numbers; :func:`evaluation_parts`).
+  The part's texts are joined and tokenized once; from the grid of non-overlapping
+  windows of that stream, ``eval_max_tokens // seq_len`` windows are taken evenly
+  spread over the whole stream (all of them when ``eval_max_tokens`` is ``None``: the
+  literature's protocol). A window starts with the BOS token when the tokenizer puts
+  one in front of a text. Every model sees exactly the same windows; their positions,
+  the texts they cover, a checksum of their tokens and every window's NLL are
+  recorded (the units of :mod:`funcprune.compare`). The standard error of the mean
+  NLL is the spread of the per-window NLLs over ``sqrt(n_windows)``.
 * **zero-shot accuracy** with lm-evaluation-harness (:func:`funcprune.tasks.run_zero_shot`):
-  ``acc``, ``acc_norm`` and their standard errors per task, and the means over tasks.
+  ``acc``, ``acc_norm`` and their standard errors per task, the means over tasks, each
+  task's chance level and every item's correctness.
+
+A tiered protocol (``full_ratios``) scores every model at the shortest window length
+and only the dense model and the models at ``full_ratios`` at every length and on the
+zero-shot tasks.
 * **efficiency**: parameters (total, MLP, attention, embedding), forward FLOPs per token,
   and their ratios to the dense model.
 
 Each model's result is cached in ``run_dir/results/parts/<key>.json`` together with a
-fingerprint of the protocol and of the model (plan and bias digests), so an interrupted evaluation
-continues where it stopped and a changed setting re-evaluates. The combined results
-are written atomically to ``run_dir/results/results.csv`` (one tidy *long* table: one
-row per model, metric and setting) and ``run_dir/results/results.json`` (every setting,
-version, data id and checksum, and the per-model records).
+fingerprint of the protocol and of the model (plan and bias digests) and a SHA-256 of
+its content, so an interrupted evaluation continues where it stopped, a changed setting
+re-evaluates and a damaged part is re-evaluated with a warning naming it. The combined
+results are written atomically to ``run_dir/results/results.csv`` (one tidy *long*
+table: one row per model, metric and setting), ``run_dir/results/results.json`` (every
+setting, version, data id and checksum, the per-model records and a perplexity sanity
+check, :func:`perplexity_sanity`) and ``run_dir/results/comparisons.csv`` (the paired
+headline comparisons, :func:`funcprune.compare.headline_comparisons`).
 
 The rest of the module reads that table: :func:`validate_results_table`,
 :func:`aggregate_seeds` (mean and spread over random seeds), :func:`significant_differences`
-(which differences exceed their combined standard error), :func:`summary_table`,
+(unpaired: which differences exceed their combined standard error; the paired tests of
+:mod:`funcprune.compare` decide smaller ones), :func:`summary_table`,
 :func:`efficiency_table`, the plots, and :func:`reference_numbers` (published numbers of
 *other* models and protocols, for orientation only).
 
