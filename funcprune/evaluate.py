@@ -6,7 +6,10 @@ sums of log-likelihoods are accumulated in float64.
 
 * :func:`perplexity` -- token-level perplexity over held-out text, cut into
   non-overlapping windows of ``seq_len`` tokens (the protocol of the pruning
-  literature: WikiText-2 at 128 and 2048 tokens).
+  literature: WikiText-2 at 128 and 2048 tokens). When the model's tokenizer puts a
+  BOS token in front of a text (:func:`bos_token_id`), every window starts with it,
+  as lm-eval's rolling perplexity does: families trained that way score several
+  times worse without it.
 * :func:`count_parameters` -- total, embedding, MLP and attention parameters,
   found through :mod:`funcprune.adapters` (tied embeddings counted once).
 * :func:`flops_per_token` -- forward FLOPs per token, ``2 x`` the parameters
@@ -34,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .adapters import CANONICAL_ATTN, get_adapter
 
-__all__ = ["count_parameters", "flops_per_token", "measure_latency", "perplexity"]
+__all__ = ["bos_token_id", "count_parameters", "flops_per_token", "measure_latency", "perplexity"]
 
 #: Config attributes that may hold a model's maximum sequence length.
 _MAX_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
@@ -57,6 +60,25 @@ def _max_positions(model: nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def bos_token_id(tokenizer: Any) -> int | None:
+    """The BOS token id a tokenizer puts in front of every text, or ``None`` if it adds none.
+
+    Decided by encoding a short text with ``add_special_tokens=True``: Llama-2 and
+    Mistral tokenizers start it with their BOS; GPT-2 and SmolLM2 tokenizers, whose
+    ``bos_token`` exists but is never added, return ``None``.
+
+    >>> bos_token_id(None) is None
+    True
+    """
+    if tokenizer is None:
+        return None
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("Hello", add_special_tokens=True)["input_ids"]
+    return int(bos) if len(ids) and ids[0] == bos else None
 
 
 def _to_token_ids(
@@ -98,6 +120,7 @@ def perplexity(
     stride: int | None = None,
     text_ids: Sequence[Any] | None = None,
     add_special_tokens: bool = True,
+    bos: int | str | None = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Token-level perplexity of a causal LM over held-out text.
@@ -106,9 +129,12 @@ def perplexity(
     ids), optionally truncated to ``max_tokens``, and cut into windows of
     ``seq_len`` tokens. A window that would cross the end of the data is
     dropped, never padded. Each window is scored independently: position ``i``
-    predicts token ``i + 1`` inside the window, so a window of ``L`` tokens
-    scores ``L - 1`` of them. The perplexity is ``exp`` of the mean negative
-    log-likelihood over all scored tokens, accumulated in float64.
+    predicts token ``i + 1`` inside the window. Without a BOS token a window holds
+    ``L = seq_len`` tokens of the data and scores the last ``L - 1``; with one
+    (``bos``), a window is the BOS token followed by ``L - 1`` tokens of the data,
+    all of them scored (the first is predicted from the BOS token alone). Either
+    way a window scores ``seq_len - 1`` tokens. The perplexity is ``exp`` of the
+    mean negative log-likelihood over all scored tokens, accumulated in float64.
 
     Parameters
     ----------
@@ -135,7 +161,11 @@ def perplexity(
     text_ids : sequence, optional
         Identifiers of the texts (e.g. article ids), recorded in the result.
     add_special_tokens : bool, default=True
-        Passed to the tokenizer (a BOS token at the very start for Llama).
+        Passed to the tokenizer when no BOS token is put in front of the windows
+        (with one, the text is tokenized without special tokens).
+    bos : int, "auto" or None, default="auto"
+        Token id put in front of every window. ``"auto"``: :func:`bos_token_id` of
+        ``tokenizer`` (``None`` without a tokenizer). ``None``: no BOS token.
     progress : bool, default=True
         Show a tqdm bar over batches.
 
@@ -148,8 +178,9 @@ def perplexity(
         ``n_tokens_dropped`` (tail not covered by a full window), ``tokenized``,
         ``window_nll`` (list, one mean NLL per window in order, nats per token:
         the units of a standard error or bootstrap over windows),
-        ``window_tokens`` (tokens scored in each window) and ``text_ids`` (when
-        given). ``nll`` is the token-weighted mean of ``window_nll``.
+        ``window_tokens`` (tokens scored in each window), ``bos_token_id`` (the
+        token in front of every window, or ``None``) and ``text_ids`` (when given).
+        ``nll`` is the token-weighted mean of ``window_nll``.
 
     Raises
     ------
@@ -165,24 +196,31 @@ def perplexity(
     clamped = max_pos is not None and seq_len > max_pos
     if clamped:
         seq_len = int(max_pos)  # type: ignore[arg-type]
-    stride = seq_len if stride is None else int(stride)
-    if not 1 <= stride <= seq_len:
-        raise ValueError(f"stride must be in [1, seq_len={seq_len}], got {stride}")
+    bos_id = bos_token_id(tokenizer) if isinstance(bos, str) and bos == "auto" else bos
+    if isinstance(bos_id, str) or (bos_id is not None and int(bos_id) < 0):
+        raise ValueError(f"bos must be a token id, 'auto' or None, got {bos!r}")
+    offset = 0 if bos_id is None else 1
+    span = seq_len - offset  # tokens of the data per window
+    stride = span if stride is None else int(stride)
+    if not 1 <= stride <= span:
+        raise ValueError(f"stride must be in [1, {span}] (tokens of the data per window), got {stride}")
 
-    ids, tokenized = _to_token_ids(texts, tokenizer, add_special_tokens)
+    ids, tokenized = _to_token_ids(texts, tokenizer, add_special_tokens and bos_id is None)
     n_data = int(ids.numel())
     if max_tokens is not None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
         ids = ids[:max_tokens]
     n_avail = int(ids.numel())
-    if n_avail < seq_len:
-        raise ValueError(f"only {n_avail} tokens of data, fewer than one window of seq_len={seq_len}")
+    if n_avail < span:
+        raise ValueError(f"only {n_avail} tokens of data, fewer than one window of {span} tokens "
+                         f"(seq_len={seq_len}{', BOS included' if offset else ''})")
 
-    starts = list(range(0, n_avail - seq_len + 1, stride))
+    starts = list(range(0, n_avail - span + 1, stride))
     # first position (inside its window) whose label is scored: tokens already
     # scored by the previous window are masked out when windows overlap
-    first_scored = [1] + [seq_len - stride] * (len(starts) - 1)
+    first_scored = [1] + [max(1, offset + span - stride)] * (len(starts) - 1)
+    prefix = torch.full((offset,), -1 if bos_id is None else int(bos_id), dtype=torch.long)
 
     device = _model_device(model)
     was_training = model.training
@@ -196,7 +234,7 @@ def perplexity(
             for b in tqdm(range(0, len(starts), batch_size), desc=f"perplexity@{seq_len}",
                           disable=not progress, unit="batch"):
                 batch_starts = starts[b:b + batch_size]
-                windows = torch.stack([ids[s:s + seq_len] for s in batch_starts])  # (B, L)
+                windows = torch.stack([torch.cat([prefix, ids[s:s + span]]) for s in batch_starts])  # (B, L)
                 labels = windows.clone()
                 for row, first in enumerate(first_scored[b:b + batch_size]):
                     labels[row, :first] = -100
@@ -218,7 +256,7 @@ def perplexity(
         model.train(was_training)
 
     mean_nll = nll_sum / n_scored
-    covered = starts[-1] + seq_len
+    covered = starts[-1] + span
     result: dict[str, Any] = {
         "ppl": math.exp(mean_nll),
         "nll": mean_nll,
@@ -235,6 +273,7 @@ def perplexity(
         "tokenized": tokenized,
         "window_nll": window_nll,
         "window_tokens": window_tokens,
+        "bos_token_id": None if bos_id is None else int(bos_id),
     }
     if text_ids is not None:
         result["text_ids"] = list(text_ids)

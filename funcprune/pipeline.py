@@ -7,23 +7,43 @@ same ``round_to``), and :func:`build_pruned` slices a fresh copy of the dense mo
 with :func:`funcprune.prune.prune`. Methods differ only in the score and the bias
 compensation:
 
-===========  ==========================================================  ==============================
-method       score (larger = keep)                                       bias compensation
-===========  ==========================================================  ==============================
-fn           key-neuron score ``max |z|`` of the functional networks     none
-fn-bias      the same plan as ``fn``                                     progressive: measured with the
-                                                                         pruned network feeding later
-                                                                         layers (the paper's)
-random       ``U(0, 1)``, seeded (run several seeds)                     none
-magnitude    L2 norm of the channel's gate, up and down weights          none
-wanda-sp     ``sum_i |W_down[i, j]| * ||x_j||_2``                         none
-flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``, z-scored per layer   static: dense-model means (FLAP)
-===========  ==========================================================  ==============================
+===========  ================================================  ==========  ===========================
+method       score (larger = keep)                             allocation  bias compensation
+===========  ================================================  ==========  ===========================
+fn           key-neuron score ``max |z|`` of the functional    global      none
+             networks
+fn-bias      the same plan as ``fn``                           global      progressive: measured with
+                                                                           the pruned network feeding
+                                                                           later layers (the paper's)
+random       ``U(0, 1)``, seeded (run several seeds)           uniform     none
+magnitude    L2 norm of the channel's gate, up and down        uniform     none
+             weights
+wanda-sp     ``sum_i |W_down[i, j]| * ||x_j||_2``              uniform     none
+flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``,            global      static: dense-model means
+             z-scored per layer                                            (FLAP)
+===========  ================================================  ==========  ===========================
 
-FLAP's scores are standardised within each layer before the global ranking, as FLAP's
-adaptive structure search does (An et al., 2024); without it the raw fluctuation metric,
-which grows with depth, would empty the first prunable layers. Wanda-sp scores are
-ranked as they are; ``allocation="uniform"`` prunes the same share of every layer instead.
+Each method carries the allocation its authors use (``Method.allocation``):
+
+* ``fn``: one global ranking by ``max |z|``, the paper's rule (a channel is key if its
+  ``|z|`` exceeds one threshold in any map of any layer).
+* ``flap``: its metric standardised within each layer, then ranked globally, as FLAP's
+  adaptive structure search does (An et al., 2024); without the standardisation the raw
+  fluctuation metric, which grows with depth, would empty the first prunable layers.
+* ``wanda-sp``: the same share of every prunable layer, as FLAP's paper defines and
+  reports Wanda-sp; raw Wanda scores grow with depth, so a global ranking empties early
+  layers (at 30 % of SmolLM2-135M: perplexity in the thousands).
+* ``magnitude``: the same share of every layer, like Wanda-sp and LLM-Pruner's
+  magnitude criteria: weight norms are not comparable across layers (their scale changes
+  with depth), so a global ranking would measure layer scale, not channel importance.
+* ``random``: the same share of every layer, the lesion-study control ("remove as many
+  random units"): a global ranking of i.i.d. scores spreads the removal evenly only in
+  expectation, so uniform removes layer-share noise between seeds without changing what
+  random pruning means.
+
+Any other allocation is an ablation: ``allocation="global"`` or ``"uniform"`` passed to
+:func:`make_plan` or :func:`prune_all` overrides every method's own (the plan records
+``allocation`` and ``settings["allocation_source"]``: ``"method"`` or ``"override"``).
 
 :func:`prune_all` runs a grid of methods, ratios and seeds over one run directory::
 
@@ -31,11 +51,18 @@ ranked as they are; ``allocation="uniform"`` prunes the same share of every laye
     run_dir/networks/                   stage 2: FunctionalNetworks.save
     run_dir/stats/                      activation statistics for wanda-sp and flap (cached)
     run_dir/plans/<key>.json            one plan per (method, ratio[, seed])
-    run_dir/pruned/<key>/               the pruned checkpoint (save_pruned / load_pruned)
-    run_dir/pruned/index.json           what was built: ratios, parameters, widths, seconds
+    run_dir/pruned/biases/<key>.*       compensation biases (fn-bias, flap): safetensors + record
+    run_dir/pruned/index.json           what was made: ratios, parameters, widths, digests, seconds
 
-Keys read ``fn_r0.20`` or ``random-s1_r0.10``. Work already done is reused: a
-checkpoint whose saved plan equals the new plan (provenance aside) is not rebuilt.
+Plans, not checkpoints: a plan is a few kB, the biases of one compensated model a few
+hundred kB, where a checkpoint is the whole model. :func:`rebuild_pruned` turns the dense
+model, a plan and its biases back into the pruned model in seconds (equal to what
+:func:`build_pruned` gave); :func:`funcprune.prune.save_pruned` exports one as an HF
+checkpoint when wanted.
+
+Keys read ``fn_r0.20`` or ``random-s1_r0.10``. Work already done is reused: a plan on
+disk equal to the new plan (provenance aside), with its bias file intact (SHA-256
+checked against its record), is not recomputed.
 
 Used in the chapter :doc:`/executed/04_structured_pruning`.
 """
@@ -50,6 +77,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -57,13 +85,13 @@ from typing import Any, Literal, Mapping, Sequence
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_json, read_json
+from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 from .adapters import layer_widths
 from .data import DATASETS, Text, load_texts
 from .evaluate import count_parameters
 from .models import load_model
 from .plan import PruningPlan, model_identity, select_channels
-from .prune import PLAN_FILE, CalibrationData, load_pruned, prune, save_pruned
+from .prune import PLAN_FILE, CalibrationData, prune
 from .scoring import (ChannelStatistics, FlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
                       RandomScorer, Scorer, WandaSpScorer, channel_statistics)
 
@@ -75,11 +103,14 @@ __all__ = [
     "calibration_data",
     "calibration_statistics",
     "calibration_texts",
+    "ALLOCATION_CHOICES",
     "get_method",
     "make_plan",
     "method_key",
     "prune_all",
     "read_index",
+    "rebuild_pruned",
+    "resolve_allocation",
 ]
 
 INDEX_FORMAT = "funcprune-pruned-index/1"
@@ -87,6 +118,8 @@ STATS_DIR = "stats"
 PLANS_DIR = "plans"
 PRUNED_DIR = "pruned"
 INDEX_FILE = "index.json"
+BIASES_DIR = "biases"
+BIASES_FORMAT = "funcprune-biases/1"
 
 
 # ----------------------------------------------------------------------------------
@@ -109,6 +142,9 @@ class Method:
         network whose earlier layers are already pruned
         (:class:`funcprune.prune.CalibrationData`); or from statistics of the dense
         model (:class:`funcprune.scoring.ChannelStatistics`, FLAP's).
+    allocation : {"global", "uniform"}
+        How the method's authors spread the budget over layers (see the module notes):
+        one ranking across layers, or the same share of every prunable layer.
     needs_networks : bool
         The score needs fitted functional networks (stage 2).
     needs_statistics : bool
@@ -123,6 +159,7 @@ class Method:
     label: str
     scorer: str
     compensation: Literal["progressive", "static"] | None = None
+    allocation: Literal["global", "uniform"] = "global"
     needs_networks: bool = False
     needs_statistics: bool = False
     seeded: bool = False
@@ -140,12 +177,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            description="functional networks: keep the key neurons, max |z| over ICA maps (Liu et al., 2025)"),
     Method("fn-bias", "FN + bias", "functional_networks", compensation="progressive", needs_networks=True,
            description="the fn plan, then bias compensation measured on the progressively pruned network"),
-    Method("random", "random", "random", seeded=True,
-           description="uniform random scores, seeded"),
-    Method("magnitude", "magnitude", "magnitude",
-           description="L2 norm of the weights a channel owns (gate and up rows, down column)"),
-    Method("wanda-sp", "Wanda-sp", "wanda_sp", needs_statistics=True,
-           description="|W_down| column sum times the channel's activation norm (An et al., 2024)"),
+    Method("random", "random", "random", allocation="uniform", seeded=True,
+           description="uniform random scores, seeded; the same share of every layer"),
+    Method("magnitude", "magnitude", "magnitude", allocation="uniform",
+           description="L2 norm of the weights a channel owns (gate and up rows, down column); "
+                       "the same share of every layer"),
+    Method("wanda-sp", "Wanda-sp", "wanda_sp", allocation="uniform", needs_statistics=True,
+           description="|W_down| column sum times the channel's activation norm; the same share of every "
+                       "layer, as FLAP's paper runs it (An et al., 2024)"),
     Method("flap", "FLAP", "flap", compensation="static", needs_statistics=True,
            description="fluctuation metric standardised per layer, and bias compensation from dense "
                        "statistics (An et al., 2024)"),
@@ -178,6 +217,37 @@ def method_key(method: str, ratio: float, seed: int | None = None) -> str:
     return f"{name}-s{seed}_r{tag}" if seed is not None else f"{name}_r{tag}"
 
 
+#: Values of the ``allocation`` setting: the method's own, or an override for every method.
+ALLOCATION_CHOICES: tuple[str, ...] = ("per-method", "global", "uniform")
+
+
+def resolve_allocation(method: str | Method, allocation: str | None = "per-method") -> tuple[str, str]:
+    """The allocation a method uses under a setting, and where it comes from.
+
+    Parameters
+    ----------
+    method : str or Method
+    allocation : {"per-method", "global", "uniform"} or None
+        ``"per-method"`` or ``None``: the method's own; otherwise an override (ablation).
+
+    Returns
+    -------
+    (allocation, source) : tuple of str
+        ``source`` is ``"method"`` or ``"override"``.
+
+    Raises
+    ------
+    ValueError
+        An unknown setting, listing the accepted ones.
+    """
+    m = get_method(method)
+    if allocation is None or allocation == "per-method":
+        return m.allocation, "method"
+    if allocation not in ALLOCATION_CHOICES:
+        raise ValueError(f"allocation {allocation!r} invalid; choose one of {list(ALLOCATION_CHOICES)}")
+    return str(allocation), "override"
+
+
 def _scorer(method: Method, networks: Any, seed: int) -> Scorer:
     if method.scorer == "functional_networks":
         if networks is None:
@@ -198,7 +268,7 @@ def _scorer(method: Method, networks: Any, seed: int) -> Scorer:
 def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks: Any = None,
               stats: ChannelStatistics | None = None, seed: int = 0,
               basis: Literal["total", "mlp"] = "total",
-              allocation: Literal["global", "uniform"] = "global",
+              allocation: Literal["per-method", "global", "uniform"] | None = "per-method",
               protected_layers: Sequence[int] | None = None, round_to: int = 1,
               settings: Mapping[str, Any] | None = None) -> PruningPlan:
     """The plan of one method at one ratio: score every channel, then select.
@@ -220,8 +290,10 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
         Seed of the ``random`` scores (ignored by the other methods).
     basis : {"total", "mlp"}, default="total"
         What the ratio counts (see :func:`funcprune.plan.select_channels`).
-    allocation : {"global", "uniform"}, default="global"
-        One ranking across layers, or the same fraction of every prunable layer.
+    allocation : {"per-method", "global", "uniform"}, default="per-method"
+        ``"per-method"`` (or ``None``): the method's own (:attr:`Method.allocation`).
+        ``"global"`` (one ranking across layers) or ``"uniform"`` (the same fraction of
+        every prunable layer) override it: an ablation.
     protected_layers : sequence of int, optional
         Layers never pruned; default the first three and the last two.
     round_to : int, default=1
@@ -232,8 +304,10 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
     Returns
     -------
     PruningPlan
-        ``method`` is the method's name; ``settings`` hold the scorer's name and
-        settings, the compensation and (for ``random``) the seed.
+        ``method`` is the method's name; ``allocation`` the allocation used;
+        ``settings`` hold the scorer's name and settings, the compensation,
+        ``allocation_source`` (``"method"`` or ``"override"``) and (for ``random``)
+        the seed.
 
     Raises
     ------
@@ -244,14 +318,15 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
     if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
         raise ValueError(f"ratio {ratio!r} must be a number in (0, 1) (a fraction of {basis} parameters "
                          "to remove; the largest reachable one depends on the protected layers)")
+    used, source = resolve_allocation(m, allocation)
     scorer = _scorer(m, networks, seed)
     scores = scorer(model, stats)
     recorded = {"scorer": scorer.name, "scorer_settings": dict(getattr(scorer, "settings", {})),
-                "bias_compensation": m.compensation}
+                "bias_compensation": m.compensation, "allocation_source": source}
     if m.seeded:
         recorded["seed"] = int(seed)
     recorded.update(settings or {})
-    return select_channels(scores, model, ratio=float(ratio), basis=basis, allocation=allocation,
+    return select_channels(scores, model, ratio=float(ratio), basis=basis, allocation=used,
                            protected_layers=protected_layers, round_to=round_to, method=m.name,
                            settings=recorded)
 
@@ -446,16 +521,6 @@ def _plan_sha(plan: PruningPlan) -> str:
     return hashlib.sha256(json.dumps(_plan_content(plan), sort_keys=True).encode()).hexdigest()
 
 
-def _checkpoint_matches(path: Path, plan: PruningPlan) -> bool:
-    weights = (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
-    if not (weights and (path / "config.json").exists() and (path / PLAN_FILE).exists()):
-        return False
-    try:
-        return _plan_content(PruningPlan.load(path / PLAN_FILE)) == _plan_content(plan)
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-        return False
-
-
 def read_index(run_dir: str | os.PathLike[str]) -> "Any":
     """The pruned-model index of a run (``run_dir/pruned/index.json``) as a DataFrame.
 
@@ -498,17 +563,22 @@ def _check_grid(methods: Sequence[str], ratios: Sequence[float], seeds: Sequence
 def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathLike[str],
               methods: Sequence[str], ratios: Sequence[float], seeds: Sequence[int] = (0,), *,
               texts: Sequence[str | Text] | None = None, tokenizer: Any = None, networks: Any = None,
-              basis: Literal["total", "mlp"] = "total", allocation: Literal["global", "uniform"] = "global",
+              basis: Literal["total", "mlp"] = "total",
+              allocation: Literal["per-method", "global", "uniform"] | None = "per-method",
               protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
               max_tokens: int = 512, progress: bool = True) -> "Any":
-    """Prune the dense model with every method at every ratio (and seed); save plans and checkpoints.
+    """Prune the dense model with every method at every ratio (and seed); save plans and biases.
 
     For each ``(method, ratio[, seed])`` the plan is made (all plans first, so a bad
-    ratio fails before any work), written to ``run_dir/plans/<key>.json``, applied to a
-    fresh copy of the dense model, and the result saved with
-    :func:`funcprune.prune.save_pruned` to ``run_dir/pruned/<key>/``. A checkpoint whose
-    saved plan equals the new one (provenance aside) is reused, not rebuilt. After each
-    model ``run_dir/pruned/index.json`` is rewritten atomically.
+    ratio fails before any work) and written to ``run_dir/plans/<key>.json``; it is
+    applied to a fresh copy of the dense model to count its parameters, and for methods
+    with bias compensation the down-projection biases of the pruned layers are saved to
+    ``run_dir/pruned/biases/<key>.safetensors`` with a record (size, SHA-256). No
+    checkpoint is written: :func:`rebuild_pruned` rebuilds any model in seconds. A plan
+    on disk equal to the new one (provenance aside), with intact biases, is reused; a
+    corrupt bias file is recomputed with a warning naming it. After each model
+    ``run_dir/pruned/index.json`` is rewritten atomically. Checkpoint directories an
+    earlier version wrote to ``run_dir/pruned/<key>/`` for these keys are deleted.
 
     Parameters
     ----------
@@ -527,12 +597,13 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         Calibration texts for statistics and progressive compensation; default the
         texts of stage 1 (:func:`calibration_texts`).
     tokenizer : transformers tokenizer, optional
-        Needed when ``model`` is a module and a method uses texts; saved with each
-        checkpoint when it has ``save_pretrained``.
+        Needed when ``model`` is a module and a method uses texts.
     networks : FunctionalNetworks, optional
         Default: loaded from ``run_dir/networks`` when a method needs them.
-    basis, allocation, protected_layers, round_to
+    basis, protected_layers, round_to
         Selection settings shared by every method (see :func:`make_plan`).
+    allocation : {"per-method", "global", "uniform"}, default="per-method"
+        Each method's own allocation (the headline), or one override for all (an ablation).
     batch_size : int, default=4
         Texts per forward pass for statistics and compensation.
     max_tokens : int, default=512
@@ -548,9 +619,10 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         ``ratio_basis``), ``ratio_basis``, ``allocation``, ``protected_layers``,
         ``params_total_before``/``_after``, ``params_mlp_before``/``_after``,
         ``ratio_total``, ``ratio_mlp`` (measured on the models, compensation biases
-        counted), ``widths`` (per layer), ``path`` and ``plan`` (relative to
-        ``run_dir``), ``plan_sha256``, ``seconds`` (build and save) and ``status``
-        (``"built"`` or ``"reused"``).
+        counted), ``widths`` (per layer), ``plan`` (relative to ``run_dir``),
+        ``plan_sha256``, ``biases`` (``None``, or the bias file's ``path``, ``size``,
+        ``sha256``, ``plan_sha256`` and ``layers``), ``allocation_source``,
+        ``seconds`` (build) and ``status`` (``"built"`` or ``"reused"``).
 
     Raises
     ------
@@ -602,11 +674,11 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
                              protected_layers=protected_layers, round_to=round_to, settings=extra)
 
     index_path = run_dir / PRUNED_DIR / INDEX_FILE
-    previous = {e["key"]: e for e in read_json(index_path)["entries"]} if index_path.exists() else {}
+    previous = _read_entries(index_path)
     before = count_parameters(dense)
     base_widths = layer_widths(dense)
     entries: dict[str, dict[str, Any]] = {k: e for k, e in previous.items()
-                                          if (run_dir / e["path"]).exists()}
+                                          if (run_dir / e["plan"]).exists()}
     rows = []
     bar = tqdm(jobs, desc="pruning", unit="model", disable=not progress)
     for job in bar:
@@ -614,48 +686,218 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         plan = job.plan
         assert plan is not None
         plan_path = run_dir / PLANS_DIR / f"{job.key}.json"
-        if not plan_path.exists() or _plan_content(PruningPlan.load(plan_path)) != _plan_content(plan):
+        plan_on_disk = plan_path.exists() and _plan_content(PruningPlan.load(plan_path)) == _plan_content(plan)
+        if not plan_on_disk:
             plan.save(plan_path)
-        ckpt = run_dir / PRUNED_DIR / job.key
         sha = _plan_sha(plan)
         start = time.perf_counter()
         old = previous.get(job.key)
-        if _checkpoint_matches(ckpt, plan):
+        biases = _saved_biases(run_dir, job.key, sha) if job.method.compensation else None
+        reused = plan_on_disk and (job.method.compensation is None or biases is not None)
+        if reused:
             status = "reused"
-            if old is not None and old.get("plan_sha256") == sha:
+            same = old is not None and old.get("plan_sha256") == sha and (
+                biases is None or (old.get("biases") or {}).get("sha256") == biases["sha256"])
+            if same:
                 report = {k: old[k] for k in ("params_total_after", "params_mlp_after")}
                 seconds = old.get("seconds")
             else:
-                loaded, _ = load_pruned(ckpt)
-                counted = count_parameters(loaded)
-                report = {"params_total_after": counted["total"], "params_mlp_after": counted["mlp"]}
-                del loaded
+                report = _count_after(_apply(dense, plan, _read_biases(run_dir, job.key, biases)))
                 seconds = None
         else:
             status = "built"
             pruned = build_pruned(job.method, dense, plan, calibration=calibration, stats=stats)
-            counted = count_parameters(pruned)
-            report = {"params_total_after": counted["total"], "params_mlp_after": counted["mlp"]}
-            save_pruned(pruned, tokenizer, ckpt, plan=pruned.funcprune_plan, overwrite=True)
+            report = _count_after(pruned)
+            if job.method.compensation:
+                biases = _write_biases(run_dir, job.key, sha, pruned, plan)
             del pruned
             gc.collect()
             seconds = round(time.perf_counter() - start, 2)
         entry = {
             "key": job.key, "method": job.method.name, "seed": job.seed,
             "ratio_requested": job.ratio, "ratio_reached": plan.ratio_reached, "ratio_basis": plan.ratio_basis,
-            "allocation": plan.allocation, "protected_layers": plan.protected_layers,
+            "allocation": plan.allocation, "allocation_source": plan.settings.get("allocation_source"),
+            "protected_layers": plan.protected_layers,
             "params_total_before": before["total"], "params_mlp_before": before["mlp"], **report,
             "ratio_total": (before["total"] - report["params_total_after"]) / before["total"],
             "ratio_mlp": (before["mlp"] - report["params_mlp_after"]) / before["mlp"],
             "widths": [len(plan.kept[i]) for i in sorted(base_widths)],
-            "path": f"{PRUNED_DIR}/{job.key}", "plan": f"{PLANS_DIR}/{job.key}.json",
-            "plan_sha256": sha, "seconds": seconds, "status": status,
+            "plan": f"{PLANS_DIR}/{job.key}.json", "plan_sha256": sha, "biases": biases,
+            "seconds": seconds, "status": status,
         }
         entries[job.key] = entry
         rows.append(entry)
         _write_index(index_path, dense, entries)
     bar.close()
+    _remove_legacy_checkpoints(run_dir, [job.key for job in jobs])
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------
+# Plans and biases on disk; rebuilding a pruned model
+# ----------------------------------------------------------------------------------
+_BIAS_FIX = "delete it and re-run stage 4 (prune_all recomputes the biases)"
+
+
+def _bias_paths(run_dir: Path, key: str) -> tuple[Path, Path]:
+    folder = Path(run_dir) / PRUNED_DIR / BIASES_DIR
+    return folder / f"{key}.safetensors", folder / f"{key}.json"
+
+
+def _count_after(model: nn.Module) -> dict[str, int]:
+    counted = count_parameters(model)
+    return {"params_total_after": counted["total"], "params_mlp_after": counted["mlp"]}
+
+
+def _write_biases(run_dir: Path, key: str, plan_sha: str, pruned: nn.Module, plan: PruningPlan) -> dict[str, Any]:
+    """Save the down-projection biases of the layers a compensated plan prunes; return their record."""
+    from safetensors.torch import save_file
+
+    from .adapters import get_adapter
+
+    adapter = get_adapter(pruned)
+    tensors = {}
+    for i, layer in enumerate(adapter.get_layers(pruned)):
+        bias = adapter.module(layer, "mlp.down").bias
+        if plan.removed(i) and bias is not None:
+            tensors[f"layers.{i}.mlp.down.bias"] = bias.detach().to("cpu").contiguous().clone()
+    path, sidecar = _bias_paths(run_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": BIASES_FORMAT, "plan_sha256": plan_sha})
+    os.replace(tmp, path)
+    record = {"path": str(path.relative_to(run_dir)), **file_record(path), "plan_sha256": plan_sha,
+              "layers": sorted(int(k.split(".")[1]) for k in tensors)}
+    atomic_write_json(sidecar, {"format": BIASES_FORMAT, **record})
+    return record
+
+
+def _saved_biases(run_dir: Path, key: str, plan_sha: str) -> dict[str, Any] | None:
+    """The record of biases saved for this plan, if their file is intact; else ``None`` (a warning names a bad file)."""
+    path, sidecar = _bias_paths(run_dir, key)
+    if not sidecar.exists():
+        return None
+    try:
+        record = read_json(sidecar, fix=_BIAS_FIX)
+        if record.get("plan_sha256") != plan_sha:
+            return None
+        verify_file(path, record, digest=True, fix=_BIAS_FIX)
+    except ArtefactError as exc:
+        warnings.warn(f"recomputing the biases of {key}: {exc}", stacklevel=3)
+        return None
+    record.pop("format", None)
+    return record
+
+
+def _read_biases(run_dir: Path, key: str, record: Mapping[str, Any] | None) -> dict[int, Any]:
+    if not record:
+        return {}
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / record["path"]
+    verify_file(path, record, digest=True, fix=_BIAS_FIX)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtefactError(path, f"cannot be read ({exc})", _BIAS_FIX) from None
+    return {int(k.split(".")[1]): v for k, v in tensors.items()}
+
+
+def _apply(dense: nn.Module, plan: PruningPlan, biases: Mapping[int, Any]) -> nn.Module:
+    """A deep copy of ``dense`` with the saved down biases set, then pruned by ``plan``."""
+    import torch
+
+    from .adapters import get_adapter
+
+    model = copy.deepcopy(dense)
+    adapter = get_adapter(model)
+    layers = adapter.get_layers(model)
+    with torch.no_grad():
+        for i, value in biases.items():
+            down = adapter.module(layers[i], "mlp.down")
+            weight = adapter.mlp_weight(layers[i], "mlp.down")
+            value = value.to(weight.device, weight.dtype)
+            if down.bias is None:
+                down.bias = nn.Parameter(value.clone(), requires_grad=weight.requires_grad)
+                down.funcprune_added_bias = True
+            else:
+                down.bias.copy_(value)
+    prune(model, plan, progress=False)
+    return model.eval()
+
+
+def rebuild_pruned(run_dir: str | os.PathLike[str], key: str, dense: nn.Module) -> nn.Module:
+    """A pruned model of a run, rebuilt in seconds from the dense model, its plan and its biases.
+
+    Stage 4 (:func:`prune_all`) stores plans and compensation biases, not checkpoints.
+    This deep-copies ``dense``, sets the saved down-projection biases and slices the
+    channels the plan drops (:func:`funcprune.prune.prune`): the result equals what
+    :func:`build_pruned` gave when the plan was made. Export it as an HF checkpoint
+    with :func:`funcprune.prune.save_pruned`.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        Run directory with ``pruned/index.json``.
+    key : str
+        The model's key (:func:`method_key`), e.g. ``"fn-bias_r0.20"``.
+    dense : nn.Module
+        The dense model the plans were made for (any device and dtype; left untouched).
+
+    Returns
+    -------
+    nn.Module
+        In eval mode, with ``funcprune_plan`` and ``funcprune_source`` (key, plan and
+        bias digests, the dense model's source).
+
+    Raises
+    ------
+    KeyError
+        ``key`` is not in the index (the message lists the keys).
+    funcprune._io.ArtefactError
+        The plan or the bias file is missing, changed or unreadable, naming the file and the fix.
+    funcprune.prune.PlanMismatchError
+        The plan was made for another model.
+    """
+    run_dir = Path(run_dir)
+    entries = _read_entries(run_dir / PRUNED_DIR / INDEX_FILE)
+    if key not in entries:
+        raise KeyError(f"{key!r} is not in {run_dir / PRUNED_DIR / INDEX_FILE}; keys: {sorted(entries)}")
+    entry = entries[key]
+    plan_path = run_dir / entry["plan"]
+    fix = "delete it and re-run stage 4 (prune_all)"
+    if not plan_path.exists():
+        raise ArtefactError(plan_path, "is missing", fix)
+    plan = PruningPlan.load(plan_path)
+    if _plan_sha(plan) != entry["plan_sha256"]:
+        raise ArtefactError(plan_path, "differs from the plan the index records (plan_sha256)", fix)
+    model = _apply(dense, plan, _read_biases(run_dir, key, entry.get("biases")))
+    model.funcprune_source = {
+        "name": key, "source": "rebuilt", "plan_sha256": entry["plan_sha256"],
+        "biases_sha256": (entry.get("biases") or {}).get("sha256"),
+        "dense": dict(getattr(dense, "funcprune_source", {}) or {}),
+        "dtype": str(next(dense.parameters()).dtype).replace("torch.", ""),
+    }
+    return model
+
+
+def _read_entries(index_path: Path) -> dict[str, dict[str, Any]]:
+    if not index_path.exists():
+        return {}
+    entries = read_json(index_path, fix="delete it and re-run stage 4 (prune_all)")["entries"]
+    # an index of an older layout lists checkpoints, not plans: its entries are rebuilt
+    return {e["key"]: e for e in entries if "plan" in e and "biases" in e}
+
+
+def _remove_legacy_checkpoints(run_dir: Path, keys: Sequence[str]) -> None:
+    """Delete checkpoints an earlier layout of stage 4 saved for these keys (they can take gigabytes)."""
+    import shutil
+
+    for key in keys:
+        folder = run_dir / PRUNED_DIR / key
+        if folder.is_dir() and (folder / PLAN_FILE).exists():
+            shutil.rmtree(folder)
 
 
 def _write_index(path: Path, dense: nn.Module, entries: Mapping[str, dict[str, Any]]) -> None:

@@ -1,34 +1,47 @@
 """Stage 5: evaluate the dense model and every pruned model under one protocol, and compare them.
 
-:func:`evaluate_run` loads the dense model and each checkpoint listed in
-``run_dir/pruned/index.json`` (written by :func:`funcprune.pipeline.prune_all`) and
+:func:`evaluate_run` loads the dense model once and rebuilds each pruned model listed in
+``run_dir/pruned/index.json`` (written by :func:`funcprune.pipeline.prune_all`) from its
+plan and biases (:func:`funcprune.pipeline.rebuild_pruned`, seconds per model), and
 measures all of them the same way:
 
 * **perplexity** on held-out text (the ``"evaluation"`` split of
   :mod:`funcprune.data`, disjoint from calibration; checked against the stage-1
   manifest), token level, at each requested window length (clamped to the model's
-  maximum). The held-out texts are joined and tokenized once; from the grid of
-  non-overlapping windows of that stream, ``eval_max_tokens // seq_len`` windows are
-  taken evenly spread over the whole stream (all of them when ``eval_max_tokens`` is
-  ``None``: the literature's protocol). Every model sees exactly the same windows;
-  their positions, the texts they cover and a checksum of their tokens are recorded.
-  The standard error of the mean NLL is the spread of the per-window NLLs over
-  ``sqrt(n_windows)`` (windows are equally long).
+  maximum). The held-out articles are split by article into a ``validation`` part
+  (design choices) and a ``test`` part (reported numbers; :func:`evaluation_parts`).
+  The part's texts are joined and tokenized once; from the grid of non-overlapping
+  windows of that stream, ``eval_max_tokens // seq_len`` windows are taken evenly
+  spread over the whole stream (all of them when ``eval_max_tokens`` is ``None``: the
+  literature's protocol). A window starts with the BOS token when the tokenizer puts
+  one in front of a text. Every model sees exactly the same windows; their positions,
+  the texts they cover, a checksum of their tokens and every window's NLL are
+  recorded (the units of :mod:`funcprune.compare`). The standard error of the mean
+  NLL is the spread of the per-window NLLs over ``sqrt(n_windows)``.
 * **zero-shot accuracy** with lm-evaluation-harness (:func:`funcprune.tasks.run_zero_shot`):
-  ``acc``, ``acc_norm`` and their standard errors per task, and the means over tasks.
+  ``acc``, ``acc_norm`` and their standard errors per task, the means over tasks, each
+  task's chance level and every item's correctness.
+
+A tiered protocol (``full_ratios``) scores every model at the shortest window length
+and only the dense model and the models at ``full_ratios`` at every length and on the
+zero-shot tasks.
 * **efficiency**: parameters (total, MLP, attention, embedding), forward FLOPs per token,
   and their ratios to the dense model.
 
 Each model's result is cached in ``run_dir/results/parts/<key>.json`` together with a
-fingerprint of the protocol and of the checkpoint, so an interrupted evaluation
-continues where it stopped and a changed setting re-evaluates. The combined results
-are written atomically to ``run_dir/results/results.csv`` (one tidy *long* table: one
-row per model, metric and setting) and ``run_dir/results/results.json`` (every setting,
-version, data id and checksum, and the per-model records).
+fingerprint of the protocol and of the model (plan and bias digests) and a SHA-256 of
+its content, so an interrupted evaluation continues where it stopped, a changed setting
+re-evaluates and a damaged part is re-evaluated with a warning naming it. The combined
+results are written atomically to ``run_dir/results/results.csv`` (one tidy *long*
+table: one row per model, metric and setting), ``run_dir/results/results.json`` (every
+setting, version, data id and checksum, the per-model records and a perplexity sanity
+check, :func:`perplexity_sanity`) and ``run_dir/results/comparisons.csv`` (the paired
+headline comparisons, :func:`funcprune.compare.headline_comparisons`).
 
 The rest of the module reads that table: :func:`validate_results_table`,
 :func:`aggregate_seeds` (mean and spread over random seeds), :func:`significant_differences`
-(which differences exceed their combined standard error), :func:`summary_table`,
+(unpaired: which differences exceed their combined standard error; the paired tests of
+:mod:`funcprune.compare` decide smaller ones), :func:`summary_table`,
 :func:`efficiency_table`, the plots, and :func:`reference_numbers` (published numbers of
 *other* models and protocols, for orientation only).
 
@@ -54,9 +67,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_json, atomic_write_text, read_json
+from ._io import ArtefactError, atomic_write_json, atomic_write_text, read_json
 from .data import dataset_info, load_texts
-from .evaluate import _max_positions, count_parameters, flops_per_token, perplexity
+from .evaluate import _max_positions, bos_token_id, count_parameters, flops_per_token, perplexity
 from .provenance import environment_info
 from .tasks import ALL_TASKS, TASKS, run_zero_shot
 
@@ -70,7 +83,9 @@ __all__ = [
     "calibration_record",
     "efficiency_table",
     "evaluate_run",
+    "evaluation_parts",
     "evaluation_stream",
+    "perplexity_sanity",
     "load_results",
     "plot_accuracy",
     "plot_metric_vs_ratio",
@@ -119,6 +134,7 @@ _PROB_METRICS = ("acc", "acc_norm", "mean_acc", "mean_preferred")
 _EFFICIENCY = ("params_total", "params_mlp", "params_attention", "params_embedding", "flops_per_token")
 _RELATIVE = {"params_total_rel": "params_total", "params_mlp_rel": "params_mlp", "flops_rel": "flops_per_token"}
 _LOWER_IS_BETTER = ("ppl", "nll")
+_MEASURED = ("ppl", "nll", "acc", "acc_norm", "mean_acc", "mean_preferred")
 
 
 # ----------------------------------------------------------------------------------
@@ -134,19 +150,26 @@ class EvaluationStream:
         :func:`funcprune.data.dataset_info` of the evaluation split (name, file
         checksum, every text id).
     ids : ndarray of shape (n_tokens,), int64
-        Token ids of the texts joined with ``"\\n\\n"`` (special tokens as the
-        tokenizer adds them, e.g. one BOS at the start).
+        Token ids of the texts joined with ``"\\n\\n"``, without special tokens
+        (a BOS token goes in front of every window instead, see ``bos_token_id``).
     text_index : ndarray of shape (n_tokens,), int64
         For each token, the index (into ``dataset["ids"]``) of the text it belongs
         to; ``-1`` when the tokenizer gives no character offsets.
     sha256 : str
         Checksum of ``ids`` (little-endian int64 bytes).
+    bos_token_id : int or None
+        The token put in front of every perplexity window: the tokenizer's BOS when
+        it adds one to every text (:func:`funcprune.evaluate.bos_token_id`), else ``None``.
+    part : str
+        ``"test"``, ``"validation"`` or ``"all"`` (see :func:`evaluation_parts`).
     """
 
     dataset: dict[str, Any]
     ids: np.ndarray
     text_index: np.ndarray
     sha256: str
+    bos_token_id: int | None = None
+    part: str = "all"
 
     @property
     def n_tokens(self) -> int:
@@ -168,8 +191,44 @@ def _ids_sha256(ids: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(ids, dtype="<i8").tobytes()).hexdigest()
 
 
-def evaluation_stream(tokenizer: Any, dataset: str = "wiki") -> EvaluationStream:
-    """Tokenize the held-out (``"evaluation"``) split of a corpus once.
+#: Parts of the held-out split: ``validation`` for design choices, ``test`` for the reported numbers.
+EVAL_PARTS: tuple[str, ...] = ("test", "validation", "all")
+#: Salt of the hash that assigns each held-out article to a part.
+_PART_SALT = "funcprune-held-out-part/1:"
+
+
+def evaluation_parts(texts: Sequence[Any]) -> dict[str, list[Any]]:
+    """Split held-out articles into a validation and a test part, disjoint by article.
+
+    Each article is ranked by the SHA-256 of a salted copy of its id; the first half of
+    that order (rounded down) is ``validation``, the rest ``test``. The rule depends only
+    on the ids, so the parts are the same on every machine and for every model; each
+    part keeps the file order.
+
+    Parameters
+    ----------
+    texts : sequence of Text
+        The held-out articles (:func:`funcprune.data.load_texts` with ``"evaluation"``).
+
+    Returns
+    -------
+    dict
+        ``{"validation": [...], "test": [...], "all": [...]}``.
+
+    >>> from funcprune.data import Text
+    >>> parts = evaluation_parts([Text(id=str(i), title="", text="x") for i in range(10)])
+    >>> len(parts["validation"]), len(parts["test"])
+    (5, 5)
+    """
+    order = sorted(range(len(texts)), key=lambda i: hashlib.sha256((_PART_SALT + str(texts[i].id)).encode())
+                   .hexdigest())
+    validation = set(order[:len(texts) // 2])
+    return {"validation": [t for i, t in enumerate(texts) if i in validation],
+            "test": [t for i, t in enumerate(texts) if i not in validation], "all": list(texts)}
+
+
+def evaluation_stream(tokenizer: Any, dataset: str = "wiki", part: str = "test") -> EvaluationStream:
+    """Tokenize one part of the held-out (``"evaluation"``) split of a corpus once.
 
     Parameters
     ----------
@@ -177,36 +236,49 @@ def evaluation_stream(tokenizer: Any, dataset: str = "wiki") -> EvaluationStream
         The dense model's tokenizer (pruned models share it).
     dataset : str, default="wiki"
         A key of :data:`funcprune.data.DATASETS`.
+    part : {"test", "validation", "all"}, default="test"
+        Which articles (:func:`evaluation_parts`): reports use ``"test"``; design
+        choices are made on ``"validation"``.
 
     Returns
     -------
     EvaluationStream
+        ``dataset["ids"]`` lists the part's articles; ``dataset["part"]`` names it.
+
+    Raises
+    ------
+    ValueError
+        An unknown part, naming the accepted ones.
     """
-    texts = load_texts(dataset, "evaluation")
-    info = dataset_info(dataset, "evaluation", texts)
+    if part not in EVAL_PARTS:
+        raise ValueError(f"unknown held-out part {part!r}; accepted: {list(EVAL_PARTS)}")
+    texts = evaluation_parts(load_texts(dataset, "evaluation"))[part]
+    info = {**dataset_info(dataset, "evaluation", texts), "part": part,
+            "part_rule": "articles ranked by sha256(salt + id): first half validation, rest test"}
     joined = "\n\n".join(t.text for t in texts)
     text_index = None
     try:
-        enc = tokenizer(joined, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
+        enc = tokenizer(joined, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets = np.asarray([o[0] for o in enc["offset_mapping"]], dtype=np.int64)
         starts = np.cumsum([0] + [len(t.text) + 2 for t in texts[:-1]])
         text_index = np.searchsorted(starts, offsets, side="right") - 1
     except (NotImplementedError, TypeError, ValueError, KeyError):  # slow tokenizers: no offsets
-        enc = tokenizer(joined, add_special_tokens=True, verbose=False)
+        enc = tokenizer(joined, add_special_tokens=False, verbose=False)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     if text_index is None:
         text_index = np.full(ids.shape, -1, dtype=np.int64)
     return EvaluationStream(dataset=info, ids=ids, text_index=text_index.astype(np.int64),
-                            sha256=_ids_sha256(ids))
+                            sha256=_ids_sha256(ids), bos_token_id=bos_token_id(tokenizer), part=part)
 
 
-def select_windows(n_tokens: int, seq_len: int, max_tokens: int | None) -> list[int]:
+def select_windows(n_tokens: int, seq_len: int, max_tokens: int | None, span: int | None = None) -> list[int]:
     """Start positions of the perplexity windows: a spread subset of the non-overlapping grid.
 
-    The stream holds ``W = n_tokens // seq_len`` non-overlapping windows (starts
-    ``0, seq_len, 2 seq_len, ...``; the tail is dropped). With ``max_tokens=None`` all
-    of them are used; otherwise ``n = min(W, max_tokens // seq_len)`` of them, the
-    ``floor(j W / n)``-th for ``j = 0 .. n-1``, evenly spread over the whole stream.
+    A window takes ``span`` tokens of the stream (``seq_len``, or ``seq_len - 1`` when a
+    BOS token is put in front of it). The stream holds ``W = n_tokens // span``
+    non-overlapping windows (starts ``0, span, 2 span, ...``; the tail is dropped). With
+    ``max_tokens=None`` all of them are used; otherwise ``n = min(W, max_tokens // seq_len)``
+    of them, the ``floor(j W / n)``-th for ``j = 0 .. n-1``, evenly spread over the stream.
 
     Parameters
     ----------
@@ -216,24 +288,27 @@ def select_windows(n_tokens: int, seq_len: int, max_tokens: int | None) -> list[
         Window length (already clamped to the model's maximum).
     max_tokens : int or None
         Token budget of this setting.
+    span : int, optional
+        Tokens of the stream per window; default ``seq_len``.
 
     Returns
     -------
     list of int
-        Sorted start offsets, each a multiple of ``seq_len``.
+        Sorted start offsets, each a multiple of ``span``.
 
     Raises
     ------
     ValueError
         If not even one window fits the stream or the budget.
     """
-    grid = n_tokens // seq_len
+    span = seq_len if span is None else int(span)
+    grid = n_tokens // span
     n = grid if max_tokens is None else min(grid, int(max_tokens) // seq_len)
     if n < 1:
         raise ValueError(f"no perplexity window of {seq_len} tokens fits: the held-out stream has {n_tokens} "
                          f"tokens and eval_max_tokens is {max_tokens}; raise eval_max_tokens to at least "
                          f"{seq_len} or use a shorter window")
-    return [(j * grid // n) * seq_len for j in range(n)]
+    return [(j * grid // n) * span for j in range(n)]
 
 
 # ----------------------------------------------------------------------------------
@@ -293,8 +368,9 @@ def _manifest_texts_digest(run_dir: Path) -> str | None:
 
 
 def _check_disjoint(stream: EvaluationStream, calibration: dict[str, Any] | None) -> dict[str, Any]:
-    """Raise if a held-out text was used for calibration; return what was checked."""
+    """Raise if a held-out text (of either part) was used for calibration; return what was checked."""
     eval_name = stream.dataset["name"]
+    held_out = [t.id for t in load_texts(eval_name, "evaluation")]
     if calibration is None:
         warnings.warn("the run has no stage-1 manifest (activations/manifest.json): the held-out texts "
                       "cannot be checked against the calibration texts", stacklevel=3)
@@ -306,13 +382,13 @@ def _check_disjoint(stream: EvaluationStream, calibration: dict[str, Any] | None
     if calibration["dataset"] != eval_name:
         return {"checked": True, "overlap": [], "reason": f"different corpora ({calibration['dataset']!r} "
                 f"calibration, {eval_name!r} evaluation)"}
-    overlap = sorted(set(calibration["ids"]) & set(stream.dataset["ids"]))
+    overlap = sorted(set(calibration["ids"]) & set(held_out))
     if overlap:
         raise ValueError(f"held-out text ids {overlap[:10]} (of {len(overlap)}) were used for calibration "
                          f"({calibration['manifest']}): perplexity would be measured on calibration text. "
                          f"Calibrate on the 'calibration' split and evaluate on the 'evaluation' split.")
     return {"checked": True, "overlap": [], "n_calibration_ids": len(calibration["ids"]),
-            "n_evaluation_ids": len(stream.dataset["ids"]),
+            "n_evaluation_ids": len(stream.dataset["ids"]), "n_held_out_ids": len(held_out),
             "plans_unverified": calibration["plans_unverified"]}
 
 
@@ -332,20 +408,82 @@ def _load_tokenizer(model: str) -> Any:
     return tokenizer
 
 
+def _normalise_json(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _part_digest(part: Mapping[str, Any]) -> str:
+    """SHA-256 of a part's content (every key but ``sha256``), as JSON with sorted keys."""
+    body = {k: v for k, v in part.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached_part(path: Path, protocol_id: str, identity: Mapping[str, Any], tier: str) -> dict[str, Any] | None:
+    """A finished part for this protocol, model and tier whose content matches its digest; else ``None``.
+
+    A part that is not valid JSON or whose content no longer matches its digest is
+    re-evaluated, with a warning naming it.
+    """
+    if not path.exists():
+        return None
+    try:
+        cached = read_json(path)
+    except ArtefactError as exc:
+        warnings.warn(f"re-evaluating: {exc}", stacklevel=3)
+        return None
+    if not (cached.get("protocol_id") == protocol_id and cached.get("identity") == _normalise_json(identity)
+            and cached.get("tier", "full") == tier):
+        return None
+    if cached.get("sha256") != _part_digest(cached):
+        warnings.warn(f"re-evaluating {cached.get('key')!r}: {path} does not match its digest (edited, truncated "
+                      "or from an older version)", stacklevel=3)
+        return None
+    return cached
+
+
+def _load_dense(model_name: str, revision: str | None, base: Mapping[str, Any], dtype: Any,
+                device: str) -> torch.nn.Module:
+    """The dense model, checked against the revision the pruned models were planned on."""
+    from .models import load_model
+
+    lm, _ = load_model(model_name, dtype=dtype, device_map=None if device == "cpu" else device)
+    found = lm.funcprune_source.get("revision")
+    if revision and found and found != revision:
+        raise ValueError(f"dense model {model_name!r} has revision {found!r}, but the pruned models "
+                         f"were made from revision {revision!r} ({base.get('name')!r})")
+    return lm
+
+
 def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _token_budgets(seq_lens: Sequence[int], eval_max_tokens: Any) -> list[int | None]:
+    """One held-out token budget per window length (an int or ``None`` applies to all)."""
+    if eval_max_tokens is None or isinstance(eval_max_tokens, (int, np.integer)):
+        budgets = [eval_max_tokens] * len(seq_lens)
+    else:
+        budgets = list(eval_max_tokens)
+        if len(budgets) != len(seq_lens):
+            raise ValueError(f"eval_max_tokens lists {len(budgets)} budgets for {len(seq_lens)} window lengths "
+                             f"{list(seq_lens)}: give one int (or None) or one per window length")
+    for b in budgets:
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 2):
+            raise ValueError(f"eval_max_tokens must be ints >= 2 or None, got {eval_max_tokens!r}")
+    return [None if b is None else int(b) for b in budgets]
+
+
 def _perplexities(model: torch.nn.Module, stream: EvaluationStream, seq_lens: Sequence[int],
-                  max_tokens: int | None, batch_tokens: int, progress: bool) -> dict[str, dict[str, Any]]:
+                  max_tokens: Sequence[int | None], batch_tokens: int, progress: bool) -> dict[str, dict[str, Any]]:
     """Perplexity of ``model`` at each window length on the selected windows of ``stream``."""
     max_pos = _max_positions(model)
     out: dict[str, dict[str, Any]] = {}
-    for requested in seq_lens:
+    for requested, budget in zip(seq_lens, max_tokens):
         length = int(min(requested, max_pos)) if max_pos else int(requested)
-        starts = select_windows(stream.n_tokens, length, max_tokens)
-        ids = np.concatenate([stream.ids[s:s + length] for s in starts])
-        res = perplexity(model, None, torch.from_numpy(ids), seq_len=length,
+        span = length - (stream.bos_token_id is not None)
+        starts = select_windows(stream.n_tokens, length, budget, span=span)
+        ids = np.concatenate([stream.ids[s:s + span] for s in starts])
+        res = perplexity(model, None, torch.from_numpy(ids), seq_len=length, bos=stream.bos_token_id,
                          batch_size=max(1, batch_tokens // length), progress=progress)
         window_nll = np.asarray(res["window_nll"], dtype=np.float64)
         stderr = float(window_nll.std(ddof=1) / math.sqrt(len(window_nll))) if len(window_nll) > 1 else None
@@ -355,7 +493,7 @@ def _perplexities(model: torch.nn.Module, stream: EvaluationStream, seq_lens: Se
             "seq_len_requested": int(requested), "seq_len": length, "seq_len_clamped": length != requested,
             "n_windows": res["n_windows"], "n_tokens_scored": res["n_tokens"], "n_tokens_used": int(ids.size),
             "window_starts": starts, "window_nll": res["window_nll"], "tokens_sha256": _ids_sha256(ids),
-            "text_ids": stream.text_ids(starts, length),
+            "bos_token_id": stream.bos_token_id, "text_ids": stream.text_ids(starts, span),
         }
     return out
 
@@ -377,7 +515,7 @@ def _evaluate_model(model: torch.nn.Module, tokenizer: Any, stream: EvaluationSt
                     progress: bool) -> dict[str, Any]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    ppl = _perplexities(model, stream, settings["ppl_seq_lens"], settings["eval_max_tokens"],
+    ppl = _perplexities(model, stream, settings["ppl_seq_lens"], settings["eval_budgets"],
                         settings["ppl_batch_tokens"], progress)
     timings["perplexity"] = round(time.perf_counter() - start, 2)
     zero_shot = None
@@ -409,6 +547,7 @@ def evaluate_run(
     *,
     model: str | None = None,
     eval_dataset: str = "wiki",
+    eval_part: str = "test",
     ppl_seq_lens: Sequence[int] = (128, 2048),
     eval_max_tokens: int | None = 4096,
     zero_shot_tasks: Sequence[str] | None = ALL_TASKS,
@@ -419,6 +558,7 @@ def evaluate_run(
     device: str = "cpu",
     offline: bool = True,
     zero_shot_seed: int = 1234,
+    full_ratios: Sequence[float] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Evaluate the dense model and every pruned checkpoint of a run under one protocol.
@@ -435,11 +575,16 @@ def evaluate_run(
         revision must match the one the pruned models were made from.
     eval_dataset : str, default="wiki"
         Corpus whose held-out (``"evaluation"``) split gives the perplexity text.
+    eval_part : {"test", "validation", "all"}, default="test"
+        Which held-out articles (:func:`evaluation_parts`, disjoint by article):
+        reported results use ``"test"``; design choices are made on ``"validation"``.
     ppl_seq_lens : sequence of int, default=(128, 2048)
         Window lengths; each is clamped to the model's maximum (recorded).
-    eval_max_tokens : int or None, default=4096
+    eval_max_tokens : int, None or sequence, default=4096
         Held-out tokens per perplexity setting (``eval_max_tokens // seq_len`` windows,
-        spread over the stream); ``None``: every window of the stream.
+        spread over the stream); ``None``: every window of the stream. A sequence gives
+        one budget per window length (e.g. ``[8192, 16384]``: 64 windows of 128 and 8
+        of 2048 tokens).
     zero_shot_tasks : sequence of str or None, default=ALL_TASKS
         Tasks of :data:`funcprune.tasks.TASKS`; empty or ``None`` skips zero-shot.
     zero_shot_limit : int, optional
@@ -456,6 +601,10 @@ def evaluate_run(
         Zero-shot data from the offline copies (see :mod:`funcprune.tasks`).
     zero_shot_seed : int, default=1234
         The harness's seeds.
+    full_ratios : sequence of float, optional
+        A tiered protocol: the dense model and the pruned models at these ratios are
+        scored at every window length and on the zero-shot tasks; the others only at the
+        shortest window length (a screen). ``None``: every model gets everything.
     progress : bool, default=True
         Progress bars.
 
@@ -475,8 +624,9 @@ def evaluate_run(
     seq_lens = [int(s) for s in ppl_seq_lens]
     if not seq_lens or any(s < 2 for s in seq_lens) or len(set(seq_lens)) != len(seq_lens):
         raise ValueError(f"ppl_seq_lens must be distinct ints >= 2, got {list(ppl_seq_lens)}")
-    if eval_max_tokens is not None and eval_max_tokens < 2:
-        raise ValueError(f"eval_max_tokens must be >= 2 or None, got {eval_max_tokens}")
+    budgets = _token_budgets(seq_lens, eval_max_tokens)
+    if full_ratios is not None:
+        full_ratios = [float(r) for r in full_ratios]
     tasks = list(zero_shot_tasks or [])
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -491,7 +641,7 @@ def evaluate_run(
         model_name = DEFAULT_MODEL
 
     tokenizer = _load_tokenizer(model_name)
-    stream = evaluation_stream(tokenizer, eval_dataset)
+    stream = evaluation_stream(tokenizer, eval_dataset, eval_part)
     calibration = calibration_record(run_dir)
     disjoint = _check_disjoint(stream, calibration)
 
@@ -502,11 +652,18 @@ def evaluate_run(
         harness_version = version("lm_eval")
     protocol = {
         "eval_dataset": {k: stream.dataset[k] for k in ("name", "package", "package_version", "file", "sha256",
-                                                         "split", "n_texts", "n_words")},
+                                                         "split", "part", "part_rule", "n_texts", "n_words")},
         "eval_text_ids_sha256": hashlib.sha256("\n".join(stream.dataset["ids"]).encode()).hexdigest(),
         "eval_stream": {"n_tokens": stream.n_tokens, "sha256": stream.sha256, "joiner": "\\n\\n",
-                        "add_special_tokens": True},
-        "ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens,
+                        "add_special_tokens": False},
+        "bos": {"token_id": stream.bos_token_id,
+                "rule": "every window starts with the BOS token when the tokenizer puts one in front of a text; "
+                        "a window then holds seq_len - 1 tokens of text, all scored (else seq_len tokens, the "
+                        "last seq_len - 1 scored)"},
+        "ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "eval_budgets": budgets,
+        "tiers": {"full_ratios": full_ratios,
+                  "rule": "the dense model and models at full_ratios (all when None): every window length and "
+                          "zero-shot; the others: the shortest window length only"},
         "window_selection": "evenly spread subset of the non-overlapping grid (select_windows)",
         "zero_shot": {"tasks": tasks, "limit": zero_shot_limit, "harness": "lm-eval",
                       "harness_version": harness_version, "offline": offline, "seed": zero_shot_seed,
@@ -514,9 +671,13 @@ def evaluate_run(
         "dtype": dtype_name,
     }
     protocol_id = _fingerprint(protocol)
-    settings = {"ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "zero_shot_tasks": tasks,
-                "zero_shot_limit": zero_shot_limit, "batch_size": batch_size, "ppl_batch_tokens": ppl_batch_tokens,
-                "offline": offline, "zero_shot_seed": zero_shot_seed}
+    settings = {"ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "eval_budgets": budgets,
+                "zero_shot_tasks": tasks, "zero_shot_limit": zero_shot_limit, "batch_size": batch_size,
+                "ppl_batch_tokens": ppl_batch_tokens, "offline": offline, "zero_shot_seed": zero_shot_seed,
+                "full_ratios": full_ratios}
+    shortest = seq_lens.index(min(seq_lens))
+    screen = {**settings, "ppl_seq_lens": [seq_lens[shortest]], "eval_budgets": [budgets[shortest]],
+              "zero_shot_tasks": []}
 
     jobs: list[dict[str, Any]] = [{"key": DENSE_KEY, "method": DENSE_KEY, "seed": None, "ratio_requested": 0.0,
                                    "ratio_reached": 0.0, "ratio_basis": None, "path": None}]
@@ -524,59 +685,108 @@ def evaluate_run(
     parts_dir = run_dir / RESULTS_DIR / PARTS_DIR
     parts: dict[str, dict[str, Any]] = {}
     dense_revision = base.get("revision")
+    dense_lm = None
     bar = tqdm(jobs, desc="evaluating", unit="model", disable=not progress)
     for job in bar:
         key = job["key"]
         bar.set_postfix_str(key)
         identity = ({"model": model_name, "revision": dense_revision} if key == DENSE_KEY else
-                    {"path": job["path"], "plan_sha256": job.get("plan_sha256")})
+                    {"plan_sha256": job.get("plan_sha256"),
+                     "biases_sha256": (job.get("biases") or {}).get("sha256")})
+        tier = "full" if (key == DENSE_KEY or full_ratios is None or any(
+            math.isclose(float(job["ratio_requested"]), r) for r in full_ratios)) else "screen"
         part_path = parts_dir / f"{key}.json"
-        if part_path.exists():
-            cached = read_json(part_path)
-            if cached.get("protocol_id") == protocol_id and cached.get("identity") == identity:
-                parts[key] = cached
-                continue
+        cached = _cached_part(part_path, protocol_id, identity, tier)
+        if cached is not None:
+            parts[key] = cached
+            continue
         start = time.perf_counter()
+        if dense_lm is None:
+            dense_lm = _load_dense(model_name, dense_revision, base, dtype, device)
         if key == DENSE_KEY:
-            from .models import load_model
-
-            lm, tok = load_model(model_name, dtype=dtype, device_map=None if device == "cpu" else device)
-            revision = lm.funcprune_source.get("revision")
-            if dense_revision and revision and revision != dense_revision:
-                raise ValueError(f"dense model {model_name!r} has revision {revision!r}, but the pruned models "
-                                 f"were made from revision {dense_revision!r} ({base.get('name')!r})")
+            lm = dense_lm
         else:
-            from .prune import load_pruned
+            from .pipeline import rebuild_pruned
 
-            lm, tok = load_pruned(run_dir / job["path"], dtype=dtype, device=device)
-            if tok is not None and tok.get_vocab() != tokenizer.get_vocab():
-                raise ValueError(f"{key}: the checkpoint's tokenizer differs from the dense model's")
+            lm = rebuild_pruned(run_dir, key, dense_lm)
         loaded = round(time.perf_counter() - start, 2)
-        measured = _evaluate_model(lm, tokenizer, stream, settings, progress=False)
+        measured = _evaluate_model(lm, tokenizer, stream, settings if tier == "full" else screen, progress=False)
         measured["seconds"]["load"] = loaded
         measured["seconds"]["total"] = round(time.perf_counter() - start, 2)
-        part = {"format": PART_FORMAT, "key": key, "protocol_id": protocol_id, "identity": identity,
+        part = {"format": PART_FORMAT, "key": key, "protocol_id": protocol_id, "identity": identity, "tier": tier,
                 "entry": {k: job.get(k) for k in ("method", "seed", "ratio_requested", "ratio_reached",
-                                                  "ratio_basis", "path", "plan_sha256")},
+                                                  "ratio_basis", "allocation", "plan_sha256")},
                 "model": {k: v for k, v in getattr(lm, "funcprune_source", {}).items()},
                 **measured}
-        del lm, tok
-        _free_memory()
+        if lm is not dense_lm:
+            del lm
+            _free_memory()
+        part = _normalise_json(part)
+        part["sha256"] = _part_digest(part)
         atomic_write_json(part_path, part)
         parts[key] = part
     bar.close()
+    del dense_lm
+    _free_memory()
 
     table = validate_results_table(_table_from_parts([parts[j["key"]] for j in jobs]))
+    from .compare import headline_comparisons
+
+    comparisons = headline_comparisons(parts)
+    sanity = perplexity_sanity(parts[DENSE_KEY])
+    if sanity["flagged"]:
+        warnings.warn(sanity["message"], stacklevel=2)
     out_dir = run_dir / RESULTS_DIR
     atomic_write_text(out_dir / "results.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "comparisons.csv", comparisons.to_csv(index=False))
     atomic_write_json(out_dir / "results.json", {
         "format": RESULTS_FORMAT, "protocol": protocol, "protocol_id": protocol_id,
         "eval_text_ids": stream.dataset["ids"], "calibration": calibration, "disjointness": disjoint,
         "dense_model": {"name": model_name, **parts[DENSE_KEY]["model"]}, "base_model": base,
         "settings": {k: v for k, v in settings.items()}, "columns": list(TABLE_COLUMNS), "metrics": METRICS,
-        "models": parts, "environment": environment_info(),
+        "models": parts, "sanity": sanity, "environment": environment_info(),
     })
     return table
+
+
+#: A dense PPL at the shortest window above this multiple of the PPL at the longest is flagged.
+PPL_SANITY_FACTOR = 4.0
+
+
+def perplexity_sanity(dense_part: Mapping[str, Any], factor: float = PPL_SANITY_FACTOR) -> dict[str, Any]:
+    """Flag a dense model whose perplexity at the shortest window is ``factor`` times that at the longest.
+
+    Longer windows give more context, so perplexity falls with the window, but by a
+    factor well under 4 for a working protocol (SmolLM2-135M: about 1.5 from 128 to
+    2048 tokens). A larger factor means the short windows lack something the model
+    needs, typically the BOS token of a family trained with it.
+
+    Parameters
+    ----------
+    dense_part : dict
+        The dense model's record (``results.json["models"]["dense"]``).
+    factor : float, default=4.0
+
+    Returns
+    -------
+    dict
+        ``flagged`` (bool), ``ratio`` (short over long; ``None`` with one window length),
+        ``short``, ``long`` (window lengths), ``factor`` and ``message``.
+    """
+    ppl = {int(p["seq_len"]): float(p["ppl"]) for p in dense_part["perplexity"].values()}
+    if len(ppl) < 2:
+        return {"flagged": False, "ratio": None, "short": None, "long": None, "factor": factor,
+                "message": "one window length: nothing to compare"}
+    short, long = min(ppl), max(ppl)
+    ratio = ppl[short] / ppl[long]
+    flagged = ratio > factor
+    message = (f"dense perplexity at {short} tokens ({ppl[short]:.4g}) is {ratio:.2f}x that at {long} tokens "
+               f"({ppl[long]:.4g})")
+    if flagged:
+        message += (f", more than {factor:g}x: short windows lack something the model needs (a BOS token its "
+                    "family expects?); check the protocol record before reading the perplexities")
+    return {"flagged": bool(flagged), "ratio": ratio, "short": short, "long": long, "factor": factor,
+            "message": message}
 
 
 # ----------------------------------------------------------------------------------
@@ -653,7 +863,8 @@ def validate_results_table(df: pd.DataFrame) -> pd.DataFrame:
     Checks: the columns of :data:`TABLE_COLUMNS`; known metrics; no duplicated
     ``(key, metric, setting)``; exactly one dense model (key and method
     :data:`DENSE_KEY`, ratio 0); every model measured on the same ``(metric, setting)``
-    pairs as the dense model (one protocol); finite values; accuracies in [0, 1];
+    pairs as the dense model (one protocol) or, in a tiered protocol, screened: the
+    efficiency metrics and the perplexity at the shortest window only; finite values; accuracies in [0, 1];
     ``ppl >= 1`` and ``ppl == exp(nll)``; standard errors finite and ``>= 0`` or
     missing; ``n`` positive for measured metrics; ratios in [0, 1); the dense model's
     relative metrics equal 1.
@@ -692,11 +903,15 @@ def validate_results_table(df: pd.DataFrame) -> pd.DataFrame:
     if ((df["method"] == DENSE_KEY) & (df["key"] != DENSE_KEY)).any():
         problems.append(f"method {DENSE_KEY!r} is used by a key other than {DENSE_KEY!r}")
     protocol = set(zip(dense["metric"], dense["setting"]))
+    windows = [s for m, s in protocol if m == "ppl"]
+    shortest = min(windows, key=int) if windows else None
+    screen = {(m, s) for m, s in protocol if m not in _MEASURED} | {(m, shortest) for m in ("ppl", "nll")}
     for key, group in df.groupby("key", sort=False):
         pairs = set(zip(group["metric"], group["setting"]))
-        if pairs != protocol:
+        if pairs != protocol and pairs != screen:
             extra, lacking = sorted(pairs - protocol)[:3], sorted(protocol - pairs)[:3]
-            problems.append(f"{key}: not measured like the dense model (extra {extra}, missing {lacking})")
+            problems.append(f"{key}: not measured like the dense model (extra {extra}, missing {lacking}) nor "
+                            f"screened like it (efficiency and perplexity at {shortest} only)")
     value = df["value"].to_numpy(float)
     stderr = df["stderr"].to_numpy(float)
     if not np.isfinite(value).all():
@@ -718,7 +933,7 @@ def validate_results_table(df: pd.DataFrame) -> pd.DataFrame:
     mismatch = mismatch[~np.isclose(mismatch["ppl"], np.exp(mismatch["nll"]), rtol=1e-6)]
     if len(mismatch) or joined.isna().any().any():
         problems.append(f"ppl and nll disagree or lack a partner for {list(mismatch.index)[:5]}")
-    measured = df["metric"].isin(("ppl", "nll", "acc", "acc_norm", "mean_acc", "mean_preferred"))
+    measured = df["metric"].isin(_MEASURED)
     n = df["n"]
     bad_n = measured & (n.isna() | (n.fillna(0) < 1))
     if bad_n.any():

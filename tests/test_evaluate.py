@@ -20,6 +20,7 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
 
 from funcprune import tasks as fp_tasks  # noqa: E402
 from funcprune.evaluate import (  # noqa: E402
+    bos_token_id,
     count_parameters,
     flops_per_token,
     measure_latency,
@@ -118,6 +119,67 @@ def test_perplexity_options(stream):
         perplexity(model, None, stream[:10], seq_len=32, progress=False)
     with pytest.raises(ValueError, match="stride"):
         perplexity(model, None, stream, seq_len=32, stride=33, progress=False)
+
+
+def bpe_tokenizer(adds_bos: bool):
+    """A byte-level BPE with a ``<s>`` token that it puts in front of every text (Llama-2 style) or never (GPT-2 style)."""
+    import transformers as tf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<s>"], show_progress=False)
+    tok.train_from_iterator([BOS_TEXT], trainer)
+    if adds_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<s>")
+
+
+BOS_TEXT = "Functional networks are found by independent component analysis of channel activity. " * 6
+
+
+def manual_window_nll(model, windows: list[torch.Tensor], first: int) -> tuple[float, int]:
+    """Sum of NLLs of the tokens at positions >= first + 1 of each window, and their count."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for window in windows:
+            logits = model(input_ids=window[None]).logits[0]
+            total += F.cross_entropy(logits[first:-1].double(), window[first + 1:], reduction="sum").item()
+            count += len(window) - 1 - first
+    return total, count
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_every_window_starts_with_bos_when_the_tokenizer_uses_one(adds_bos: bool) -> None:
+    tok = bpe_tokenizer(adds_bos)
+    bos = tok.convert_tokens_to_ids("<s>")
+    assert bos_token_id(tok) == (bos if adds_bos else None)  # GPT-2 style: a bos_token that is never added
+    model = tiny_llama(vocab=len(tok))
+    seq_len = 16
+    res = perplexity(model, tok, BOS_TEXT, seq_len=seq_len, progress=False)
+    content = torch.tensor(tok(BOS_TEXT, add_special_tokens=False)["input_ids"])
+    if adds_bos:  # [BOS] + 15 tokens of text, all 15 scored; the stream itself holds no BOS
+        span = seq_len - 1
+        windows = [torch.cat([torch.tensor([bos]), content[s:s + span]])
+                   for s in range(0, len(content) - span + 1, span)]
+    else:  # 16 tokens of text, the last 15 scored
+        span = seq_len
+        windows = [content[s:s + span] for s in range(0, len(content) - span + 1, span)]
+    total, count = manual_window_nll(model, windows, first=0)
+    assert res["bos_token_id"] == (bos if adds_bos else None)
+    assert res["n_windows"] == len(windows) and res["n_tokens"] == count == len(windows) * (seq_len - 1)
+    assert res["n_tokens_data"] == len(content)
+    assert res["nll"] == pytest.approx(total / count, rel=1e-6)  # float32 logits, batched
+    # the same windows scored from token ids, with the BOS token given explicitly
+    from_ids = perplexity(model, None, content, seq_len=seq_len, bos=bos if adds_bos else None, progress=False)
+    assert from_ids["nll"] == res["nll"] and from_ids["window_nll"] == res["window_nll"]
+    # overlapping windows: each later window scores only the `stride` tokens no earlier window scored
+    over = perplexity(model, tok, BOS_TEXT, seq_len=seq_len, stride=5, progress=False)
+    assert over["n_tokens"] == seq_len - 1 + (over["n_windows"] - 1) * 5
+    with pytest.raises(ValueError, match="bos must be a token id"):
+        perplexity(model, None, content, seq_len=seq_len, bos="yes", progress=False)
 
 
 # ---------------------------------------------------------------- counts and FLOPs
@@ -269,6 +331,13 @@ def test_zero_shot_all_tasks_offline(smollm2_tokenizer, monkeypatch):
         assert t["n"] == 3 and t["limit"] == 3 and t["split"] == "validation"
         assert t["n_available"] == fp_tasks.TASKS[name].n_items
         assert round(t["acc"] * 3, 9) in (0, 1, 2, 3)  # a proportion of 3 items
+        # per-item correctness from the harness's logged samples: its mean is the harness's accuracy
+        items = t["items"]
+        assert items["doc_id"] == [0, 1, 2] and len(items["acc"]) == 3 and set(items["acc"]) <= {"0", "1"}
+        assert items["acc"].count("1") / 3 == pytest.approx(t["acc"])
+        if t["acc_norm"] is not None:
+            assert items["acc_norm"].count("1") / 3 == pytest.approx(t["acc_norm"])
+        assert t["chance"] == fp_tasks.chance_level(name) in (0.5, 0.25)
         has_norm = name not in ("boolq", "winogrande")
         assert (t["acc_norm"] is not None) == has_norm == (t["acc_norm_stderr"] is not None)
     assert res["tasks"]["arc_easy"]["harness_split"] == "test"

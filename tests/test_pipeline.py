@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from funcprune.ica import FunctionalNetworks
 from funcprune.pipeline import (METHODS, build_pruned, calibration_data, calibration_statistics, calibration_texts,
                                 get_method, make_plan, method_key, prune_all, read_index)
 from funcprune.plan import PruningPlan, channel_parameters
-from funcprune.prune import CalibrationData, load_pruned
+from funcprune._io import ArtefactError
+from funcprune.prune import CalibrationData, load_pruned, save_pruned
 from funcprune.scoring import (ChannelStatistics, channel_statistics, flap_scores, key_neuron_scores,
                                magnitude_scores, random_scores, wanda_sp_scores)
 
@@ -91,6 +93,28 @@ def test_every_method_plans_the_requested_ratio_with_its_own_score(name: str, al
         assert all(removed[i].max() <= kept[i].min() for i in (3, 4))
 
 
+def test_each_method_uses_its_authors_allocation_unless_overridden(setup: dict) -> None:
+    model = setup["model"]
+    expected = {"fn": "global", "fn-bias": "global", "flap": "global",
+                "wanda-sp": "uniform", "magnitude": "uniform", "random": "uniform"}
+    assert {name: m.allocation for name, m in METHODS.items()} == expected
+    for name, allocation in expected.items():
+        plan = make_plan(name, model, RATIO, networks=setup["networks"], stats=setup["stats"])
+        assert plan.allocation == allocation and plan.settings["allocation_source"] == "method"
+    # Wanda-sp as FLAP's paper runs it: the same share of every prunable layer, whatever its scores
+    stats = setup["stats"]
+    # activation norms growing with depth, as raw Wanda scores do: a global ranking would empty layer 3
+    scaled = dataclasses.replace(stats, sq_norm={i: v * 100.0 ** i for i, v in stats.sq_norm.items()})
+    plan = make_plan("wanda-sp", model, RATIO, stats=scaled)
+    shares = [len(plan.removed(i)) / plan.widths[i] for i in plan.layers if i not in PROTECTED]
+    assert len(shares) == 2 and max(shares) - min(shares) <= 1 / 48 + 1e-12 and min(shares) > 0
+    glob = make_plan("wanda-sp", model, RATIO, stats=scaled, allocation="global")  # the ablation
+    assert glob.allocation == "global" and glob.settings["allocation_source"] == "override"
+    assert len(glob.removed(3)) > len(glob.removed(4))
+    with pytest.raises(ValueError, match=r"allocation 'layerwise' invalid; choose one of \['per-method'"):
+        make_plan("fn", model, RATIO, networks=setup["networks"], allocation="layerwise")
+
+
 def test_fn_and_fn_bias_share_the_plan_and_differ_only_by_biases(setup: dict) -> None:
     model, networks = setup["model"], setup["networks"]
     fn = make_plan("fn", model, RATIO, networks=networks)
@@ -158,7 +182,7 @@ def run_grid(setup: dict, run_dir: Path, methods: list[str], ratios: list[float]
                      progress=False, **kwargs)
 
 
-def test_prune_all_writes_plans_checkpoints_and_an_index_that_reload(setup: dict, tmp_path: Path) -> None:
+def test_prune_all_writes_plans_biases_and_an_index_that_rebuild(setup: dict, tmp_path: Path) -> None:
     model = setup["model"]
     dense_logits = logits(model)
     rows = run_grid(setup, tmp_path, list(METHODS), [RATIO])
@@ -168,29 +192,64 @@ def test_prune_all_writes_plans_checkpoints_and_an_index_that_reload(setup: dict
     assert [e["key"] for e in index["entries"]] == keys
     assert read_index(tmp_path)["key"].tolist() == keys
     assert (tmp_path / "stats" / "stats.npz").exists()
+    # plans and biases only: no checkpoint, nothing the size of a model
+    assert not list(tmp_path.rglob("model.safetensors")) and not list(tmp_path.rglob("config.json"))
     total, mlp = count_parameters(model)["total"], count_parameters(model)["mlp"]
     calibration = calibration_data(setup["tok"], TEXTS)
     stats = ChannelStatistics.load(tmp_path / "stats")
     for entry in index["entries"]:
         plan = PruningPlan.load(tmp_path / entry["plan"])
         assert plan.protected_layers == entry["protected_layers"] == PROTECTED
+        assert entry["allocation"] == plan.allocation == METHODS[entry["method"]].allocation
         assert entry["ratio_reached"] == plan.ratio_reached
         assert abs(entry["ratio_reached"] - entry["ratio_requested"]) <= channel_parameters(model)[3] / 2 / total
         assert entry["status"] == "built" and entry["seconds"] > 0
-        loaded, tokenizer = load_pruned(tmp_path / entry["path"])
-        assert tokenizer is None  # CharTokenizer cannot be saved
-        counted = count_parameters(loaded)
+        compensated = METHODS[entry["method"]].compensation is not None
+        assert (entry["biases"] is not None) == compensated
+        if compensated:
+            assert entry["biases"]["layers"] == [i for i in plan.layers if plan.removed(i)]
+            assert (tmp_path / entry["biases"]["path"]).stat().st_size == entry["biases"]["size"]
+        rebuilt = pipeline.rebuild_pruned(tmp_path, entry["key"], model)
+        counted = count_parameters(rebuilt)
         assert (entry["params_total_before"], entry["params_mlp_before"]) == (total, mlp)
         assert (entry["params_total_after"], entry["params_mlp_after"]) == (counted["total"], counted["mlp"])
-        assert entry["widths"] == list(layer_widths(loaded).values())
-        assert loaded.funcprune_plan == plan
+        assert entry["widths"] == list(layer_widths(rebuilt).values())
+        assert rebuilt.funcprune_plan == plan and rebuilt.funcprune_source["plan_sha256"] == entry["plan_sha256"]
         in_memory = build_pruned(entry["method"], model, plan, calibration=calibration, stats=stats)
-        assert torch.equal(logits(loaded), logits(in_memory)), entry["key"]
+        assert torch.equal(logits(rebuilt), logits(in_memory)), entry["key"]
+        assert rebuilt.config.funcprune["down_bias_layers"] == in_memory.config.funcprune["down_bias_layers"]
     fn, fn_bias = (PruningPlan.load(tmp_path / "plans" / f"{k}_r0.10.json") for k in ("fn", "fn-bias"))
     assert fn.kept == fn_bias.kept
     r0, r1 = (PruningPlan.load(tmp_path / "plans" / f"random-s{s}_r0.10.json") for s in (0, 1))
     assert r0.kept != r1.kept
     assert torch.equal(logits(model), dense_logits)  # the dense model is never modified
+    # a rebuilt model exports as an HF checkpoint that reloads with the same outputs
+    rebuilt = pipeline.rebuild_pruned(tmp_path, "fn-bias_r0.10", model)
+    save_pruned(rebuilt, None, tmp_path / "export", plan=rebuilt.funcprune_plan)
+    loaded, _ = load_pruned(tmp_path / "export")
+    assert torch.equal(logits(loaded), logits(rebuilt))
+    with pytest.raises(KeyError, match="fn_r0.30"):
+        pipeline.rebuild_pruned(tmp_path, "fn_r0.30", model)
+
+
+def test_a_corrupt_bias_file_is_named_with_its_fix_and_recomputed(setup: dict, tmp_path: Path) -> None:
+    model = setup["model"]
+    run_grid(setup, tmp_path, ["flap"], [RATIO])
+    entry = read_index(tmp_path).set_index("key").loc["flap_r0.10"]
+    path = tmp_path / entry["biases"]["path"]
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # same size, other content
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtefactError, match=r"flap_r0\.10\.safetensors: has changed since it was written.*re-run stage 4"):
+        pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model)
+    with pytest.warns(UserWarning, match=r"recomputing the biases of flap_r0\.10: .*flap_r0\.10\.safetensors"):
+        rows = run_grid(setup, tmp_path, ["flap"], [RATIO])
+    assert rows["status"].tolist() == ["built"]
+    pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model)  # intact again
+    plan_path = tmp_path / entry["plan"]
+    plan_path.write_text(plan_path.read_text().replace('"ratio_requested": 0.1', '"ratio_requested": 0.11'))
+    with pytest.raises(ArtefactError, match="differs from the plan the index records"):
+        pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model)
 
 
 def test_prune_all_reuses_completed_work(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,7 +270,8 @@ def test_prune_all_reuses_completed_work(setup: dict, tmp_path: Path, monkeypatc
     methods = ["fn", "random", "flap"]
     first = run_grid(setup, tmp_path, methods, [RATIO])
     assert calls == ["stats", "fn", "random", "random", "flap"]
-    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "pruned").rglob("model.safetensors")}
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "pruned" / "biases").iterdir()}
+    mtimes.update({p: p.stat().st_mtime_ns for p in (tmp_path / "plans").iterdir()})
 
     calls.clear()
     second = run_grid(setup, tmp_path, methods, [RATIO])
@@ -228,19 +288,33 @@ def test_prune_all_reuses_completed_work(setup: dict, tmp_path: Path, monkeypatc
     calls.clear()  # another allocation changes the plan: rebuilt in place
     third = run_grid(setup, tmp_path, ["fn"], [RATIO], allocation="uniform")
     assert calls == ["fn"] and third["allocation"].tolist() == ["uniform"]
-    assert PruningPlan.load(tmp_path / "pruned" / "fn_r0.10" / "pruning_plan.json").allocation == "uniform"
+    assert PruningPlan.load(tmp_path / "plans" / "fn_r0.10.json").allocation == "uniform"
 
     calls.clear()  # different calibration texts: statistics and the data-driven methods are redone
     run_grid(setup, tmp_path, ["random", "flap"], [RATIO], texts=TEXTS[:5])
     assert calls == ["stats", "flap"]
 
-    calls.clear()  # a damaged checkpoint is rebuilt, and the index is read back without it
-    (tmp_path / "pruned" / "random-s1_r0.10" / "model.safetensors").unlink()
+    calls.clear()  # without the index, plans and biases on disk are still reused and counted again
     (tmp_path / "pruned" / "index.json").unlink()
-    rows = run_grid(setup, tmp_path, ["random"], [RATIO])
-    assert calls == ["random"] and rows["status"].tolist() == ["reused", "built"]
+    rows = run_grid(setup, tmp_path, ["random", "flap"], [RATIO], texts=TEXTS[:5])
+    assert calls == [] and set(rows["status"]) == {"reused"}
     assert rows["params_total_after"].tolist()[0] == first.set_index("key").loc["random-s0_r0.10",
                                                                                   "params_total_after"]
+
+    calls.clear()  # a missing bias file is recomputed
+    (tmp_path / "pruned" / "biases" / "flap_r0.10.safetensors").unlink()
+    with pytest.warns(UserWarning, match="is missing"):
+        rows = run_grid(setup, tmp_path, ["flap"], [RATIO], texts=TEXTS[:5])
+    assert calls == ["flap"] and rows["status"].tolist() == ["built"]
+
+
+def test_legacy_checkpoints_are_removed(setup: dict, tmp_path: Path) -> None:
+    legacy = tmp_path / "pruned" / "magnitude_r0.10"
+    legacy.mkdir(parents=True)
+    (legacy / "pruning_plan.json").write_text("{}")
+    (legacy / "model.safetensors").write_bytes(b"0" * 100)
+    run_grid(setup, tmp_path, ["magnitude"], [RATIO])
+    assert not legacy.exists()
 
 
 def test_statistics_are_cached_per_texts(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,8 @@ from funcprune import capture_activations, results
 from funcprune.data import dataset_info, load_texts
 from funcprune.evaluate import count_parameters
 from funcprune.pipeline import prune_all, read_index
-from funcprune.results import (DENSE_KEY, TABLE_COLUMNS, aggregate_seeds, evaluate_run, evaluation_stream,
+from funcprune.results import (DENSE_KEY, TABLE_COLUMNS, aggregate_seeds, evaluate_run, evaluation_parts,
+                               evaluation_stream,
                                load_results, reference_numbers, select_windows, significant_differences,
                                validate_results_table)
 from funcprune.workflow import REPO_ROOT, load_profile, notebook_parameters
@@ -181,6 +182,63 @@ def test_a_changed_protocol_is_not_served_from_the_cache(run: dict, monkeypatch:
         evaluate_run(run["run_dir"], model=str(run["dense_dir"]), **{**SETTINGS, "zero_shot_limit": 3})
 
 
+def test_a_tampered_part_is_named_and_evaluated_again(run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = run["run_dir"]
+    key = read_index(run_dir)["key"].iloc[0]
+    path = run_dir / "results" / "parts" / f"{key}.json"
+    part = json.loads(path.read_text())
+    assert part["sha256"] == results._part_digest(part)
+    part["perplexity"]["32"]["window_nll"][0] += 0.5  # an edit that keeps the JSON valid
+    path.write_text(json.dumps(part))
+    evaluated = []
+    real = results._evaluate_model
+    monkeypatch.setattr(results, "_evaluate_model",
+                        lambda model, *a, **k: evaluated.append(model.funcprune_source["name"]) or real(model, *a, **k))
+    with pytest.warns(UserWarning, match=f"re-evaluating '{key}': .*{key}.json does not match its digest"):
+        again = evaluate_run(run_dir, model=str(run["dense_dir"]), **SETTINGS)
+    assert evaluated == [key]
+    pd.testing.assert_frame_equal(again, run["table"])
+
+
+def test_per_window_and_per_item_records_and_comparisons(run: dict) -> None:
+    from funcprune.compare import compare_models, item_correctness
+
+    run_dir = run["run_dir"]
+    parts = json.loads((run_dir / "results" / "results.json").read_text())["models"]
+    for key, part in parts.items():
+        assert len(part["perplexity"]["32"]["window_nll"]) == MAX_TOKENS // 32
+        items = item_correctness(part)
+        assert set(items) == set(TASKS) and all(len(v[1]) == LIMIT for v in items.values())
+        for task, (_, correct) in items.items():  # the items reproduce the harness's accuracy
+            assert correct.mean() == pytest.approx(part["zero_shot"]["tasks"][task]["acc"])
+    # the headline file exists (no functional-network model in this small run: no rows) ...
+    headline = pd.read_csv(run_dir / "results" / "comparisons.csv")
+    assert {"ratio", "method", "baseline", "metric", "estimate", "ci_low", "ci_high", "p_value"} <= set(headline)
+    # ... and any two models compare on their shared windows and items
+    r = compare_models([parts["magnitude_r0.05"]], [parts["random-s0_r0.05"], parts["random-s1_r0.05"]], "ppl@32")
+    assert r["n"] == MAX_TOKENS // 32 and r["ci_low"] <= r["estimate"] <= r["ci_high"]
+    same = compare_models([parts[DENSE_KEY]], [parts[DENSE_KEY]], "acc")
+    assert same["estimate"] == 0 and not same["decided"] and same["n"] == LIMIT * len(TASKS)
+
+
+def test_a_tiered_protocol_screens_the_other_ratios(run: dict, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run["run_dir"], run_dir)
+    table = evaluate_run(run_dir, model=str(run["dense_dir"]), **{**SETTINGS, "eval_max_tokens": [512, 256]},
+                         full_ratios=[0.2])
+    pairs = {k: set(zip(g["metric"], g["setting"])) for k, g in table.groupby("key")}
+    assert ("ppl", "256") in pairs[DENSE_KEY] and ("acc", "arc_easy") in pairs[DENSE_KEY]
+    for key, p in pairs.items():
+        if key != DENSE_KEY:  # screened: the shortest window only, no zero-shot
+            assert {s for m, s in p if m == "ppl"} == {"32"} and not any(m == "acc" for m, _ in p)
+    dense = table.query("key == @DENSE_KEY and metric == 'ppl'").set_index("setting")["n"]
+    assert dense["32"] == 512 // 32 and dense["256"] == 256 // 128  # one budget per window length
+    with pytest.raises(ValueError, match="one per window length"):
+        evaluate_run(run_dir, model=str(run["dense_dir"]), **{**SETTINGS, "eval_max_tokens": [512]})
+
+
 # -- held-out text ------------------------------------------------------------------------------------------
 def test_perplexity_windows_never_touch_calibration_text(run: dict) -> None:
     run_dir = run["run_dir"]
@@ -189,7 +247,9 @@ def test_perplexity_windows_never_touch_calibration_text(run: dict) -> None:
     calibration = set(manifest["text_ids"])
     assert calibration == {t.id for t in run["calib"]}
     evaluation = set(saved["eval_text_ids"])
-    assert evaluation == {t.id for t in load_texts("wiki", "evaluation")}
+    parts = evaluation_parts(load_texts("wiki", "evaluation"))
+    assert evaluation == {t.id for t in parts["test"]}  # reports use the test part of the held-out articles
+    assert saved["protocol"]["eval_dataset"]["part"] == "test"
     assert not calibration & evaluation
     for key, part in saved["models"].items():
         for setting, p in part["perplexity"].items():
@@ -208,10 +268,45 @@ def test_calibration_overlap_is_refused(run: dict, tmp_path: Path) -> None:
         evaluate_run(bad, model=str(run["dense_dir"]), **SETTINGS)
 
 
+def test_held_out_articles_split_into_disjoint_validation_and_test_parts() -> None:
+    held_out = load_texts("wiki", "evaluation")
+    parts = evaluation_parts(held_out)
+    val, test = ({t.id for t in parts[k]} for k in ("validation", "test"))
+    assert not val & test and val | test == {t.id for t in held_out}
+    assert abs(len(val) - len(test)) <= 1
+    assert [t.id for t in parts["test"]] == [t.id for t in held_out if t.id in test]  # file order kept
+    assert evaluation_parts(list(reversed(held_out)))["test"][::-1] == parts["test"]  # depends on ids only
+    with pytest.raises(ValueError, match=r"unknown held-out part 'dev'; accepted: \['test', 'validation', 'all'\]"):
+        evaluation_stream(None, "wiki", "dev")
+
+
+def test_the_stream_leaves_bos_to_the_windows() -> None:
+    from test_evaluate import bpe_tokenizer
+
+    for adds_bos in (True, False):
+        tok = bpe_tokenizer(adds_bos)
+        stream = evaluation_stream(tok, "wiki", "validation")
+        bos = tok.convert_tokens_to_ids("<s>")
+        assert stream.bos_token_id == (bos if adds_bos else None)
+        assert stream.part == "validation" and not (stream.ids == bos).any()
+
+
+def test_perplexity_sanity_flags_short_windows_far_above_long_ones() -> None:
+    def part(short: float, long: float) -> dict:
+        return {"perplexity": {"128": {"seq_len": 128, "ppl": short}, "2048": {"seq_len": 2048, "ppl": long}}}
+
+    ok = results.perplexity_sanity(part(15.4, 10.2))
+    assert not ok["flagged"] and ok["ratio"] == pytest.approx(15.4 / 10.2) and (ok["short"], ok["long"]) == (128, 2048)
+    bad = results.perplexity_sanity(part(157.0, 12.2))
+    assert bad["flagged"] and "BOS" in bad["message"] and "12.87x" in bad["message"]
+    assert not results.perplexity_sanity({"perplexity": {"64": {"seq_len": 64, "ppl": 9.0}}})["flagged"]
+
+
 def test_windows_are_spread_over_the_stream() -> None:
     assert select_windows(1000, 100, None) == list(range(0, 1000, 100))
     assert select_windows(1000, 100, 300) == [0, 300, 600]
     assert select_windows(1000, 100, 10_000) == list(range(0, 1000, 100))
+    assert select_windows(1000, 100, 300, span=99) == [0, 297, 594]  # BOS in front: 99 tokens of text each
     with pytest.raises(ValueError, match="eval_max_tokens"):
         select_windows(1000, 100, 99)
     with pytest.raises(ValueError, match="no perplexity window"):
