@@ -805,25 +805,9 @@ def _read_biases(run_dir: Path, key: str, record: Mapping[str, Any] | None) -> d
 
 
 def _apply(dense: nn.Module, plan: PruningPlan, biases: Mapping[int, Any]) -> nn.Module:
-    """A deep copy of ``dense`` with the saved down biases set, then pruned by ``plan``."""
-    import torch
-
-    from .adapters import get_adapter
-
+    """A deep copy of ``dense`` pruned by ``plan`` with the saved down biases set."""
     model = copy.deepcopy(dense)
-    adapter = get_adapter(model)
-    layers = adapter.get_layers(model)
-    with torch.no_grad():
-        for i, value in biases.items():
-            down = adapter.module(layers[i], "mlp.down")
-            weight = adapter.mlp_weight(layers[i], "mlp.down")
-            value = value.to(weight.device, weight.dtype)
-            if down.bias is None:
-                down.bias = nn.Parameter(value.clone(), requires_grad=weight.requires_grad)
-                down.funcprune_added_bias = True
-            else:
-                down.bias.copy_(value)
-    prune(model, plan, progress=False)
+    prune(model, plan, bias_compensation=dict(biases) if biases else None, progress=False)
     return model.eval()
 
 

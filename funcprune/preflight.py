@@ -255,7 +255,8 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     """
     from . import data, models, tasks
     from .evaluate import count_parameters, flops_per_token
-    from .plan import ALLOCATIONS, BASES, default_protected_layers
+    from .pipeline import ALLOCATION_CHOICES
+    from .plan import BASES, default_protected_layers
     from .store import check_dtype as check_storage_dtype
     from .workflow import load_profile
 
@@ -307,8 +308,8 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     round_to = p.get("round_to", 1)
     if basis not in BASES:
         problems.append(f"ratio_basis {basis!r} invalid; choose one of {list(BASES)}")
-    if allocation not in ALLOCATIONS:
-        problems.append(f"allocation {allocation!r} invalid; choose one of {list(ALLOCATIONS)}")
+    if allocation not in ALLOCATION_CHOICES:
+        problems.append(f"allocation {allocation!r} invalid; choose one of {list(ALLOCATION_CHOICES)}")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         problems.append(f"round_to {round_to!r} must be a positive integer")
         round_to = 1

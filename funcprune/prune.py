@@ -49,7 +49,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -229,6 +229,25 @@ def _add_compensation(adapter: ArchitectureAdapter, layer: nn.Module, removed: S
     down.bias.add_(delta.to(down.bias.device, down.bias.dtype))
 
 
+def _set_down_biases(model: nn.Module, biases: Mapping[int, torch.Tensor]) -> None:
+    """Set each listed layer's down-projection bias (created where the projection has none)."""
+    adapter = get_adapter(model)
+    layers = adapter.get_layers(model)
+    with torch.no_grad():
+        for i, value in biases.items():
+            down = adapter.module(layers[int(i)], "mlp.down")
+            weight = adapter.mlp_weight(layers[int(i)], "mlp.down")
+            value = torch.as_tensor(value).to(weight.device, weight.dtype)
+            if tuple(value.shape) != (weight.shape[0],):
+                raise ValueError(f"layer {i}: a down bias of shape {tuple(value.shape)} for an output of "
+                                 f"{weight.shape[0]} features")
+            if down.bias is None:
+                down.bias = nn.Parameter(value.clone(), requires_grad=weight.requires_grad)
+                down.funcprune_added_bias = True
+            else:
+                down.bias.copy_(value)
+
+
 def compensate_bias(model: nn.Module, plan: PruningPlan, stats: ChannelStatistics,
                     layers: Sequence[int] | None = None) -> None:
     """Fold the mean contribution of the channels a plan removes into the down-projection bias.
@@ -382,7 +401,7 @@ def _update_config(model: nn.Module, method: str = "") -> None:
 
 
 def prune(model: nn.Module, plan: PruningPlan, *,
-          bias_compensation: ChannelStatistics | CalibrationData | None = None,
+          bias_compensation: ChannelStatistics | CalibrationData | Mapping[int, torch.Tensor] | None = None,
           progress: bool = True) -> nn.Module:
     """Physically remove the MLP channels a plan drops, in place.
 
@@ -396,7 +415,8 @@ def prune(model: nn.Module, plan: PruningPlan, *,
         given means into the biases (statistics measured beforehand, e.g. on the dense
         model, as FLAP does). :class:`CalibrationData`: measure each layer's means with its
         earlier layers already pruned and compensated (the paper's procedure; about three
-        forward passes over the texts).
+        forward passes over the texts). A mapping ``layer -> (hidden,) tensor``: down-projection
+        biases measured before (by either way), set as they are (how a stored plan is rebuilt).
     progress : bool, default=True
         Progress bar for progressive compensation.
 
@@ -411,14 +431,17 @@ def prune(model: nn.Module, plan: PruningPlan, *,
     try:
         if isinstance(bias_compensation, CalibrationData):
             _prune_progressively(model, plan, bias_compensation, progress)
-        elif isinstance(bias_compensation, ChannelStatistics) or bias_compensation is None:
-            if bias_compensation is not None:
+        elif isinstance(bias_compensation, (ChannelStatistics, Mapping)) or bias_compensation is None:
+            if isinstance(bias_compensation, ChannelStatistics):
                 compensate_bias(model, plan, bias_compensation)
+            elif bias_compensation is not None:
+                _set_down_biases(model, bias_compensation)
             for i in plan.layers:
                 if len(plan.kept[i]) < plan.widths[i]:
                     prune_layer(model, i, plan.kept[i])
         else:
-            raise TypeError(f"bias_compensation must be None, ChannelStatistics or CalibrationData, "
+            raise TypeError(f"bias_compensation must be None, ChannelStatistics, CalibrationData or a mapping of "
+                            f"layer to bias, "
                             f"got {type(bias_compensation).__name__}")
     finally:
         model.train(was_training)

@@ -372,3 +372,20 @@ def test_plain_from_pretrained_with_per_layer_widths(tmp_path: Path) -> None:
     except Exception as err:  # noqa: BLE001 - any failure means "not supported yet"
         pytest.xfail(f"plain from_pretrained cannot load per-layer widths yet: {type(err).__name__}: {err}")
     assert torch.equal(logits(plain), logits(model))
+
+
+def test_stored_biases_rebuild_the_compensated_model_exactly() -> None:
+    """A mapping of down biases (how a stored plan is rebuilt) gives FLAP-compensated logits, config included."""
+    dense = tiny_model("llama")
+    stats = channel_statistics(dense, CharTokenizer(), ["some calibration text", "and another one"], progress=False)
+    plan = select_channels(random_scores(dense, 0), dense, ratio=0.1, protected_layers=[0])
+    compensated = prune(copy.deepcopy(dense), plan, bias_compensation=stats)
+    layers = get_adapter(compensated).get_layers(compensated)
+    biases = {i: layers[i].mlp.down_proj.bias.detach().clone() for i in range(len(layers))
+              if layers[i].mlp.down_proj.bias is not None}
+    rebuilt = prune(copy.deepcopy(dense), plan, bias_compensation=biases)
+    ids = torch.arange(20).view(2, 10)
+    torch.testing.assert_close(rebuilt(input_ids=ids).logits, compensated(input_ids=ids).logits, rtol=0, atol=0)
+    assert rebuilt.config.funcprune["down_bias_layers"] == compensated.config.funcprune["down_bias_layers"]
+    with pytest.raises(ValueError, match=r"layer 1: a down bias of shape \(3,\)"):
+        prune(copy.deepcopy(dense), plan, bias_compensation={1: torch.zeros(3)})

@@ -442,9 +442,10 @@ def test_vicuna_profile_resolves() -> None:
     assert set(profile) - {"profile"} <= declared, sorted(set(profile) - {"profile"} - declared)
     assert profile["model"] == "lmsys/vicuna-7b-v1.5"
     assert profile["model_dtype"] in ("bfloat16", "float16") and profile["device"] == "cuda"
-    assert profile["dataset"] in ("wiki", "c4") and profile["eval_dataset"] in ("wiki", "c4")
+    assert profile["dataset"] == profile["eval_dataset"] == "wikitext2"
+    assert profile["allocation"] == "per-method"  # each baseline as its authors define it
     assert profile["zero_shot_limit"] is None and set(profile["zero_shot_tasks"]) == set(results.ALL_TASKS)
-    assert profile["ratios"] == [0.2, 0.3, 0.5] and Path(profile["run_dir"]).is_absolute()
+    assert profile["ratios"] == [0.1932, 0.3] and Path(profile["run_dir"]).is_absolute()
     text = (REPO_ROOT / "params" / "vicuna-7b.yaml").read_text()
     assert "expected runtime" in text.lower()
 
