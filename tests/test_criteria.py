@@ -56,3 +56,35 @@ def test_statistics_are_required() -> None:
     model, _, fn = _inputs()
     with pytest.raises(ValueError, match="needs activation statistics"):
         FnFlapScorer(fn)(model, None)
+
+
+# -- the sweep on validation windows --------------------------------------------------------
+def test_sweep_weight_zero_is_the_flap_model_and_deltas_are_paired() -> None:
+    import copy
+
+    import pandas as pd
+    import torch
+
+    from funcprune.ablation import build_fn_flap, choose_weight, criterion_sweep, window_nll
+    from funcprune.prune import prune
+
+    model, stats, fn = _inputs(2)
+    windows = torch.randint(0, 97, (6, 12), generator=torch.Generator().manual_seed(1))
+    sweep = criterion_sweep(model, stats, fn, windows, weights=[0.0, 2.0, 0.0], ratio=0.05,
+                            protected_layers=[], progress=False)
+    assert list(sweep["weight"]) == [0.0, 2.0] and sweep["delta_vs_flap"].iloc[0] == 0.0
+    flap_plan = select_channels(FlapScorer(standardize=True)(model, stats), model, ratio=0.05,
+                                protected_layers=[])
+    flap_model = copy.deepcopy(model)
+    prune(flap_model, flap_plan, bias_compensation=stats)
+    np.testing.assert_allclose(sweep.attrs["window_nll"][0.0], window_nll(flap_model, windows), rtol=1e-10)
+    pruned, plan = build_fn_flap(model, stats, fn, 0.05, weight=2.0, protected_layers=[])
+    assert plan.method == "fn-flap" and plan.settings["scorer_settings"]["weight"] == 2.0
+    np.testing.assert_allclose(sweep["nll"].iloc[1], window_nll(pruned, windows).mean(), rtol=1e-10)
+    assert sweep["delta_vs_flap"].iloc[1] == pytest.approx(sweep["nll"].iloc[1] - sweep["nll"].iloc[0])
+
+    tie = pd.DataFrame({"weight": [2.0, 0.0, 1.0], "nll": [3.0, 3.0, 3.5]})
+    assert choose_weight(tie) == 0.0
+    assert choose_weight(tie.assign(nll=[2.9, 3.0, 3.5])) == 2.0
+    with pytest.raises(ValueError, match="weights is empty"):
+        criterion_sweep(model, stats, fn, windows, weights=[], ratio=0.05, progress=False)
