@@ -43,7 +43,7 @@ from .atlas import key_channel_sets
 from .capture import MLPRecorder
 from .ica import FunctionalNetworks
 
-__all__ = ["lesion", "lesion_study", "lesion_verdict", "token_nll"]
+__all__ = ["lesion", "lesion_study", "lesion_verdict", "plot_lesions", "token_nll"]
 
 
 @contextmanager
@@ -83,7 +83,7 @@ def lesion(model: nn.Module, channels: Mapping[int, Sequence[int]]) -> Iterator[
             h.remove()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def token_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> np.ndarray:
     """Negative log-likelihood of every predicted token of every window.
 
@@ -100,7 +100,8 @@ def token_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -
     Returns
     -------
     ndarray of shape (n_windows, seq_len - 1)
-        float64 NLL (nats) of tokens ``1 .. seq_len - 1`` of each window.
+        NLL (nats) of tokens ``1 .. seq_len - 1`` of each window, computed in float32
+        as :func:`funcprune.evaluate.perplexity` does, returned as float64.
     """
     if windows.ndim != 2 or windows.shape[1] < 2:
         raise ValueError(f"windows must have shape (n_windows, seq_len >= 2), got {tuple(windows.shape)}")
@@ -108,8 +109,9 @@ def token_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -
     out = []
     for start in range(0, windows.shape[0], batch_size):
         ids = windows[start:start + batch_size].to(device)
-        logits = model(input_ids=ids).logits[:, :-1].double()
-        out.append(F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").cpu().numpy())
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        out.append(nll.double().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -290,3 +292,35 @@ def lesion_verdict(table: pd.DataFrame, alpha: float = 0.05) -> dict[str, Any]:
                              f"level {alpha}).")
     out["sentences"] = sentences
     return out
+
+
+def plot_lesions(table: pd.DataFrame) -> Any:
+    """Network lesions against their random controls: overall damage and damage on the network's tokens.
+
+    Left: mean NLL change of each network's lesion against the mean of its random
+    controls (above the diagonal: the network matters more than its size). Right: the
+    same for specificity, the change on active tokens minus that on the other tokens.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), constrained_layout=True)
+    pairs = [("rand_all", "net_all", "NLL change, all tokens"),
+             (None, None, "active minus other tokens")]
+    for ax, (x, y, title) in zip(axes, pairs):
+        if x is None:
+            xs = table["rand_active"] - table["rand_rest"]
+            ys = table["net_active"] - table["net_rest"]
+        else:
+            xs, ys = table[x], table[y]
+        for layer, part in table.groupby("layer"):
+            ax.scatter(xs[part.index], ys[part.index], s=18 + part["n_channels"] / part["n_channels"].max() * 40,
+                       label=f"layer {layer}", alpha=0.8)
+        lo, hi = float(min(xs.min(), ys.min(), 0)), float(max(xs.max(), ys.max(), 0))
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+        ax.set(xlabel="random lesions of the same size", ylabel="network lesion", title=title)
+    axes[0].legend(fontsize=8)
+    return fig

@@ -88,3 +88,22 @@ def test_sweep_weight_zero_is_the_flap_model_and_deltas_are_paired() -> None:
     assert choose_weight(tie.assign(nll=[2.9, 3.0, 3.5])) == 2.0
     with pytest.raises(ValueError, match="weights is empty"):
         criterion_sweep(model, stats, fn, windows, weights=[], ratio=0.05, progress=False)
+
+
+def test_describe_criterion_states_the_outcome_either_way() -> None:
+    import pandas as pd
+
+    from funcprune.ablation import describe_criterion
+
+    sweep = pd.DataFrame({"weight": [0.0, 1.0], "ratio": [0.2, 0.2], "nll": [3.0, 2.9],
+                          "ppl": [np.exp(3.0), np.exp(2.9)], "delta_vs_flap": [0.0, -0.1]})
+    won = pd.DataFrame({"ratio": [0.1, 0.2], "estimate": [0.9, 0.95], "ci_low": [0.85, 0.9],
+                        "ci_high": [0.95, 0.99], "p_value": [0.001, 0.01], "n": [32, 32],
+                        "better": ["model", "model"], "channels_changed": [0.1, 0.2]})
+    text = describe_criterion(sweep, 1.0, won)
+    assert "weight 1 gave the lowest perplexity at 20%" in text[0] and "against FLAP's 20.09" in text[0]
+    assert "0.900 times FLAP's" in text[1] and "better than FLAP" in text[1]
+    assert text[-1].startswith("The goal is met")
+    lost = won.assign(better=["model", "undecided"])
+    assert "not met on this model: decided better at 1 of 2" in describe_criterion(sweep, 1.0, lost)[-1]
+    assert "is FLAP itself" in describe_criterion(sweep, 0.0, won)[0]

@@ -97,3 +97,13 @@ def test_verdict_sentences_follow_the_numbers(excess: float, word: str) -> None:
     assert verdict["harm"]["significant"] is (word == "Supported")
     assert verdict["specificity"]["p"] > 0.05 and verdict["sentences"][1].startswith("Not supported")
     assert lesion_verdict(table.iloc[:0])["sentences"][0].startswith("No network could be tested")
+
+
+def test_plot_lesions_draws_both_panels(model, windows, networks) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    table = lesion_study(model, networks, windows, layers=[0, 2], maps_per_layer=2, n_random=1, kinds=("act",),
+                         threshold=1.0, progress=False)
+    fig = lesion_study and __import__("funcprune.lesion", fromlist=["plot_lesions"]).plot_lesions(table)
+    assert len(fig.axes) == 2 and len(fig.axes[0].collections) == table["layer"].nunique()
