@@ -16,6 +16,7 @@ random                 ``s_j ~ U(0, 1)``, seeded
 magnitude              ``s_j = sqrt(||W_gate[j, :]||^2 + ||W_up[j, :]||^2 + ||W_down[:, j]||^2)``
 Wanda-sp               ``s_j = sum_i |W_down[i, j]| * ||x_j||_2``
 FLAP                   ``s_j = Var_t(x_j) * sum_i W_down[i, j]^2``
+FN inside FLAP         ``s_j = z(FLAP_j) + w * z(log(1 + max |z|_j))``, z-scored per layer
 =====================  ======================================================================
 
 Wanda-sp is the structured variant of Wanda (Sun et al., 2024, "A simple and effective
@@ -55,6 +56,7 @@ from .store import ActivationStore
 __all__ = [
     "ChannelStatistics",
     "FlapScorer",
+    "FnFlapScorer",
     "FunctionalNetworkScorer",
     "MagnitudeScorer",
     "RandomScorer",
@@ -63,6 +65,7 @@ __all__ = [
     "channel_statistics",
     "channel_statistics_from_store",
     "flap_scores",
+    "fn_flap_scores",
     "key_neuron_scores",
     "magnitude_scores",
     "random_scores",
@@ -422,9 +425,28 @@ def flap_scores(model: nn.Module, stats: ChannelStatistics, *, standardize: bool
     stats.check_model(model)
     scores = {i: stats.var[i] * w.pow(2).sum(dim=0).numpy() for i, w in _down_weights(model).items()}
     if standardize:
-        scores = {i: (s - s.mean()) / (s.std(ddof=1) if len(s) > 1 and s.std() > 0 else 1.0)
-                  for i, s in scores.items()}
+        scores = {i: _standardize(s) for i, s in scores.items()}
     return scores
+
+
+def _standardize(s: np.ndarray) -> np.ndarray:
+    """z-score over one layer's channels (a constant layer is only centred)."""
+    return (s - s.mean()) / (s.std(ddof=1) if len(s) > 1 and s.std() > 0 else 1.0)
+
+
+def fn_flap_scores(model: nn.Module, stats: ChannelStatistics, networks: Any, *, weight: float = 1.0) -> Scores:
+    """FLAP's standardised fluctuation plus ``weight`` times the standardised log key-neuron score.
+
+    ``s_j = z_layer(Var_t(x_j) * sum_i W_down[i, j]^2) + weight * z_layer(log(1 + max |z|_j))``,
+    each term z-scored within its layer, then ranked globally as FLAP ranks. ``weight=0``
+    is FLAP exactly; a large weight orders channels within a layer by the functional-network
+    score while FLAP still sets how many each layer keeps. The logarithm tames the heavy tail
+    of ``max |z|`` so that a few extreme loadings do not decide the sum. Layers without
+    fitted networks get the FLAP term alone.
+    """
+    flap = flap_scores(model, stats, standardize=True)
+    key = FunctionalNetworkScorer(networks)(model)
+    return {i: s + weight * _standardize(np.log1p(key[i])) if i in key else s for i, s in flap.items()}
 
 
 class RandomScorer:
@@ -493,3 +515,32 @@ class FlapScorer(_StatsScorer):
 
     def __call__(self, model: nn.Module, stats: ChannelStatistics | None = None) -> Scores:
         return flap_scores(model, self._need(stats), standardize=self.standardize)
+
+
+class FnFlapScorer(_StatsScorer):
+    """Functional networks inside FLAP (see :func:`fn_flap_scores`); needs statistics and networks.
+
+    Parameters
+    ----------
+    networks : FunctionalNetworks
+        Fitted in ``mode="layer"``.
+    weight : float, default=1.0
+        Weight of the functional-network term (``0``: FLAP). Choose it on validation
+        text, never on the text that is reported.
+    """
+
+    name = "fn_flap"
+
+    def __init__(self, networks: Any, weight: float = 1.0) -> None:
+        if not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        self.networks = FunctionalNetworkScorer(networks).networks
+        self.weight = float(weight)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"formula": "z_layer(FLAP) + weight * z_layer(log1p(max |z|))", "weight": self.weight,
+                **FunctionalNetworkScorer(self.networks).settings}
+
+    def __call__(self, model: nn.Module, stats: ChannelStatistics | None = None) -> Scores:
+        return fn_flap_scores(model, self._need(stats), self.networks, weight=self.weight)

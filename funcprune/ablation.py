@@ -1,0 +1,242 @@
+"""Choosing a functional-network criterion on validation text, never on the reported text.
+
+:func:`criterion_sweep` prunes the dense model with :class:`~funcprune.scoring.FnFlapScorer`
+at one ratio for each weight of a grid (weight 0 is FLAP itself, so the grid contains
+the baseline it must beat), applies FLAP's static bias compensation to every one of them
+(the compensation is not what is being compared), and scores each pruned model on the
+same validation windows. :func:`choose_weight` picks the weight with the lowest mean
+validation NLL; the chosen criterion is then built at every ratio and compared with
+FLAP on the separate test windows (paired, in :mod:`funcprune.compare`).
+
+Used in the chapter :doc:`/executed/06_ablations`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .lesion import token_nll
+from .plan import PruningPlan, select_channels
+from .prune import prune
+from .scoring import ChannelStatistics, FnFlapScorer
+
+__all__ = ["build_fn_flap", "choose_weight", "compare_with_flap", "criterion_sweep", "describe_criterion",
+           "plot_comparison_to_flap", "window_nll"]
+
+
+def window_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> np.ndarray:
+    """Mean NLL of each window (``(n_windows,)``, float64): the unit of the paired tests."""
+    return token_nll(model, windows, batch_size=batch_size).mean(axis=1)
+
+
+def build_fn_flap(dense: nn.Module, stats: ChannelStatistics, networks: object, ratio: float, *,
+                  weight: float, basis: Literal["total", "mlp"] = "total",
+                  protected_layers: Sequence[int] | None = None,
+                  round_to: int = 1) -> tuple[nn.Module, PruningPlan]:
+    """A pruned copy of ``dense`` under the FN-inside-FLAP criterion, with FLAP's compensation.
+
+    Selection is global over per-layer standardised scores, as FLAP's; the dense model
+    is never modified.
+
+    Returns
+    -------
+    (nn.Module, PruningPlan)
+        The pruned model in eval mode and its plan (method ``"fn-flap"``).
+    """
+    scorer = FnFlapScorer(networks, weight=weight)
+    plan = select_channels(scorer(dense, stats), dense, ratio=ratio, basis=basis, allocation="global",
+                           protected_layers=protected_layers, round_to=round_to, method="fn-flap",
+                           settings={"scorer": scorer.name, "scorer_settings": scorer.settings,
+                                     "bias_compensation": "static"})
+    model = copy.deepcopy(dense)
+    prune(model, plan, bias_compensation=stats)
+    return model.eval(), plan
+
+
+def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object, windows: torch.Tensor, *,
+                    weights: Sequence[float], ratio: float, basis: Literal["total", "mlp"] = "total",
+                    protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
+                    progress: bool = True) -> pd.DataFrame:
+    """Validation NLL of the FN-inside-FLAP criterion for each weight, at one ratio.
+
+    Parameters
+    ----------
+    dense : nn.Module
+        The dense model.
+    stats : ChannelStatistics
+        Its activation statistics on the calibration text.
+    networks : FunctionalNetworks
+        Fitted in stage 2.
+    windows : LongTensor of shape (n_windows, seq_len)
+        Validation windows (never the windows that are reported).
+    weights : sequence of float
+        The grid; include 0 (FLAP) so that the baseline is among the candidates.
+    ratio, basis, protected_layers, round_to
+        The budget, as in :func:`funcprune.plan.select_channels`.
+    batch_size : int, default=4
+        Windows per forward pass.
+    progress : bool, default=True
+        Progress bar.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per weight: ``weight``, ``ratio``, ``ratio_reached``, ``nll`` (mean
+        validation NLL), ``ppl``, ``nll_stderr`` (over windows) and ``delta_vs_flap``
+        (mean paired NLL difference to weight 0 when 0 is in the grid, else NaN);
+        ``attrs["window_nll"]`` maps each weight to its per-window NLLs.
+
+    Raises
+    ------
+    ValueError
+        An empty grid or a negative weight.
+    """
+    grid = [float(w) for w in dict.fromkeys(weights)]
+    if not grid:
+        raise ValueError("weights is empty: pass a grid such as [0, 0.5, 1, 2] (0 is FLAP)")
+    per_window: dict[float, np.ndarray] = {}
+    rows = []
+    for w in tqdm(grid, desc=f"criterion sweep at {ratio:.0%}", unit="weight", disable=not progress):
+        model, plan = build_fn_flap(dense, stats, networks, ratio, weight=w, basis=basis,
+                                    protected_layers=protected_layers, round_to=round_to)
+        nll = window_nll(model, windows, batch_size=batch_size)
+        del model
+        per_window[w] = nll
+        rows.append({"weight": w, "ratio": ratio, "ratio_reached": plan.ratio_reached, "nll": float(nll.mean()),
+                     "ppl": float(np.exp(nll.mean())),
+                     "nll_stderr": float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else float("nan")})
+    table = pd.DataFrame(rows)
+    base = per_window.get(0.0)
+    table["delta_vs_flap"] = [float((per_window[w] - base).mean()) if base is not None else float("nan")
+                              for w in grid]
+    table.attrs["window_nll"] = per_window
+    return table
+
+
+def choose_weight(sweep: pd.DataFrame) -> float:
+    """The weight with the lowest mean validation NLL; ties go to the smaller weight (closer to FLAP)."""
+    if sweep.empty:
+        raise ValueError("the sweep is empty")
+    best = sweep.sort_values(["nll", "weight"], kind="stable").iloc[0]
+    return float(best["weight"])
+
+
+def compare_with_flap(dense: nn.Module, stats: ChannelStatistics, networks: object, windows: torch.Tensor, *,
+                      weight: float, ratios: Sequence[float], basis: Literal["total", "mlp"] = "total",
+                      protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
+                      n_boot: int = 10_000, progress: bool = True) -> pd.DataFrame:
+    """The criterion at ``weight`` against FLAP at each ratio, paired on the same (test) windows.
+
+    Both models come from :func:`build_fn_flap` (FLAP is weight 0, the same code path),
+    so they differ only in the channels they keep.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ratio: ``ratio``, ``weight``, ``ppl`` and ``ppl_flap``, and the paired
+        comparison of :func:`funcprune.compare.compare_windows` (``estimate`` = perplexity
+        ratio to FLAP, ``ci_low``, ``ci_high``, ``p_value``, ``decided``, ``better``,
+        ``n``); ``channels_changed`` is the share of FLAP's removed channels that the
+        criterion keeps instead.
+    """
+    from .compare import compare_windows
+
+    rows = []
+    for ratio in tqdm(list(ratios), desc="criterion vs FLAP", unit="ratio", disable=not progress):
+        results = {}
+        for w in (0.0, float(weight)):
+            if w in results:
+                continue
+            model, plan = build_fn_flap(dense, stats, networks, ratio, weight=w, basis=basis,
+                                        protected_layers=protected_layers, round_to=round_to)
+            results[w] = (window_nll(model, windows, batch_size=batch_size), plan)
+            del model
+        (flap_nll, flap_plan), (nll, plan) = results[0.0], results[float(weight)]
+        removed = {i: set(flap_plan.removed(i)) for i in flap_plan.kept}
+        changed = sum(len(removed[i] - set(plan.removed(i))) for i in removed)
+        rows.append({"ratio": ratio, "weight": float(weight), "ppl": float(np.exp(nll.mean())),
+                     "ppl_flap": float(np.exp(flap_nll.mean())),
+                     "channels_changed": changed / max(1, sum(len(r) for r in removed.values())),
+                     **compare_windows(nll, flap_nll, n_boot=n_boot)})
+    return pd.DataFrame(rows)
+
+
+def describe_criterion(sweep: pd.DataFrame, chosen: float, final: pd.DataFrame) -> list[str]:
+    """Sentences on the weight choice and the test comparison with FLAP, true for any outcome.
+
+    Parameters
+    ----------
+    sweep : pandas.DataFrame
+        From :func:`criterion_sweep` (validation).
+    chosen : float
+        From :func:`choose_weight`.
+    final : pandas.DataFrame
+        From :func:`compare_with_flap` (test).
+    """
+    sentences = []
+    if chosen == 0.0:
+        sentences.append("On validation text no positive weight of the functional-network term improved on FLAP: "
+                         "the chosen criterion is FLAP itself, so on this model the networks add nothing FLAP's "
+                         "fluctuation metric does not already hold.")
+    else:
+        row = sweep.loc[sweep["weight"] == chosen].iloc[0]
+        sentences.append(f"On validation text weight {chosen:g} gave the lowest perplexity at "
+                         f"{row['ratio']:.0%} ({row['ppl']:.2f}, against FLAP's "
+                         f"{float(np.exp(row['nll'] - row['delta_vs_flap'])):.2f}), so it is the one tested.")
+        for _, r in final.iterrows():
+            verdict = {"model": "better than FLAP", "baseline": "worse than FLAP",
+                       "undecided": "not distinguishable from FLAP"}[r["better"]]
+            sentences.append(f"At {r['ratio']:.0%} on the test windows its perplexity is {r['estimate']:.3f} "
+                             f"times FLAP's (95 % interval {r['ci_low']:.3f} to {r['ci_high']:.3f}, paired "
+                             f"bootstrap p = {r['p_value']:.3g} over {int(r['n'])} windows): {verdict}; it keeps "
+                             f"{r['channels_changed']:.0%} of the channels FLAP removes.")
+        wins = int((final["better"] == "model").sum())
+        if wins == len(final):
+            sentences.append("The goal is met on this model: better than FLAP at every ratio, decided by the "
+                             "paired test.")
+        else:
+            sentences.append(f"The goal (better than FLAP at every ratio, decided by the paired test) is not met "
+                             f"on this model: decided better at {wins} of {len(final)} ratios.")
+    return sentences
+
+
+def plot_comparison_to_flap(sweep: pd.DataFrame, final: pd.DataFrame | None = None) -> "object":
+    """Perplexity ratio to FLAP with paired 95 % intervals: per weight (validation) and per ratio (test).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    from .compare import compare_windows
+
+    panels = 2 if final is not None and len(final) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.2), constrained_layout=True, squeeze=False)
+    per_window = sweep.attrs["window_nll"]
+    base = per_window[0.0]
+    cmp = pd.DataFrame([compare_windows(per_window[w], base, n_boot=2000) if w else
+                        {"estimate": 1.0, "ci_low": 1.0, "ci_high": 1.0} for w in sweep["weight"]])
+    ax = axes[0, 0]
+    ax.errorbar(sweep["weight"], cmp["estimate"], yerr=[cmp["estimate"] - cmp["ci_low"],
+                                                         cmp["ci_high"] - cmp["estimate"]], fmt="o-", capsize=3)
+    ax.axhline(1.0, color="grey", lw=1, ls="--", label="FLAP")
+    ax.set(xlabel="weight of the functional-network term", ylabel="perplexity / FLAP's",
+           title=f"validation, {sweep['ratio'].iloc[0]:.0%} removed")
+    ax.legend()
+    if panels == 2:
+        ax = axes[0, 1]
+        ax.errorbar(final["ratio"] * 100, final["estimate"], yerr=[final["estimate"] - final["ci_low"],
+                                                                    final["ci_high"] - final["estimate"]],
+                    fmt="o-", capsize=3, label=f"weight {final['weight'].iloc[0]:g}")
+        ax.axhline(1.0, color="grey", lw=1, ls="--", label="FLAP")
+        ax.set(xlabel="% of parameters removed", ylabel="perplexity / FLAP's", title="test")
+        ax.legend()
+    return fig

@@ -1,0 +1,109 @@
+"""Functional networks inside FLAP: weight 0 is FLAP, a large weight orders each layer by max |z|."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from tiny_models import tiny_model
+
+from funcprune.adapters import layer_widths
+from funcprune.plan import select_channels
+from funcprune.scoring import ChannelStatistics, FlapScorer, FnFlapScorer, FunctionalNetworkScorer
+
+
+def _inputs(seed: int = 0):
+    model = tiny_model("llama")
+    rng = np.random.default_rng(seed)
+    widths = layer_widths(model)
+    stats = ChannelStatistics(mean={i: rng.normal(size=w) for i, w in widths.items()},
+                              var={i: rng.gamma(2.0, size=w) for i, w in widths.items()},
+                              sq_norm={i: rng.gamma(3.0, size=w) for i, w in widths.items()}, n_tokens=50)
+    fn = SimpleNamespace(maps_={i: rng.laplace(size=(3, 96)) for i in range(3)},
+                         voxel_channels_={i: np.tile(np.arange(48), 2) for i in range(3)})
+    return model, stats, fn
+
+
+def test_weight_zero_is_flap_exactly() -> None:
+    model, stats, fn = _inputs()
+    flap = FlapScorer(standardize=True)(model, stats)
+    mixed = FnFlapScorer(fn, weight=0.0)(model, stats)
+    for i in flap:
+        np.testing.assert_array_equal(mixed[i], flap[i])
+    plans = [select_channels(s, model, ratio=0.05, protected_layers=[]) for s in (flap, mixed)]
+    assert plans[0].kept == plans[1].kept
+
+
+def test_a_large_weight_orders_each_layer_by_the_key_neuron_score() -> None:
+    model, stats, fn = _inputs(1)
+    key = FunctionalNetworkScorer(fn)(model)
+    mixed = FnFlapScorer(fn, weight=1e6)(model, stats)
+    for i in key:
+        assert np.array_equal(np.argsort(mixed[i], kind="stable"), np.argsort(key[i], kind="stable"))
+    scorer = FnFlapScorer(fn, weight=0.5)
+    assert scorer.settings["weight"] == 0.5 and scorer.name == "fn_flap"
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
+def test_bad_weights_are_named(weight: float) -> None:
+    _, _, fn = _inputs()
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        FnFlapScorer(fn, weight=weight)
+
+
+def test_statistics_are_required() -> None:
+    model, _, fn = _inputs()
+    with pytest.raises(ValueError, match="needs activation statistics"):
+        FnFlapScorer(fn)(model, None)
+
+
+# -- the sweep on validation windows --------------------------------------------------------
+def test_sweep_weight_zero_is_the_flap_model_and_deltas_are_paired() -> None:
+    import copy
+
+    import pandas as pd
+    import torch
+
+    from funcprune.ablation import build_fn_flap, choose_weight, criterion_sweep, window_nll
+    from funcprune.prune import prune
+
+    model, stats, fn = _inputs(2)
+    windows = torch.randint(0, 97, (6, 12), generator=torch.Generator().manual_seed(1))
+    sweep = criterion_sweep(model, stats, fn, windows, weights=[0.0, 2.0, 0.0], ratio=0.05,
+                            protected_layers=[], progress=False)
+    assert list(sweep["weight"]) == [0.0, 2.0] and sweep["delta_vs_flap"].iloc[0] == 0.0
+    flap_plan = select_channels(FlapScorer(standardize=True)(model, stats), model, ratio=0.05,
+                                protected_layers=[])
+    flap_model = copy.deepcopy(model)
+    prune(flap_model, flap_plan, bias_compensation=stats)
+    np.testing.assert_allclose(sweep.attrs["window_nll"][0.0], window_nll(flap_model, windows), rtol=1e-10)
+    pruned, plan = build_fn_flap(model, stats, fn, 0.05, weight=2.0, protected_layers=[])
+    assert plan.method == "fn-flap" and plan.settings["scorer_settings"]["weight"] == 2.0
+    np.testing.assert_allclose(sweep["nll"].iloc[1], window_nll(pruned, windows).mean(), rtol=1e-10)
+    assert sweep["delta_vs_flap"].iloc[1] == pytest.approx(sweep["nll"].iloc[1] - sweep["nll"].iloc[0])
+
+    tie = pd.DataFrame({"weight": [2.0, 0.0, 1.0], "nll": [3.0, 3.0, 3.5]})
+    assert choose_weight(tie) == 0.0
+    assert choose_weight(tie.assign(nll=[2.9, 3.0, 3.5])) == 2.0
+    with pytest.raises(ValueError, match="weights is empty"):
+        criterion_sweep(model, stats, fn, windows, weights=[], ratio=0.05, progress=False)
+
+
+def test_describe_criterion_states_the_outcome_either_way() -> None:
+    import pandas as pd
+
+    from funcprune.ablation import describe_criterion
+
+    sweep = pd.DataFrame({"weight": [0.0, 1.0], "ratio": [0.2, 0.2], "nll": [3.0, 2.9],
+                          "ppl": [np.exp(3.0), np.exp(2.9)], "delta_vs_flap": [0.0, -0.1]})
+    won = pd.DataFrame({"ratio": [0.1, 0.2], "estimate": [0.9, 0.95], "ci_low": [0.85, 0.9],
+                        "ci_high": [0.95, 0.99], "p_value": [0.001, 0.01], "n": [32, 32],
+                        "better": ["model", "model"], "channels_changed": [0.1, 0.2]})
+    text = describe_criterion(sweep, 1.0, won)
+    assert "weight 1 gave the lowest perplexity at 20%" in text[0] and "against FLAP's 20.09" in text[0]
+    assert "0.900 times FLAP's" in text[1] and "better than FLAP" in text[1]
+    assert text[-1].startswith("The goal is met")
+    lost = won.assign(better=["model", "undecided"])
+    assert "not met on this model: decided better at 1 of 2" in describe_criterion(sweep, 1.0, lost)[-1]
+    assert "is FLAP itself" in describe_criterion(sweep, 0.0, won)[0]
