@@ -1,7 +1,7 @@
 """Choosing a functional-network criterion on validation text, never on the reported text.
 
-:func:`criterion_sweep` prunes the dense model with :class:`~funcprune.scoring.FnFlapScorer`
-at one ratio for each weight of a grid (weight 0 is FLAP itself, so the grid contains
+:func:`criterion_sweep` prunes the dense model with the registered ``fn-flap`` method
+(:class:`~funcprune.scoring.FnFlapScorer`) at one ratio for each weight of a grid (weight 0 is FLAP itself, so the grid contains
 the baseline it must beat), applies FLAP's static bias compensation to every one of them
 (the compensation is not what is being compared), and scores each pruned model on the
 same validation windows. :func:`choose_weight` picks the weight with the lowest mean
@@ -13,7 +13,7 @@ Used in the chapter :doc:`/executed/06_ablations`.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from typing import Literal, Sequence
 
 import numpy as np
@@ -23,12 +23,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .lesion import token_nll
-from .plan import PruningPlan, select_channels
-from .prune import prune
-from .scoring import ChannelStatistics, FnFlapScorer
+from .pipeline import Method, build_pruned, get_method, make_plan
+from .plan import PruningPlan
+from .scoring import ChannelStatistics
 
 __all__ = ["build_fn_flap", "choose_weight", "compare_with_flap", "criterion_sweep", "describe_criterion",
-           "plot_comparison_to_flap", "window_nll"]
+           "fn_flap_method", "plot_comparison_to_flap", "window_nll"]
 
 
 def window_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> np.ndarray:
@@ -36,28 +36,30 @@ def window_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) 
     return token_nll(model, windows, batch_size=batch_size).mean(axis=1)
 
 
+def fn_flap_method(weight: float) -> Method:
+    """The registered ``fn-flap`` method with another weight (recorded in its plans)."""
+    return dataclasses.replace(get_method("fn-flap"), params={"weight": float(weight)})
+
+
 def build_fn_flap(dense: nn.Module, stats: ChannelStatistics, networks: object, ratio: float, *,
                   weight: float, basis: Literal["total", "mlp"] = "total",
                   protected_layers: Sequence[int] | None = None,
                   round_to: int = 1) -> tuple[nn.Module, PruningPlan]:
-    """A pruned copy of ``dense`` under the FN-inside-FLAP criterion, with FLAP's compensation.
+    """A pruned copy of ``dense`` under ``fn-flap`` at ``weight``, through the pipeline's methods.
 
-    Selection is global over per-layer standardised scores, as FLAP's; the dense model
-    is never modified.
+    :func:`funcprune.pipeline.make_plan` and :func:`funcprune.pipeline.build_pruned`, as for
+    every method of chapter 4: FLAP's global selection over per-layer standardised scores and
+    FLAP's compensation. The dense model is never modified.
 
     Returns
     -------
     (nn.Module, PruningPlan)
         The pruned model in eval mode and its plan (method ``"fn-flap"``).
     """
-    scorer = FnFlapScorer(networks, weight=weight)
-    plan = select_channels(scorer(dense, stats), dense, ratio=ratio, basis=basis, allocation="global",
-                           protected_layers=protected_layers, round_to=round_to, method="fn-flap",
-                           settings={"scorer": scorer.name, "scorer_settings": scorer.settings,
-                                     "bias_compensation": "static"})
-    model = copy.deepcopy(dense)
-    prune(model, plan, bias_compensation=stats)
-    return model.eval(), plan
+    method = fn_flap_method(weight)
+    plan = make_plan(method, dense, ratio, networks=networks, stats=stats, basis=basis,
+                     protected_layers=protected_layers, round_to=round_to)
+    return build_pruned(method, dense, plan, stats=stats), plan
 
 
 def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object, windows: torch.Tensor, *,

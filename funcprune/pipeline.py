@@ -21,6 +21,8 @@ magnitude    L2 norm of the channel's gate, up and down        uniform     none
 wanda-sp     ``sum_i |W_down[i, j]| * ||x_j||_2``              uniform     none
 flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``,            global      static: dense-model means
              z-scored per layer                                            (FLAP)
+fn-flap      FLAP's z-scored metric ``+ w *`` the z-scored     global      static (FLAP's)
+             ``log(1 + max |z|)`` (chapter 6; ``w = 1``)
 ===========  ================================================  ==========  ===========================
 
 Each method carries the allocation its authors use (``Method.allocation``):
@@ -78,7 +80,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -92,7 +94,7 @@ from .evaluate import count_parameters
 from .models import load_model
 from .plan import PruningPlan, model_identity, select_channels
 from .prune import PLAN_FILE, CalibrationData, prune
-from .scoring import (ChannelStatistics, FlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
+from .scoring import (ChannelStatistics, FlapScorer, FnFlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
                       RandomScorer, Scorer, WandaSpScorer, channel_statistics)
 
 __all__ = [
@@ -135,7 +137,7 @@ class Method:
         Registry key (``"fn"``, ``"fn-bias"``, ...).
     label : str
         Name for tables and figures.
-    scorer : {"functional_networks", "random", "magnitude", "wanda_sp", "flap"}
+    scorer : {"functional_networks", "random", "magnitude", "wanda_sp", "flap", "fn_flap"}
         Importance criterion (see :mod:`funcprune.scoring`).
     compensation : {None, "progressive", "static"}
         Bias compensation at pruning time: none; measured layer by layer on the
@@ -151,6 +153,10 @@ class Method:
         The score or the compensation needs activation statistics of the dense model.
     seeded : bool
         The score is random; run several seeds.
+    params : dict
+        Keyword arguments of the scorer (``{"weight": 1.0}`` for ``fn-flap``); another
+        setting is another :class:`Method` (``dataclasses.replace(method, params=...)``),
+        recorded in each plan's ``scorer_settings``.
     description : str
         One line for readers.
     """
@@ -163,6 +169,7 @@ class Method:
     needs_networks: bool = False
     needs_statistics: bool = False
     seeded: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
 
     @property
@@ -188,6 +195,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("flap", "FLAP", "flap", compensation="static", needs_statistics=True,
            description="fluctuation metric standardised per layer, and bias compensation from dense "
                        "statistics (An et al., 2024)"),
+    Method("fn-flap", "FN in FLAP", "fn_flap", compensation="static", needs_networks=True, needs_statistics=True,
+           params={"weight": 1.0},
+           description="FLAP's standardised fluctuation plus a weighted standardised log max |z| (this book's "
+                       "criterion, chapter 6); FLAP's allocation and compensation; weight 0 is FLAP"),
 )}
 
 
@@ -262,6 +273,11 @@ def _scorer(method: Method, networks: Any, seed: int) -> Scorer:
         return WandaSpScorer()
     if method.scorer == "flap":
         return FlapScorer(standardize=True)
+    if method.scorer == "fn_flap":
+        if networks is None:
+            raise ValueError(f"method {method.name!r} needs functional networks: pass networks= "
+                             "(FunctionalNetworks fitted in stage 2)")
+        return FnFlapScorer(networks, **method.params)
     raise ValueError(f"method {method.name!r} has an unknown scorer {method.scorer!r}")
 
 

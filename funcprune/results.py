@@ -85,6 +85,7 @@ __all__ = [
     "evaluate_run",
     "evaluation_parts",
     "evaluation_stream",
+    "heldout_windows",
     "perplexity_sanity",
     "load_results",
     "plot_accuracy",
@@ -309,6 +310,42 @@ def select_windows(n_tokens: int, seq_len: int, max_tokens: int | None, span: in
                          f"tokens and eval_max_tokens is {max_tokens}; raise eval_max_tokens to at least "
                          f"{seq_len} or use a shorter window")
     return [(j * grid // n) * span for j in range(n)]
+
+
+def heldout_windows(tokenizer: Any, dataset: str = "wiki", part: str = "validation", *, seq_len: int = 128,
+                    n_windows: int = 32) -> torch.Tensor:
+    """Held-out windows as the evaluation scores them, for analyses that need per-token losses.
+
+    The windows :func:`evaluate_run` would score with a budget of ``n_windows * seq_len``
+    tokens (:func:`select_windows` over the part's stream): each holds ``seq_len`` tokens,
+    the first being the BOS token where the tokenizer puts one in front of a text. With the
+    same ``seq_len`` and budget, the ``"test"`` windows are those of chapter 5.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    dataset : str, default="wiki"
+        Corpus (see :func:`evaluation_stream`).
+    part : {"validation", "test", "all"}, default="validation"
+        Design choices use ``"validation"``; reported numbers ``"test"``.
+    seq_len : int, default=128
+    n_windows : int, default=32
+        At most this many, spread evenly over the part (fewer if the part is shorter).
+
+    Returns
+    -------
+    torch.LongTensor of shape (n, seq_len)
+    """
+    if n_windows < 1 or seq_len < 2:
+        raise ValueError(f"need n_windows >= 1 and seq_len >= 2, got {n_windows} and {seq_len}")
+    stream = evaluation_stream(tokenizer, dataset, part)
+    bos = stream.bos_token_id
+    span = seq_len - (bos is not None)
+    starts = select_windows(stream.n_tokens, seq_len, n_windows * seq_len, span=span)
+    rows = np.stack([np.asarray(stream.ids[s:s + span], dtype=np.int64) for s in starts])
+    if bos is not None:
+        rows = np.concatenate([np.full((len(rows), 1), bos, dtype=np.int64), rows], axis=1)
+    return torch.from_numpy(rows)
 
 
 # ----------------------------------------------------------------------------------

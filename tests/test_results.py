@@ -457,3 +457,26 @@ def test_notebook_declares_the_shared_stage5_parameters() -> None:
     for name in ("default", "tiny"):
         profile = load_profile(name)
         assert {"eval_max_tokens", "zero_shot_limit", "ppl_seq_lens"} <= set(profile), name
+
+
+def test_heldout_windows_are_the_windows_evaluate_run_scores(run: dict) -> None:
+    """Chapter 6 takes its test windows from here: they must be chapter 5's, token for token."""
+    saved = json.loads((run["run_dir"] / "results" / "results.json").read_text())
+    record = saved["models"][DENSE_KEY]["perplexity"]
+    length = SEQ_LENS[0]  # the other length is clamped to the model's maximum
+    windows = results.heldout_windows(run["tok"], "wiki", "test", seq_len=length, n_windows=MAX_TOKENS // length)
+    assert windows.dtype == torch.long and windows.shape == (record[str(length)]["n_windows"], length)
+    assert results._ids_sha256(windows.reshape(-1).numpy()) == record[str(length)]["tokens_sha256"]  # no BOS here
+
+
+def test_heldout_windows_put_bos_first_where_the_family_uses_it() -> None:
+    from test_evaluate import bpe_tokenizer
+
+    for adds_bos in (True, False):
+        tok = bpe_tokenizer(adds_bos)
+        windows = results.heldout_windows(tok, "wiki", "validation", seq_len=16, n_windows=5)
+        bos = tok.convert_tokens_to_ids("<s>")
+        assert windows.shape == (5, 16)
+        assert bool((windows[:, 0] == bos).all()) is adds_bos and not (windows[:, 1:] == bos).any()
+    with pytest.raises(ValueError, match="n_windows >= 1"):
+        results.heldout_windows(tok, "wiki", seq_len=16, n_windows=0)
