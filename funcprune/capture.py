@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
-from .models import describe_model
+from .models import describe_model, input_device
 from .provenance import environment_info
 from .store import ActivationStore, ActivationWriter, aligned_empty, all_finite, check_dtype, split_layers
 
@@ -343,10 +343,6 @@ def _wait(writes: list[Future[None]], bar: Any) -> None:
         bar.update(1)
 
 
-def _input_device(model: nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
 @torch.inference_mode()
 def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], out_dir: str | os.PathLike[str],
                         *, text_ids: Sequence[str] | None = None, dataset: Mapping[str, Any] | None = None,
@@ -437,7 +433,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     if not sizes or sizes[-1] != batch_size:
         sizes.append(batch_size)
     recorder.max_rows = max((int(b["attention_mask"].sum()) for _, b in batches), default=None)
-    device = _input_device(model)
+    device = input_device(model)
     done = writer.batches_done
     bar = tqdm(total=done + len(batches), initial=done, desc="capturing activations",
                unit="batch", disable=not progress)

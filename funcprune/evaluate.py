@@ -36,20 +36,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adapters import CANONICAL_ATTN, get_adapter
+from .models import input_device
 
 __all__ = ["bos_token_id", "count_parameters", "flops_per_token", "measure_latency", "perplexity"]
 
 #: Config attributes that may hold a model's maximum sequence length.
 _MAX_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
 _MLP_NAMES = ("mlp.gate", "mlp.up", "mlp.down")
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (``model.device`` when parameterless)."""
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device(getattr(model, "device", "cpu"))
 
 
 def _max_positions(model: nn.Module) -> int | None:
@@ -222,7 +215,7 @@ def perplexity(
     first_scored = [1] + [max(1, offset + span - stride)] * (len(starts) - 1)
     prefix = torch.full((offset,), -1 if bos_id is None else int(bos_id), dtype=torch.long)
 
-    device = _model_device(model)
+    device = input_device(model)
     was_training = model.training
     model.eval()
     nll_sum = 0.0
@@ -440,7 +433,7 @@ def measure_latency(
             f"need prefill_len >= 1, decode_steps >= 0, repeats >= 1, warmup >= 0, batch_size >= 1; "
             f"got {prefill_len}, {decode_steps}, {repeats}, {warmup}, {batch_size}"
         )
-    device = _model_device(model)
+    device = input_device(model)
     if inputs is None:
         vocab = int(model.config.vocab_size)
         gen = torch.Generator().manual_seed(seed)

@@ -89,7 +89,7 @@ from tqdm.auto import tqdm
 
 from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 from .adapters import layer_widths
-from .data import DATASETS, Text, load_texts
+from .data import DATASETS, HUB_DATASETS, Text, check_dataset, dataset_info, load_texts
 from .evaluate import count_parameters
 from .models import load_model
 from .plan import PruningPlan, model_identity, select_channels
@@ -432,10 +432,12 @@ def calibration_texts(run_dir: str | os.PathLike[str]) -> list[Text]:
     manifest = _read_activation_manifest(run_dir)
     dataset = manifest.get("dataset") or {}
     name = dataset.get("name")
-    if name not in DATASETS:
+    if name not in DATASETS and name not in HUB_DATASETS:
         raise ValueError(f"the stage-1 manifest of {run_dir} names dataset {name!r}; registered datasets: "
-                         f"{sorted(DATASETS)} (texts passed by hand cannot be reloaded: pass texts=)")
-    expected = DATASETS[name].sha256
+                         f"{sorted({*DATASETS, *HUB_DATASETS})} (texts passed by hand cannot be reloaded: "
+                         "pass texts=)")
+    check_dataset(name)  # a hub corpus must be readable now (offline: from the datasets cache)
+    expected = dataset_info(name, dataset.get("split", "calibration"), [])["sha256"]
     if dataset.get("sha256") != expected:
         raise ValueError(f"dataset {name!r}: the stage-1 manifest records checksum {dataset.get('sha256')!r}, "
                          f"the registered file has {expected!r}; the calibration texts cannot be reproduced "

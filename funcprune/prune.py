@@ -60,6 +60,7 @@ from ._io import ArtefactError, atomic_directory, atomic_write_json, file_record
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .capture import MLPRecorder, tokenize_batches
 from .evaluate import count_parameters
+from .models import input_device
 from .plan import PlanMismatchError, PruningPlan, channel_parameters
 from .scoring import ChannelStatistics, _Accumulator
 
@@ -314,7 +315,7 @@ def _prune_progressively(model: nn.Module, plan: PruningPlan, calib: Calibration
                                     max_tokens=calib.max_tokens))
     if not batches:
         raise ValueError("bias compensation needs calibration tokens: every text is empty")
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     # 1. Record how each layer is called (masks, position embeddings ...) and layer 0's input.
     calls: list[list[tuple[tuple, dict]]] = []
     hidden: list[torch.Tensor] = []

@@ -68,7 +68,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._io import ArtefactError, atomic_write_json, atomic_write_text, read_json
-from .data import dataset_info, load_texts
+from .data import HUB_DATASETS, dataset_info, load_texts
 from .evaluate import _max_positions, bos_token_id, count_parameters, flops_per_token, perplexity
 from .provenance import environment_info
 from .tasks import ALL_TASKS, TASKS, run_zero_shot
@@ -239,7 +239,8 @@ def evaluation_stream(tokenizer: Any, dataset: str = "wiki", part: str = "test")
         A key of :data:`funcprune.data.DATASETS`.
     part : {"test", "validation", "all"}, default="test"
         Which articles (:func:`evaluation_parts`): reports use ``"test"``; design
-        choices are made on ``"validation"``.
+        choices are made on ``"validation"``. A corpus with its own validation split
+        (``wikitext2``) uses its splits instead: ``"test"`` is its whole test split.
 
     Returns
     -------
@@ -253,9 +254,17 @@ def evaluation_stream(tokenizer: Any, dataset: str = "wiki", part: str = "test")
     """
     if part not in EVAL_PARTS:
         raise ValueError(f"unknown held-out part {part!r}; accepted: {list(EVAL_PARTS)}")
-    texts = evaluation_parts(load_texts(dataset, "evaluation"))[part]
-    info = {**dataset_info(dataset, "evaluation", texts), "part": part,
-            "part_rule": "articles ranked by sha256(salt + id): first half validation, rest test"}
+    if "validation" in getattr(HUB_DATASETS.get(dataset), "splits", {}):
+        # a corpus with its own validation split (WikiText-2): test is its whole test split, the
+        # literature's stream, so that perplexities compare with published ones
+        split = "validation" if part == "validation" else "evaluation"
+        texts = load_texts(dataset, split) + (load_texts(dataset, "validation") if part == "all" else [])
+        rule = "the corpus's own splits: validation = its validation split, test = its whole test split"
+    else:
+        split = "evaluation"
+        texts = evaluation_parts(load_texts(dataset, "evaluation"))[part]
+        rule = "articles ranked by sha256(salt + id): first half validation, rest test"
+    info = {**dataset_info(dataset, split, texts), "part": part, "part_rule": rule}
     joined = "\n\n".join(t.text for t in texts)
     text_index = None
     try:

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 from .adapters import get_adapter, layer_widths
 from .capture import MLPRecorder, tokenize_batches
+from .models import input_device
 from .store import ActivationStore
 
 __all__ = [
@@ -254,7 +255,7 @@ def channel_statistics(model: nn.Module, tokenizer: Any, texts: Sequence[str], *
         raise ValueError("no calibration tokens: every text is empty")
     recorder = MLPRecorder(model, kinds=("product",), layers=layers, stop_early=True)  # no LM head needed
     accumulators = {i: _Accumulator() for i in recorder.layers}
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     was_training = model.training
     model.eval()
     try:

@@ -292,9 +292,11 @@ def test_wikitext2_perplexity_stream(fake_wikitext) -> None:
     if not (path / "tokenizer.json").exists():
         pytest.skip("the default model is not converted yet (make assets)")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    stream = evaluation_stream(tokenizer, "wikitext2")
+    stream = evaluation_stream(tokenizer, "wikitext2")  # the test part: the whole test split, as published
     assert stream.ids.tolist() == tokenizer("\n\n".join(_WIKITEXT["test"]))["input_ids"]
     assert stream.dataset["name"] == "wikitext2" and stream.dataset["split"] == "evaluation"
+    validation = evaluation_stream(tokenizer, "wikitext2", "validation")  # design choices: its own validation split
+    assert validation.ids.tolist() == tokenizer("\n\n".join(_WIKITEXT["validation"]))["input_ids"]
 
 
 def test_wikitext2_offline_names_the_offline_corpora(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -83,9 +83,6 @@ def test_inputs_of_a_really_offloaded_model(offloaded) -> None:
         torch.testing.assert_close(model(input_ids=ids.to(device)).logits, dense(input_ids=ids).logits)
 
 
-@pytest.mark.xfail(strict=True, raises=NotImplementedError,
-                   reason="evaluate._model_device takes the first parameter's device (meta when the embedding is "
-                          "offloaded); it should use funcprune.models.input_device")
 def test_perplexity_of_an_offloaded_model(offloaded) -> None:
     dense, model = offloaded
     ids = torch.randint(0, dense.config.vocab_size, (256,), generator=torch.Generator().manual_seed(0))

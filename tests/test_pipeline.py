@@ -23,7 +23,7 @@ from funcprune.pipeline import (METHODS, build_pruned, calibration_data, calibra
 from funcprune.plan import PruningPlan, channel_parameters
 from funcprune._io import ArtefactError
 from funcprune.prune import CalibrationData, load_pruned, save_pruned
-from funcprune.scoring import (ChannelStatistics, channel_statistics, flap_scores, key_neuron_scores,
+from funcprune.scoring import (ChannelStatistics, channel_statistics, flap_scores, fn_flap_scores, key_neuron_scores,
                                magnitude_scores, random_scores, wanda_sp_scores)
 
 TEXTS = ["the cat sat on the mat and looked at the dog", "functional networks in a digital brain",
@@ -67,7 +67,8 @@ def reference_scores(name: str, setup: dict, seed: int) -> dict[int, np.ndarray]
     return {"functional_networks": lambda: key_neuron_scores(fn.maps_, fn.voxel_channels_, layer_widths(model)),
             "random": lambda: random_scores(model, seed), "magnitude": lambda: magnitude_scores(model),
             "wanda_sp": lambda: wanda_sp_scores(model, stats),
-            "flap": lambda: flap_scores(model, stats, standardize=True)}[get_method(name).scorer]()
+            "flap": lambda: flap_scores(model, stats, standardize=True),
+            "fn_flap": lambda: fn_flap_scores(model, stats, fn, weight=1.0)}[get_method(name).scorer]()
 
 
 # -- plans --------------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def test_every_method_plans_the_requested_ratio_with_its_own_score(name: str, al
 
 def test_each_method_uses_its_authors_allocation_unless_overridden(setup: dict) -> None:
     model = setup["model"]
-    expected = {"fn": "global", "fn-bias": "global", "flap": "global",
+    expected = {"fn": "global", "fn-bias": "global", "flap": "global", "fn-flap": "global",
                 "wanda-sp": "uniform", "magnitude": "uniform", "random": "uniform"}
     assert {name: m.allocation for name, m in METHODS.items()} == expected
     for name, allocation in expected.items():
@@ -186,7 +187,8 @@ def test_prune_all_writes_plans_biases_and_an_index_that_rebuild(setup: dict, tm
     model = setup["model"]
     dense_logits = logits(model)
     rows = run_grid(setup, tmp_path, list(METHODS), [RATIO])
-    keys = [f"{m}_r0.10" for m in ("fn", "fn-bias", "random-s0", "random-s1", "magnitude", "wanda-sp", "flap")]
+    keys = [f"{m}_r0.10" for m in ("fn", "fn-bias", "random-s0", "random-s1", "magnitude", "wanda-sp", "flap",
+                                       "fn-flap")]
     assert list(rows["key"]) == keys
     index = json.loads((tmp_path / "pruned" / "index.json").read_text())
     assert [e["key"] for e in index["entries"]] == keys
