@@ -46,8 +46,6 @@ ICA_FLOPS_PER_2_CORES = 2.0e10
 TOKENS_PER_ITEM = 300
 #: Bytes per kept channel index in a JSON plan (digits, comma, space).
 PLAN_BYTES_PER_CHANNEL = 7
-#: Write speed assumed for checkpoints, bytes/s.
-DISK_WRITE = 2e8
 
 
 class PreflightError(ValueError):
@@ -216,6 +214,18 @@ def _n_models(methods: Sequence[str], ratios: Sequence[Any], seeds: Sequence[Any
     return per_ratio * len(ratios)
 
 
+def _evaluation_tokens(p: Mapping[str, Any], n_models: int, budgets: Sequence[Any], items: int) -> float:
+    """Tokens stage 5 scores: every model at the first window length; the dense model and the models at
+    ``full_ratios`` (all, without it) at every length and on the zero-shot items."""
+    per_length = [min(int(b or 60_000), 60_000) for b in budgets]
+    ratios = [r for r in p.get("ratios", []) if isinstance(r, (int, float))]
+    full = p.get("full_ratios")
+    share = 1.0 if full is None or not ratios else len([r for r in ratios if r in full]) / len(ratios)
+    n_full = 1 + n_models * share
+    return ((n_models + 1 - n_full) * (per_length[0] if per_length else 0)
+            + n_full * (sum(per_length) + items * TOKENS_PER_ITEM))
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -341,13 +351,12 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     weight_bytes = torch.empty(0, dtype=dtype or torch.float32).element_size()
     methods = list(p.get("methods", []))
     n_models = _n_models(methods, [r for r in ratios if isinstance(r, (int, float))], p.get("random_seeds", [0]))
-    mean_ratio = float(np.mean([r for r in ratios if isinstance(r, (int, float))] or [0]))
-    removed = mean_ratio * counts[basis if basis in BASES else "total"]
     report.disk = {
         "activations": n_tokens * voxels * store_bytes,
         "networks": int(2 * groups * int(k or 0) * voxels * 4),  # float32 maps, and another seed's for stability
         "plans": n_models * sum(widths.values()) * PLAN_BYTES_PER_CHANNEL,
-        "pruned checkpoints": int(n_models * (counts["total"] - removed) * weight_bytes),
+        # stage 4 keeps plans and compensation biases (one per layer and model), never checkpoints
+        "compensation biases": n_models * len(widths) * int(getattr(model.config, "hidden_size", 0) or 0) * weight_bytes,
     }
     report.disk["total"] = sum(report.disk.values())
     report.disk["existing"] = _dir_bytes(run_dir)
@@ -363,7 +372,9 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     fpt = flops_per_token(model)
     items = sum(min(limit or spec.n_items, spec.n_items) for name, spec in tasks.TASKS.items()
                 if name in (p.get("zero_shot_tasks") or []))
-    eval_tokens = sum(min(int(p.get("eval_max_tokens") or 60_000), 60_000) for _ in p.get("ppl_seq_lens", []))
+    seq_lens = list(p.get("ppl_seq_lens", []))
+    budgets = p.get("eval_max_tokens")
+    budgets = budgets if isinstance(budgets, list) else [budgets] * len(seq_lens)  # one budget per length, or one
     calib = n_tokens
     width = max(widths.values())
     ica = len(widths) * groups * (4 * (n_tokens / groups) * 2 * width * int(k or 0)
@@ -371,9 +382,8 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     report.runtime = {
         "stage 1": calib * fpt / rate,
         "stage 2": 1.5 * ica / (ICA_FLOPS_PER_2_CORES * cores),
-        "stage 4": (3 * calib * fpt + 2 * len(methods) * int(p.get("quick_eval_tokens", 0)) * fpt) / rate
-        + report.disk["pruned checkpoints"] / DISK_WRITE,
-        "stage 5": (n_models + 1) * (eval_tokens + items * TOKENS_PER_ITEM) * fpt / rate,
+        "stage 4": (3 * calib * fpt + 2 * len(methods) * int(p.get("quick_eval_tokens", 0)) * fpt) / rate,
+        "stage 5": _evaluation_tokens(p, n_models, budgets[:len(seq_lens)], items) * fpt / rate,
     }
     report.runtime["total"] = sum(report.runtime.values())
     return _finish(report, strict)

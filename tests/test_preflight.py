@@ -160,3 +160,14 @@ def test_hub_dataset_offline_is_a_preflight_problem(tmp_path: Path, monkeypatch:
     report = preflight.check_profile(_profile(model_dir, tmp_path, ratio_basis="mlp", dataset="wikitext2"),
                                      strict=False)
     assert any("dataset 'wikitext2'" in p and "use an offline corpus instead" in p for p in report.problems)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (workflow.REPO_ROOT / "params").glob("*.yaml")))
+def test_every_shipped_profile_gets_a_report(name: str) -> None:
+    """The preflight reads every key form the shipped profiles use (lists of budgets, per-method allocation)."""
+    report = preflight.check_profile(workflow.load_profile(name), strict=False)
+    if name in ("default", "tiny", "workshop"):  # offline profiles: nothing to fix, every estimate made
+        assert report.problems == [], report.problems
+        assert report.disk["total"] > 0 and 0 < report.runtime["stage 5"] < report.runtime["total"]
+    else:  # a hub model: estimated where its config can be read, else every problem named
+        assert report.problems or report.disk["total"] > 0
