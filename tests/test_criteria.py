@@ -83,9 +83,11 @@ def test_sweep_weight_zero_is_the_flap_model_and_deltas_are_paired() -> None:
     np.testing.assert_allclose(sweep["nll"].iloc[1], window_nll(pruned, windows).mean(), rtol=1e-10)
     assert sweep["delta_vs_flap"].iloc[1] == pytest.approx(sweep["nll"].iloc[1] - sweep["nll"].iloc[0])
 
-    tie = pd.DataFrame({"weight": [2.0, 0.0, 1.0], "nll": [3.0, 3.0, 3.5]})
-    assert choose_weight(tie) == 0.0
-    assert choose_weight(tie.assign(nll=[2.9, 3.0, 3.5])) == 2.0
+    tie = pd.DataFrame({"weight": [2.0, 0.0, 1.0], "nll": [3.0, 2.0, 3.0]})
+    assert choose_weight(tie) == 1.0  # FLAP (weight 0) is the reference, not a candidate; ties: smaller weight
+    assert choose_weight(tie.assign(nll=[2.9, 2.0, 3.0])) == 2.0
+    with pytest.raises(ValueError, match="no positive weight"):
+        choose_weight(tie[tie["weight"] == 0])
     with pytest.raises(ValueError, match="weights is empty"):
         criterion_sweep(model, stats, fn, windows, weights=[], ratio=0.05, progress=False)
 
@@ -101,9 +103,13 @@ def test_describe_criterion_states_the_outcome_either_way() -> None:
                         "ci_high": [0.95, 0.99], "p_value": [0.001, 0.01], "n": [32, 32],
                         "better": ["model", "model"], "channels_changed": [0.1, 0.2]})
     text = describe_criterion(sweep, 1.0, won)
-    assert "weight 1 gave the lowest perplexity at 20%" in text[0] and "against FLAP's 20.09" in text[0]
+    assert "best weight of the functional-network term was 1, with perplexity 18.17 at 20%" in text[0]
+    assert "against FLAP's 20.09 (below it)" in text[0]
     assert "0.900 times FLAP's" in text[1] and "better than FLAP" in text[1]
     assert text[-1].startswith("The goal is met")
-    lost = won.assign(better=["model", "undecided"])
-    assert "not met on this model: decided better at 1 of 2" in describe_criterion(sweep, 1.0, lost)[-1]
-    assert "is FLAP itself" in describe_criterion(sweep, 0.0, won)[0]
+    lost = won.assign(better=["model", "baseline"], estimate=[0.9, 1.3])
+    worse = sweep.assign(nll=[3.0, 3.1], ppl=[np.exp(3.0), np.exp(3.1)], delta_vs_flap=[0.0, 0.1])
+    last = describe_criterion(worse, 1.0, lost)
+    assert "(above it)" in last[0] and "worse than FLAP" in last[2]
+    assert last[-1].endswith("decided better at 1 of 2 ratios; at its worst (20%) its perplexity is 1.300 times "
+                             "FLAP's.")
