@@ -50,7 +50,8 @@ $(FUNCPRUNE_CACHE)/.assets-ok: $(VENV)/.installed
 
 assets: $(FUNCPRUNE_CACHE)/.assets-ok
 
-test: assets
+# The browser tests run where Chromium is (or can be) installed and skip with a message elsewhere.
+test: assets browser
 	$(PY) -m pytest -q
 
 test-fast: assets
