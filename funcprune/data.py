@@ -29,10 +29,10 @@ With network access (or a filled ``datasets`` cache), :data:`HUB_DATASETS` adds
 ``"wikitext2"``: WikiText-2 (``wikitext-2-raw-v1``) through the ``datasets``
 package, the paper's calibration text and the literature's perplexity text. Its
 splits are the corpus's own: ``"calibration"`` = the paragraphs of *train* (rows
-that are neither empty nor `` = headings = ``, in row order, ids ``train-<row>``),
+that are neither empty nor ``= headings =``, in row order, ids ``train-<row>``),
 ``"validation"`` = every row of *validation*, ``"evaluation"`` = every row of
-*test*, so that joining the texts with ``"\n\n"`` gives exactly the token stream
-of the pruning literature (``"\n\n".join(test["text"])``). Offline and not cached
+*test*, so that joining the texts with a blank line gives exactly the token stream
+of the pruning literature (the test split's rows joined by ``"\\n\\n"``). Offline and not cached
 it raises :class:`HubDatasetUnavailableError`, naming the offline corpora.
 """
 

@@ -21,10 +21,9 @@ measures all of them the same way:
 * **zero-shot accuracy** with lm-evaluation-harness (:func:`funcprune.tasks.run_zero_shot`):
   ``acc``, ``acc_norm`` and their standard errors per task, the means over tasks, each
   task's chance level and every item's correctness.
-
-A tiered protocol (``full_ratios``) scores every model at the shortest window length
-and only the dense model and the models at ``full_ratios`` at every length and on the
-zero-shot tasks.
+* **tiers**: ``full_ratios`` scores every model at the shortest window length and only
+  the dense model and the models at ``full_ratios`` at every length and on the zero-shot
+  tasks.
 * **efficiency**: parameters (total, MLP, attention, embedding), forward FLOPs per token,
   and their ratios to the dense model.
 
