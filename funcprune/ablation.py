@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .lesion import token_nll
+from .evaluate import perplexity
 from .pipeline import Method, build_pruned, get_method, make_plan
 from .plan import PruningPlan
 from .scoring import ChannelStatistics
@@ -32,8 +32,14 @@ __all__ = ["build_fn_flap", "choose_weight", "compare_with_flap", "criterion_swe
 
 
 def window_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> np.ndarray:
-    """Mean NLL of each window (``(n_windows,)``, float64): the unit of the paired tests."""
-    return token_nll(model, windows, batch_size=batch_size).mean(axis=1)
+    """Mean NLL of each window (``(n_windows,)``, float64): the unit of the paired tests.
+
+    Scored by :func:`funcprune.evaluate.perplexity`, as chapter 5 scores its windows
+    (each window already holds its BOS token where the family uses one).
+    """
+    res = perplexity(model, None, windows.reshape(-1), seq_len=int(windows.shape[1]), batch_size=batch_size,
+                     bos=None, progress=False)
+    return np.asarray(res["window_nll"], dtype=np.float64)
 
 
 def fn_flap_method(weight: float) -> Method:
