@@ -155,6 +155,7 @@ def test_book_config_renders_math_offline(tmp_path: Path) -> None:
     book.mkdir()
     for name in ("_config.yml", "references.bib"):
         shutil.copy(REPO_ROOT / "book" / name, book / name)
+    shutil.copytree(REPO_ROOT / "book" / "_ext", book / "_ext")  # the config's local extensions
     (book / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
     (book / "intro.md").write_text("# Formulas\n\nThe activation $\\mathrm{act}(W_\\text{gate} x)$ and the score\n"
                                    "$s_j = \\max |z|$.\n\n$$ z = \\frac{x - \\mu}{\\sigma} $$\n")
