@@ -65,13 +65,16 @@ notebooks: assets
 preflight: assets
 	$(PY) -m funcprune.workflow preflight --profile $(PROFILE) $(MODEL_ARG)
 
-# The HTML is always built from scratch (about 11 s): an incremental strict Sphinx build would not report again
-# the warnings of pages it does not re-read, nor see changed docstrings. An unchanged `make book` is well under 1 min.
+# The site is built from scratch, strictly, and checked in the browser, or reused whole when nothing it depends on
+# changed since its last strict, checked build (funcprune/buildcache.py: pages, executed notebooks, funcprune
+# source, book tools, browser). An incremental strict Sphinx build would miss warnings of pages it does not re-read.
 book: notebooks
-	rm -rf book/_build
-	$(VENV)/bin/jupyter-book build book --warningiserror --keep-going
-	$(PY) -m funcprune.workflow check-html book/_build/html
-	$(MAKE) --no-print-directory check-book
+	@if [ -z "$(NOCACHE)" ] && $(PY) -m funcprune.buildcache site-fresh book; then :; else \
+		set -e; rm -rf book/_build; \
+		$(VENV)/bin/jupyter-book build book --warningiserror --keep-going; \
+		$(PY) -m funcprune.workflow check-html book/_build/html; \
+		$(MAKE) --no-print-directory check-book; \
+		$(PY) -m funcprune.buildcache site-record book; fi
 	@echo "Book built: open book/_build/html/index.html"
 
 # A deployable static site: the built HTML with .nojekyll (GitHub Pages would otherwise hide _static/ and

@@ -18,14 +18,23 @@ beside it, as ``<notebook>.stage.json``, only after a successful execution: a fa
 interrupted stage leaves no record and runs again next time, while the stages that
 finished before it are reused (the build resumes).
 
-The HTML build itself is not cached: ``make book`` removes ``book/_build`` and builds
-every page strictly (about 11 s for the whole book). Sphinx could rebuild incrementally,
-but an incremental strict build would not report again the warnings of pages it does not
-re-read, nor notice a changed docstring (autodoc) or a removed glossary term.
+The HTML build and the browser check are cached as one whole, never page by page: an
+incremental strict Sphinx build would not report again the warnings of pages it does not
+re-read, nor notice a changed docstring (autodoc) or a removed glossary term. So ``make
+book`` either reuses the site as it is, or removes ``book/_build`` and builds and checks
+every page again. The site is reused only when a record, written after a strict build *and*
+its checks passed, carries the same :func:`site_key` (every file under ``book/`` outside
+``_build``, executed notebooks included; the ``funcprune`` source, which autodoc renders;
+the versions of the book's tools; whether a browser is there to check the pages) and the
+built folder still holds exactly the files it recorded (:func:`tree_fingerprint`: paths,
+sizes and modification times). A deleted page, an edited chapter, a new docstring or a
+newly installed Chromium all rebuild the site.
 
 Command line::
 
     python -m funcprune.buildcache times book/executed   # seconds per stage, from the records
+    python -m funcprune.buildcache site-fresh book       # exit 0 when the built site can be reused
+    python -m funcprune.buildcache site-record book      # after a strict build and its checks passed
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import argparse
 import hashlib
 import json
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -42,13 +52,18 @@ from typing import Any, Callable, Sequence
 
 from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 
-__all__ = ["STAGE_SUFFIX", "StageOutcome", "package_digest", "run_stage", "stage_key", "stage_times"]
+__all__ = ["SITE_RECORD", "STAGE_SUFFIX", "StageOutcome", "package_digest", "record_site", "run_stage", "site_key",
+           "site_reason", "stage_key", "stage_times", "tree_fingerprint"]
 
 #: Suffix of the record written beside an executed notebook.
 STAGE_SUFFIX = ".stage.json"
 #: Libraries whose version is part of every stage key (their results can change with them).
 KEY_LIBRARIES = ("torch", "transformers", "numpy", "scipy", "scikit-learn", "nilearn", "pandas", "lm-eval",
                  "papermill", "matplotlib")
+#: Tools whose version is part of the site key (they render the pages).
+SITE_LIBRARIES = ("jupyter-book", "sphinx", "myst-nb", "sphinx-book-theme", "sphinx-mathjax-offline", "playwright")
+#: Record of the last strict, checked build, inside the build folder (``rm -rf book/_build`` removes it too).
+SITE_RECORD = Path("_build") / "site.json"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _FORMAT = 1
 
@@ -76,10 +91,10 @@ def package_digest(package_dir: str | Path = _PACKAGE_DIR) -> str:
     return digest.hexdigest()
 
 
-def _environment() -> dict[str, str | None]:
-    """Python version and the versions of :data:`KEY_LIBRARIES` (None when not installed)."""
+def _environment(libraries: Sequence[str] = KEY_LIBRARIES) -> dict[str, str | None]:
+    """Python version and the versions of ``libraries`` (None when not installed)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in KEY_LIBRARIES:
+    for name in libraries:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -215,6 +230,96 @@ def run_stage(notebook: str | Path, executed: str | Path, parameters: dict[str, 
     return StageOutcome(key, True, seconds, reason)
 
 
+def site_key(book_dir: str | Path, *, package: str | None = None, browser: bool | None = None) -> str:
+    """Content-addressed key of the built site: what the HTML and its browser check depend on.
+
+    Parameters
+    ----------
+    book_dir : str or path
+        The book's folder (``book/``); every file under it except ``_build`` enters the key
+        by relative path and bytes (chapters, executed notebooks, figures, configuration).
+    package : str, optional
+        :func:`package_digest` (computed when omitted): autodoc renders the docstrings.
+    browser : bool, optional
+        Whether the browser check can run here (default: :func:`funcprune.bookcheck.find_chromium`
+        finds one); a site built where the check was skipped is not reused once it can run.
+
+    Returns
+    -------
+    str
+        64 hexadecimal characters.
+    """
+    root = Path(book_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root)
+        if relative.parts[0] == "_build" or "__pycache__" in relative.parts:
+            continue
+        digest.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    if browser is None:
+        from .bookcheck import find_chromium
+
+        browser = find_chromium() is not None
+    return _digest({"format": _FORMAT, "book": digest.hexdigest(),
+                    "package": package if package is not None else package_digest(),
+                    "environment": _environment(SITE_LIBRARIES), "browser": browser})
+
+
+def tree_fingerprint(folder: str | Path) -> str:
+    """SHA-256 over every file's relative path, size and modification time under ``folder``.
+
+    Cheap (no file is read): it tells whether a built folder is still the one recorded.
+    """
+    root = Path(folder)
+    entries = [f"{p.relative_to(root).as_posix()}\0{p.stat().st_size}\0{p.stat().st_mtime_ns}"
+               for p in sorted(root.rglob("*")) if p.is_file()]
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def _site_paths(book_dir: str | Path) -> tuple[Path, Path]:
+    root = Path(book_dir)
+    return root / SITE_RECORD, root / "_build" / "html"
+
+
+def site_reason(book_dir: str | Path, *, key: str | None = None) -> str | None:
+    """None when the built site of ``book_dir`` can be reused as it is, else why it cannot.
+
+    Parameters
+    ----------
+    book_dir : str or path
+        The book's folder.
+    key : str, optional
+        :func:`site_key` (computed when omitted).
+    """
+    record_path, html = _site_paths(book_dir)
+    if not record_path.exists() or not html.is_dir():
+        return "no record of a strict, checked build"
+    try:
+        record = read_json(record_path)
+        if record.get("key") != (key or site_key(book_dir)):
+            return "a page, an executed notebook, the funcprune source, a book tool or the browser changed"
+        if record.get("html") != tree_fingerprint(html):
+            return "the built HTML folder changed since it was checked"
+    except (ArtefactError, AttributeError) as exc:
+        return f"site record unusable ({exc})"
+    return None
+
+
+def record_site(book_dir: str | Path, *, key: str | None = None) -> Path:
+    """Record the built site of ``book_dir`` as strict and checked (call only after both passed).
+
+    Returns
+    -------
+    Path
+        The record written atomically (``book_dir/_build/site.json``).
+    """
+    record_path, html = _site_paths(book_dir)
+    if not html.is_dir():
+        raise FileNotFoundError(f"{html} does not exist: build the book before recording it")
+    return atomic_write_json(record_path, {"format": _FORMAT, "key": key or site_key(book_dir),
+                                           "html": tree_fingerprint(html), "recorded": time.time()})
+
+
 def stage_times(executed_dir: str | Path) -> dict[str, float]:
     """Seconds each cached stage took when it last ran, from the records in ``executed_dir``.
 
@@ -235,9 +340,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m funcprune.buildcache")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("times", help="seconds per stage from the records in DIR").add_argument("dir")
+    sub.add_parser("site-fresh", help="exit 0 when the built site of BOOK can be reused").add_argument("book")
+    sub.add_parser("site-record", help="record BOOK's site as built strictly and checked").add_argument("book")
     args = parser.parse_args(argv)
-    print(json.dumps(stage_times(args.dir), indent=2))
-    return 0
+    if args.command == "times":
+        print(json.dumps(stage_times(args.dir), indent=2))
+        return 0
+    if args.command == "site-record":
+        record_site(args.book)
+        return 0
+    reason = site_reason(args.book)
+    if reason is None:
+        print("[funcprune] HTML reused: nothing the site depends on changed since its last strict, checked build "
+              "(NOCACHE=1 builds it again)", file=sys.stderr)
+        return 0
+    print(f"[funcprune] building the HTML: {reason}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

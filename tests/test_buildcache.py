@@ -163,3 +163,74 @@ def test_real_papermill_runs_then_reuses(stages: list[Path], tmp_path: Path) -> 
     again = run_notebooks({**profile, "gamma": 7}, tmp_path / "executed", notebooks=stages)
     assert [r["ran"] for r in again] == [False, False, True]
     assert "gamma = 7" in (tmp_path / "executed" / "03_c.ipynb").read_text()
+
+
+def _site(tmp_path: Path) -> Path:
+    """A book folder with a chapter, an executed notebook and a 'built' HTML folder."""
+    book = tmp_path / "book"
+    (book / "executed").mkdir(parents=True)
+    (book / "intro.md").write_text("# Intro\n")
+    (book / "executed" / "01_a.ipynb").write_text("{}")
+    html = book / "_build" / "html"
+    html.mkdir(parents=True)
+    (html / "index.html").write_text("<html></html>")
+    return book
+
+
+def test_site_is_reused_only_after_a_record_and_while_nothing_changed(tmp_path: Path) -> None:
+    book = _site(tmp_path)
+    assert buildcache.site_reason(book, key=buildcache.site_key(book, package="p", browser=True)) \
+        == "no record of a strict, checked build"
+    key = buildcache.site_key(book, package="p", browser=True)
+    buildcache.record_site(book, key=key)
+    assert buildcache.site_reason(book, key=key) is None
+    # the record and the HTML live in _build: they do not change the key
+    assert buildcache.site_key(book, package="p", browser=True) == key
+
+
+@pytest.mark.parametrize("change", ["chapter", "executed notebook", "new file", "package", "browser"])
+def test_site_key_changes_with_every_input(tmp_path: Path, change: str) -> None:
+    book = _site(tmp_path)
+    before = buildcache.site_key(book, package="p", browser=False)
+    package, browser = "p", False
+    if change == "chapter":
+        (book / "intro.md").write_text("# Intro, edited\n")
+    elif change == "executed notebook":
+        (book / "executed" / "01_a.ipynb").write_text('{"cells": []}')
+    elif change == "new file":
+        (book / "glossary.md").write_text("# Glossary\n")
+    elif change == "package":
+        package = "q"
+    else:
+        browser = True  # a site whose browser check was skipped is built again once it can run
+    after = buildcache.site_key(book, package=package, browser=browser)
+    assert after != before
+    buildcache.record_site(book, key=before)
+    assert buildcache.site_reason(book, key=after) is not None
+
+
+@pytest.mark.parametrize("damage", ["delete a page", "edit a page", "add a page", "delete the record"])
+def test_a_changed_build_folder_is_not_reused(tmp_path: Path, damage: str) -> None:
+    book = _site(tmp_path)
+    key = buildcache.site_key(book, package="p", browser=True)
+    buildcache.record_site(book, key=key)
+    html = book / "_build" / "html"
+    if damage == "delete a page":
+        (html / "index.html").unlink()
+    elif damage == "edit a page":
+        (html / "index.html").write_text("<html>changed, and longer</html>")
+    elif damage == "add a page":
+        (html / "stale.html").write_text("<html></html>")
+    else:
+        (book / buildcache.SITE_RECORD).unlink()
+    assert buildcache.site_reason(book, key=key) is not None
+
+
+def test_site_command_line_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    book = _site(tmp_path)
+    monkeypatch.setattr(buildcache, "package_digest", lambda *a, **k: "p")
+    assert buildcache.main(["site-fresh", str(book)]) == 1
+    assert buildcache.main(["site-record", str(book)]) == 0
+    assert buildcache.main(["site-fresh", str(book)]) == 0
+    (book / "intro.md").write_text("# changed\n")
+    assert buildcache.main(["site-fresh", str(book)]) == 1
