@@ -76,8 +76,15 @@ class PlanMismatchError(ValueError):
 # ----------------------------------------------------------------------------------
 # Facts about a model
 # ----------------------------------------------------------------------------------
-def model_identity(model: nn.Module) -> dict[str, Any]:
+def model_identity(model: nn.Module, source: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a plan records about its base model, and :func:`funcprune.prune.prune` checks.
+
+    Parameters
+    ----------
+    model : nn.Module
+    source : dict, optional
+        Where the model came from (``LoadedModel.source`` of
+        :func:`funcprune.models.load_model`), as for :func:`funcprune.models.describe_model`.
 
     Returns
     -------
@@ -85,7 +92,7 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
         ``name``, ``model_type``, ``n_layers``, ``hidden_size``, ``revision`` (``None``
         when unknown, e.g. a model built from a config).
     """
-    info = describe_model(model)
+    info = describe_model(model, None if source is None else dict(source))
     return {
         "name": str(info.get("name")),
         "model_type": model.config.model_type,
@@ -368,7 +375,8 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
                     basis: Literal["total", "mlp"] = "total",
                     allocation: Literal["global", "uniform"] = "global",
                     protected_layers: Sequence[int] | None = None, min_width: int = 1, round_to: int = 1,
-                    method: str = "", settings: Mapping[str, Any] | None = None) -> PruningPlan:
+                    method: str = "", settings: Mapping[str, Any] | None = None,
+                    source: Mapping[str, Any] | None = None) -> PruningPlan:
     """Keep the highest-scored channels so that ``ratio`` of the parameters go.
 
     Parameters
@@ -394,6 +402,9 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
         Scorer name, recorded in the plan.
     settings : dict, optional
         Scorer settings, recorded in the plan.
+    source : dict, optional
+        Where ``model`` came from (``LoadedModel.source``): its name and revision are
+        recorded in the plan (:func:`model_identity`).
 
     Returns
     -------
@@ -447,17 +458,17 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
         removed[i].extend(int(c) for c in channels)
     return _make_plan(model, widths, removed, cost, n_basis, method=method, settings={
         **dict(settings or {}), "min_width": min_width, "round_to": round_to},
-        ratio_requested=float(ratio), basis=basis, allocation=allocation, protected=protected)
+        ratio_requested=float(ratio), basis=basis, allocation=allocation, protected=protected, source=source)
 
 
 def _make_plan(model: nn.Module, widths: dict[int, int], removed: dict[int, list[int]],
                cost: dict[int, int], n_basis: int, *, method: str, settings: dict[str, Any],
-               ratio_requested: float | None, basis: str, allocation: str, protected: list[int]
-               ) -> PruningPlan:
+               ratio_requested: float | None, basis: str, allocation: str, protected: list[int],
+               source: Mapping[str, Any] | None) -> PruningPlan:
     kept = {i: sorted(set(range(widths[i])) - set(removed[i])) for i in widths}
     params_removed = sum(len(removed[i]) * cost[i] for i in widths)
     return PruningPlan(
-        kept=kept, widths=widths, model=model_identity(model), method=method, settings=settings,
+        kept=kept, widths=widths, model=model_identity(model, source), method=method, settings=settings,
         ratio_requested=ratio_requested, ratio_reached=params_removed / n_basis,
         params_removed=int(params_removed), params_basis=int(n_basis), ratio_basis=basis,
         allocation=allocation, protected_layers=protected, provenance=environment_info())
@@ -466,12 +477,14 @@ def _make_plan(model: nn.Module, widths: dict[int, int], removed: dict[int, list
 def select_by_threshold(scores: Mapping[int, np.ndarray], model: nn.Module, threshold: float, *,
                         basis: Literal["total", "mlp"] = "total",
                         protected_layers: Sequence[int] | None = None, min_width: int = 1,
-                        method: str = "", settings: Mapping[str, Any] | None = None) -> PruningPlan:
-    """The seed's rule: in prunable layers keep the channels whose score exceeds ``threshold``.
+                        method: str = "", settings: Mapping[str, Any] | None = None,
+                        source: Mapping[str, Any] | None = None) -> PruningPlan:
+    """The authors' rule: in prunable layers keep the channels whose score exceeds ``threshold``.
 
     A layer left with fewer than ``min_width`` channels keeps its ``min_width``
     highest-scored ones. The plan's ``ratio_requested`` is ``None``; the threshold is in
-    ``settings``. See :func:`threshold_for_ratio` for the threshold a ratio implies.
+    ``settings``; ``source`` is as for :func:`select_channels`. See
+    :func:`threshold_for_ratio` for the threshold a ratio implies.
     """
     widths, protected, prunable, checked = _check_common(scores, model, basis, protected_layers,
                                                           min_width, 1)
@@ -485,7 +498,8 @@ def select_by_threshold(scores: Mapping[int, np.ndarray], model: nn.Module, thre
     return _make_plan(model, widths, removed, channel_parameters(model), _basis_params(model, basis),
                       method=method, settings={**dict(settings or {}), "threshold": float(threshold),
                                                "min_width": min_width},
-                      ratio_requested=None, basis=basis, allocation="global", protected=protected)
+                      ratio_requested=None, basis=basis, allocation="global", protected=protected,
+                      source=source)
 
 
 def threshold_for_ratio(scores: Mapping[int, np.ndarray], model: nn.Module, ratio: float, *,
