@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ._io import atomic_directory, atomic_write_json, read_json, sha256_file
 from .adapters import get_adapter
-from .assets import AssetChecksumError, MissingAssetError, package_dir
+from .assets import AssetChecksumError, MissingAssetError, cache_dir, package_dir
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -107,11 +107,6 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 _ASSET_MANIFEST = "funcprune_asset.json"
-
-
-def cache_dir() -> Path:
-    """Root of funcprune's cache: ``$FUNCPRUNE_CACHE`` or ``~/.cache/funcprune``."""
-    return Path(os.environ.get("FUNCPRUNE_CACHE", Path.home() / ".cache" / "funcprune"))
 
 
 def _package_file(spec: ModelSpec) -> Path:
