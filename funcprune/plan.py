@@ -55,6 +55,7 @@ __all__ = [
     "PruningPlan",
     "channel_parameters",
     "default_protected_layers",
+    "kept_sizes",
     "model_identity",
     "select_by_threshold",
     "select_channels",
@@ -357,7 +358,7 @@ def _basis_params(model: nn.Module, basis: str) -> int:
     return int(count_parameters(model)[basis])
 
 
-def _kept_sizes(width: int, min_width: int, round_to: int) -> list[int]:
+def kept_sizes(width: int, min_width: int, round_to: int) -> list[int]:
     """Allowed kept widths, largest first: ``width`` then multiples of ``round_to`` >= ``min_width``."""
     sizes = [width]
     k = ((width - 1) // round_to) * round_to
@@ -365,6 +366,10 @@ def _kept_sizes(width: int, min_width: int, round_to: int) -> list[int]:
         sizes.append(k)
         k -= round_to
     return sizes
+
+
+#: Transitional name for :func:`kept_sizes` (preflight.py still imports it).
+_kept_sizes = kept_sizes
 
 
 def _describe_limits(protected: list[int], min_width: int, round_to: int) -> str:
@@ -430,7 +435,7 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
     units: list[tuple[tuple, int, np.ndarray, int]] = []
     for i in prunable:
         order = np.lexsort((np.arange(widths[i]), checked[i]))  # ascending score, then index
-        sizes = _kept_sizes(widths[i], min_width, round_to)
+        sizes = kept_sizes(widths[i], min_width, round_to)
         for u in range(1, len(sizes)):
             start, stop = widths[i] - sizes[u - 1], widths[i] - sizes[u]
             channels = order[start:stop]
