@@ -12,14 +12,14 @@ is the ``r`` (or, first, ``width mod r``) lowest-scored channels still kept. Uni
 ordered
 
 * ``allocation="global"``: by score (a unit's score is the largest score in it), one
-  ranking across every prunable layer; this is the seed's rule;
+  ranking across every prunable layer; this is the authors' rule;
 * ``allocation="uniform"``: by the fraction of its layer the unit's removal reaches, so
   every prunable layer loses the same fraction (to within one unit), ties by score;
 
 and the prefix of that order whose parameter count is closest to the request is
 removed. The reached ratio is therefore within half a unit's parameters of the request
 (``r`` channels of ``3 * hidden`` parameters each for gated MLPs) -- exact, unlike the
-seed's hand-tuned threshold, which :func:`select_by_threshold` keeps for fidelity.
+authors' hand-tuned threshold, which :func:`select_by_threshold` keeps for fidelity.
 
 A plan is checked when it is loaded (:meth:`PruningPlan.load` runs :meth:`PruningPlan.check`:
 indices sorted, unique and in range, protected layers whole, totals consistent) and
@@ -104,7 +104,7 @@ def model_identity(model: nn.Module, source: Mapping[str, Any] | None = None) ->
 
 
 def default_protected_layers(n_layers: int) -> list[int]:
-    """The seed's protected layers: the first three and the last two."""
+    """The authors' protected layers: the first three and the last two."""
     return sorted({i for i in (0, 1, 2, n_layers - 2, n_layers - 1) if 0 <= i < n_layers})
 
 
@@ -393,12 +393,12 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
     ratio : float
         Fraction of ``basis`` parameters to remove, in ``[0, maximum]``.
     basis : {"total", "mlp"}, default="total"
-        Denominator: all parameters (embeddings included, tied ones once; the seed's
+        Denominator: all parameters (embeddings included, tied ones once; the authors'
         basis) or only MLP parameters.
     allocation : {"global", "uniform"}, default="global"
         One ranking across layers, or the same fraction in each prunable layer.
     protected_layers : sequence of int, optional
-        Layers never pruned; default the first three and the last two (the seed's).
+        Layers never pruned; default the first three and the last two (the authors').
     min_width : int, default=1
         Fewest channels a pruned layer keeps.
     round_to : int, default=1
