@@ -45,7 +45,7 @@ venv: $(VENV)/.installed
 
 # Verify the shipped asset files (checksums) and convert the default model into a cached checkpoint once.
 $(FUNCPRUNE_CACHE)/.assets-ok: $(VENV)/.installed
-	$(PY) -c 'from funcprune.assets import main; main()'
+	$(PY) -c 'from funcprune.setup_assets import main; main()'
 	@mkdir -p $(FUNCPRUNE_CACHE) && touch $@
 
 assets: $(FUNCPRUNE_CACHE)/.assets-ok

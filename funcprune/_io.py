@@ -1,8 +1,9 @@
 """Small file helpers shared by every stage: atomic writes, checksums and artefact errors.
 
-Every artefact funcprune writes (manifests, plans, results) goes through
-:func:`atomic_write_text` or :func:`atomic_write_json`, so an interrupted run
-leaves either the old file or the new one, never half of one.
+Every artefact funcprune writes (manifests, plans, results, arrays) goes through
+:func:`atomic_open` (directly, or through :func:`atomic_write_text` and
+:func:`atomic_write_json`), so an interrupted run leaves either the old file or the
+new one, never half of one; directories go through :func:`atomic_directory`.
 
 Artefacts that a later stage reads are verified with :func:`file_record` (written at
 commit: size and SHA-256) and :func:`verify_file` (sizes always, digests when asked).
@@ -19,9 +20,9 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
-__all__ = ["ArtefactError", "atomic_directory", "atomic_write_text", "atomic_write_json", "file_record",
+__all__ = ["ArtefactError", "atomic_directory", "atomic_open", "atomic_write_text", "atomic_write_json", "file_record",
            "read_json", "sha256_file", "verify_file"]
 
 
@@ -50,8 +51,39 @@ class ArtefactError(ValueError):
         super().__init__(f"{self.path}: {problem}; {fix}")
 
 
+@contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` only once it is complete (temporary file, fsync, rename).
+
+    On any error (or interrupt) inside the block the temporary file is removed and
+    ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination file. Its parent directory is created if needed.
+
+    Yields
+    ------
+    BinaryIO
+        The temporary file to write (e.g. with ``np.savez(fh, ...)``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename).
+    """Write ``text`` to ``path`` atomically (:func:`atomic_open`).
 
     Parameters
     ----------
@@ -65,19 +97,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     pathlib.Path
         The destination path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path) as fh:
+        fh.write(text.encode("utf-8"))
+    return Path(path)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:

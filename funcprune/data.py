@@ -51,8 +51,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from ._io import sha256_file
-from .assets import AssetChecksumError, MissingAssetError
-from .assets import package_dir as _package_dir
+from .assets import AssetChecksumError, MissingAssetError, package_dir
 
 __all__ = [
     "Text",
@@ -341,7 +340,7 @@ def dataset_path(name: str, *, verify: bool = True) -> Path:
         The file's checksum differs from the registered one.
     """
     spec = _get_spec(name)
-    root = _package_dir(spec.package)
+    root = package_dir(spec.package)
     if root is None:
         raise MissingAssetError(_missing_message(spec, f"package {spec.package!r} is not installed"))
     path = root / spec.relative_path

@@ -38,14 +38,14 @@ from tqdm.auto import tqdm
 from .adapters import CANONICAL_ATTN, get_adapter
 from .models import input_device
 
-__all__ = ["bos_token_id", "count_parameters", "flops_per_token", "measure_latency", "perplexity"]
+__all__ = ["bos_token_id", "count_parameters", "flops_per_token", "max_positions", "measure_latency", "perplexity"]
 
 #: Config attributes that may hold a model's maximum sequence length.
 _MAX_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
 _MLP_NAMES = ("mlp.gate", "mlp.up", "mlp.down")
 
 
-def _max_positions(model: nn.Module) -> int | None:
+def max_positions(model: nn.Module) -> int | None:
     """Longest sequence the model's config allows, or ``None`` if it sets none."""
     config = getattr(model, "config", None)
     for key in _MAX_POSITION_KEYS:
@@ -53,6 +53,10 @@ def _max_positions(model: nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+#: Transitional name for :func:`max_positions` (results.py still imports it).
+_max_positions = max_positions
 
 
 def bos_token_id(tokenizer: Any) -> int | None:
@@ -185,7 +189,7 @@ def perplexity(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     seq_len_requested = int(seq_len)
-    max_pos = _max_positions(model)
+    max_pos = max_positions(model)
     clamped = max_pos is not None and seq_len > max_pos
     if clamped:
         seq_len = int(max_pos)  # type: ignore[arg-type]

@@ -32,7 +32,6 @@ Used in the chapter :doc:`/executed/02_functional_networks`.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
+from ._io import ArtefactError, atomic_open, atomic_write_json, file_record, read_json, verify_file
 from .store import ActivationStore
 
 __all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "convergence_check", "match_maps", "seed_agreement",
@@ -990,16 +989,8 @@ class FunctionalNetworks(BaseEstimator):
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{ARRAYS_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **self._arrays())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path / ARRAYS_NAME)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path / ARRAYS_NAME) as fh:
+            np.savez(fh, **self._arrays())
         manifest = self.to_dict()
         manifest["arrays"] = {"file": ARRAYS_NAME, **file_record(path / ARRAYS_NAME)}
         atomic_write_json(path / MANIFEST_NAME, manifest)

@@ -19,19 +19,21 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from ._io import atomic_directory, atomic_write_json, read_json, sha256_file
 from .adapters import get_adapter
-from .assets import AssetChecksumError, MissingAssetError, package_dir
+from .assets import AssetChecksumError, MissingAssetError, cache_dir, package_dir
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEVICE_MAPS",
     "FLOAT_DTYPES",
+    "LEGACY_SOURCE_ATTRIBUTE",
+    "LoadedModel",
     "MODELS",
     "MissingAssetError",
     "ModelNotFoundError",
@@ -43,8 +45,10 @@ __all__ = [
     "ensure_model",
     "input_device",
     "load_model",
+    "legacy_source",
     "local_revision",
     "model_config",
+    "prepare_tokenizer",
 ]
 
 #: Alias of the built-in default model.
@@ -103,11 +107,6 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 _ASSET_MANIFEST = "funcprune_asset.json"
-
-
-def cache_dir() -> Path:
-    """Root of funcprune's cache: ``$FUNCPRUNE_CACHE`` or ``~/.cache/funcprune``."""
-    return Path(os.environ.get("FUNCPRUNE_CACHE", Path.home() / ".cache" / "funcprune"))
 
 
 def _package_file(spec: ModelSpec) -> Path:
@@ -446,9 +445,68 @@ def model_config(name_or_path: str = DEFAULT_MODEL, *, revision: str | None = No
     return config, path, source
 
 
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A loaded model, its tokenizer and where it came from (returned by :func:`load_model`).
+
+    It unpacks as ``model, tokenizer`` (``model, tokenizer = load_model(...)``); keep the
+    whole record where the provenance is needed, e.g. ``prune(model, plan,
+    revision=loaded.source["revision"])``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        In eval mode.
+    tokenizer : transformers tokenizer or None
+    source : dict
+        Provenance: ``name``, ``source`` (``registry``, ``local``, ``hub``, ``pruned`` ...),
+        ``revision`` (``None`` when unknown), ``model_type``, ``dtype`` and, by source,
+        ``path``, ``device``, ``devices``, ``package``, ``license``, ``notes``.
+    plan : PruningPlan, optional
+        The plan of a pruned checkpoint (:func:`funcprune.prune.load_pruned`).
+    """
+
+    model: torch.nn.Module
+    tokenizer: Any
+    source: dict[str, Any]
+    plan: Any = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.tokenizer))
+
+
+#: Attribute on which :func:`load_model` also leaves ``source``, for the callers that have
+#: not moved to :class:`LoadedModel` yet (pipeline, results, notebooks). Transitional: no
+#: check in funcprune reads it except through :func:`legacy_source`.
+LEGACY_SOURCE_ATTRIBUTE = "funcprune_source"
+
+
+def legacy_source(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The provenance an older caller left on ``model`` (:data:`LEGACY_SOURCE_ATTRIBUTE`), or ``None``.
+
+    Transitional: callers pass the ``source`` of a :class:`LoadedModel` instead.
+    """
+    source = getattr(model, LEGACY_SOURCE_ATTRIBUTE, None)
+    return dict(source) if source is not None else None
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Set the tokenizer up as funcprune uses it: a pad token (the EOS token if none) and right padding.
+
+    Returns
+    -------
+    transformers tokenizer
+        ``tokenizer`` itself.
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = torch.float32,
                device_map: str | dict[str, Any] | None = None, revision: str | None = None,
-               **kwargs: Any) -> tuple[torch.nn.Module, Any]:
+               **kwargs: Any) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
     Parameters
@@ -470,10 +528,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
 
     Returns
     -------
-    model : transformers.PreTrainedModel
-        In eval mode, with ``model.funcprune_source`` describing where it came from.
-    tokenizer : transformers tokenizer
-        With a pad token set (the EOS token if the model defines none).
+    LoadedModel
+        ``model`` (in eval mode), ``tokenizer`` (with a pad token, :func:`prepare_tokenizer`)
+        and ``source`` (where the model came from); unpacks as ``model, tokenizer``.
 
     Raises
     ------
@@ -492,27 +549,37 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
         kwargs["revision"] = revision
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path, **kwargs))
     source["dtype"] = str(dtype).replace("torch.", "")
     source["device"] = str(input_device(model))
     if getattr(model, "hf_device_map", None):
         source["devices"] = sorted({str(d) for d in model.hf_device_map.values()})
-    model.funcprune_source = source
-    return model, tokenizer
+    setattr(model, LEGACY_SOURCE_ATTRIBUTE, source)  # transitional, see LEGACY_SOURCE_ATTRIBUTE
+    return LoadedModel(model, tokenizer, source)
 
 
-def describe_model(model: torch.nn.Module) -> dict[str, Any]:
+def describe_model(model: torch.nn.Module, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Provenance of a loaded model: name, source, revision, type, dtype and size.
 
-    A local ``path`` is shown as a reader should see it (:func:`funcprune.provenance.display_path`):
-    relative to the repository or to ``$FUNCPRUNE_CACHE``, never the builder's file system.
+    Parameters
+    ----------
+    model : torch.nn.Module
+    source : dict, optional
+        Where it came from (``LoadedModel.source``). Transitional default: what
+        :func:`legacy_source` finds on the model, else only what the model itself tells
+        (name from its config, no revision).
+
+    Returns
+    -------
+    dict
+        ``source`` completed with ``name``, ``model_type``, ``n_parameters`` and
+        ``n_layers``. A local ``path`` is shown as a reader should see it
+        (:func:`funcprune.provenance.display_path`): relative to the repository or to
+        ``$FUNCPRUNE_CACHE``, never the builder's file system.
     """
     from .provenance import display_path
 
-    source = dict(getattr(model, "funcprune_source", {}))
+    source = dict(source if source is not None else legacy_source(model) or {})
     if source.get("path"):
         source["path"] = display_path(source["path"])
     source.setdefault("name", getattr(model.config, "name_or_path", "") or type(model).__name__)

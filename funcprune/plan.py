@@ -12,14 +12,14 @@ is the ``r`` (or, first, ``width mod r``) lowest-scored channels still kept. Uni
 ordered
 
 * ``allocation="global"``: by score (a unit's score is the largest score in it), one
-  ranking across every prunable layer; this is the seed's rule;
+  ranking across every prunable layer; this is the authors' rule;
 * ``allocation="uniform"``: by the fraction of its layer the unit's removal reaches, so
   every prunable layer loses the same fraction (to within one unit), ties by score;
 
 and the prefix of that order whose parameter count is closest to the request is
 removed. The reached ratio is therefore within half a unit's parameters of the request
 (``r`` channels of ``3 * hidden`` parameters each for gated MLPs) -- exact, unlike the
-seed's hand-tuned threshold, which :func:`select_by_threshold` keeps for fidelity.
+authors' hand-tuned threshold, which :func:`select_by_threshold` keeps for fidelity.
 
 A plan is checked when it is loaded (:meth:`PruningPlan.load` runs :meth:`PruningPlan.check`:
 indices sorted, unique and in range, protected layers whole, totals consistent) and
@@ -55,6 +55,7 @@ __all__ = [
     "PruningPlan",
     "channel_parameters",
     "default_protected_layers",
+    "kept_sizes",
     "model_identity",
     "select_by_threshold",
     "select_channels",
@@ -76,8 +77,15 @@ class PlanMismatchError(ValueError):
 # ----------------------------------------------------------------------------------
 # Facts about a model
 # ----------------------------------------------------------------------------------
-def model_identity(model: nn.Module) -> dict[str, Any]:
+def model_identity(model: nn.Module, source: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a plan records about its base model, and :func:`funcprune.prune.prune` checks.
+
+    Parameters
+    ----------
+    model : nn.Module
+    source : dict, optional
+        Where the model came from (``LoadedModel.source`` of
+        :func:`funcprune.models.load_model`), as for :func:`funcprune.models.describe_model`.
 
     Returns
     -------
@@ -85,7 +93,7 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
         ``name``, ``model_type``, ``n_layers``, ``hidden_size``, ``revision`` (``None``
         when unknown, e.g. a model built from a config).
     """
-    info = describe_model(model)
+    info = describe_model(model, None if source is None else dict(source))
     return {
         "name": str(info.get("name")),
         "model_type": model.config.model_type,
@@ -96,7 +104,7 @@ def model_identity(model: nn.Module) -> dict[str, Any]:
 
 
 def default_protected_layers(n_layers: int) -> list[int]:
-    """The seed's protected layers: the first three and the last two."""
+    """The authors' protected layers: the first three and the last two."""
     return sorted({i for i in (0, 1, 2, n_layers - 2, n_layers - 1) if 0 <= i < n_layers})
 
 
@@ -350,7 +358,7 @@ def _basis_params(model: nn.Module, basis: str) -> int:
     return int(count_parameters(model)[basis])
 
 
-def _kept_sizes(width: int, min_width: int, round_to: int) -> list[int]:
+def kept_sizes(width: int, min_width: int, round_to: int) -> list[int]:
     """Allowed kept widths, largest first: ``width`` then multiples of ``round_to`` >= ``min_width``."""
     sizes = [width]
     k = ((width - 1) // round_to) * round_to
@@ -358,6 +366,10 @@ def _kept_sizes(width: int, min_width: int, round_to: int) -> list[int]:
         sizes.append(k)
         k -= round_to
     return sizes
+
+
+#: Transitional name for :func:`kept_sizes` (preflight.py still imports it).
+_kept_sizes = kept_sizes
 
 
 def _describe_limits(protected: list[int], min_width: int, round_to: int) -> str:
@@ -368,7 +380,8 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
                     basis: Literal["total", "mlp"] = "total",
                     allocation: Literal["global", "uniform"] = "global",
                     protected_layers: Sequence[int] | None = None, min_width: int = 1, round_to: int = 1,
-                    method: str = "", settings: Mapping[str, Any] | None = None) -> PruningPlan:
+                    method: str = "", settings: Mapping[str, Any] | None = None,
+                    source: Mapping[str, Any] | None = None) -> PruningPlan:
     """Keep the highest-scored channels so that ``ratio`` of the parameters go.
 
     Parameters
@@ -380,12 +393,12 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
     ratio : float
         Fraction of ``basis`` parameters to remove, in ``[0, maximum]``.
     basis : {"total", "mlp"}, default="total"
-        Denominator: all parameters (embeddings included, tied ones once; the seed's
+        Denominator: all parameters (embeddings included, tied ones once; the authors'
         basis) or only MLP parameters.
     allocation : {"global", "uniform"}, default="global"
         One ranking across layers, or the same fraction in each prunable layer.
     protected_layers : sequence of int, optional
-        Layers never pruned; default the first three and the last two (the seed's).
+        Layers never pruned; default the first three and the last two (the authors').
     min_width : int, default=1
         Fewest channels a pruned layer keeps.
     round_to : int, default=1
@@ -394,6 +407,9 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
         Scorer name, recorded in the plan.
     settings : dict, optional
         Scorer settings, recorded in the plan.
+    source : dict, optional
+        Where ``model`` came from (``LoadedModel.source``): its name and revision are
+        recorded in the plan (:func:`model_identity`).
 
     Returns
     -------
@@ -419,7 +435,7 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
     units: list[tuple[tuple, int, np.ndarray, int]] = []
     for i in prunable:
         order = np.lexsort((np.arange(widths[i]), checked[i]))  # ascending score, then index
-        sizes = _kept_sizes(widths[i], min_width, round_to)
+        sizes = kept_sizes(widths[i], min_width, round_to)
         for u in range(1, len(sizes)):
             start, stop = widths[i] - sizes[u - 1], widths[i] - sizes[u]
             channels = order[start:stop]
@@ -447,17 +463,17 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
         removed[i].extend(int(c) for c in channels)
     return _make_plan(model, widths, removed, cost, n_basis, method=method, settings={
         **dict(settings or {}), "min_width": min_width, "round_to": round_to},
-        ratio_requested=float(ratio), basis=basis, allocation=allocation, protected=protected)
+        ratio_requested=float(ratio), basis=basis, allocation=allocation, protected=protected, source=source)
 
 
 def _make_plan(model: nn.Module, widths: dict[int, int], removed: dict[int, list[int]],
                cost: dict[int, int], n_basis: int, *, method: str, settings: dict[str, Any],
-               ratio_requested: float | None, basis: str, allocation: str, protected: list[int]
-               ) -> PruningPlan:
+               ratio_requested: float | None, basis: str, allocation: str, protected: list[int],
+               source: Mapping[str, Any] | None) -> PruningPlan:
     kept = {i: sorted(set(range(widths[i])) - set(removed[i])) for i in widths}
     params_removed = sum(len(removed[i]) * cost[i] for i in widths)
     return PruningPlan(
-        kept=kept, widths=widths, model=model_identity(model), method=method, settings=settings,
+        kept=kept, widths=widths, model=model_identity(model, source), method=method, settings=settings,
         ratio_requested=ratio_requested, ratio_reached=params_removed / n_basis,
         params_removed=int(params_removed), params_basis=int(n_basis), ratio_basis=basis,
         allocation=allocation, protected_layers=protected, provenance=environment_info())
@@ -466,12 +482,14 @@ def _make_plan(model: nn.Module, widths: dict[int, int], removed: dict[int, list
 def select_by_threshold(scores: Mapping[int, np.ndarray], model: nn.Module, threshold: float, *,
                         basis: Literal["total", "mlp"] = "total",
                         protected_layers: Sequence[int] | None = None, min_width: int = 1,
-                        method: str = "", settings: Mapping[str, Any] | None = None) -> PruningPlan:
-    """The seed's rule: in prunable layers keep the channels whose score exceeds ``threshold``.
+                        method: str = "", settings: Mapping[str, Any] | None = None,
+                        source: Mapping[str, Any] | None = None) -> PruningPlan:
+    """The authors' rule: in prunable layers keep the channels whose score exceeds ``threshold``.
 
     A layer left with fewer than ``min_width`` channels keeps its ``min_width``
     highest-scored ones. The plan's ``ratio_requested`` is ``None``; the threshold is in
-    ``settings``. See :func:`threshold_for_ratio` for the threshold a ratio implies.
+    ``settings``; ``source`` is as for :func:`select_channels`. See
+    :func:`threshold_for_ratio` for the threshold a ratio implies.
     """
     widths, protected, prunable, checked = _check_common(scores, model, basis, protected_layers,
                                                           min_width, 1)
@@ -485,7 +503,8 @@ def select_by_threshold(scores: Mapping[int, np.ndarray], model: nn.Module, thre
     return _make_plan(model, widths, removed, channel_parameters(model), _basis_params(model, basis),
                       method=method, settings={**dict(settings or {}), "threshold": float(threshold),
                                                "min_width": min_width},
-                      ratio_requested=None, basis=basis, allocation="global", protected=protected)
+                      ratio_requested=None, basis=basis, allocation="global", protected=protected,
+                      source=source)
 
 
 def threshold_for_ratio(scores: Mapping[int, np.ndarray], model: nn.Module, ratio: float, *,

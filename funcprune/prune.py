@@ -49,6 +49,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -60,9 +61,9 @@ from ._io import ArtefactError, atomic_directory, atomic_write_json, file_record
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .capture import MLPRecorder, tokenize_batches
 from .evaluate import count_parameters
-from .models import input_device
+from .models import LoadedModel, check_dtype, input_device, legacy_source, prepare_tokenizer
 from .plan import PlanMismatchError, PruningPlan, channel_parameters
-from .scoring import ChannelStatistics, _Accumulator
+from .scoring import ChannelStatistics, ColumnMoments
 
 __all__ = [
     "CalibrationData",
@@ -70,6 +71,7 @@ __all__ = [
     "PLAN_FILE",
     "check_plan",
     "compensate_bias",
+    "global_width",
     "load_pruned",
     "parameter_report",
     "prune",
@@ -84,6 +86,10 @@ PLAN_FILE = "pruning_plan.json"
 #: File name of the record (sizes and digests) of a saved pruned checkpoint's files.
 CHECKPOINT_MANIFEST = "funcprune_checkpoint.json"
 PRUNED_FORMAT = "funcprune-pruned/1"
+#: Attribute on which :func:`prune` also leaves its plan, for the callers that have not
+#: moved to passing the plan (pipeline, notebooks). Transitional: :func:`save_pruned`
+#: falls back on it only when no ``plan=`` is given.
+LEGACY_PLAN_ATTRIBUTE = "funcprune_plan"
 
 
 # ----------------------------------------------------------------------------------
@@ -168,13 +174,45 @@ def prune_layer(model: nn.Module, layer: int, keep: Sequence[int]) -> None:
 # ----------------------------------------------------------------------------------
 # Checking a plan
 # ----------------------------------------------------------------------------------
-def check_plan(model: nn.Module, plan: PruningPlan) -> None:
+def _check_revision(model: nn.Module, plan: PruningPlan, revision: str | None) -> str | None:
+    """The problem with the model's revision for ``plan``, or ``None`` when it matches or the plan records none.
+
+    Raises
+    ------
+    PlanMismatchError
+        The plan records a revision and the model's is unknown.
+    """
+    expected = plan.model.get("revision")
+    if not expected:
+        return None
+    if revision is None:  # transitional: a model loaded by an older caller of load_model
+        revision = (legacy_source(model) or {}).get("revision")
+    if revision is None:
+        raise PlanMismatchError(
+            f"the plan was made for revision {expected!r} of {plan.model.get('name')!r} and the model's revision "
+            "is unknown: pass revision= (the source['revision'] funcprune.models.load_model returns, or the "
+            "revision of the checkpoint you loaded)")
+    if revision != expected:
+        return f"revision {revision!r} != plan's {expected!r} (plan made for {plan.model.get('name')!r})"
+    return None
+
+
+def check_plan(model: nn.Module, plan: PruningPlan, *, revision: str | None = None) -> None:
     """Raise :class:`PlanMismatchError` unless ``plan`` is well formed and made for ``model``.
 
-    Checks model type, layer count, hidden size, revision (when both are known), the
-    current MLP widths, the plan itself (:meth:`~funcprune.plan.PruningPlan.check`: kept
-    indices sorted, unique, in range and non-empty, totals consistent) and that its
-    ``params_removed`` and ``params_basis`` are what its kept lists remove from ``model``.
+    Checks model type, layer count, hidden size, revision, the current MLP widths, the
+    plan itself (:meth:`~funcprune.plan.PruningPlan.check`: kept indices sorted, unique,
+    in range and non-empty, totals consistent) and that its ``params_removed`` and
+    ``params_basis`` are what its kept lists remove from ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+    plan : PruningPlan
+    revision : str, optional
+        The model's revision (``source["revision"]`` of :func:`funcprune.models.load_model`).
+        Needed when the plan records one: a plan with a revision and a model without
+        one is an error, never a skipped check.
     """
     ident = plan.model
     config = model.config
@@ -186,10 +224,9 @@ def check_plan(model: nn.Module, plan: PruningPlan) -> None:
         problems.append(f"{len(widths)} layers != plan's {ident.get('n_layers')}")
     if int(ident.get("hidden_size", -1)) != int(config.hidden_size):
         problems.append(f"hidden size {config.hidden_size} != plan's {ident.get('hidden_size')}")
-    revision = getattr(model, "funcprune_source", {}).get("revision")
-    if revision and ident.get("revision") and revision != ident["revision"]:
-        problems.append(f"revision {revision!r} != plan's {ident['revision']!r} "
-                        f"(plan made for {ident.get('name')!r})")
+    revision_problem = _check_revision(model, plan, revision)
+    if revision_problem:
+        problems.append(revision_problem)
     if problems:
         raise PlanMismatchError(f"the plan was made for another model: {'; '.join(problems)}")
     if sorted(plan.widths) != list(range(len(widths))) or sorted(plan.kept) != list(range(len(widths))):
@@ -216,24 +253,32 @@ def check_plan(model: nn.Module, plan: PruningPlan) -> None:
 # ----------------------------------------------------------------------------------
 @torch.no_grad()
 def _add_compensation(adapter: ArchitectureAdapter, layer: nn.Module, removed: Sequence[int],
-                      mean: np.ndarray | torch.Tensor) -> None:
-    """``b_down += W_down[:, R] @ mean(x_R)`` for the removed channels ``R`` of one layer."""
+                      mean: np.ndarray | torch.Tensor) -> bool:
+    """``b_down += W_down[:, R] @ mean(x_R)`` for the removed channels ``R`` of one layer.
+
+    Returns whether the down projection had no bias (one was added).
+    """
     down = adapter.module(layer, "mlp.down")
     weight = adapter.mlp_weight(layer, "mlp.down")  # (hidden, width)
     idx = torch.as_tensor(list(removed), dtype=torch.long)
     mean = torch.as_tensor(np.asarray(mean), dtype=torch.float64)
     delta = weight[:, idx.to(weight.device)].double().cpu() @ mean[idx]  # W_down[:, R] @ mean_t(x_R)
-    if down.bias is None:
+    added = down.bias is None
+    if added:
         down.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device),
                                  requires_grad=weight.requires_grad)
-        down.funcprune_added_bias = True
     down.bias.add_(delta.to(down.bias.device, down.bias.dtype))
+    return added
 
 
-def _set_down_biases(model: nn.Module, biases: Mapping[int, torch.Tensor]) -> None:
-    """Set each listed layer's down-projection bias (created where the projection has none)."""
+def _set_down_biases(model: nn.Module, biases: Mapping[int, torch.Tensor]) -> list[int]:
+    """Set each listed layer's down-projection bias (created where the projection has none).
+
+    Returns the layers whose bias was created.
+    """
     adapter = get_adapter(model)
     layers = adapter.get_layers(model)
+    added = []
     with torch.no_grad():
         for i, value in biases.items():
             down = adapter.module(layers[int(i)], "mlp.down")
@@ -244,13 +289,14 @@ def _set_down_biases(model: nn.Module, biases: Mapping[int, torch.Tensor]) -> No
                                  f"{weight.shape[0]} features")
             if down.bias is None:
                 down.bias = nn.Parameter(value.clone(), requires_grad=weight.requires_grad)
-                down.funcprune_added_bias = True
+                added.append(int(i))
             else:
                 down.bias.copy_(value)
+    return added
 
 
 def compensate_bias(model: nn.Module, plan: PruningPlan, stats: ChannelStatistics,
-                    layers: Sequence[int] | None = None) -> None:
+                    layers: Sequence[int] | None = None) -> list[int]:
     """Fold the mean contribution of the channels a plan removes into the down-projection bias.
 
     Call it *before* the channels are sliced away (it needs ``W_down[:, removed]``);
@@ -265,18 +311,27 @@ def compensate_bias(model: nn.Module, plan: PruningPlan, stats: ChannelStatistic
         Means of the down projection's input channels (:func:`funcprune.scoring.channel_statistics`).
     layers : sequence of int, optional
         Layers to compensate (default every layer the plan prunes).
+
+    Returns
+    -------
+    list of int
+        The layers whose down projection had no bias and gained one (what
+        ``config.funcprune["down_bias_layers"]`` must list; :func:`prune` records it).
     """
     adapter = get_adapter(model)
     modules = adapter.get_layers(model)
     widths = layer_widths(model)
     targets = [i for i in plan.layers if plan.removed(i)] if layers is None else list(layers)
+    added = []
     for i in targets:
         if widths[i] != plan.widths[i]:
             raise PlanMismatchError(f"layer {i} has width {widths[i]}, the plan expects {plan.widths[i]}: "
                                     "compensate before pruning")
         if i not in stats.mean or len(stats.mean[i]) != widths[i]:
             raise ValueError(f"statistics lack layer {i} at width {widths[i]}")
-        _add_compensation(adapter, modules[i], plan.removed(i), stats.mean[i])
+        if _add_compensation(adapter, modules[i], plan.removed(i), stats.mean[i]):
+            added.append(i)
+    return added
 
 
 @dataclass
@@ -307,7 +362,8 @@ def _first(output: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def _prune_progressively(model: nn.Module, plan: PruningPlan, calib: CalibrationData,
-                         progress: bool) -> None:
+                         progress: bool) -> list[int]:
+    """Prune layer by layer, compensating each on the already pruned prefix; the layers that gained a bias."""
     adapter = get_adapter(model)
     layers = adapter.get_layers(model)
     n_layers = len(layers)
@@ -347,61 +403,65 @@ def _prune_progressively(model: nn.Module, plan: PruningPlan, calib: Calibration
         return _first(layers[i](hidden[b], *rest, **kwargs))
 
     # 2. Layer by layer: measure on the pruned prefix, compensate, prune, move on.
+    added = []
     for i in tqdm(range(n_layers), desc="pruning with bias compensation", unit="layer",
                   disable=not progress):
         removed = plan.removed(i)
         if removed:
-            acc = _Accumulator()
+            acc = ColumnMoments()
             with MLPRecorder(model, kinds=("product",), layers=[i], adapter=adapter) as rec:
                 for b, (_, batch) in enumerate(batches):
                     rec.mask = batch["attention_mask"].bool()
                     run(i, b)
                     acc.update(rec.records[(i, "product")])
             mean = acc.result()[0]
-            _add_compensation(adapter, layers[i], removed, mean)
+            if _add_compensation(adapter, layers[i], removed, mean):
+                added.append(i)
             prune_layer(model, i, plan.kept[i])
         if i < n_layers - 1:
             hidden = [run(i, b) for b in range(len(batches))]
+    return added
 
 
 # ----------------------------------------------------------------------------------
 # High level
 # ----------------------------------------------------------------------------------
-def _global_width(config: Any, adapter: ArchitectureAdapter) -> int:
-    """The config's global MLP width, readable even when per-layer widths are set."""
-    value = config.to_dict().get(adapter.intermediate_size_key)
-    if value is None and adapter.weight_layout == "conv1d":
-        return 4 * int(config.n_embd)
-    if value is None:
-        raise ValueError(f"config has no {adapter.intermediate_size_key!r}")
-    return int(value)
+def global_width(config: Any, adapter: ArchitectureAdapter) -> int:
+    """The config's global MLP width (:meth:`~funcprune.adapters.ArchitectureAdapter.intermediate_size`).
+
+    Read from ``config.to_dict()``: with ``per_layer_config`` set, transformers raises when
+    the attribute itself is read.
+    """
+    return adapter.intermediate_size(SimpleNamespace(**config.to_dict()))
 
 
-def _update_config(model: nn.Module, method: str = "") -> None:
-    """Make ``model.config`` describe the current per-layer MLP widths (see the module notes)."""
+def _update_config(model: nn.Module, method: str, added_bias: Sequence[int]) -> None:
+    """Make ``model.config`` describe the current per-layer MLP widths (see the module notes).
+
+    ``added_bias`` lists the layers whose down projection gained a bias in this pruning;
+    those of earlier prunings are kept from ``config.funcprune``.
+    """
     adapter = get_adapter(model)
     config = model.config
     key = adapter.intermediate_size_key
     widths = layer_widths(model)
-    global_width = _global_width(config, adapter)
+    width = global_width(config, adapter)
     config.per_layer_config = None  # homogeneous again while we edit
     if len(set(widths.values())) == 1:
         setattr(config, key, next(iter(widths.values())))
     else:
-        overrides = {i: {key: w} for i, w in widths.items() if w != global_width}
+        overrides = {i: {key: w} for i, w in widths.items() if w != width}
         config.per_layer_config = overrides or None
-    down_bias = [i for i, layer in enumerate(adapter.get_layers(model))
-                 if getattr(adapter.module(layer, "mlp.down"), "funcprune_added_bias", False)]
     previous = getattr(config, "funcprune", None) or {}
     config.funcprune = {
         "format": PRUNED_FORMAT,
         "mlp_widths": {str(i): w for i, w in widths.items()},
-        "down_bias_layers": down_bias,
+        "down_bias_layers": sorted({*map(int, previous.get("down_bias_layers", [])), *map(int, added_bias)}),
         "methods": list(previous.get("methods", [])) + ([method] if method else []),
     }
 
 
-def prune(model: nn.Module, plan: PruningPlan, *,
+def prune(model: nn.Module, plan: PruningPlan, *, revision: str | None = None,
           bias_compensation: ChannelStatistics | CalibrationData | Mapping[int, torch.Tensor] | None = None,
           progress: bool = True) -> nn.Module:
     """Physically remove the MLP channels a plan drops, in place.
@@ -411,6 +471,8 @@ def prune(model: nn.Module, plan: PruningPlan, *,
     model : nn.Module
         The model the plan was made for (checked by :func:`check_plan`).
     plan : PruningPlan
+    revision : str, optional
+        The model's revision, needed when the plan records one (see :func:`check_plan`).
     bias_compensation : ChannelStatistics or CalibrationData, optional
         ``None``: no compensation. :class:`~funcprune.scoring.ChannelStatistics`: fold the
         given means into the biases (statistics measured beforehand, e.g. on the dense
@@ -424,19 +486,22 @@ def prune(model: nn.Module, plan: PruningPlan, *,
     Returns
     -------
     nn.Module
-        ``model``, pruned, with ``model.config`` updated and ``model.funcprune_plan`` set.
+        ``model``, pruned, with ``model.config`` updated (``per_layer_config`` and
+        ``funcprune``, see the module notes). Save it with ``save_pruned(model, tokenizer,
+        path, plan=plan)``.
     """
-    check_plan(model, plan)
+    check_plan(model, plan, revision=revision)
     was_training = model.training
     model.eval()
+    added: list[int] = []
     try:
         if isinstance(bias_compensation, CalibrationData):
-            _prune_progressively(model, plan, bias_compensation, progress)
+            added = _prune_progressively(model, plan, bias_compensation, progress)
         elif isinstance(bias_compensation, (ChannelStatistics, Mapping)) or bias_compensation is None:
             if isinstance(bias_compensation, ChannelStatistics):
-                compensate_bias(model, plan, bias_compensation)
+                added = compensate_bias(model, plan, bias_compensation)
             elif bias_compensation is not None:
-                _set_down_biases(model, bias_compensation)
+                added = _set_down_biases(model, bias_compensation)
             for i in plan.layers:
                 if len(plan.kept[i]) < plan.widths[i]:
                     prune_layer(model, i, plan.kept[i])
@@ -446,8 +511,8 @@ def prune(model: nn.Module, plan: PruningPlan, *,
                             f"got {type(bias_compensation).__name__}")
     finally:
         model.train(was_training)
-    _update_config(model, plan.method)
-    model.funcprune_plan = plan
+    _update_config(model, plan.method, added)
+    setattr(model, LEGACY_PLAN_ATTRIBUTE, plan)  # transitional, see LEGACY_PLAN_ATTRIBUTE
     return model
 
 
@@ -494,8 +559,9 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
     tokenizer : transformers tokenizer or None
     path : str or path-like
         Destination directory.
-    plan : PruningPlan, optional
-        Default ``model.funcprune_plan``.
+    plan : PruningPlan
+        The plan ``model`` was pruned with. Transitional: when omitted, the plan
+        :func:`prune` left on the model (:data:`LEGACY_PLAN_ATTRIBUTE`).
     overwrite : bool, default=False
         Replace an existing directory.
 
@@ -504,17 +570,17 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
     pathlib.Path
     """
     path = Path(path)
-    plan = plan if plan is not None else getattr(model, "funcprune_plan", None)
+    plan = plan if plan is not None else getattr(model, LEGACY_PLAN_ATTRIBUTE, None)
     if plan is None:
-        raise ValueError("no plan: pass plan= (the model was not pruned by funcprune.prune)")
+        raise ValueError("no plan: pass plan= (the plan the model was pruned with)")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     widths = layer_widths(model)
     if plan.pruned_widths != widths:
         raise PlanMismatchError(f"the plan's widths {plan.pruned_widths} are not the model's MLP widths {widths}: "
                                 "pass the plan the model was pruned with")
-    if getattr(model.config, "funcprune", None) is None:
-        _update_config(model, plan.method)
+    if getattr(model.config, "funcprune", None) is None:  # sliced by hand (prune_layer), not by prune
+        _update_config(model, plan.method, ())
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
@@ -655,7 +721,7 @@ def _saved_widths(config: Any, adapter: ArchitectureAdapter) -> dict[int, int]:
 
 @torch.no_grad()
 def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torch.float32,
-                device: str | torch.device = "cpu", verify: bool = True) -> tuple[nn.Module, Any]:
+                device: str | torch.device = "cpu", verify: bool = True) -> LoadedModel:
     """Load a checkpoint written by :func:`save_pruned`.
 
     The files are first checked against the checkpoint's record (:func:`verify_pruned`).
@@ -670,6 +736,7 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
     path : str or path-like
         Checkpoint directory.
     dtype : torch.dtype or str, default=torch.float32
+        Checked by :func:`funcprune.models.check_dtype`.
     device : str or torch.device, default="cpu"
     verify : bool, default=True
         Compare the files' SHA-256 digests with the record (one read of the weights,
@@ -677,23 +744,25 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
 
     Raises
     ------
+    ValueError
+        ``dtype`` is no floating dtype (one line, :func:`funcprune.models.check_dtype`).
     funcprune._io.ArtefactError
         A file is missing, truncated or changed, the config and the weights disagree,
         or the plan describes another model; the message names the file and the fix.
 
     Returns
     -------
-    model : transformers.PreTrainedModel
-        In eval mode, with ``funcprune_source`` and ``funcprune_plan`` (when the plan file exists).
-    tokenizer : transformers tokenizer or None
-        ``None`` if the directory has no tokenizer.
+    funcprune.models.LoadedModel
+        ``model`` (in eval mode), ``tokenizer`` (``None`` if the directory has none),
+        ``source`` (``source="pruned"``, the path, and as ``revision`` the first 16 hex
+        digits of the weights' SHA-256) and ``plan`` (``None`` without a plan file).
+        Unpacks as ``model, tokenizer``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
     path = Path(path)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = check_dtype(dtype)
     record = verify_pruned(path, digest=verify)
     config = AutoConfig.from_pretrained(path)
     adapter = get_adapter(config)
@@ -702,8 +771,8 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
     overrides = None
     if getattr(config, "is_heterogeneous", False):
         key = adapter.intermediate_size_key
-        global_width = _global_width(config, adapter)
-        overrides = {i: {key: w} for i, w in widths.items() if w != global_width}
+        width = global_width(config, adapter)
+        overrides = {i: {key: w} for i, w in widths.items() if w != width}
         config.per_layer_config = None  # let the modeling code read the global width
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -721,7 +790,6 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
             if down.bias is None:
                 weight = adapter.mlp_weight(layers[i], "mlp.down")
                 down.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype))
-            down.funcprune_added_bias = True
     weights = _rename_checkpoint_keys(model, _read_weights(path))
     _check_shapes(path, model, weights, widths)
     expected = model.state_dict(keep_vars=True)
@@ -734,17 +802,13 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
     model.load_state_dict(weights, strict=False)
     model.to(device)
     model.eval()
-    model.funcprune_source = {
+    source = {
         "name": path.name, "source": "pruned", "path": str(path.resolve()),
         "revision": record["files"][_weight_files(path)[0]]["sha256"][:16],
         "model_type": config.model_type, "dtype": str(dtype).replace("torch.", ""),
     }
-    if (path / PLAN_FILE).exists():
-        model.funcprune_plan = _attached_plan(path, model)
+    plan = _attached_plan(path, model) if (path / PLAN_FILE).exists() else None
     tokenizer = None
     if (path / "tokenizer_config.json").exists():
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "right"
-    return model, tokenizer
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+    return LoadedModel(model, tokenizer, source, plan)

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
+from ._io import ArtefactError, atomic_open, atomic_write_json, file_record, read_json, verify_file
 from .adapters import get_adapter, layer_widths
 from .capture import MLPRecorder, tokenize_batches
 from .models import input_device
@@ -56,6 +56,7 @@ from .store import ActivationStore
 
 __all__ = [
     "ChannelStatistics",
+    "ColumnMoments",
     "FlapScorer",
     "FnFlapScorer",
     "FunctionalNetworkScorer",
@@ -144,9 +145,8 @@ class ChannelStatistics:
         path.mkdir(parents=True, exist_ok=True)
         arrays = {f"{name}_{i}": getattr(self, name)[i] for name in ("mean", "var", "sq_norm")
                   for i in self.layers}
-        tmp = path / ".stats.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path / "stats.npz")
+        with atomic_open(path / "stats.npz") as fh:
+            np.savez(fh, **arrays)
         atomic_write_json(path / "stats.json", {"format": STATS_FORMAT, "layers": self.layers,
                                                 "n_tokens": self.n_tokens, "source": self.source,
                                                 "arrays": {"file": "stats.npz", **file_record(path / "stats.npz")}})
@@ -178,8 +178,12 @@ class ChannelStatistics:
         return cls(**parts, n_tokens=int(meta["n_tokens"]), source=meta["source"])
 
 
-class _Accumulator:
-    """Streaming mean / M2 / sum of squares of the columns of ``(n, width)`` blocks, in float64."""
+class ColumnMoments:
+    """Streaming mean, variance and sum of squares of the columns of ``(n, width)`` blocks, in float64.
+
+    Feed blocks with :meth:`update` (Chan et al.'s parallel update of mean and M2);
+    :meth:`result` gives ``(mean, variance, sum of squares)`` per column.
+    """
 
     def __init__(self) -> None:
         self.n = 0
@@ -188,6 +192,7 @@ class _Accumulator:
         self.sq: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor) -> None:
+        """Add the rows of a ``(n, width)`` block."""
         x = x.to(torch.float64)
         n_b = x.shape[0]
         if n_b == 0:
@@ -206,12 +211,19 @@ class _Accumulator:
         self.n = n
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(mean, variance, sum of squares)`` of each column over every row seen.
+
+        Raises
+        ------
+        ValueError
+            No row was seen.
+        """
         if self.mean is None:
             raise ValueError("no tokens were seen")
         return self.mean.numpy(), (self.m2 / self.n).numpy(), self.sq.numpy()
 
 
-def _finish(accumulators: Mapping[int, _Accumulator], source: dict[str, Any]) -> ChannelStatistics:
+def _finish(accumulators: Mapping[int, ColumnMoments], source: dict[str, Any]) -> ChannelStatistics:
     parts: dict[str, dict[int, np.ndarray]] = {"mean": {}, "var": {}, "sq_norm": {}}
     for i, acc in accumulators.items():
         parts["mean"][i], parts["var"][i], parts["sq_norm"][i] = acc.result()
@@ -254,7 +266,7 @@ def channel_statistics(model: nn.Module, tokenizer: Any, texts: Sequence[str], *
     if not batches:
         raise ValueError("no calibration tokens: every text is empty")
     recorder = MLPRecorder(model, kinds=("product",), layers=layers, stop_early=True)  # no LM head needed
-    accumulators = {i: _Accumulator() for i in recorder.layers}
+    accumulators = {i: ColumnMoments() for i in recorder.layers}
     device = input_device(model)
     was_training = model.training
     model.eval()
@@ -293,9 +305,9 @@ def channel_statistics_from_store(store: ActivationStore | str | os.PathLike[str
     if "product" not in store.kinds:
         raise ValueError(f"the store holds kinds {list(store.kinds)}; statistics need 'product' "
                          "(capture with kinds=(..., 'product'))")
-    accumulators: dict[int, _Accumulator] = {}
+    accumulators: dict[int, ColumnMoments] = {}
     for i in tqdm(store.layers, desc="channel statistics", unit="layer", disable=not progress):
-        acc = accumulators[i] = _Accumulator()
+        acc = accumulators[i] = ColumnMoments()
         data = store.layer(i, "product")
         for start in range(0, store.n_tokens, chunk_rows):
             acc.update(torch.from_numpy(np.asarray(data[start:start + chunk_rows], dtype=np.float64)))
@@ -470,7 +482,11 @@ class MagnitudeScorer:
     """Weight-magnitude baseline (see :func:`magnitude_scores`); needs no data."""
 
     name = "magnitude"
-    settings: dict[str, Any] = {"norm": "l2", "weights": "gate rows, up rows, down columns"}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The norm and the weights it is taken over (a new dict each time)."""
+        return {"norm": "l2", "weights": "gate rows, up rows, down columns"}
 
     def __call__(self, model: nn.Module, stats: ChannelStatistics | None = None) -> Scores:
         return magnitude_scores(model)
@@ -490,7 +506,11 @@ class WandaSpScorer(_StatsScorer):
     """Wanda-sp baseline (see :func:`wanda_sp_scores`); needs :class:`ChannelStatistics`."""
 
     name = "wanda_sp"
-    settings: dict[str, Any] = {"formula": "sum_i |W_down[i, j]| * ||x_j||_2"}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The score's formula (a new dict each time)."""
+        return {"formula": "sum_i |W_down[i, j]| * ||x_j||_2"}
 
     def __call__(self, model: nn.Module, stats: ChannelStatistics | None = None) -> Scores:
         return wanda_sp_scores(model, self._need(stats))

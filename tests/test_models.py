@@ -46,7 +46,7 @@ def test_unsupported_architecture_fails_before_weights(tmp_path: Path) -> None:
 
 def test_default_model_loads_offline_from_the_cache(default_model) -> None:
     model, tokenizer = default_model
-    source = model.funcprune_source
+    source = default_model.source
     assert source["source"] == "registry" and source["license"] == "Apache-2.0"
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert tokenizer.pad_token is not None and tokenizer.padding_side == "right"

@@ -182,9 +182,15 @@ def test_plan_for_another_model_is_refused() -> None:
     with pytest.raises(PlanMismatchError, match="another model.*model type 'llama' != plan's 'mistral'"):
         prune(llama, random_plan(mistral))
     plan = random_plan(llama)
-    llama.funcprune_source = {"name": "a", "revision": "abc"}
+    assert plan.model["revision"] is None  # a model built from a config: no revision to record
+    assert random_plan(llama, source={"name": "a", "revision": "abc"}).model["revision"] == "abc"
+    other = dataclasses.replace(plan, model={**plan.model, "revision": "def"})
     with pytest.raises(PlanMismatchError, match="revision 'abc' != plan's 'def'"):
-        check_plan(llama, dataclasses.replace(plan, model={**plan.model, "revision": "def"}))
+        check_plan(llama, other, revision="abc")
+    # a plan that records a revision and a model whose revision nobody passed: an error, never a skipped check
+    with pytest.raises(PlanMismatchError, match="revision 'def' of .* the model's revision is unknown: pass revision="):
+        prune(llama, other)
+    check_plan(llama, other, revision="def")
     prune(llama, plan)
     with pytest.raises(PlanMismatchError, match="already pruned"):
         prune(llama, plan)
@@ -290,11 +296,15 @@ def test_save_load_round_trip(model_type: str, tmp_path: Path) -> None:
     expected = logits(model)
     path = save_pruned(model, None, tmp_path / "pruned")
     assert (path / "pruning_plan.json").exists() and (path / "model.safetensors").exists()
-    loaded, tokenizer = load_pruned(path)
-    assert tokenizer is None
+    record = load_pruned(path)
+    loaded, tokenizer = record  # unpacks as model, tokenizer
+    assert loaded is record.model and tokenizer is None
     assert layer_widths(loaded) == layer_widths(model)
     assert torch.equal(logits(loaded), expected)
-    assert loaded.funcprune_plan == model.funcprune_plan
+    assert record.plan == PruningPlan.load(path / "pruning_plan.json")
+    assert record.plan.pruned_widths == layer_widths(model)
+    assert record.source["source"] == "pruned" and len(record.source["revision"]) == 16
+    assert not hasattr(loaded, "funcprune_plan") and not hasattr(loaded, "funcprune_source")
     with pytest.raises(FileExistsError, match="overwrite"):
         save_pruned(model, None, path)
 
@@ -311,6 +321,25 @@ def test_save_load_with_compensation_biases(tmp_path: Path) -> None:
     loaded, _ = load_pruned(path)
     assert loaded.config.funcprune["down_bias_layers"] == [0, 1, 2]
     assert torch.equal(logits(loaded), logits(model))
+
+
+def test_compensation_returns_the_layers_that_gained_a_bias() -> None:
+    """The layers whose down projection gained a bias are returned, not marked on the modules."""
+    dense = tiny_model("llama")
+    plan = random_plan(dense, protected_layers=[0])
+    stats = channel_statistics(dense, CharTokenizer(), CALIBRATION, progress=False)
+    model = copy.deepcopy(dense)
+    assert compensate_bias(model, plan, stats) == [1, 2]
+    assert compensate_bias(model, plan, stats) == []  # the biases exist now
+    down = model.model.layers[1].mlp.down_proj
+    assert down.bias is not None and not hasattr(down, "funcprune_added_bias")
+
+
+def test_load_pruned_names_a_bad_dtype_in_one_line(tmp_path: Path) -> None:
+    path = save_pruned(prune(tiny_model("llama"), random_plan(tiny_model("llama"))), None, tmp_path / "p")
+    with pytest.raises(ValueError, match=r"model_dtype 'bfloat61' is not a torch floating dtype; accepted: \['float32'"):
+        load_pruned(path, dtype="bfloat61")
+    assert load_pruned(path, dtype="float64").model.dtype == torch.float64
 
 
 def rerecord(path: Path, name: str = "model.safetensors") -> None:

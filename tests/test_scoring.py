@@ -13,7 +13,7 @@ from tiny_models import tiny_model
 
 from funcprune import capture_activations, get_adapter
 from funcprune.scoring import (ChannelStatistics, FlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
-                               RandomScorer, WandaSpScorer, _Accumulator, channel_statistics,
+                               RandomScorer, WandaSpScorer, ColumnMoments, channel_statistics,
                                channel_statistics_from_store, flap_scores, key_neuron_scores,
                                magnitude_scores, random_scores, wanda_sp_scores)
 from funcprune.adapters import layer_widths
@@ -101,6 +101,9 @@ def test_magnitude_scores_follow_the_formula(model_type: str) -> None:
         adapter.mlp_weight(layer, "mlp.down")[:, 2] = 0.3
     scores = MagnitudeScorer()(model)
     assert int(np.argmax(scores[1])) == 2
+    one, other = MagnitudeScorer(), MagnitudeScorer()
+    one.settings["norm"] = "l1"  # editing one scorer's settings changes no other scorer's
+    assert other.settings["norm"] == one.settings["norm"] == "l2"
     w_up = adapter.mlp_weight(layer, "mlp.up").detach().double().numpy()
     w_down = adapter.mlp_weight(layer, "mlp.down").detach().double().numpy()
     expected = [np.sum(w_up[j] ** 2) + np.sum(w_down[:, j] ** 2) for j in range(48)]
@@ -175,7 +178,7 @@ def test_channel_statistics_match_numpy_on_captured_products(tmp_path: Path) -> 
 def test_streaming_variance_is_stable_with_a_large_offset() -> None:
     rng = np.random.default_rng(0)
     x = 1e6 + rng.normal(scale=1e-2, size=(5000, 3))
-    acc = _Accumulator()
+    acc = ColumnMoments()
     for start in range(0, len(x), 333):
         acc.update(torch.from_numpy(x[start:start + 333]))
     mean, var, sq = acc.result()
