@@ -153,7 +153,7 @@ def machine_paths(extra: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
     list of str
         Longest first, so that a match names the most specific folder.
     """
-    from .workflow import REPO_ROOT
+    from .provenance import REPO_ROOT
 
     candidates = [REPO_ROOT, Path.cwd(), Path.home(), sys.prefix, sys.base_prefix,
                   tempfile.gettempdir(), *extra]

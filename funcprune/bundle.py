@@ -247,7 +247,8 @@ def ensure_inputs(run_dir: str | os.PathLike[str], stages: Sequence[int], *,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    from .workflow import REPO_ROOT, load_profile
+    from .profiles import load_profile
+    from .provenance import REPO_ROOT
 
     parser = argparse.ArgumentParser(prog="python -m funcprune.bundle")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -162,12 +162,12 @@ def max_ratio(model: nn.Module, basis: str = "total", protected_layers: Sequence
     """
     from .adapters import layer_widths
     from .evaluate import count_parameters
-    from .plan import _kept_sizes, channel_parameters, default_protected_layers
+    from .plan import channel_parameters, default_protected_layers, kept_sizes
 
     widths = layer_widths(model)
     cost = channel_parameters(model)
     protected = set(default_protected_layers(len(widths)) if protected_layers is None else protected_layers)
-    removable = sum((w - _kept_sizes(w, min_width, round_to)[-1]) * cost[i]
+    removable = sum((w - kept_sizes(w, min_width, round_to)[-1]) * cost[i]
                     for i, w in widths.items() if i not in protected)
     return removable / count_parameters(model)[basis]
 
@@ -268,7 +268,7 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     from .pipeline import ALLOCATION_CHOICES
     from .plan import BASES, default_protected_layers
     from .store import check_dtype as check_storage_dtype
-    from .workflow import load_profile
+    from .profiles import load_profile
 
     p = dict(profile) if isinstance(profile, Mapping) else load_profile(profile)
     report = PreflightReport(profile=str(p.get("profile", "?")))
@@ -421,7 +421,7 @@ def derive_profile(base: Mapping[str, Any], model: str) -> tuple[dict[str, Any],
     Parameters
     ----------
     base : dict
-        A loaded profile (:func:`funcprune.workflow.load_profile`).
+        A loaded profile (:func:`funcprune.profiles.load_profile`).
     model : str
         Registry alias, local checkpoint directory or hub id.
 
@@ -438,7 +438,7 @@ def derive_profile(base: Mapping[str, Any], model: str) -> tuple[dict[str, Any],
     from . import models
     from .adapters import layer_widths
     from .plan import default_protected_layers
-    from .workflow import REPO_ROOT
+    from .provenance import REPO_ROOT
 
     config, _, _ = models.model_config(model)
     empty = empty_model(config)

@@ -13,7 +13,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["__version__", "display_path", "environment_info", "git_commit"]
+__all__ = ["REPO_ROOT", "__version__", "display_path", "environment_info", "git_commit"]
+
+#: Repository root (the directory holding ``notebooks/`` and ``params/``).
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 try:
     __version__ = metadata.version("funcprune")
@@ -71,7 +74,7 @@ def display_path(path: str | os.PathLike[str]) -> str:
 
     Examples
     --------
-    >>> from funcprune.workflow import REPO_ROOT
+    >>> from funcprune.provenance import REPO_ROOT
     >>> display_path(REPO_ROOT / "runs" / "default" / "activations")
     'runs/default/activations'
     >>> display_path("runs/tiny")
@@ -79,8 +82,7 @@ def display_path(path: str | os.PathLike[str]) -> str:
     >>> display_path("/srv/data/activations")
     'activations'
     """
-    from .models import cache_dir
-    from .workflow import REPO_ROOT
+    from .assets import cache_dir
 
     p = Path(path)
     if not p.is_absolute():

@@ -197,7 +197,7 @@ def test_store_repr_shows_the_path_relative_to_the_repository(tmp_path: Path,
     writer.append({(0, kind): np.ones((4, 3), dtype=np.float32) for kind in ("act", "up")},
                   np.zeros(4), np.zeros(4, dtype=np.int32))
     store = writer.finish()
-    monkeypatch.setattr(funcprune.workflow, "REPO_ROOT", tmp_path)  # as if the repository were tmp_path
+    monkeypatch.setattr(funcprune.provenance, "REPO_ROOT", tmp_path)  # as if the repository were tmp_path
     text = repr(store)
     assert text.startswith("ActivationStore('runs/x/activations', model='synthetic', layers=1, tokens=4")
     assert str(tmp_path) not in text

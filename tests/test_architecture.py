@@ -1,0 +1,88 @@
+"""The package's shape: no import circle, no long module without a stated reason."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "funcprune"
+#: Lines past which a module must say at its top why it stays in one piece.
+MAX_LINES = 500
+#: The phrase that opens that reason in the module's docstring.
+REASON = "Why one module:"
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package modules it imports, function-level imports included."""
+    modules = {p.stem for p in package.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("funcprune"):
+                parts = node.module.split(".")
+                deps |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("funcprune.")}
+        graph[path.stem] = (deps & modules) - {path.stem}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_finds_a_planted_circle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_package_has_no_import_circle() -> None:
+    graph = import_graph()
+    assert len(graph) > 20 and graph["setup_assets"] >= {"data", "models", "tasks"}
+    assert cycles(graph) == []
+
+
+def test_low_modules_import_nothing_of_the_package() -> None:
+    graph = import_graph()
+    assert graph["_io"] == set() and graph["assets"] == set()
+
+
+def test_long_modules_say_why_they_are_one_module() -> None:
+    unexplained = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        n_lines = len(path.read_text().splitlines())
+        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if n_lines > MAX_LINES and REASON not in docstring:
+            unexplained.append(f"{path.name} ({n_lines} lines)")
+    assert unexplained == [], f"split these or state '{REASON} ...' in their docstring: {unexplained}"
