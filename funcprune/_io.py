@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 __all__ = ["ArtefactError", "atomic_directory", "atomic_open", "atomic_write_text", "atomic_write_json", "file_record",
-           "read_json", "sha256_file", "verify_file"]
+           "json_round_trip", "json_sha256", "read_json", "sha256_file", "verify_file"]
 
 
 class ArtefactError(ValueError):
@@ -118,6 +118,26 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
         The destination path.
     """
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def json_round_trip(obj: Any, *, default: Any = None) -> Any:
+    """What ``obj`` becomes when written as JSON (keys sorted) and read back: the form to compare records in.
+
+    ``default`` is :func:`json.dumps`'s (``str`` turns any other object into its text).
+
+    >>> json_round_trip({"b": (1, 2), "a": 1})
+    {'a': 1, 'b': [1, 2]}
+    """
+    return json.loads(json.dumps(obj, sort_keys=True, default=default))
+
+
+def json_sha256(obj: Any, *, default: Any = None) -> str:
+    """SHA-256 of ``obj`` as compact JSON with sorted keys: a digest of a record's content.
+
+    >>> json_sha256({"a": 1, "b": 2}) == json_sha256({"b": 2, "a": 1})
+    True
+    """
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=default).encode()).hexdigest()
 
 
 def read_json(path: str | os.PathLike[str], *, fix: str = "delete it and re-run the stage that wrote it") -> Any:

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .evaluate import perplexity
-from .pipeline import Method, build_pruned, get_method, make_plan
+from .methods import Method, build_pruned, get_method, make_plan
 from .plan import PruningPlan
 from .scoring import ChannelStatistics
 
@@ -51,9 +51,9 @@ def build_fn_flap(dense: nn.Module, stats: ChannelStatistics, networks: object, 
                   weight: float, basis: Literal["total", "mlp"] = "total",
                   protected_layers: Sequence[int] | None = None,
                   round_to: int = 1) -> tuple[nn.Module, PruningPlan]:
-    """A pruned copy of ``dense`` under ``fn-flap`` at ``weight``, through the pipeline's methods.
+    """A pruned copy of ``dense`` under ``fn-flap`` at ``weight``, through the registered methods.
 
-    :func:`funcprune.pipeline.make_plan` and :func:`funcprune.pipeline.build_pruned`, as for
+    :func:`funcprune.methods.make_plan` and :func:`funcprune.methods.build_pruned`, as for
     every method of chapter 4: FLAP's global selection over per-layer standardised scores and
     FLAP's compensation. The dense model is never modified.
 

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from ._io import ArtefactError, file_record, verify_file
+from .rundir import RunDir
 
 __all__ = ["MANIFEST", "STAGE_OUTPUTS", "bundle_files", "ensure_inputs", "read_bundle_manifest", "unpack_bundle",
            "write_bundle"]
@@ -38,12 +39,13 @@ __all__ = ["MANIFEST", "STAGE_OUTPUTS", "bundle_files", "ensure_inputs", "read_b
 #: Name of the manifest member, first in every bundle.
 MANIFEST = "bundle.json"
 #: Folders of a run directory whose contents stay out of a bundle, except the files named here.
-BULK = {"activations": {"manifest.json"}, "pruned": {"index.json"}}
+BULK = {RunDir.ACTIVATIONS: {PurePosixPath(RunDir.ACTIVATION_MANIFEST).name},
+        RunDir.PRUNED: {PurePosixPath(RunDir.INDEX).name}}
 _FORMAT = 1
 _FIX = "download or write the bundle again (make bundle)"
 #: What each stage leaves in the run directory that a later chapter reads (stage number -> relative paths).
-STAGE_OUTPUTS = {1: ("activations/manifest.json",), 2: ("networks/networks.json",), 3: ("plans",),
-                 4: ("pruned/index.json",)}
+STAGE_OUTPUTS = {1: (RunDir.ACTIVATION_MANIFEST,), 2: (RunDir.NETWORKS_RECORD,), 3: (RunDir.PLANS,),
+                 4: (RunDir.INDEX,)}
 
 
 def bundle_files(run_dir: str | os.PathLike[str]) -> list[str]:

@@ -208,7 +208,7 @@ def _ratio_problems(ratios: Sequence[Any], basis: str, limits: Mapping[str, Mapp
 
 
 def _n_models(methods: Sequence[str], ratios: Sequence[Any], seeds: Sequence[Any]) -> int:
-    from .pipeline import METHODS
+    from .methods import METHODS
 
     per_ratio = sum(len(seeds) if METHODS[m].seeded else 1 for m in methods if m in METHODS)
     return per_ratio * len(ratios)
@@ -265,7 +265,7 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     """
     from . import data, models, tasks
     from .evaluate import count_parameters, flops_per_token
-    from .pipeline import ALLOCATION_CHOICES
+    from .methods import ALLOCATION_CHOICES
     from .plan import BASES, default_protected_layers
     from .store import check_dtype as check_storage_dtype
     from .profiles import load_profile
@@ -296,7 +296,7 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
             _check(problems, data.check_dataset, p[key])
     if p.get("dataset") in data.DATASETS and isinstance(p.get("n_texts"), int):  # offline corpora: cheap to parse
         _check(problems, lambda: data.load_texts(p["dataset"], "calibration", n_texts=p["n_texts"]))
-    from .pipeline import get_method
+    from .methods import get_method
 
     for m in p.get("methods", []):
         _check(problems, get_method, m)

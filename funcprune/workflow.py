@@ -33,6 +33,7 @@ import yaml
 
 from .profiles import load_profile
 from .provenance import REPO_ROOT
+from .rundir import RunDir
 
 __all__ = ["REPO_ROOT", "find_errors", "fold_injected_parameters", "load_profile", "notebook_parameters",
            "run_notebooks"]
@@ -247,7 +248,7 @@ def _preflight(profile: str, model: str | None, *, check: bool = True) -> dict[s
         Path(prof["run_dir"]).mkdir(parents=True, exist_ok=True)
         kept = {k: v for k, v in prof.items() if k not in ("profile", "run_dir")}
         header = f"# derived from profile {profile!r} for model {model!r} by `--model`\n"
-        (Path(prof["run_dir"]) / "profile.yaml").write_text(header + yaml.safe_dump(kept, sort_keys=False))
+        RunDir(prof["run_dir"]).profile.write_text(header + yaml.safe_dump(kept, sort_keys=False))
     if check:
         report = check_profile(prof, strict=False)
         print(f"[funcprune] {report}", file=sys.stderr, flush=True)

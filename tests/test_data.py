@@ -286,7 +286,7 @@ def test_wikitext2_perplexity_stream(fake_wikitext) -> None:
     from transformers import AutoTokenizer
 
     from funcprune.models import cache_dir
-    from funcprune.results import evaluation_stream
+    from funcprune.heldout import evaluation_stream
 
     path = cache_dir() / "models" / "smollm2-135m-instruct"
     if not (path / "tokenizer.json").exists():

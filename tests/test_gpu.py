@@ -136,7 +136,7 @@ def test_capture_on_cuda_matches_the_cpu(cuda_model, default_model, tmp_path: Pa
 
 @needs_cuda
 def test_perplexity_statistics_and_pruning_on_cuda(cuda_model, default_model) -> None:
-    from funcprune.pipeline import build_pruned, make_plan
+    from funcprune.methods import build_pruned, make_plan
     from funcprune.scoring import channel_statistics
 
     (gpu, tokenizer), (cpu, _) = cuda_model, default_model
@@ -152,7 +152,7 @@ def test_perplexity_statistics_and_pruning_on_cuda(cuda_model, default_model) ->
 
 @needs_cuda
 def test_pruned_checkpoint_reloads_on_cuda(cuda_model, tmp_path: Path) -> None:
-    from funcprune.pipeline import make_plan
+    from funcprune.methods import make_plan
     from funcprune.prune import load_pruned, prune, save_pruned
 
     model, tokenizer = load_model(models.DEFAULT_MODEL, device_map="cuda")

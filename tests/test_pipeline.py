@@ -13,13 +13,14 @@ import transformers as tf
 from test_capture import CharTokenizer
 from tiny_models import tiny_config
 
-from funcprune import capture_activations, pipeline
+from funcprune import calibration, capture_activations, pipeline
 from funcprune.adapters import layer_widths
 from funcprune.data import dataset_info, load_texts
 from funcprune.evaluate import count_parameters
 from funcprune.ica import FunctionalNetworks
-from funcprune.pipeline import (METHODS, build_pruned, calibration_data, calibration_statistics, calibration_texts,
-                                get_method, make_plan, method_key, prune_all, read_index)
+from funcprune.calibration import calibration_data, calibration_statistics, calibration_texts
+from funcprune.methods import METHODS, build_pruned, get_method, make_plan, method_key
+from funcprune.pipeline import prune_all, read_index
 from funcprune.plan import PruningPlan, channel_parameters
 from funcprune._io import ArtefactError
 from funcprune.prune import CalibrationData, load_pruned, save_pruned
@@ -257,7 +258,7 @@ def test_a_corrupt_bias_file_is_named_with_its_fix_and_recomputed(setup: dict, t
 def test_prune_all_reuses_completed_work(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     real_build = pipeline.build_pruned
-    real_stats = pipeline.channel_statistics
+    real_stats = calibration.channel_statistics
 
     def counting_build(method, *args, **kwargs):
         calls.append(get_method(method).name)
@@ -268,7 +269,7 @@ def test_prune_all_reuses_completed_work(setup: dict, tmp_path: Path, monkeypatc
         return real_stats(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "build_pruned", counting_build)
-    monkeypatch.setattr(pipeline, "channel_statistics", counting_stats)
+    monkeypatch.setattr(calibration, "channel_statistics", counting_stats)
     methods = ["fn", "random", "flap"]
     first = run_grid(setup, tmp_path, methods, [RATIO])
     assert calls == ["stats", "fn", "random", "random", "flap"]
@@ -321,8 +322,8 @@ def test_legacy_checkpoints_are_removed(setup: dict, tmp_path: Path) -> None:
 
 def test_statistics_are_cached_per_texts(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = pipeline.channel_statistics
-    monkeypatch.setattr(pipeline, "channel_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = calibration.channel_statistics
+    monkeypatch.setattr(calibration, "channel_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, tok = setup["model"], setup["tok"]
     a = calibration_statistics(tmp_path, model, tok, TEXTS, progress=False)
     b = calibration_statistics(tmp_path, model, tok, TEXTS, batch_size=3, progress=False)

@@ -19,14 +19,17 @@ import torch
 import torch.nn.functional as F
 import transformers as tf
 
-from funcprune import capture_activations, results
+from funcprune import capture_activations, figures, heldout, results, tables
 from funcprune.data import dataset_info, load_texts
 from funcprune.evaluate import count_parameters
+from funcprune.heldout import evaluation_parts, evaluation_stream, select_windows
 from funcprune.pipeline import prune_all, read_index
-from funcprune.results import (DENSE_KEY, TABLE_COLUMNS, aggregate_seeds, evaluate_run, evaluation_parts,
-                               evaluation_stream,
-                               load_results, reference_numbers, select_windows, significant_differences,
-                               validate_results_table)
+from funcprune.reference import reference_numbers
+from funcprune.results import evaluate_run
+from funcprune.rundir import DENSE_KEY
+from funcprune.tables import (TABLE_COLUMNS, aggregate_seeds, load_results, significant_differences,
+                              validate_results_table)
+from funcprune.tasks import ALL_TASKS
 from funcprune.workflow import REPO_ROOT, load_profile, notebook_parameters
 
 matplotlib.use("Agg")
@@ -405,18 +408,18 @@ def test_summary_efficiency_and_plots(run: dict) -> None:
     import matplotlib.pyplot as plt
 
     table = run["table"]
-    summary = results.summary_table(table)
+    summary = tables.summary_table(table)
     assert list(summary.index) == [("dense", 0.0), ("random", 0.05), ("magnitude", 0.05)]
     assert summary.loc[("random", 0.05), "seeds"] == 2
     assert {"ppl@32", "ppl@32 ±", "ppl@256", "mean_acc", "params_total_rel"} <= set(summary.columns)
-    eff = results.efficiency_table(table)
+    eff = tables.efficiency_table(table)
     assert eff.loc[("dense", 0.0), "flops_rel"] == 1.0 and (eff["params_total_rel"] <= 1).all()
 
-    ax = results.plot_perplexity(table, 32)
+    ax = figures.plot_perplexity(table, 32)
     labels = ax.get_legend_handles_labels()[1]
     assert labels[0] == "dense" and any(lab.startswith("random (mean of 2 seeds)") for lab in labels)
-    results.plot_accuracy(table)
-    bars = results.plot_task_bars(table, 0.05)
+    figures.plot_accuracy(table)
+    bars = figures.plot_task_bars(table, 0.05)
     assert len(bars.patches) == len(TASKS) * 3  # dense, random, magnitude
     plt.close("all")
 
@@ -444,7 +447,7 @@ def test_vicuna_profile_resolves() -> None:
     assert profile["model_dtype"] in ("bfloat16", "float16") and profile["device"] == "cuda"
     assert profile["dataset"] == profile["eval_dataset"] == "wikitext2"
     assert profile["allocation"] == "per-method"  # each baseline as its authors define it
-    assert profile["zero_shot_limit"] is None and set(profile["zero_shot_tasks"]) == set(results.ALL_TASKS)
+    assert profile["zero_shot_limit"] is None and set(profile["zero_shot_tasks"]) == set(ALL_TASKS)
     assert profile["ratios"] == [0.1932, 0.3] and Path(profile["run_dir"]).is_absolute()
     text = (REPO_ROOT / "params" / "vicuna-7b.yaml").read_text()
     assert "expected runtime" in text.lower()
@@ -464,9 +467,9 @@ def test_heldout_windows_are_the_windows_evaluate_run_scores(run: dict) -> None:
     saved = json.loads((run["run_dir"] / "results" / "results.json").read_text())
     record = saved["models"][DENSE_KEY]["perplexity"]
     length = SEQ_LENS[0]  # the other length is clamped to the model's maximum
-    windows = results.heldout_windows(run["tok"], "wiki", "test", seq_len=length, n_windows=MAX_TOKENS // length)
+    windows = heldout.heldout_windows(run["tok"], "wiki", "test", seq_len=length, n_windows=MAX_TOKENS // length)
     assert windows.dtype == torch.long and windows.shape == (record[str(length)]["n_windows"], length)
-    assert results._ids_sha256(windows.reshape(-1).numpy()) == record[str(length)]["tokens_sha256"]  # no BOS here
+    assert heldout.ids_sha256(windows.reshape(-1).numpy()) == record[str(length)]["tokens_sha256"]  # no BOS here
 
 
 def test_heldout_windows_put_bos_first_where_the_family_uses_it() -> None:
@@ -474,9 +477,9 @@ def test_heldout_windows_put_bos_first_where_the_family_uses_it() -> None:
 
     for adds_bos in (True, False):
         tok = bpe_tokenizer(adds_bos)
-        windows = results.heldout_windows(tok, "wiki", "validation", seq_len=16, n_windows=5)
+        windows = heldout.heldout_windows(tok, "wiki", "validation", seq_len=16, n_windows=5)
         bos = tok.convert_tokens_to_ids("<s>")
         assert windows.shape == (5, 16)
         assert bool((windows[:, 0] == bos).all()) is adds_bos and not (windows[:, 1:] == bos).any()
     with pytest.raises(ValueError, match="n_windows >= 1"):
-        results.heldout_windows(tok, "wiki", seq_len=16, n_windows=0)
+        heldout.heldout_windows(tok, "wiki", seq_len=16, n_windows=0)

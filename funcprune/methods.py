@@ -1,0 +1,356 @@
+"""Stage 4: one definition of every pruning method, and one way to plan and apply each.
+
+A *method* is a scorer plus a way to apply its plan. Every method goes through the
+same code: :func:`make_plan` ranks the channels with the method's scorer and selects
+them with :func:`funcprune.plan.select_channels` (same budget, same protected layers,
+same ``round_to``), and :func:`build_pruned` slices a fresh copy of the dense model
+with :func:`funcprune.prune.prune`. Methods differ only in the score and the bias
+compensation:
+
+===========  ================================================  ==========  ===========================
+method       score (larger = keep)                             allocation  bias compensation
+===========  ================================================  ==========  ===========================
+fn           key-neuron score ``max |z|`` of the functional    global      none
+             networks
+fn-bias      the same plan as ``fn``                           global      progressive: measured with
+                                                                           the pruned network feeding
+                                                                           later layers (the paper's)
+random       ``U(0, 1)``, seeded (run several seeds)           uniform     none
+magnitude    L2 norm of the channel's gate, up and down        uniform     none
+             weights
+wanda-sp     ``sum_i |W_down[i, j]| * ||x_j||_2``              uniform     none
+flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``,            global      static: dense-model means
+             z-scored per layer                                            (FLAP)
+fn-flap      FLAP's z-scored metric ``+ w *`` the z-scored     global      static (FLAP's)
+             ``log(1 + max |z|)`` (chapter 6; ``w = 1``)
+===========  ================================================  ==========  ===========================
+
+Each method carries the allocation its authors use (``Method.allocation``):
+
+* ``fn``: one global ranking by ``max |z|``, the paper's rule (a channel is key if its
+  ``|z|`` exceeds one threshold in any map of any layer).
+* ``flap``: its metric standardised within each layer, then ranked globally, as FLAP's
+  adaptive structure search does (An et al., 2024); without the standardisation the raw
+  fluctuation metric, which grows with depth, would empty the first prunable layers.
+* ``wanda-sp``: the same share of every prunable layer, as FLAP's paper defines and
+  reports Wanda-sp; raw Wanda scores grow with depth, so a global ranking empties early
+  layers (at 30 % of SmolLM2-135M: perplexity in the thousands).
+* ``magnitude``: the same share of every layer, like Wanda-sp and LLM-Pruner's
+  magnitude criteria: weight norms are not comparable across layers (their scale changes
+  with depth), so a global ranking would measure layer scale, not channel importance.
+* ``random``: the same share of every layer, the lesion-study control ("remove as many
+  random units"): a global ranking of i.i.d. scores spreads the removal evenly only in
+  expectation, so uniform removes layer-share noise between seeds without changing what
+  random pruning means.
+
+Any other allocation is an ablation: ``allocation="global"`` or ``"uniform"`` passed to
+:func:`make_plan` or :func:`funcprune.pipeline.prune_all` overrides every method's own (the plan records
+``allocation`` and ``settings["allocation_source"]``: ``"method"`` or ``"override"``).
+
+Keys read ``fn_r0.20`` or ``random-s1_r0.10`` (:func:`method_key`).
+:mod:`funcprune.pipeline` runs a grid of these methods over a run directory.
+
+Used in the chapters :doc:`/executed/03_key_neurons`, :doc:`/executed/04_structured_pruning` and
+:doc:`/executed/06_ablations`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
+
+from torch import nn
+
+from .models import load_model
+from .plan import PruningPlan, select_channels
+from .prune import CalibrationData, prune
+from .scoring import (ChannelStatistics, FlapScorer, FnFlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
+                      RandomScorer, Scorer, WandaSpScorer)
+
+__all__ = [
+    "ALLOCATION_CHOICES",
+    "METHODS",
+    "Method",
+    "build_pruned",
+    "get_method",
+    "make_plan",
+    "method_key",
+    "resolve_allocation",
+]
+
+
+# ----------------------------------------------------------------------------------
+# The methods
+# ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """A pruning method: a scorer and how its plan is applied.
+
+    Attributes
+    ----------
+    name : str
+        Registry key (``"fn"``, ``"fn-bias"``, ...).
+    label : str
+        Name for tables and figures.
+    scorer : {"functional_networks", "random", "magnitude", "wanda_sp", "flap", "fn_flap"}
+        Importance criterion (see :mod:`funcprune.scoring`).
+    compensation : {None, "progressive", "static"}
+        Bias compensation at pruning time: none; measured layer by layer on the
+        network whose earlier layers are already pruned
+        (:class:`funcprune.prune.CalibrationData`); or from statistics of the dense
+        model (:class:`funcprune.scoring.ChannelStatistics`, FLAP's).
+    allocation : {"global", "uniform"}
+        How the method's authors spread the budget over layers (see the module notes):
+        one ranking across layers, or the same share of every prunable layer.
+    needs_networks : bool
+        The score needs fitted functional networks (stage 2).
+    needs_statistics : bool
+        The score or the compensation needs activation statistics of the dense model.
+    seeded : bool
+        The score is random; run several seeds.
+    params : dict
+        Keyword arguments of the scorer (``{"weight": 1.0}`` for ``fn-flap``); another
+        setting is another :class:`Method` (``dataclasses.replace(method, params=...)``),
+        recorded in each plan's ``scorer_settings``.
+    description : str
+        One line for readers.
+    """
+
+    name: str
+    label: str
+    scorer: str
+    compensation: Literal["progressive", "static"] | None = None
+    allocation: Literal["global", "uniform"] = "global"
+    needs_networks: bool = False
+    needs_statistics: bool = False
+    seeded: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def needs_texts(self) -> bool:
+        """Calibration texts are needed (statistics or progressive compensation)."""
+        return self.needs_statistics or self.compensation == "progressive"
+
+
+#: The registry, in the order tables and figures show the methods.
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("fn", "FN", "functional_networks", needs_networks=True,
+           description="functional networks: keep the key neurons, max |z| over ICA maps (Liu et al., 2025)"),
+    Method("fn-bias", "FN + bias", "functional_networks", compensation="progressive", needs_networks=True,
+           description="the fn plan, then bias compensation measured on the progressively pruned network"),
+    Method("random", "random", "random", allocation="uniform", seeded=True,
+           description="uniform random scores, seeded; the same share of every layer"),
+    Method("magnitude", "magnitude", "magnitude", allocation="uniform",
+           description="L2 norm of the weights a channel owns (gate and up rows, down column); "
+                       "the same share of every layer"),
+    Method("wanda-sp", "Wanda-sp", "wanda_sp", allocation="uniform", needs_statistics=True,
+           description="|W_down| column sum times the channel's activation norm; the same share of every "
+                       "layer, as FLAP's paper runs it (An et al., 2024)"),
+    Method("flap", "FLAP", "flap", compensation="static", needs_statistics=True,
+           description="fluctuation metric standardised per layer, and bias compensation from dense "
+                       "statistics (An et al., 2024)"),
+    Method("fn-flap", "FN in FLAP", "fn_flap", compensation="static", needs_networks=True, needs_statistics=True,
+           params={"weight": 1.0},
+           description="FLAP's standardised fluctuation plus a weighted standardised log max |z| (this book's "
+                       "criterion, chapter 6); FLAP's allocation and compensation; weight 0 is FLAP"),
+)}
+
+
+def get_method(name: str | Method) -> Method:
+    """The :class:`Method` registered as ``name``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the accepted ones.
+    """
+    if isinstance(name, Method):
+        return name
+    if name not in METHODS:
+        raise ValueError(f"unknown pruning method {name!r}; accepted methods: {list(METHODS)}")
+    return METHODS[name]
+
+
+def method_key(method: str, ratio: float, seed: int | None = None) -> str:
+    """File-name key of one pruned model: ``"fn_r0.20"``, ``"random-s1_r0.10"``.
+
+    The ratio is written with two decimals when that is exact, else with up to six
+    significant digits (``"fn_r0.125"``), so different ratios never share a key.
+    """
+    tag = f"{ratio:.2f}" if math.isclose(ratio, round(ratio, 2), abs_tol=1e-12) else f"{ratio:.6g}"
+    name = get_method(method).name
+    return f"{name}-s{seed}_r{tag}" if seed is not None else f"{name}_r{tag}"
+
+
+#: Values of the ``allocation`` setting: the method's own, or an override for every method.
+ALLOCATION_CHOICES: tuple[str, ...] = ("per-method", "global", "uniform")
+
+
+def resolve_allocation(method: str | Method, allocation: str | None = "per-method") -> tuple[str, str]:
+    """The allocation a method uses under a setting, and where it comes from.
+
+    Parameters
+    ----------
+    method : str or Method
+    allocation : {"per-method", "global", "uniform"} or None
+        ``"per-method"`` or ``None``: the method's own; otherwise an override (ablation).
+
+    Returns
+    -------
+    (allocation, source) : tuple of str
+        ``source`` is ``"method"`` or ``"override"``.
+
+    Raises
+    ------
+    ValueError
+        An unknown setting, listing the accepted ones.
+    """
+    m = get_method(method)
+    if allocation is None or allocation == "per-method":
+        return m.allocation, "method"
+    if allocation not in ALLOCATION_CHOICES:
+        raise ValueError(f"allocation {allocation!r} invalid; choose one of {list(ALLOCATION_CHOICES)}")
+    return str(allocation), "override"
+
+
+def _scorer(method: Method, networks: Any, seed: int) -> Scorer:
+    if method.scorer == "functional_networks":
+        if networks is None:
+            raise ValueError(f"method {method.name!r} needs functional networks: pass networks= "
+                             "(FunctionalNetworks fitted in stage 2)")
+        return FunctionalNetworkScorer(networks)
+    if method.scorer == "random":
+        return RandomScorer(seed)
+    if method.scorer == "magnitude":
+        return MagnitudeScorer()
+    if method.scorer == "wanda_sp":
+        return WandaSpScorer()
+    if method.scorer == "flap":
+        return FlapScorer(standardize=True)
+    if method.scorer == "fn_flap":
+        if networks is None:
+            raise ValueError(f"method {method.name!r} needs functional networks: pass networks= "
+                             "(FunctionalNetworks fitted in stage 2)")
+        return FnFlapScorer(networks, **method.params)
+    raise ValueError(f"method {method.name!r} has an unknown scorer {method.scorer!r}")
+
+
+def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks: Any = None,
+              stats: ChannelStatistics | None = None, seed: int = 0,
+              basis: Literal["total", "mlp"] = "total",
+              allocation: Literal["per-method", "global", "uniform"] | None = "per-method",
+              protected_layers: Sequence[int] | None = None, round_to: int = 1,
+              settings: Mapping[str, Any] | None = None) -> PruningPlan:
+    """The plan of one method at one ratio: score every channel, then select.
+
+    Parameters
+    ----------
+    method : str or Method
+        A key of :data:`METHODS`.
+    model : nn.Module
+        The dense model.
+    ratio : float
+        Fraction of ``basis`` parameters to remove, in ``(0, maximum)`` (the plan's
+        error message states the maximum).
+    networks : FunctionalNetworks, optional
+        Fitted functional networks (``fn`` and ``fn-bias``).
+    stats : ChannelStatistics, optional
+        Activation statistics of the dense model (``wanda-sp`` and ``flap``).
+    seed : int, default=0
+        Seed of the ``random`` scores (ignored by the other methods).
+    basis : {"total", "mlp"}, default="total"
+        What the ratio counts (see :func:`funcprune.plan.select_channels`).
+    allocation : {"per-method", "global", "uniform"}, default="per-method"
+        ``"per-method"`` (or ``None``): the method's own (:attr:`Method.allocation`).
+        ``"global"`` (one ranking across layers) or ``"uniform"`` (the same fraction of
+        every prunable layer) override it: an ablation.
+    protected_layers : sequence of int, optional
+        Layers never pruned; default the first three and the last two.
+    round_to : int, default=1
+        Kept widths are multiples of this.
+    settings : dict, optional
+        Extra facts recorded in the plan's ``settings`` (e.g. the calibration data).
+
+    Returns
+    -------
+    PruningPlan
+        ``method`` is the method's name; ``allocation`` the allocation used;
+        ``settings`` hold the scorer's name and settings, the compensation,
+        ``allocation_source`` (``"method"`` or ``"override"``) and (for ``random``)
+        the seed.
+
+    Raises
+    ------
+    ValueError
+        Unknown method, a ratio outside ``(0, maximum)``, missing networks or statistics.
+    """
+    m = get_method(method)
+    if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
+        raise ValueError(f"ratio {ratio!r} must be a number in (0, 1) (a fraction of {basis} parameters "
+                         "to remove; the largest reachable one depends on the protected layers)")
+    used, source = resolve_allocation(m, allocation)
+    scorer = _scorer(m, networks, seed)
+    scores = scorer(model, stats)
+    recorded = {"scorer": scorer.name, "scorer_settings": dict(getattr(scorer, "settings", {})),
+                "bias_compensation": m.compensation, "allocation_source": source}
+    if m.seeded:
+        recorded["seed"] = int(seed)
+    recorded.update(settings or {})
+    return select_channels(scores, model, ratio=float(ratio), basis=basis, allocation=used,
+                           protected_layers=protected_layers, round_to=round_to, method=m.name,
+                           settings=recorded)
+
+
+def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module, plan: PruningPlan, *,
+                 calibration: CalibrationData | None = None, stats: ChannelStatistics | None = None,
+                 progress: bool = False) -> nn.Module:
+    """A pruned copy of the base model: the plan applied the method's way.
+
+    Parameters
+    ----------
+    method : str or Method
+        A key of :data:`METHODS`; decides the bias compensation.
+    base : str, path-like or nn.Module
+        The dense model: a name for :func:`funcprune.models.load_model` (loaded
+        afresh) or a model (deep-copied; left untouched).
+    plan : PruningPlan
+        Made for ``base`` (e.g. by :func:`make_plan`). If its ``method`` differs (the
+        ``fn`` plan built as ``fn-bias``), the pruned model records a copy whose
+        ``method`` is ``method``.
+    calibration : CalibrationData, optional
+        Texts for progressive compensation (needed by ``fn-bias``).
+    stats : ChannelStatistics, optional
+        Dense-model statistics for static compensation (needed by ``flap``).
+    progress : bool, default=False
+        Progress bar of the progressive compensation.
+
+    Returns
+    -------
+    nn.Module
+        The pruned model, in eval mode, with ``funcprune_plan`` set.
+    """
+    m = get_method(method)
+    compensation: CalibrationData | ChannelStatistics | None = None
+    if m.compensation == "progressive":
+        if calibration is None:
+            raise ValueError(f"method {m.name!r} needs calibration=CalibrationData(tokenizer, texts) "
+                             "for its bias compensation")
+        compensation = calibration
+    elif m.compensation == "static":
+        if stats is None:
+            raise ValueError(f"method {m.name!r} needs stats= (ChannelStatistics of the dense model) "
+                             "for its bias compensation")
+        compensation = stats
+    if plan.method != m.name:
+        plan = dataclasses.replace(plan, method=m.name)
+    if isinstance(base, nn.Module):
+        model = copy.deepcopy(base)
+    else:
+        model, _ = load_model(str(base))
+    prune(model, plan, bias_compensation=compensation, progress=progress)
+    return model.eval()
