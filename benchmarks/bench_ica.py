@@ -109,7 +109,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Fit one layer in this (fresh) process and measure it."""
     from funcprune.ica import FunctionalNetworks
 
-    from funcprune.ica import match_maps
+    from funcprune.agreement import match_maps
 
     from threadpoolctl import threadpool_limits
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
     if args.authors:
-        from funcprune.ica import match_maps
+        from funcprune.agreement import match_maps
 
         print("\nagreement of the two implementations' maps (Hungarian-matched |corr|):")
         for shape in shapes:

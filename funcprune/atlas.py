@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .ica import FunctionalNetworks, match_maps
+from .agreement import match_maps
+from .ica import FunctionalNetworks
 from .store import ActivationStore
 
 __all__ = [
@@ -72,7 +73,7 @@ def stability(fn_a: FunctionalNetworks, fn_b: FunctionalNetworks | None = None) 
     """How reproducible the maps are: across two fits, or across two groups of one fit.
 
     Maps are matched one to one (Hungarian assignment on ``|corr|``, see
-    :func:`~funcprune.ica.match_maps`).
+    :func:`~funcprune.agreement.match_maps`).
 
     Parameters
     ----------

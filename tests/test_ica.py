@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from funcprune._io import ArtefactError
-from funcprune.ica import (FunctionalNetworks, ICAConvergenceWarning, _randomized_svd_torch,
-                           match_maps, zscore_time)
+from funcprune.agreement import match_maps
+from funcprune.ica import FunctionalNetworks, ICAConvergenceWarning, _randomized_svd_torch, zscore_time
 from funcprune.store import ActivationStore, ActivationWriter
 
 N_SOURCES, N_VOXELS, N_TOKENS = 5, 2000, 300
@@ -376,7 +376,7 @@ def test_convergence_check_continues_the_selected_run(planted_data):
 
 
 def test_top_overlap_counts_shared_key_neurons():
-    from funcprune.ica import top_overlap
+    from funcprune.agreement import top_overlap
 
     a = np.arange(10.0)
     assert top_overlap(a, a, 0.2) == 1.0
@@ -387,7 +387,7 @@ def test_top_overlap_counts_shared_key_neurons():
 
 
 def test_seed_agreement_puts_converged_and_stopped_layers_side_by_side(planted_data):
-    from funcprune.ica import seed_agreement
+    from funcprune.agreement import seed_agreement
 
     X = planted_data[0]
     arrays = {0: X, 1: planted(seed=3)[0]}
