@@ -34,6 +34,10 @@ that are neither empty nor ``= headings =``, in row order, ids ``train-<row>``),
 *test*, so that joining the texts with a blank line gives exactly the token stream
 of the pruning literature (the test split's rows joined by ``"\\n\\n"``). Offline and not cached
 it raises :class:`HubDatasetUnavailableError`, naming the offline corpora.
+
+Why one module: the three corpora (two shipped offline, WikiText-2 from the hub) and their
+splits are one contract, :func:`load_texts`; the calibration/evaluation split rules must be read
+together to see that they never overlap.
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ warning, and ``n_groups_used_`` counts the groups that remain.
 a damaged file with the fix.
 
 Used in the chapter :doc:`/executed/02_functional_networks`.
+
+Why one module: :class:`FunctionalNetworks` is one estimator whose numerics (z-scoring,
+whitening, restarts, converged-first selection), input handling and persistence are read top to
+bottom by someone checking the method; the agreement measures live in
+:mod:`funcprune.agreement`.
 """
 
 from __future__ import annotations

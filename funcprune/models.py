@@ -9,6 +9,10 @@ or local checkpoint directory works too; only those touch the network, and only
 when the user's Hugging Face settings allow it.
 
 Used in every chapter, first in :doc:`/executed/01_capture_activations`.
+
+Why one module: where a model comes from (alias, converted asset, local path, hub id), how its
+name, dtype and device are validated and how it is loaded are one path a checkpoint takes; the
+validators are used by preflight before any weight is read.
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ again, against the model, before pruning (:func:`funcprune.prune.check_plan`); a
 plan file is named with the fix.
 
 Used in the chapters :doc:`/executed/03_key_neurons` and :doc:`/executed/04_structured_pruning`.
+
+Why one module: the plan (a data class with its checks and its file format) and the two ways to
+make one (:func:`select_channels`, :func:`select_by_threshold`) share the budget arithmetic
+(:func:`channel_parameters`, :func:`kept_sizes`); apart, the arithmetic would be imported back
+and forth.
 """
 
 from __future__ import annotations

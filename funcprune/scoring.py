@@ -34,6 +34,10 @@ of the down projection's input) come from :func:`channel_statistics` (one stream
 with :class:`~funcprune.capture.MLPRecorder`) or :func:`channel_statistics_from_store`.
 
 Used in the chapters :doc:`/executed/03_key_neurons` and :doc:`/executed/04_structured_pruning`.
+
+Why one module: each baseline's score is a few lines next to the statistics it reads
+(:class:`ChannelStatistics`); side by side a reader can check that every method is scored as its
+authors define it, on the same statistics.
 """
 
 from __future__ import annotations

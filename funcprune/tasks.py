@@ -23,6 +23,9 @@ With ``offline=False`` the harness's built-in tasks run unchanged (and download
 their data from the Hugging Face hub).
 
 Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
+
+Why one module: every line adapts one library (lm-evaluation-harness) to offline data and reads
+its results back; a reader who knows the harness finds all its touch points here.
 """
 
 from __future__ import annotations

@@ -13,12 +13,18 @@ REASON = "Why one module:"
 
 
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """Module -> the package modules it imports, function-level imports included."""
+    """Module -> the package modules it imports at run time.
+
+    Function-level imports count; ``if TYPE_CHECKING:`` blocks do not (they never run).
+    """
     modules = {p.stem for p in package.glob("*.py")}
     graph: dict[str, set[str]] = {}
     for path in package.glob("*.py"):
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+        for node in (n for n in ast.walk(tree) if id(n) not in typing_only):
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("funcprune"):
