@@ -8,29 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_model
+from tiny_models import TEXTS, CharTokenizer, tiny_model
 
 from funcprune import MLPRecorder, capture_activations, get_adapter
 from funcprune.capture import StopForward, all_finite, rows_finite
 from funcprune.store import ActivationStore, ActivationWriter, IncompatibleStoreError
-
-
-class CharTokenizer:
-    """A minimal offline tokenizer: one id per character (mod vocab), right padding."""
-
-    pad_token_id = 0
-
-    def __init__(self, vocab: int = 97) -> None:
-        self.vocab = vocab
-
-    def __call__(self, text: str, truncation: bool = True, max_length: int = 512,
-                 add_special_tokens: bool = True) -> dict[str, list[int]]:
-        ids = [1 + ord(c) % (self.vocab - 1) for c in text]
-        return {"input_ids": ids[:max_length] if truncation else ids}
-
-
-TEXTS = ["the cat sat on the mat", "a", "functional networks in a digital brain", "",
-         "tokens are time points and channels are voxels"]
 
 
 def _n_hooks(model: torch.nn.Module) -> int:
@@ -386,8 +368,7 @@ def test_finish_drops_blocks_that_were_never_committed(tmp_path: Path) -> None:
 _KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from tiny_models import tiny_model
-from test_capture import CharTokenizer, TEXTS
+from tiny_models import TEXTS, CharTokenizer, tiny_model
 from funcprune import capture_activations
 from funcprune.store import ActivationWriter
 
