@@ -38,7 +38,6 @@ from funcprune import capture_activations, load_model
 from funcprune.adapters import layer_widths
 from funcprune.capture import StopForward, stop_after_layer, tokenize_batches
 from funcprune.data import load_texts
-from funcprune.store import ActivationWriter
 
 PLAIN, SAME_LAYERS, CAPTURE = "plain forward", "plain, same layers", "capture + stream"
 
@@ -79,14 +78,6 @@ def main() -> None:
     batches = list(tokenize_batches(tokenizer, texts, batch_size=args.batch_size, max_tokens=args.max_tokens))
     n_tokens = sum(int(b["attention_mask"].sum()) for _, b in batches)
     last_layer = len(layer_widths(model)) - 1  # capture_activations captures every layer by default
-    writers: list[ActivationWriter] = []
-    original_init = ActivationWriter.__init__
-
-    def remember(self: ActivationWriter, *a: object, **k: object) -> None:
-        original_init(self, *a, **k)  # type: ignore[arg-type]
-        writers.append(self)
-
-    ActivationWriter.__init__ = remember  # type: ignore[method-assign]
 
     def settle() -> None:
         """Let the disk finish freeing the deleted store (ext4 may discard its blocks) before timing again."""
@@ -134,15 +125,13 @@ def main() -> None:
 
     kinds = 2  # capture_activations' default kinds: act and up
     megabytes = n_tokens * sum(layer_widths(model).values()) * kinds * (4 if args.dtype == "float32" else 2) / 1e6
-    io = writers[-1].bytes_written
     print(f"model={args.model} tokens={n_tokens} batches={len(batches)}x{args.batch_size} "
           f"max_tokens={args.max_tokens} dtype={args.dtype} threads={torch.get_num_threads()} rounds={args.rounds}")
     print(f"{'pass':<20}{'median s':>10}{'tokens/s':>10}{'page faults':>13}")
     for name, values in times.items():
         med = statistics.median(values)
         print(f"{name:<20}{med:>10.2f}{n_tokens / med:>10.0f}{statistics.median(faults[name]):>13.0f}")
-    print(f"written per capture: {megabytes:.0f} MB, {100 * io['direct'] / max(1, sum(io.values())):.0f}% "
-          "by direct I/O")
+    print(f"written per capture: {megabytes:.0f} MB")
     print(f"CPU time stolen by the hypervisor during the run: {stolen:.1f} s of {elapsed:.0f} s")
     for baseline, target in ((SAME_LAYERS, None), (PLAIN, 1.10)):
         in_order = [c / p for c, p in zip(times[CAPTURE], times[baseline])]

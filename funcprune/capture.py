@@ -10,16 +10,17 @@ pre-activation and ``"act"`` its activation.
 :class:`MLPRecorder` is a context manager that registers forward hooks and
 removes exactly its own hooks in ``finally``. :func:`capture_activations` runs
 batches of texts through the model, up to the last recorded layer only (the LM
-head is never run), and streams the rows of every layer to an
-:class:`~funcprune.store.ActivationWriter`, so memory is bounded by one batch.
+head is never run), and hands the rows of every layer, as soon as the hook has
+copied them, to an :class:`~funcprune.store.ActivationWriter`, so memory holds one
+layer's record, not a whole batch.
 
 Used in the chapter :doc:`/executed/01_capture_activations`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .models import describe_model, input_device
 from .provenance import environment_info
-from .store import ActivationStore, ActivationWriter, aligned_empty, all_finite, check_dtype, split_layers
+from .store import ActivationStore, ActivationWriter, all_finite, check_dtype, split_layers
 
 __all__ = ["KINDS", "MLPRecorder", "StopForward", "all_finite", "capture_activations", "rows_finite",
            "stop_after_layer", "tokenize_batches"]
@@ -39,9 +40,6 @@ __all__ = ["KINDS", "MLPRecorder", "StopForward", "all_finite", "capture_activat
 #: Voxel kinds that can be captured per channel.
 KINDS = ("act", "up", "product")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-#: Capture's buffers in flight between the hooks and the writer: a layer's forward takes far
-#: longer than writing one record, so a few suffice, and they stay in the cache.
-_RING = 8
 
 
 def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
@@ -52,7 +50,12 @@ def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
 
 
 class MLPRecorder:
-    """Context manager recording MLP intermediate activations of chosen layers.
+    """Context manager recording the MLP intermediate activations of chosen layers.
+
+    Like a hook point of TransformerLens: entering registers one forward hook per
+    ``(layer, kind)``, leaving removes exactly those hooks (also on an error). Every
+    forward pass then records, for each of them, the rows of the positions where
+    :attr:`mask` is true as a fresh contiguous CPU tensor.
 
     Parameters
     ----------
@@ -62,47 +65,32 @@ class MLPRecorder:
         Voxel copies to record per channel.
     layers : sequence of int, optional
         Layers to record (default: all).
-    dtype : {"float32", "float16"}, default="float32"
-        dtype of the recorded rows (copied to the CPU).
-    reuse : bool, default=False
-        Copy the rows of every pass into the same buffers, so that after the first
-        pass recording allocates nothing unless a batch has more rows than any before
-        (fresh memory costs the kernel a page fault and a zeroing per 4 KiB page). The
-        buffers are page-aligned, so the activation store can write them with direct
-        I/O. The records of a pass then stay valid only until the next pass. ``False``
-        gives every pass new tensors.
-    on_record : callable, optional
-        Called as ``on_record(key, rows)`` from the hook as soon as a record exists,
-        while the forward pass goes on (capture starts writing a layer to disk there).
-        It may return a :class:`~concurrent.futures.Future`: with ``reuse``, that
-        buffer is not refilled before the future is done (its error is raised then).
-    ring : int, optional
-        With ``reuse``, cycle through this many buffers shared by all layers and kinds
-        instead of one per ``(layer, kind)``: memory for ``ring`` records rather than for
-        a whole pass, and buffers that stay in the CPU cache. A record is then
-        overwritten ``ring`` records later, so it must be consumed in ``on_record``
-        (which capture does); :attr:`records` stays empty.
-    max_rows : int, optional
-        With ``reuse``, allocate every buffer for this many rows at once (capture knows
-        its largest batch in advance), instead of for the first pass's rows and anew
-        whenever a pass has more.
     stop_early : bool, default=False
         End every forward pass right after the last recorded layer by raising
         :class:`StopForward` there: the layers after it, the final norm and the LM head
-        (a sixth of the forward time of SmolLM2-135M on a CPU: its vocabulary is
-        large) are not run. Run the model with :meth:`forward`, which catches it.
+        (its vocabulary is large) are not run; ``benchmarks/bench_capture.py`` measured
+        the stopped pass of SmolLM2-135M on a 2-core CPU at 0.80-0.84 of the whole one.
+        Run the model with :meth:`forward`, which catches it.
+    dtype : {"float32", "float16"}, default="float32"
+        dtype of the recorded rows (converted in the copy to the CPU).
+    adapter : ArchitectureAdapter, optional
+        The model's adapter (default: :func:`~funcprune.adapters.get_adapter`).
+    on_record : callable, optional
+        Called as ``on_record(key, rows)`` as soon as a record exists, while the
+        forward pass goes on; the record is then not kept in :attr:`records`, so memory
+        holds one record instead of a whole pass (capture streams each layer to disk
+        this way: a pass of Vicuna-7B at batch size 8 is 23 GB).
 
     Attributes
     ----------
     records : dict[(int, str), torch.Tensor]
-        ``(layer, kind) -> (n_rows, width)`` contiguous CPU tensor of the last forward
-        pass: the positions where :attr:`mask` is true, row-major, or all
-        ``batch * seq`` positions when it is ``None``.
+        ``(layer, kind) -> (n_rows, width)`` CPU tensor of the last forward pass: the
+        positions where :attr:`mask` is true, row-major, or all ``batch * seq``
+        positions when it is ``None`` (empty with ``on_record``).
     mask : torch.Tensor or None
         ``(batch, seq)`` bool tensor of the positions that are time points; set it
-        before each forward pass. The recorder keeps a copy of it and of its runs of
-        true values (computed once per pass, not once per hook), so editing the
-        tensor in place afterwards changes nothing: assign it again.
+        before each forward pass. The recorder keeps a copy, so editing the tensor in
+        place afterwards changes nothing: assign it again.
 
     Examples
     --------
@@ -112,30 +100,19 @@ class MLPRecorder:
     ...     act0 = rec.records[(0, "act")]
     """
 
-    def __init__(self, model: nn.Module, kinds: Sequence[str] = ("act", "up"),
-                 layers: Sequence[int] | None = None, dtype: str = "float32",
-                 adapter: ArchitectureAdapter | None = None, reuse: bool = False,
-                 on_record: Callable[[tuple[int, str], torch.Tensor], Future[Any] | None] | None = None,
-                 ring: int | None = None, max_rows: int | None = None, stop_early: bool = False) -> None:
+    def __init__(self, model: nn.Module, kinds: Sequence[str] = ("act", "up"), layers: Sequence[int] | None = None,
+                 *, stop_early: bool = False, dtype: str = "float32", adapter: ArchitectureAdapter | None = None,
+                 on_record: Callable[[tuple[int, str], torch.Tensor], None] | None = None) -> None:
         self.model = model
         self.adapter = adapter or get_adapter(model)
         self.kinds = _check_kinds(kinds)
-        self._np_dtype = check_dtype(dtype)
-        self.dtype = _TORCH_DTYPES[dtype]
         self.layers = split_layers(layers, len(self.adapter.get_layers(model)))
+        self.stop_early = stop_early
+        check_dtype(dtype)
+        self.dtype = _TORCH_DTYPES[dtype]
+        self.on_record = on_record
         self.records: dict[tuple[int, str], torch.Tensor] = {}
         self._mask: torch.Tensor | None = None
-        self._mask_runs: list[tuple[int, int, int]] = []
-        self.reuse = reuse
-        self.on_record = on_record
-        if ring is not None and (not reuse or ring < 1):
-            raise ValueError(f"ring={ring} needs reuse=True and at least one buffer")
-        self.ring = ring
-        self._next_slot = 0
-        self.max_rows = max_rows
-        self.stop_early = stop_early
-        self._buffers: dict[Any, torch.Tensor] = {}  # slot ((layer, kind), or ring index) -> flat buffer
-        self._in_use: dict[Any, Future[Any]] = {}  # slot -> the consumer its record was handed to
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     @property
@@ -147,48 +124,21 @@ class MLPRecorder:
         if mask is not None and mask.ndim != 2:
             raise ValueError(f"mask must have shape (batch, seq), got {tuple(mask.shape)}")
         self._mask = None if mask is None else mask.detach().to("cpu", torch.bool, copy=True)
-        self._mask_runs = [] if self._mask is None else _true_runs(self._mask)
 
-    def _runs(self, value: torch.Tensor) -> list[tuple[int, int, int]]:
-        """``(row, start, stop)`` runs of the positions of ``value`` to keep, row-major."""
-        if self._mask is None:
-            return [(b, 0, value.shape[1]) for b in range(value.shape[0])]
-        if tuple(self._mask.shape) != tuple(value.shape[:2]):
-            raise ValueError(f"mask of shape {tuple(self._mask.shape)} does not match the (batch, seq) "
-                             f"shape {tuple(value.shape[:2])} of the recorded activations")
-        return self._mask_runs
-
-    def _output(self, key: tuple[int, str], n_rows: int, width: int) -> tuple[torch.Tensor, Any]:
-        """The tensor to copy a record into, and the buffer slot it lies in (``None``: a fresh tensor)."""
-        if not self.reuse:
-            return torch.empty((n_rows, width), dtype=self.dtype), None
-        slot: Any = key
-        if self.ring is not None:
-            slot, self._next_slot = self._next_slot, (self._next_slot + 1) % self.ring
-        consumer = self._in_use.pop(slot, None)
-        if consumer is not None:
-            consumer.result()
-        buffer = self._buffers.get(slot)
-        if buffer is None or buffer.numel() < n_rows * width:
-            # page-aligned, so that the activation store can write it with direct I/O
-            rows = max(n_rows, self.max_rows or 0)
-            buffer = self._buffers[slot] = torch.from_numpy(aligned_empty((rows * width,), self._np_dtype))
-        return buffer[:n_rows * width].view(n_rows, width), slot
-
-    def _store(self, key: tuple[int, str], value: torch.Tensor) -> None:
+    def _record(self, key: tuple[int, str], value: torch.Tensor) -> None:
         value = value.detach()
-        value = value.reshape(-1, value.shape[-2], value.shape[-1])
-        runs = self._runs(value)
-        out, slot = self._output(key, sum(stop - start for _, start, stop in runs), value.shape[-1])
-        offset = 0
-        for b, start, stop in runs:  # one contiguous copy per text (and dtype conversion, device move)
-            out[offset:offset + stop - start].copy_(value[b, start:stop])
-            offset += stop - start
-        if self.ring is None:
-            self.records[key] = out
-        consumer = self.on_record(key, out) if self.on_record is not None else None
-        if consumer is not None and slot is not None:
-            self._in_use[slot] = consumer
+        if self._mask is None:
+            rows = value.reshape(-1, value.shape[-1]).to("cpu", self.dtype, copy=True)
+        else:
+            value = value.reshape(-1, *value.shape[-2:])  # (batch, seq, width)
+            if tuple(self._mask.shape) != tuple(value.shape[:2]):
+                raise ValueError(f"mask of shape {tuple(self._mask.shape)} does not match the (batch, seq) "
+                                 f"shape {tuple(value.shape[:2])} of the recorded activations")
+            rows = value[self._mask.to(value.device)].to("cpu", self.dtype)  # boolean indexing copies already
+        if self.on_record is None:
+            self.records[key] = rows
+        else:
+            self.on_record(key, rows)
 
     def __enter__(self) -> "MLPRecorder":
         layers = self.adapter.get_layers(self.model)
@@ -200,14 +150,14 @@ class MLPRecorder:
                     if kind == "product":
                         module = self.adapter.module(layers[i], "mlp.down")
                         hook = module.register_forward_pre_hook(
-                            lambda _m, args, key=key: self._store(key, args[0]))
+                            lambda _m, args, key=key: self._record(key, args[0]))
                     else:
                         module = self.adapter.module(layers[i], "mlp.act" if kind == "act" else "mlp.up")
                         if id(module) in seen:
                             raise RuntimeError(f"module for {kind!r} of layer {i} is shared with another "
                                                "layer; recording it would mix layers")
                         hook = module.register_forward_hook(
-                            lambda _m, _args, out, key=key: self._store(key, out))
+                            lambda _m, _args, out, key=key: self._record(key, out))
                     seen.add(id(module))
                     self._handles.append(hook)
             if self.stop_early:
@@ -232,9 +182,6 @@ class MLPRecorder:
     def __exit__(self, *exc: Any) -> None:
         self._remove()
         self.records = {}
-        self._buffers.clear()
-        self._in_use.clear()
-        self._next_slot = 0
         self.mask = None
 
 
@@ -259,14 +206,6 @@ def stop_after_layer(model: nn.Module, layer: int, adapter: ArchitectureAdapter 
         yield
     finally:
         handle.remove()
-
-
-def _true_runs(mask: torch.Tensor) -> list[tuple[int, int, int]]:
-    """``(row, start, stop)`` of every run of true values of a ``(batch, seq)`` mask, row-major."""
-    padded = np.pad(mask.numpy().astype(np.int8), ((0, 0), (1, 1)))
-    edges = np.diff(padded, axis=1)
-    starts, stops = np.argwhere(edges == 1), np.argwhere(edges == -1)
-    return [(int(b), int(s), int(e)) for (b, s), (_, e) in zip(starts, stops)]
 
 
 def tokenize_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int, max_tokens: int,
@@ -328,19 +267,11 @@ def rows_finite(rows: torch.Tensor) -> bool:
     return all_finite(rows.detach().cpu().numpy())
 
 
-def _check_finite(key: tuple[int, str], rows: torch.Tensor, batch: int, texts: list[str]) -> None:
-    """Refuse non-finite activations, naming the layer, kind, batch and texts."""
+def _write_finite(writer: ActivationWriter, where: str, key: tuple[int, str], rows: torch.Tensor) -> None:
+    """Write a record to the store (uncommitted), refusing non-finite activations and naming ``where``."""
     if not rows_finite(rows):
-        raise ValueError(f"non-finite activations in layer {key[0]} ({key[1]}), batch {batch} (texts {texts}); "
-                         "try float32 weights")
-
-
-def _wait(writes: list[Future[None]], bar: Any) -> None:
-    """Wait for one batch's writes and commit, raising the first error."""
-    if writes:
-        for future in writes:
-            future.result()
-        bar.update(1)
+        raise ValueError(f"non-finite activations in layer {key[0]} ({key[1]}), {where}; try float32 weights")
+    writer.write(key, rows.numpy())
 
 
 @torch.inference_mode()
@@ -410,8 +341,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
         raise ValueError("every calibration text tokenised to zero tokens")
-    recorder = MLPRecorder(model, kinds=kinds, layers=layers, dtype=dtype, adapter=adapter, reuse=True,
-                           ring=_RING, stop_early=True)
+    recorder = MLPRecorder(model, kinds=kinds, layers=layers, stop_early=True, dtype=dtype, adapter=adapter)
     identity = {
         "model": {k: v for k, v in describe_model(model).items() if k in ("name", "revision", "model_type")},
         "dataset": dict(dataset or {}),
@@ -432,46 +362,25 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     sizes = writer.extra.setdefault("batch_sizes", [])
     if not sizes or sizes[-1] != batch_size:
         sizes.append(batch_size)
-    recorder.max_rows = max((int(b["attention_mask"].sum()) for _, b in batches), default=None)
     device = input_device(model)
     done = writer.batches_done
-    bar = tqdm(total=done + len(batches), initial=done, desc="capturing activations",
-               unit="batch", disable=not progress)
     was_training = model.training
     model.eval()
-    # Each layer's rows are checked in its hook (they are in the cache after the copy) and written
-    # on a writer thread, by direct I/O where possible, while the forward pass goes on; the batch is
-    # committed after its last layer. Records cycle through a ring of _RING buffers: a hook waits
-    # for the write of the record _RING records earlier (long done, usually) before refilling one.
-    context: dict[str, Any] = {}
-
-    def write_soon(key: tuple[int, str], rows: torch.Tensor) -> Future[None]:
-        _check_finite(key, rows, context["batch"], context["texts"])  # in the hook: the rows are in the cache
-        future = io.submit(writer.write, key, rows.numpy())
-        context["writes"].append(future)
-        return future
-
-    recorder.on_record = write_soon
-    previous: list[Future[None]] = []
-    io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funcprune-writer")
     try:
-        with recorder:
+        with recorder, tqdm(total=done + len(batches), initial=done, desc="capturing activations", unit="batch",
+                            disable=not progress) as bar:
             for b, (idx, batch) in enumerate(batches, start=done):
                 mask = batch["attention_mask"].bool()
                 if drop_first_token:
                     mask[:, 0] = False
                 recorder.mask = mask
-                context.update(batch=b, texts=[identity["text_ids"][j] for j in idx], writes=[])
+                where = f"batch {b} (texts {[identity['text_ids'][j] for j in idx]})"
+                recorder.on_record = functools.partial(_write_finite, writer, where)
                 recorder.forward(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
                 doc = np.repeat(np.asarray(idx, dtype=np.int32), mask.sum(dim=1).numpy())
-                context["writes"].append(io.submit(writer.commit, batch["input_ids"][mask].numpy(), doc,
-                                                   texts_done=idx[-1] + 1))
-                _wait(previous, bar)
-                previous = context["writes"]
-            _wait(previous, bar)
+                writer.commit(batch["input_ids"][mask].numpy(), doc, texts_done=idx[-1] + 1)
+                bar.update(1)
     finally:
-        io.shutdown(wait=True, cancel_futures=True)  # on an error, queued writes are dropped
-        bar.close()
         model.train(was_training)
     skipped = sorted(set(range(len(texts))) - {i for idx, _ in batches for i in idx})
     return writer.finish(n_tokens=writer.rows, skipped_empty_texts=skipped, environment=environment_info())

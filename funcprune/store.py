@@ -36,21 +36,11 @@ committed rows hold no NaN or inf. Any failure raises
 :class:`~funcprune._io.ArtefactError` naming the file and the fix: delete the store and
 re-run stage 1.
 
-Where the operating system allows it (Linux ``O_DIRECT``), blocks allocated with
-:func:`aligned_empty` are written with direct I/O: the disk reads them from the
-process's memory, so writing costs almost no CPU and no page cache (buffered writes
-of a float32 capture cost 0.6-3.8 s of CPU per 1.8 GB on a 2-core machine, time
-taken from the forward passes they overlap). Anything else is written through the
-page cache; a file system that refuses direct I/O switches the writer to buffered
-writes for good.
-
 Used in the chapter :doc:`/executed/01_capture_activations`.
 """
 
 from __future__ import annotations
 
-import errno
-import mmap
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -59,8 +49,7 @@ import numpy as np
 
 from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 
-__all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES", "aligned_empty",
-           "all_finite"]
+__all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES", "all_finite"]
 
 STORE_FORMAT = "funcprune-activations/3"
 #: Storage dtypes a user may choose; computations downstream are done in float64.
@@ -114,55 +103,6 @@ def check_dtype(dtype: str) -> np.dtype:
     return np.dtype(dtype)
 
 
-#: Memory alignment of :func:`aligned_empty` buffers (a page: enough for direct I/O everywhere).
-MEMORY_ALIGNMENT = 4096
-#: Size of a transparent huge page on x86-64 and most arm64 Linux systems.
-HUGE_PAGE = 2 << 20
-#: Alignment of direct-I/O lengths and file offsets: the logical block size of most disks.
-#: A device that needs more makes the write fail with EINVAL, and the writer falls back.
-BLOCK_ALIGNMENT = 512
-
-
-def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
-    """An uninitialised C-contiguous array in its own page-aligned anonymous memory map.
-
-    :class:`ActivationWriter` writes such arrays with direct I/O when their length and
-    file offset are multiples of :data:`BLOCK_ALIGNMENT` (e.g. rows of 128 float32).
-    The map lies outside the ``malloc`` heap (so it does not change how the heap serves
-    the model's own temporaries). It is private (shared anonymous memory is ``shmem``,
-    which most systems keep off transparent huge pages), a multiple of 2 MiB long
-    when it is larger than that (Linux then aligns it to a huge page) and advised to
-    use huge pages where the system has them: first touching it then costs a page
-    fault per 2 MiB, not per 4 KiB (measured: 256 faults and 0.08 s for 512 MiB,
-    instead of 131,072 faults and 0.25-0.31 s).
-
-    Examples
-    --------
-    >>> aligned_empty((3, 128), "float32").ctypes.data % MEMORY_ALIGNMENT
-    0
-    """
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape))
-    if count == 0:
-        return np.empty(shape, dtype=dtype)
-    length = count * dtype.itemsize
-    if length > HUGE_PAGE:
-        length = -(-length // HUGE_PAGE) * HUGE_PAGE
-    if hasattr(mmap, "MAP_PRIVATE"):
-        memory = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    else:  # Windows: anonymous maps are private already
-        memory = mmap.mmap(-1, length)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        memory.madvise(mmap.MADV_HUGEPAGE)
-    return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)
-
-
-def _direct_io_possible(data: memoryview, offset: int) -> bool:
-    address = np.frombuffer(data, dtype=np.uint8).ctypes.data if len(data) else 0
-    return (address % MEMORY_ALIGNMENT == 0 and len(data) % BLOCK_ALIGNMENT == 0
-            and offset % BLOCK_ALIGNMENT == 0)
-
-
 def _layer_file(root: Path, layer: int, kind: str) -> Path:
     return root / f"layer_{layer:03d}_{kind}.bin"
 
@@ -181,8 +121,6 @@ class ActivationWriter:
         on resume.
     overwrite : bool, default=False
         Discard an incompatible existing store instead of raising.
-    direct_io : bool, default=True
-        Write aligned blocks with direct I/O where the system supports it.
 
     Attributes
     ----------
@@ -192,13 +130,9 @@ class ActivationWriter:
         Index of the first text not yet committed: a resumed capture continues there.
     rows : int
         Rows (tokens) committed per layer.
-    bytes_written : dict[str, int]
-        Bytes this writer wrote (activations, token and text ids) with ``"direct"`` and
-        ``"buffered"`` I/O.
     """
 
-    def __init__(self, path: str | os.PathLike[str], identity: Mapping[str, Any], *,
-                 overwrite: bool = False, direct_io: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], identity: Mapping[str, Any], *, overwrite: bool = False) -> None:
         self.path = Path(path)
         self.identity = {"format": STORE_FORMAT, **identity}
         self.np_dtype = check_dtype(self.identity["dtype"])
@@ -211,8 +145,6 @@ class ActivationWriter:
         self.complete = False
         self.extra: dict[str, Any] = {}
         self.files: dict[str, dict[str, Any]] = {}
-        self.direct_io = direct_io and hasattr(os, "O_DIRECT")
-        self.bytes_written = {"direct": 0, "buffered": 0}
         self._pending: dict[tuple[int, str], int] = {}
         self._open(overwrite)
 
@@ -312,8 +244,7 @@ class ActivationWriter:
                 or (n_rows is not None and block.shape[0] != n_rows)):
             raise ValueError(f"layer {layer} {kind}: rows of shape {block.shape}, expected "
                              f"({'n_rows' if n_rows is None else n_rows}, {self.widths[layer]})")
-        self._write_at(_layer_file(self.path, layer, kind), memoryview(block).cast("B"),
-                       self.rows * block.shape[1] * block.itemsize)
+        self._write_at(_layer_file(self.path, layer, kind), block, self.rows * block.shape[1] * block.itemsize)
         self._pending[key] = block.shape[0]
 
     def commit(self, token_ids: np.ndarray, doc_ids: np.ndarray, *, texts_done: int | None = None) -> None:
@@ -341,8 +272,7 @@ class ActivationWriter:
                              f"{sorted(set(pending.values()))} rows, {n_rows} token ids and {len(doc_ids)} doc ids; "
                              f"the store expects every one of {sorted(expected_keys)} with the same rows")
         for name, values in (("tokens.bin", token_ids), ("docs.bin", doc_ids)):
-            self._write_at(self.path / name, memoryview(np.ascontiguousarray(values, dtype=np.int32)).cast("B"),
-                           self.rows * 4)
+            self._write_at(self.path / name, np.ascontiguousarray(values, dtype=np.int32), self.rows * 4)
         self.rows += n_rows
         self.batches_done += 1
         if texts_done is None:
@@ -366,32 +296,16 @@ class ActivationWriter:
             self.write(key, block)
         self.commit(token_ids, doc_ids)
 
-    def _write_at(self, path: Path, data: memoryview, offset: int) -> None:
-        """Write ``data`` at byte ``offset`` (the committed end) of ``path``, directly if possible.
+    @staticmethod
+    def _write_at(path: Path, data: np.ndarray, offset: int) -> None:
+        """Write ``data`` at byte ``offset`` (the committed end) of ``path``.
 
         Writing at the committed end rather than appending overwrites whatever an
         interrupted batch left there.
         """
-        if self.direct_io and len(data) and _direct_io_possible(data, offset):
-            written = 0
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
-                try:
-                    written = os.pwrite(fd, data, offset)
-                finally:
-                    os.close(fd)
-            except OSError as error:
-                if error.errno != errno.EINVAL:
-                    raise
-                self.direct_io = False  # this file system (or device) refuses direct I/O
-            self.bytes_written["direct"] += written
-            data, offset = data[written:], offset + written
-            if not len(data):
-                return
         with open(path, "r+b") as fh:
             fh.seek(offset)
             fh.write(data)
-        self.bytes_written["buffered"] += len(data)
 
     def finish(self, **extra: Any) -> "ActivationStore":
         """Mark the store complete, record ``extra`` facts and every file's size and digest, and open it.

@@ -8,30 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_model
+from tiny_models import TEXTS, CharTokenizer, tiny_model
 
 from funcprune import MLPRecorder, capture_activations, get_adapter
 from funcprune.capture import StopForward, all_finite, rows_finite
-from funcprune.store import (MEMORY_ALIGNMENT, ActivationStore, ActivationWriter, IncompatibleStoreError,
-                             aligned_empty)
-
-
-class CharTokenizer:
-    """A minimal offline tokenizer: one id per character (mod vocab), right padding."""
-
-    pad_token_id = 0
-
-    def __init__(self, vocab: int = 97) -> None:
-        self.vocab = vocab
-
-    def __call__(self, text: str, truncation: bool = True, max_length: int = 512,
-                 add_special_tokens: bool = True) -> dict[str, list[int]]:
-        ids = [1 + ord(c) % (self.vocab - 1) for c in text]
-        return {"input_ids": ids[:max_length] if truncation else ids}
-
-
-TEXTS = ["the cat sat on the mat", "a", "functional networks in a digital brain", "",
-         "tokens are time points and channels are voxels"]
+from funcprune.store import ActivationStore, ActivationWriter, IncompatibleStoreError
 
 
 def _n_hooks(model: torch.nn.Module) -> int:
@@ -293,26 +274,32 @@ def test_stop_early_records_the_same_and_runs_no_further(family_model: torch.nn.
             w.remove()
 
 
-@pytest.mark.parametrize("max_rows", [None, 2 * 7])
-def test_reused_buffers_hold_each_pass_exactly(max_rows: int | None) -> None:
-    """With reuse=True every pass writes into the same memory and still records what fresh tensors record.
-
-    With ``max_rows`` a longer batch later on fits the buffer allocated at the start too.
-    """
+def test_on_record_gets_every_record_as_it_exists_and_its_error_ends_the_pass() -> None:
+    """Records handed to on_record equal the kept ones and are not kept; an error there leaves no hook behind."""
     model = tiny_model("llama")
-    batches = [torch.randint(0, 97, (2, n)) for n in ((5, 5, 5) if max_rows is None else (5, 7, 3))]
-    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0]) as fresh:
-        expected = []
-        for ids in batches:
+    ids = torch.randint(0, 97, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    with torch.no_grad(), MLPRecorder(model, kinds=("act", "up")) as kept:
+        kept.mask = mask
+        model(input_ids=ids)
+        expected = dict(kept.records)
+    handed: dict[tuple[int, str], torch.Tensor] = {}
+    with torch.no_grad(), MLPRecorder(model, kinds=("act", "up"), on_record=handed.__setitem__) as rec:
+        rec.mask = mask
+        model(input_ids=ids)
+        assert rec.records == {}
+    assert handed.keys() == expected.keys() and len(expected) == 3 * 2
+    for key, rows in expected.items():
+        torch.testing.assert_close(handed[key], rows, rtol=0, atol=0)
+
+    def disk_full(key: tuple[int, str], rows: torch.Tensor) -> None:
+        raise OSError("disk full")
+
+    before = _n_hooks(model)
+    with pytest.raises(OSError, match="disk full"):
+        with torch.no_grad(), MLPRecorder(model, on_record=disk_full):
             model(input_ids=ids)
-            expected.append(fresh.records[(0, "act")])
-    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0], reuse=True, max_rows=max_rows) as rec:
-        pointers = []
-        for ids, want in zip(batches, expected):
-            model(input_ids=ids)
-            torch.testing.assert_close(rec.records[(0, "act")], want, rtol=0, atol=0)
-            pointers.append(rec.records[(0, "act")].data_ptr())
-        assert len(set(pointers)) == 1
+    assert _n_hooks(model) == before
 
 
 def test_writer_never_commits_a_bad_batch(tmp_path: Path) -> None:
@@ -368,135 +355,6 @@ def test_rows_finite_is_exact_also_when_row_sums_overflow(dtype: torch.dtype) ->
     assert [rows_finite(rows[i:i + 1]) for i in range(len(rows))] == finite.tolist()
 
 
-def _batches_128() -> list[np.ndarray]:
-    """Page-aligned blocks (direct I/O candidates) and one plain, unaligned block in between."""
-    rng = np.random.default_rng(0)
-    blocks = []
-    for n_rows in (3, 5, 2, 4):
-        block = aligned_empty((n_rows, 128), "float32")
-        block[:] = rng.normal(size=block.shape)
-        blocks.append(block)
-    shifted = aligned_empty((blocks[2].size + 1,), "float32")[1:].reshape(blocks[2].shape)  # 4 bytes off a page
-    shifted[:] = blocks[2]
-    blocks[2] = shifted
-    return blocks
-
-
-@pytest.mark.parametrize("refuse", [False, True])
-def test_direct_io_round_trip_and_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refuse: bool) -> None:
-    """Aligned blocks go by direct I/O where the OS allows; a refusal (EINVAL) falls back without losing rows."""
-    import errno
-    import os
-
-    import funcprune.store as store_module
-
-    if refuse:
-        real_open = os.open
-
-        def no_direct(path, flags, *args):  # type: ignore[no-untyped-def]
-            if flags & getattr(os, "O_DIRECT", 0):
-                raise OSError(errno.EINVAL, "direct I/O not supported here")
-            return real_open(path, flags, *args)
-
-        monkeypatch.setattr(store_module.os, "open", no_direct)
-    writer = _writer(tmp_path, ["act"], [0], 128)
-    blocks = _batches_128()
-    for block in blocks:
-        writer.append({(0, "act"): block}, np.arange(len(block)), np.zeros(len(block)))
-    store = writer.finish()
-    np.testing.assert_array_equal(store.layer(0, "act"), np.concatenate(blocks))
-    total = sum(b.nbytes for b in blocks)
-    assert writer.bytes_written["direct"] + writer.bytes_written["buffered"] == total + 2 * 4 * 14
-    if refuse or not hasattr(os, "O_DIRECT"):
-        assert writer.bytes_written["direct"] == 0 and not writer.direct_io
-    elif writer.direct_io:  # the file system took direct I/O: every aligned block went that way
-        assert writer.bytes_written["direct"] >= total - blocks[2].nbytes
-
-
-def test_capture_buffers_are_page_aligned() -> None:
-    model = tiny_model("llama")
-    with torch.no_grad(), MLPRecorder(model, reuse=True) as rec:
-        model(input_ids=torch.randint(0, 97, (2, 5)))
-        assert all(r.data_ptr() % MEMORY_ALIGNMENT == 0 for r in rec.records.values())
-
-
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
-def test_aligned_buffers_are_private_memory() -> None:
-    """Shared anonymous memory (Python's mmap default) is shmem, which gets no transparent huge pages."""
-    block = aligned_empty((3 << 20,), "uint8")
-    address = block.ctypes.data
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        span, perms = line.split()[:2]
-        start, end = (int(x, 16) for x in span.split("-"))
-        if start <= address < end:
-            assert perms.endswith("p"), line
-            break
-    else:
-        pytest.fail("the buffer's mapping is not in /proc/self/maps")
-
-
-def test_reuse_waits_for_the_consumer_of_a_buffer_before_refilling_it() -> None:
-    """A buffer handed to on_record is refilled only once its future is done; the future's error surfaces."""
-    from concurrent.futures import Future
-
-    model = tiny_model("llama")
-    failed: Future[None] = Future()
-    failed.set_exception(OSError("disk full"))
-    handed: list[tuple[int, str]] = []
-
-    def consumer(key: tuple[int, str], rows: torch.Tensor) -> Future[None]:
-        handed.append(key)
-        return failed
-
-    with torch.no_grad(), MLPRecorder(model, kinds=("act",), layers=[0, 1], reuse=True, on_record=consumer):
-        model(input_ids=torch.randint(0, 97, (2, 5)))
-        assert handed == [(0, "act"), (1, "act")]
-        with pytest.raises(OSError, match="disk full"):
-            model(input_ids=torch.randint(0, 97, (2, 5)))
-
-
-def test_ring_of_buffers_hands_every_record_exactly_and_waits_for_its_consumer() -> None:
-    """With ring=2 all layers share two buffers: each record is exact when handed over, and a buffer is
-    refilled (two records later) only once the consumer of its record is done."""
-    from concurrent.futures import Future
-
-    model = tiny_model("llama")
-    ids = torch.randint(0, 97, (2, 5))
-    with torch.no_grad(), MLPRecorder(model, kinds=("act", "up")) as fresh:
-        model(input_ids=ids)
-        expected = dict(fresh.records)
-    handed: dict[tuple[int, str], torch.Tensor] = {}
-    pointers: set[int] = set()
-
-    def clone(key: tuple[int, str], rows: torch.Tensor) -> None:
-        handed[key] = rows.clone()
-        pointers.add(rows.data_ptr())
-
-    with torch.no_grad(), MLPRecorder(model, kinds=("act", "up"), reuse=True, ring=2, on_record=clone) as rec:
-        model(input_ids=ids)
-        assert rec.records == {} and len(pointers) == 2
-    assert handed.keys() == expected.keys()
-    for key, rows in expected.items():
-        torch.testing.assert_close(handed[key], rows, rtol=0, atol=0)
-
-    failed: Future[None] = Future()
-    failed.set_exception(OSError("disk full"))
-    order: list[tuple[int, str]] = []
-
-    def first_fails(key: tuple[int, str], rows: torch.Tensor) -> Future[None]:
-        order.append(key)
-        done: Future[None] = Future()
-        done.set_result(None)
-        return failed if len(order) == 1 else done
-
-    with pytest.raises(OSError, match="disk full"):
-        with torch.no_grad(), MLPRecorder(model, kinds=("act", "up"), reuse=True, ring=2, on_record=first_fails):
-            model(input_ids=ids)
-    assert len(order) == 2  # the third record needed the first record's buffer
-    with pytest.raises(ValueError, match="ring=2 needs reuse=True"):
-        MLPRecorder(model, ring=2)
-
-
 def test_finish_drops_blocks_that_were_never_committed(tmp_path: Path) -> None:
     writer = _writer(tmp_path, ["act"], [0], 4)
     rows = np.ones((3, 4), dtype=np.float32)
@@ -510,8 +368,7 @@ def test_finish_drops_blocks_that_were_never_committed(tmp_path: Path) -> None:
 _KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from tiny_models import tiny_model
-from test_capture import CharTokenizer, TEXTS
+from tiny_models import TEXTS, CharTokenizer, tiny_model
 from funcprune import capture_activations
 from funcprune.store import ActivationWriter
 

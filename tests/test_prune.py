@@ -12,8 +12,7 @@ import pytest
 import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
-from test_capture import CharTokenizer
-from tiny_models import FAMILIES, tiny_config, tiny_model
+from tiny_models import FAMILIES, CharTokenizer, tiny_config, tiny_model
 from transformers.pytorch_utils import Conv1D
 
 from funcprune import get_adapter

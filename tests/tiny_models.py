@@ -1,4 +1,5 @@
-"""Tiny randomly initialised models of every supported family, built offline from configs."""
+"""Test helpers: tiny randomly initialised models of every supported family (built offline from configs),
+a character tokenizer and a few texts."""
 
 from __future__ import annotations
 
@@ -29,3 +30,21 @@ def tiny_model(model_type: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(tiny_config(model_type), dtype=torch.float32)
     return model.eval()
+
+
+class CharTokenizer:
+    """A minimal offline tokenizer: one id per character (mod vocab), right padding."""
+
+    pad_token_id = 0
+
+    def __init__(self, vocab: int = 97) -> None:
+        self.vocab = vocab
+
+    def __call__(self, text: str, truncation: bool = True, max_length: int = 512,
+                 add_special_tokens: bool = True) -> dict[str, list[int]]:
+        ids = [1 + ord(c) % (self.vocab - 1) for c in text]
+        return {"input_ids": ids[:max_length] if truncation else ids}
+
+
+TEXTS = ["the cat sat on the mat", "a", "functional networks in a digital brain", "",
+         "tokens are time points and channels are voxels"]
