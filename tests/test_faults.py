@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_capture import TEXTS, CharTokenizer
-from tiny_models import tiny_model
+from tiny_models import TEXTS, CharTokenizer, tiny_model
 
 from funcprune import capture_activations
 from funcprune._io import ArtefactError

@@ -8,8 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_capture import CharTokenizer
-from tiny_models import tiny_model
+from tiny_models import CharTokenizer, tiny_model
 
 from funcprune import capture_activations, get_adapter
 from funcprune.scoring import (ChannelStatistics, FlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
