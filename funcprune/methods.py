@@ -297,11 +297,11 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
     if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
         raise ValueError(f"ratio {ratio!r} must be a number in (0, 1) (a fraction of {basis} parameters "
                          "to remove; the largest reachable one depends on the protected layers)")
-    used, source = resolve_allocation(m, allocation)
+    used, allocation_source = resolve_allocation(m, allocation)
     scorer = _scorer(m, networks, seed)
     scores = scorer(model, stats)
     recorded = {"scorer": scorer.name, "scorer_settings": dict(getattr(scorer, "settings", {})),
-                "bias_compensation": m.compensation, "allocation_source": source}
+                "bias_compensation": m.compensation, "allocation_source": allocation_source}
     if m.seeded:
         recorded["seed"] = int(seed)
     recorded.update(settings or {})
