@@ -325,8 +325,8 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
         untouched; pass ``revision``).
     plan : PruningPlan
         Made for ``base`` (e.g. by :func:`make_plan`). If its ``method`` differs (the
-        ``fn`` plan built as ``fn-bias``), the pruned model records a copy whose
-        ``method`` is ``method``.
+        ``fn`` plan built as ``fn-bias``), a copy whose ``method`` is ``method`` is
+        applied (``config.funcprune["methods"]`` of the pruned model records it).
     calibration : CalibrationData, optional
         Texts for progressive compensation (needed by ``fn-bias``).
     stats : ChannelStatistics, optional
@@ -341,8 +341,7 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
     Returns
     -------
     nn.Module
-        The pruned model, in eval mode (its plan: ``plan`` with ``method`` set to the
-        method's name).
+        The pruned model, in eval mode.
     """
     m = get_method(method)
     compensation: CalibrationData | ChannelStatistics | None = None

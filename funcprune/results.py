@@ -64,7 +64,7 @@ from .calibration import calibration_record
 from .compare import headline_comparisons
 from .evaluate import count_parameters, flops_per_token, max_positions, perplexity
 from .heldout import EvaluationStream, check_disjoint, evaluation_stream, ids_sha256, select_windows
-from .models import LoadedModel
+from .models import DEFAULT_MODEL, MODELS, LoadedModel, ensure_model, load_model, prepare_tokenizer
 from .pipeline import rebuild_pruned
 from .provenance import environment_info
 from .rundir import DENSE_KEY, RunDir
@@ -88,8 +88,6 @@ PART_FORMAT = "funcprune-results-part/1"
 # ----------------------------------------------------------------------------------
 def _load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
-
-    from .models import MODELS, ensure_model, prepare_tokenizer
 
     path = str(ensure_model(model)) if model in MODELS else model
     return prepare_tokenizer(AutoTokenizer.from_pretrained(path))
@@ -127,8 +125,6 @@ def _cached_part(path: Path, protocol_id: str, identity: Mapping[str, Any], tier
 def _load_dense(model_name: str, revision: str | None, base: Mapping[str, Any], dtype: Any,
                 device: str) -> LoadedModel:
     """The dense model's record, checked against the revision the pruned models were planned on."""
-    from .models import load_model
-
     loaded = load_model(model_name, dtype=dtype, device_map=None if device == "cpu" else device)
     found = loaded.source.get("revision")
     if revision and found != revision:
@@ -311,11 +307,7 @@ def evaluate_run(
     dtype_name = str(dtype).replace("torch.", "")
     index = run.index()
     base = index.get("base_model") or {}
-    model_name = model or base.get("name")
-    if not model_name:
-        from .models import DEFAULT_MODEL
-
-        model_name = DEFAULT_MODEL
+    model_name = model or base.get("name") or DEFAULT_MODEL
 
     tokenizer = _load_tokenizer(model_name)
     stream = evaluation_stream(tokenizer, eval_dataset, eval_part)
