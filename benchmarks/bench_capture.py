@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="directory for the store (default: a temporary one)")
     args = parser.parse_args()
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = loaded = load_model(args.model)
     texts = [t.text for t in load_texts("wiki", "calibration", n_texts=args.n_texts)]
     batches = list(tokenize_batches(tokenizer, texts, batch_size=args.batch_size, max_tokens=args.max_tokens))
     n_tokens = sum(int(b["attention_mask"].sum()) for _, b in batches)
@@ -101,7 +101,7 @@ def main() -> None:
         try:
             start = time.perf_counter()
             capture_activations(model, tokenizer, texts, out / "store", batch_size=args.batch_size,
-                                max_tokens=args.max_tokens, dtype=args.dtype, progress=False)
+                                max_tokens=args.max_tokens, dtype=args.dtype, progress=False, source=loaded.source)
             return time.perf_counter() - start
         finally:
             shutil.rmtree(out)

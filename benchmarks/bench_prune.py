@@ -55,14 +55,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args()
 
-    dense, _ = load_model(args.model)
-    dense.to(args.device)
+    loaded = load_model(args.model)
+    dense = loaded.model.to(args.device)
     scorer = RandomScorer(seed=0)
     scores = scorer(dense)
     models = [("dense", 0.0, dense)]
     for ratio in args.ratios:
-        plan = select_channels(scores, dense, ratio=ratio, method=scorer.name, settings=scorer.settings)
-        models.append((f"random {ratio:.0%}", plan.ratio_reached, prune(copy.deepcopy(dense), plan)))
+        plan = select_channels(scores, dense, ratio=ratio, method=scorer.name, settings=scorer.settings,
+                               source=loaded.source)
+        models.append((f"random {ratio:.0%}", plan.ratio_reached,
+                       prune(copy.deepcopy(dense), plan, revision=loaded.source["revision"])))
 
     rows = []
     context = args.prefill // 2

@@ -14,7 +14,7 @@ Used in the chapter :doc:`/executed/06_ablations`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,13 +49,15 @@ def fn_flap_method(weight: float) -> Method:
 
 def build_fn_flap(dense: nn.Module, stats: ChannelStatistics, networks: object, ratio: float, *,
                   weight: float, basis: Literal["total", "mlp"] = "total",
-                  protected_layers: Sequence[int] | None = None,
-                  round_to: int = 1) -> tuple[nn.Module, PruningPlan]:
+                  protected_layers: Sequence[int] | None = None, round_to: int = 1,
+                  source: Mapping[str, Any] | None = None) -> tuple[nn.Module, PruningPlan]:
     """A pruned copy of ``dense`` under ``fn-flap`` at ``weight``, through the registered methods.
 
     :func:`funcprune.methods.make_plan` and :func:`funcprune.methods.build_pruned`, as for
     every method of chapter 4: FLAP's global selection over per-layer standardised scores and
-    FLAP's compensation. The dense model is never modified.
+    FLAP's compensation. The dense model is never modified. ``source`` is where ``dense``
+    came from (``LoadedModel.source`` of :func:`funcprune.models.load_model`): the plan
+    records its name and revision and the model is pruned against that revision.
 
     Returns
     -------
@@ -64,14 +66,14 @@ def build_fn_flap(dense: nn.Module, stats: ChannelStatistics, networks: object, 
     """
     method = fn_flap_method(weight)
     plan = make_plan(method, dense, ratio, networks=networks, stats=stats, basis=basis,
-                     protected_layers=protected_layers, round_to=round_to)
-    return build_pruned(method, dense, plan, stats=stats), plan
+                     protected_layers=protected_layers, round_to=round_to, source=source)
+    return build_pruned(method, dense, plan, stats=stats, revision=(source or {}).get("revision")), plan
 
 
 def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object, windows: torch.Tensor, *,
                     weights: Sequence[float], ratio: float, basis: Literal["total", "mlp"] = "total",
                     protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
-                    progress: bool = True) -> pd.DataFrame:
+                    progress: bool = True, source: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Validation NLL of the FN-inside-FLAP criterion for each weight, at one ratio.
 
     Parameters
@@ -92,6 +94,8 @@ def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object
         Windows per forward pass.
     progress : bool, default=True
         Progress bar.
+    source : dict, optional
+        Where ``dense`` came from (``LoadedModel.source``), as for :func:`build_fn_flap`.
 
     Returns
     -------
@@ -113,7 +117,7 @@ def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object
     rows = []
     for w in tqdm(grid, desc=f"criterion sweep at {ratio:.0%}", unit="weight", disable=not progress):
         model, plan = build_fn_flap(dense, stats, networks, ratio, weight=w, basis=basis,
-                                    protected_layers=protected_layers, round_to=round_to)
+                                    protected_layers=protected_layers, round_to=round_to, source=source)
         nll = window_nll(model, windows, batch_size=batch_size)
         del model
         per_window[w] = nll
@@ -150,11 +154,12 @@ def choose_weight(sweep: pd.DataFrame) -> float:
 def compare_with_flap(dense: nn.Module, stats: ChannelStatistics, networks: object, windows: torch.Tensor, *,
                       weight: float, ratios: Sequence[float], basis: Literal["total", "mlp"] = "total",
                       protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
-                      n_boot: int = 10_000, progress: bool = True) -> pd.DataFrame:
+                      n_boot: int = 10_000, progress: bool = True,
+                      source: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """The criterion at ``weight`` against FLAP at each ratio, paired on the same (test) windows.
 
-    Both models come from :func:`build_fn_flap` (FLAP is weight 0, the same code path),
-    so they differ only in the channels they keep.
+    Both models come from :func:`build_fn_flap` (FLAP is weight 0, the same code path,
+    with the same ``source``), so they differ only in the channels they keep.
 
     Returns
     -------
@@ -174,7 +179,7 @@ def compare_with_flap(dense: nn.Module, stats: ChannelStatistics, networks: obje
             if w in results:
                 continue
             model, plan = build_fn_flap(dense, stats, networks, ratio, weight=w, basis=basis,
-                                        protected_layers=protected_layers, round_to=round_to)
+                                        protected_layers=protected_layers, round_to=round_to, source=source)
             results[w] = (window_nll(model, windows, batch_size=batch_size), plan)
             del model
         (flap_nll, flap_plan), (nll, plan) = results[0.0], results[float(weight)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
@@ -127,12 +127,29 @@ def texts_record(texts: Sequence[str], batch_size: int, max_tokens: int) -> dict
 
 def calibration_statistics(run_dir: str | os.PathLike[str], model: nn.Module, tokenizer: Any,
                            texts: Sequence[str | Text], *, batch_size: int = 4, max_tokens: int = 512,
-                           progress: bool = True) -> ChannelStatistics:
+                           progress: bool = True, source: Mapping[str, Any] | None = None) -> ChannelStatistics:
     """Activation statistics of the dense model on the calibration texts, cached in ``run_dir/stats``.
 
     Computed with :func:`funcprune.scoring.channel_statistics` once (texts batched
     longest first, see :func:`calibration_data`); later calls with the same model
     (name, revision), texts and ``max_tokens`` read the cache.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        Run directory; the cache is ``run_dir/stats``.
+    model : nn.Module
+        The dense model.
+    tokenizer : transformers tokenizer
+    texts : sequence of str or Text
+        The calibration texts.
+    batch_size, max_tokens : int
+        Texts per forward pass and truncation length of each text.
+    progress : bool, default=True
+        Progress bar.
+    source : dict, optional
+        Where ``model`` came from (``LoadedModel.source`` of :func:`funcprune.models.load_model`):
+        its name and revision key the cache. Without it only what the model tells (no revision).
 
     Returns
     -------
@@ -141,7 +158,7 @@ def calibration_statistics(run_dir: str | os.PathLike[str], model: nn.Module, to
     """
     texts = [t.text if isinstance(t, Text) else t for t in texts]
     path = RunDir(run_dir).stats
-    ident = model_identity(model)
+    ident = model_identity(model, source)
     key = {"model": {k: ident[k] for k in ("name", "model_type", "revision")},
            "calibration": texts_record(texts, batch_size, max_tokens)}
     key["calibration"].pop("batch_size")  # padding is excluded: the batch size does not matter

@@ -1,7 +1,7 @@
 """Stage 1: hooked capture of every MLP channel's activity.
 
 Each intermediate MLP channel of a decoder layer is a "voxel" and each token a
-"time point", as in fMRI. Following the seed, a channel has two voxel copies:
+"time point", as in fMRI. Following the authors' code, a channel has two voxel copies:
 the activation output ``act(gate x)`` (``"act"``) and the up projection ``up x``
 (``"up"``); the product that feeds the down projection (``"product"``) can be
 captured too. For non-gated families (GPT-2, GPT-NeoX) ``"up"`` is the
@@ -280,7 +280,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
                         batch_size: int = 4, max_tokens: int = 512, drop_first_token: bool = False,
                         kinds: Sequence[str] = ("act", "up"), dtype: str = "float32",
                         layers: Sequence[int] | None = None, overwrite: bool = False,
-                        progress: bool = True) -> ActivationStore:
+                        progress: bool = True, source: Mapping[str, Any] | None = None) -> ActivationStore:
     """Run texts through ``model`` and stream every MLP channel's activity to disk.
 
     Parameters
@@ -317,6 +317,10 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
         Replace an existing store from a different run.
     progress : bool, default=True
         Show a progress bar over batches.
+    source : Mapping, optional
+        Where ``model`` came from (``LoadedModel.source`` of :func:`funcprune.models.load_model`):
+        its name and revision go into the manifest and decide whether a store is resumed.
+        Without it the manifest records only what the model tells (no revision).
 
     Returns
     -------
@@ -343,7 +347,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
         raise ValueError("every calibration text tokenised to zero tokens")
     recorder = MLPRecorder(model, kinds=kinds, layers=layers, stop_early=True, dtype=dtype, adapter=adapter)
     identity = {
-        "model": {k: v for k, v in describe_model(model).items() if k in ("name", "revision", "model_type")},
+        "model": {k: v for k, v in describe_model(model, source).items() if k in ("name", "revision", "model_type")},
         "dataset": dict(dataset or {}),
         "text_ids": [str(t) for t in (text_ids if text_ids is not None else range(len(texts)))],
         "dtype": dtype,

@@ -59,10 +59,6 @@ def max_positions(model: nn.Module) -> int | None:
     return None
 
 
-#: Transitional name for :func:`max_positions` (results.py still imports it).
-_max_positions = max_positions
-
-
 def bos_token_id(tokenizer: Any) -> int | None:
     """The BOS token id a tokenizer puts in front of every text, or ``None`` if it adds none.
 

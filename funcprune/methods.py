@@ -245,7 +245,7 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
               basis: Literal["total", "mlp"] = "total",
               allocation: Literal["per-method", "global", "uniform"] | None = "per-method",
               protected_layers: Sequence[int] | None = None, round_to: int = 1,
-              settings: Mapping[str, Any] | None = None) -> PruningPlan:
+              settings: Mapping[str, Any] | None = None, source: Mapping[str, Any] | None = None) -> PruningPlan:
     """The plan of one method at one ratio: score every channel, then select.
 
     Parameters
@@ -275,6 +275,10 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
         Kept widths are multiples of this.
     settings : dict, optional
         Extra facts recorded in the plan's ``settings`` (e.g. the calibration data).
+    source : dict, optional
+        Where ``model`` came from (``LoadedModel.source`` of :func:`funcprune.models.load_model`):
+        the plan records its name and revision, which :func:`funcprune.prune.prune` then
+        checks. Without it the plan records no revision (a model built from a config).
 
     Returns
     -------
@@ -293,22 +297,22 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
     if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
         raise ValueError(f"ratio {ratio!r} must be a number in (0, 1) (a fraction of {basis} parameters "
                          "to remove; the largest reachable one depends on the protected layers)")
-    used, source = resolve_allocation(m, allocation)
+    used, allocation_source = resolve_allocation(m, allocation)
     scorer = _scorer(m, networks, seed)
     scores = scorer(model, stats)
     recorded = {"scorer": scorer.name, "scorer_settings": dict(getattr(scorer, "settings", {})),
-                "bias_compensation": m.compensation, "allocation_source": source}
+                "bias_compensation": m.compensation, "allocation_source": allocation_source}
     if m.seeded:
         recorded["seed"] = int(seed)
     recorded.update(settings or {})
     return select_channels(scores, model, ratio=float(ratio), basis=basis, allocation=used,
                            protected_layers=protected_layers, round_to=round_to, method=m.name,
-                           settings=recorded)
+                           settings=recorded, source=source)
 
 
 def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module, plan: PruningPlan, *,
                  calibration: CalibrationData | None = None, stats: ChannelStatistics | None = None,
-                 progress: bool = False) -> nn.Module:
+                 revision: str | None = None, progress: bool = False) -> nn.Module:
     """A pruned copy of the base model: the plan applied the method's way.
 
     Parameters
@@ -317,22 +321,27 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
         A key of :data:`METHODS`; decides the bias compensation.
     base : str, path-like or nn.Module
         The dense model: a name for :func:`funcprune.models.load_model` (loaded
-        afresh) or a model (deep-copied; left untouched).
+        afresh, its revision from the loaded record) or a model (deep-copied; left
+        untouched; pass ``revision``).
     plan : PruningPlan
         Made for ``base`` (e.g. by :func:`make_plan`). If its ``method`` differs (the
-        ``fn`` plan built as ``fn-bias``), the pruned model records a copy whose
-        ``method`` is ``method``.
+        ``fn`` plan built as ``fn-bias``), a copy whose ``method`` is ``method`` is
+        applied (``config.funcprune["methods"]`` of the pruned model records it).
     calibration : CalibrationData, optional
         Texts for progressive compensation (needed by ``fn-bias``).
     stats : ChannelStatistics, optional
         Dense-model statistics for static compensation (needed by ``flap``).
+    revision : str, optional
+        The revision of a ``base`` model (``source["revision"]`` of its
+        :class:`~funcprune.models.LoadedModel`), needed when the plan records one
+        (:func:`funcprune.prune.check_plan`). Ignored when ``base`` is a name.
     progress : bool, default=False
         Progress bar of the progressive compensation.
 
     Returns
     -------
     nn.Module
-        The pruned model, in eval mode, with ``funcprune_plan`` set.
+        The pruned model, in eval mode.
     """
     m = get_method(method)
     compensation: CalibrationData | ChannelStatistics | None = None
@@ -351,6 +360,7 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
     if isinstance(base, nn.Module):
         model = copy.deepcopy(base)
     else:
-        model, _ = load_model(str(base))
-    prune(model, plan, bias_compensation=compensation, progress=progress)
+        loaded = load_model(str(base))
+        model, revision = loaded.model, loaded.source["revision"]
+    prune(model, plan, revision=revision, bias_compensation=compensation, progress=progress)
     return model.eval()

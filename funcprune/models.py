@@ -36,7 +36,6 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEVICE_MAPS",
     "FLOAT_DTYPES",
-    "LEGACY_SOURCE_ATTRIBUTE",
     "LoadedModel",
     "MODELS",
     "MissingAssetError",
@@ -49,7 +48,6 @@ __all__ = [
     "ensure_model",
     "input_device",
     "load_model",
-    "legacy_source",
     "local_revision",
     "model_config",
     "prepare_tokenizer",
@@ -479,21 +477,6 @@ class LoadedModel:
         return iter((self.model, self.tokenizer))
 
 
-#: Attribute on which :func:`load_model` also leaves ``source``, for the callers that have
-#: not moved to :class:`LoadedModel` yet (pipeline, results, notebooks). Transitional: no
-#: check in funcprune reads it except through :func:`legacy_source`.
-LEGACY_SOURCE_ATTRIBUTE = "funcprune_source"
-
-
-def legacy_source(model: torch.nn.Module) -> dict[str, Any] | None:
-    """The provenance an older caller left on ``model`` (:data:`LEGACY_SOURCE_ATTRIBUTE`), or ``None``.
-
-    Transitional: callers pass the ``source`` of a :class:`LoadedModel` instead.
-    """
-    source = getattr(model, LEGACY_SOURCE_ATTRIBUTE, None)
-    return dict(source) if source is not None else None
-
-
 def prepare_tokenizer(tokenizer: Any) -> Any:
     """Set the tokenizer up as funcprune uses it: a pad token (the EOS token if none) and right padding.
 
@@ -558,7 +541,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | str = 
     source["device"] = str(input_device(model))
     if getattr(model, "hf_device_map", None):
         source["devices"] = sorted({str(d) for d in model.hf_device_map.values()})
-    setattr(model, LEGACY_SOURCE_ATTRIBUTE, source)  # transitional, see LEGACY_SOURCE_ATTRIBUTE
     return LoadedModel(model, tokenizer, source)
 
 
@@ -569,9 +551,9 @@ def describe_model(model: torch.nn.Module, source: dict[str, Any] | None = None)
     ----------
     model : torch.nn.Module
     source : dict, optional
-        Where it came from (``LoadedModel.source``). Transitional default: what
-        :func:`legacy_source` finds on the model, else only what the model itself tells
-        (name from its config, no revision).
+        Where it came from (``LoadedModel.source`` of :func:`load_model`). Without it,
+        only what the model itself tells (name from its config, no revision): nothing is
+        ever read from attributes left on the model.
 
     Returns
     -------
@@ -583,7 +565,7 @@ def describe_model(model: torch.nn.Module, source: dict[str, Any] | None = None)
     """
     from .provenance import display_path
 
-    source = dict(source if source is not None else legacy_source(model) or {})
+    source = dict(source or {})
     if source.get("path"):
         source["path"] = display_path(source["path"])
     source.setdefault("name", getattr(model.config, "name_or_path", "") or type(model).__name__)

@@ -36,13 +36,13 @@ from typing import Any, Literal, Mapping, Sequence
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import ArtefactError, atomic_write_json, file_record, json_round_trip, json_sha256, read_json, verify_file
+from ._io import ArtefactError, atomic_open, atomic_write_json, file_record, json_round_trip, json_sha256, read_json, verify_file
 from .adapters import layer_widths
 from .calibration import calibration_data, calibration_statistics, calibration_texts, texts_record
 from .data import Text
 from .evaluate import count_parameters
 from .methods import METHODS, Method, build_pruned, get_method, make_plan, method_key
-from .models import load_model
+from .models import LoadedModel, load_model
 from .plan import PruningPlan, model_identity
 from .prune import PLAN_FILE, prune
 from .rundir import RunDir
@@ -117,7 +117,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
               basis: Literal["total", "mlp"] = "total",
               allocation: Literal["per-method", "global", "uniform"] | None = "per-method",
               protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
-              max_tokens: int = 512, progress: bool = True) -> "Any":
+              max_tokens: int = 512, progress: bool = True, source: Mapping[str, Any] | None = None) -> "Any":
     """Prune the dense model with every method at every ratio (and seed); save plans and biases.
 
     For each ``(method, ratio[, seed])`` the plan is made (all plans first, so a bad
@@ -135,7 +135,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
     ----------
     model : str, path-like or nn.Module
         The dense model: a name for :func:`funcprune.models.load_model`, or a loaded
-        model (then pass ``tokenizer``; it is never modified).
+        model (then pass ``tokenizer`` and ``source``; it is never modified).
     run_dir : str or path-like
         Run directory (see the module docstring).
     methods : sequence of str
@@ -161,6 +161,12 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         Truncation length of each calibration text.
     progress : bool, default=True
         Progress bars.
+    source : dict, optional
+        Where a loaded ``model`` came from (``LoadedModel.source`` of
+        :func:`funcprune.models.load_model`): the plans, the statistics cache and the index
+        record its name and revision, and every model is pruned against that revision.
+        Without it they record no revision (a model built from a config). Ignored when
+        ``model`` is a name (the source of the model loaded here is used).
 
     Returns
     -------
@@ -191,9 +197,11 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
     if isinstance(model, nn.Module):
         dense = model
     else:
-        dense, loaded_tokenizer = load_model(str(model))
-        tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
+        loaded = load_model(str(model))
+        dense, source = loaded.model, loaded.source
+        tokenizer = tokenizer if tokenizer is not None else loaded.tokenizer
     dense.eval()
+    revision = (source or {}).get("revision")
 
     if networks is None and any(m.needs_networks for m in resolved):
         net_dir = run.networks
@@ -208,12 +216,12 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
     if any(m.needs_texts for m in resolved):
         if tokenizer is None:
             raise ValueError("a tokenizer is needed to read the calibration texts: pass tokenizer=")
-        source = calibration_texts(run) if texts is None else texts
-        calib_texts = [t.text if isinstance(t, Text) else str(t) for t in source]
+        chosen = calibration_texts(run) if texts is None else texts
+        calib_texts = [t.text if isinstance(t, Text) else str(t) for t in chosen]
         calibration = calibration_data(tokenizer, calib_texts, batch_size=batch_size, max_tokens=max_tokens)
     if any(m.needs_statistics for m in resolved):
         stats = calibration_statistics(run, dense, tokenizer, calib_texts, batch_size=batch_size,
-                                       max_tokens=max_tokens, progress=progress)
+                                       max_tokens=max_tokens, progress=progress, source=source)
     record = texts_record(calib_texts, batch_size, max_tokens) if calib_texts else None
 
     jobs = [_Job(method_key(m.name, r, s if m.seeded else None), m, float(r), s if m.seeded else None)
@@ -222,7 +230,8 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         extra = {"calibration": record} if job.method.needs_texts else {}
         job.plan = make_plan(job.method, dense, job.ratio, networks=networks, stats=stats,
                              seed=job.seed or 0, basis=basis, allocation=allocation,
-                             protected_layers=protected_layers, round_to=round_to, settings=extra)
+                             protected_layers=protected_layers, round_to=round_to, settings=extra,
+                             source=source)
 
     previous = run.entries()
     before = count_parameters(dense)
@@ -252,11 +261,11 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
                 report = {k: old[k] for k in ("params_total_after", "params_mlp_after")}
                 seconds = old.get("seconds")
             else:
-                report = _count_after(_apply(dense, plan, _read_biases(run, job.key, biases)))
+                report = _count_after(_apply(dense, plan, _read_biases(run, job.key, biases), revision))
                 seconds = None
         else:
             status = "built"
-            pruned = build_pruned(job.method, dense, plan, calibration=calibration, stats=stats)
+            pruned = build_pruned(job.method, dense, plan, calibration=calibration, stats=stats, revision=revision)
             report = _count_after(pruned)
             if job.method.compensation:
                 biases = _write_biases(run, job.key, sha, pruned, plan)
@@ -277,7 +286,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         }
         entries[job.key] = entry
         rows.append(entry)
-        _write_index(run, dense, entries)
+        _write_index(run, dense, source, entries)
     bar.close()
     _remove_legacy_checkpoints(run, [job.key for job in jobs])
     return pd.DataFrame(rows)
@@ -297,7 +306,7 @@ def _count_after(model: nn.Module) -> dict[str, int]:
 
 def _write_biases(run: RunDir, key: str, plan_sha: str, pruned: nn.Module, plan: PruningPlan) -> dict[str, Any]:
     """Save the down-projection biases of the layers a compensated plan prunes; return their record."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from .adapters import get_adapter
 
@@ -308,10 +317,8 @@ def _write_biases(run: RunDir, key: str, plan_sha: str, pruned: nn.Module, plan:
         if plan.removed(i) and bias is not None:
             tensors[f"layers.{i}.mlp.down.bias"] = bias.detach().to("cpu").contiguous().clone()
     path, sidecar = run.bias_paths(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": BIASES_FORMAT, "plan_sha256": plan_sha})
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        fh.write(save(tensors, metadata={"format": BIASES_FORMAT, "plan_sha256": plan_sha}))
     record = {"path": run.relative(path), **file_record(path), "plan_sha256": plan_sha,
               "layers": sorted(int(k.split(".")[1]) for k in tensors)}
     atomic_write_json(sidecar, {"format": BIASES_FORMAT, **record})
@@ -350,14 +357,15 @@ def _read_biases(run: RunDir, key: str, record: Mapping[str, Any] | None) -> dic
     return {int(k.split(".")[1]): v for k, v in tensors.items()}
 
 
-def _apply(dense: nn.Module, plan: PruningPlan, biases: Mapping[int, Any]) -> nn.Module:
-    """A deep copy of ``dense`` pruned by ``plan`` with the saved down biases set."""
+def _apply(dense: nn.Module, plan: PruningPlan, biases: Mapping[int, Any], revision: str | None) -> nn.Module:
+    """A deep copy of ``dense`` (at ``revision``) pruned by ``plan`` with the saved down biases set."""
     model = copy.deepcopy(dense)
-    prune(model, plan, bias_compensation=dict(biases) if biases else None, progress=False)
+    prune(model, plan, revision=revision, bias_compensation=dict(biases) if biases else None, progress=False)
     return model.eval()
 
 
-def rebuild_pruned(run_dir: str | os.PathLike[str], key: str, dense: nn.Module) -> nn.Module:
+def rebuild_pruned(run_dir: str | os.PathLike[str], key: str, dense: nn.Module, *,
+                   source: Mapping[str, Any] | None) -> LoadedModel:
     """A pruned model of a run, rebuilt in seconds from the dense model, its plan and its biases.
 
     Stage 4 (:func:`prune_all`) stores plans and compensation biases, not checkpoints.
@@ -374,12 +382,19 @@ def rebuild_pruned(run_dir: str | os.PathLike[str], key: str, dense: nn.Module) 
         The model's key (:func:`~funcprune.methods.method_key`), e.g. ``"fn-bias_r0.20"``.
     dense : nn.Module
         The dense model the plans were made for (any device and dtype; left untouched).
+    source : dict or None
+        Where ``dense`` came from (``LoadedModel.source`` of :func:`funcprune.models.load_model`),
+        required: its revision is checked against the plan's, and it is recorded as the
+        pruned model's ``source["dense"]``. ``None`` only for a dense model with no
+        recorded provenance (built from a config), whose plans then record no revision.
 
     Returns
     -------
-    nn.Module
-        In eval mode, with ``funcprune_plan`` and ``funcprune_source`` (key, plan and
-        bias digests, the dense model's source).
+    funcprune.models.LoadedModel
+        ``model`` (in eval mode), ``tokenizer`` ``None`` (the dense model's applies),
+        ``source`` (``name`` the key, ``source="rebuilt"``, the plan and bias digests,
+        ``dense`` the dense model's source, ``dtype``) and ``plan``. Unpacks as
+        ``model, tokenizer``.
 
     Raises
     ------
@@ -402,14 +417,14 @@ def rebuild_pruned(run_dir: str | os.PathLike[str], key: str, dense: nn.Module) 
     plan = PruningPlan.load(plan_path)
     if _plan_sha(plan) != entry["plan_sha256"]:
         raise ArtefactError(plan_path, "differs from the plan the index records (plan_sha256)", fix)
-    model = _apply(dense, plan, _read_biases(run, key, entry.get("biases")))
-    model.funcprune_source = {
+    dense_source = dict(source or {})
+    model = _apply(dense, plan, _read_biases(run, key, entry.get("biases")), dense_source.get("revision"))
+    return LoadedModel(model, None, {
         "name": key, "source": "rebuilt", "plan_sha256": entry["plan_sha256"],
         "biases_sha256": (entry.get("biases") or {}).get("sha256"),
-        "dense": dict(getattr(dense, "funcprune_source", {}) or {}),
+        "dense": dense_source,
         "dtype": str(next(dense.parameters()).dtype).replace("torch.", ""),
-    }
-    return model
+    }, plan)
 
 
 def _remove_legacy_checkpoints(run: RunDir, keys: Sequence[str]) -> None:
@@ -422,9 +437,10 @@ def _remove_legacy_checkpoints(run: RunDir, keys: Sequence[str]) -> None:
             shutil.rmtree(folder)
 
 
-def _write_index(run: RunDir, dense: nn.Module, entries: Mapping[str, dict[str, Any]]) -> None:
+def _write_index(run: RunDir, dense: nn.Module, source: Mapping[str, Any] | None,
+                 entries: Mapping[str, dict[str, Any]]) -> None:
     order = {name: i for i, name in enumerate(METHODS)}
     ordered = sorted(entries.values(), key=lambda e: (e["ratio_requested"], order.get(e["method"], 99),
                                                       -1 if e["seed"] is None else e["seed"], e["key"]))
-    atomic_write_json(run.index_path, {"format": INDEX_FORMAT, "base_model": model_identity(dense),
+    atomic_write_json(run.index_path, {"format": INDEX_FORMAT, "base_model": model_identity(dense, source),
                              "base_widths": list(layer_widths(dense).values()), "entries": ordered})

@@ -373,10 +373,6 @@ def kept_sizes(width: int, min_width: int, round_to: int) -> list[int]:
     return sizes
 
 
-#: Transitional name for :func:`kept_sizes` (preflight.py still imports it).
-_kept_sizes = kept_sizes
-
-
 def _describe_limits(protected: list[int], min_width: int, round_to: int) -> str:
     return f"protected layers {protected}, min_width={min_width}, round_to={round_to}"
 

@@ -61,7 +61,7 @@ from ._io import ArtefactError, atomic_directory, atomic_write_json, file_record
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .capture import MLPRecorder, tokenize_batches
 from .evaluate import count_parameters
-from .models import LoadedModel, check_dtype, input_device, legacy_source, prepare_tokenizer
+from .models import LoadedModel, check_dtype, input_device, prepare_tokenizer
 from .plan import PlanMismatchError, PruningPlan, channel_parameters
 from .scoring import ChannelStatistics, ColumnMoments
 
@@ -86,10 +86,6 @@ PLAN_FILE = "pruning_plan.json"
 #: File name of the record (sizes and digests) of a saved pruned checkpoint's files.
 CHECKPOINT_MANIFEST = "funcprune_checkpoint.json"
 PRUNED_FORMAT = "funcprune-pruned/1"
-#: Attribute on which :func:`prune` also leaves its plan, for the callers that have not
-#: moved to passing the plan (pipeline, notebooks). Transitional: :func:`save_pruned`
-#: falls back on it only when no ``plan=`` is given.
-LEGACY_PLAN_ATTRIBUTE = "funcprune_plan"
 
 
 # ----------------------------------------------------------------------------------
@@ -174,7 +170,7 @@ def prune_layer(model: nn.Module, layer: int, keep: Sequence[int]) -> None:
 # ----------------------------------------------------------------------------------
 # Checking a plan
 # ----------------------------------------------------------------------------------
-def _check_revision(model: nn.Module, plan: PruningPlan, revision: str | None) -> str | None:
+def _check_revision(plan: PruningPlan, revision: str | None) -> str | None:
     """The problem with the model's revision for ``plan``, or ``None`` when it matches or the plan records none.
 
     Raises
@@ -185,13 +181,11 @@ def _check_revision(model: nn.Module, plan: PruningPlan, revision: str | None) -
     expected = plan.model.get("revision")
     if not expected:
         return None
-    if revision is None:  # transitional: a model loaded by an older caller of load_model
-        revision = (legacy_source(model) or {}).get("revision")
     if revision is None:
         raise PlanMismatchError(
             f"the plan was made for revision {expected!r} of {plan.model.get('name')!r} and the model's revision "
             "is unknown: pass revision= (the source['revision'] funcprune.models.load_model returns, or the "
-            "revision of the checkpoint you loaded)")
+            "revision of the checkpoint you loaded; source= to rebuild_pruned and prune_all)")
     if revision != expected:
         return f"revision {revision!r} != plan's {expected!r} (plan made for {plan.model.get('name')!r})"
     return None
@@ -224,7 +218,7 @@ def check_plan(model: nn.Module, plan: PruningPlan, *, revision: str | None = No
         problems.append(f"{len(widths)} layers != plan's {ident.get('n_layers')}")
     if int(ident.get("hidden_size", -1)) != int(config.hidden_size):
         problems.append(f"hidden size {config.hidden_size} != plan's {ident.get('hidden_size')}")
-    revision_problem = _check_revision(model, plan, revision)
+    revision_problem = _check_revision(plan, revision)
     if revision_problem:
         problems.append(revision_problem)
     if problems:
@@ -512,7 +506,6 @@ def prune(model: nn.Module, plan: PruningPlan, *, revision: str | None = None,
     finally:
         model.train(was_training)
     _update_config(model, plan.method, added)
-    setattr(model, LEGACY_PLAN_ATTRIBUTE, plan)  # transitional, see LEGACY_PLAN_ATTRIBUTE
     return model
 
 
@@ -543,7 +536,7 @@ def parameter_report(model_before: nn.Module, model_after: nn.Module) -> dict[st
 # Save / load
 # ----------------------------------------------------------------------------------
 def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
-                plan: PruningPlan | None = None, *, overwrite: bool = False) -> Path:
+                plan: PruningPlan, *, overwrite: bool = False) -> Path:
     """Write a pruned model as a standard checkpoint (safetensors) plus its plan.
 
     The directory holds ``config.json`` (with ``per_layer_config`` and ``funcprune``),
@@ -560,8 +553,8 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
     path : str or path-like
         Destination directory.
     plan : PruningPlan
-        The plan ``model`` was pruned with. Transitional: when omitted, the plan
-        :func:`prune` left on the model (:data:`LEGACY_PLAN_ATTRIBUTE`).
+        The plan ``model`` was pruned with (e.g. ``LoadedModel.plan`` of
+        :func:`funcprune.pipeline.rebuild_pruned`); checked against its MLP widths.
     overwrite : bool, default=False
         Replace an existing directory.
 
@@ -570,7 +563,6 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
     pathlib.Path
     """
     path = Path(path)
-    plan = plan if plan is not None else getattr(model, LEGACY_PLAN_ATTRIBUTE, None)
     if plan is None:
         raise ValueError("no plan: pass plan= (the plan the model was pruned with)")
     if path.exists() and not overwrite:

@@ -62,8 +62,9 @@ from tqdm.auto import tqdm
 from ._io import ArtefactError, atomic_write_json, atomic_write_text, json_round_trip, json_sha256, read_json
 from .calibration import calibration_record
 from .compare import headline_comparisons
-from .evaluate import _max_positions, count_parameters, flops_per_token, perplexity
+from .evaluate import count_parameters, flops_per_token, max_positions, perplexity
 from .heldout import EvaluationStream, check_disjoint, evaluation_stream, ids_sha256, select_windows
+from .models import DEFAULT_MODEL, MODELS, LoadedModel, ensure_model, load_model, prepare_tokenizer
 from .pipeline import rebuild_pruned
 from .provenance import environment_info
 from .rundir import DENSE_KEY, RunDir
@@ -88,14 +89,8 @@ PART_FORMAT = "funcprune-results-part/1"
 def _load_tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
-    from .models import MODELS, ensure_model
-
     path = str(ensure_model(model)) if model in MODELS else model
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    return tokenizer
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(path))
 
 
 def _part_digest(part: Mapping[str, Any]) -> str:
@@ -128,16 +123,14 @@ def _cached_part(path: Path, protocol_id: str, identity: Mapping[str, Any], tier
 
 
 def _load_dense(model_name: str, revision: str | None, base: Mapping[str, Any], dtype: Any,
-                device: str) -> torch.nn.Module:
-    """The dense model, checked against the revision the pruned models were planned on."""
-    from .models import load_model
-
-    lm, _ = load_model(model_name, dtype=dtype, device_map=None if device == "cpu" else device)
-    found = lm.funcprune_source.get("revision")
-    if revision and found and found != revision:
+                device: str) -> LoadedModel:
+    """The dense model's record, checked against the revision the pruned models were planned on."""
+    loaded = load_model(model_name, dtype=dtype, device_map=None if device == "cpu" else device)
+    found = loaded.source.get("revision")
+    if revision and found != revision:
         raise ValueError(f"dense model {model_name!r} has revision {found!r}, but the pruned models "
                          f"were made from revision {revision!r} ({base.get('name')!r})")
-    return lm
+    return loaded
 
 
 def _fingerprint(obj: Any) -> str:
@@ -162,7 +155,7 @@ def _token_budgets(seq_lens: Sequence[int], eval_max_tokens: Any) -> list[int | 
 def _perplexities(model: torch.nn.Module, stream: EvaluationStream, seq_lens: Sequence[int],
                   max_tokens: Sequence[int | None], batch_tokens: int, progress: bool) -> dict[str, dict[str, Any]]:
     """Perplexity of ``model`` at each window length on the selected windows of ``stream``."""
-    max_pos = _max_positions(model)
+    max_pos = max_positions(model)
     out: dict[str, dict[str, Any]] = {}
     for requested, budget in zip(seq_lens, max_tokens):
         length = int(min(requested, max_pos)) if max_pos else int(requested)
@@ -197,8 +190,10 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _evaluate_model(model: torch.nn.Module, tokenizer: Any, stream: EvaluationStream, settings: dict[str, Any],
+def _evaluate_model(lm: LoadedModel, tokenizer: Any, stream: EvaluationStream, settings: dict[str, Any],
                     progress: bool) -> dict[str, Any]:
+    """Perplexities, zero-shot accuracies, efficiency and timings of one model (``lm.model``)."""
+    model = lm.model
     timings: dict[str, float] = {}
     start = time.perf_counter()
     ppl = _perplexities(model, stream, settings["ppl_seq_lens"], settings["eval_budgets"],
@@ -312,11 +307,7 @@ def evaluate_run(
     dtype_name = str(dtype).replace("torch.", "")
     index = run.index()
     base = index.get("base_model") or {}
-    model_name = model or base.get("name")
-    if not model_name:
-        from .models import DEFAULT_MODEL
-
-        model_name = DEFAULT_MODEL
+    model_name = model or base.get("name") or DEFAULT_MODEL
 
     tokenizer = _load_tokenizer(model_name)
     stream = evaluation_stream(tokenizer, eval_dataset, eval_part)
@@ -362,7 +353,7 @@ def evaluate_run(
     jobs += [dict(e) for e in index.get("entries", [])]
     parts: dict[str, dict[str, Any]] = {}
     dense_revision = base.get("revision")
-    dense_lm = None
+    dense: LoadedModel | None = None
     bar = tqdm(jobs, desc="evaluating", unit="model", disable=not progress)
     for job in bar:
         key = job["key"]
@@ -378,12 +369,12 @@ def evaluate_run(
             parts[key] = cached
             continue
         start = time.perf_counter()
-        if dense_lm is None:
-            dense_lm = _load_dense(model_name, dense_revision, base, dtype, device)
+        if dense is None:
+            dense = _load_dense(model_name, dense_revision, base, dtype, device)
         if key == DENSE_KEY:
-            lm = dense_lm
+            lm = dense
         else:
-            lm = rebuild_pruned(run, key, dense_lm)
+            lm = rebuild_pruned(run, key, dense.model, source=dense.source)
         loaded = round(time.perf_counter() - start, 2)
         measured = _evaluate_model(lm, tokenizer, stream, settings if tier == "full" else screen, progress=False)
         measured["seconds"]["load"] = loaded
@@ -391,9 +382,8 @@ def evaluate_run(
         part = {"format": PART_FORMAT, "key": key, "protocol_id": protocol_id, "identity": identity, "tier": tier,
                 "entry": {k: job.get(k) for k in ("method", "seed", "ratio_requested", "ratio_reached",
                                                   "ratio_basis", "allocation", "plan_sha256")},
-                "model": {k: v for k, v in getattr(lm, "funcprune_source", {}).items()},
-                **measured}
-        if lm is not dense_lm:
+                "model": dict(lm.source), **measured}
+        if lm is not dense:
             del lm
             _free_memory()
         part = json_round_trip(part, default=str)
@@ -401,7 +391,7 @@ def evaluate_run(
         atomic_write_json(part_path, part)
         parts[key] = part
     bar.close()
-    del dense_lm
+    del dense
     _free_memory()
 
     table = validate_results_table(table_from_parts([parts[j["key"]] for j in jobs]))

@@ -331,8 +331,9 @@ def clean_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from funcprune.prune import prune, save_pruned
 
     model = tiny_model("llama")
-    prune(model, _plan(model))
-    return save_pruned(model, None, tmp_path_factory.mktemp("ckpt") / "pruned")
+    plan = _plan(model)
+    prune(model, plan)
+    return save_pruned(model, None, tmp_path_factory.mktemp("ckpt") / "pruned", plan=plan)
 
 
 @pytest.fixture
@@ -361,8 +362,9 @@ def test_checkpoint_swapped_weights_are_refused(checkpoint_copy: Path, tmp_path:
     from funcprune.prune import load_pruned, prune, save_pruned
 
     model = tiny_model("llama")
-    prune(model, _plan(model, seed=1))
-    other = save_pruned(model, None, tmp_path / "other")
+    plan = _plan(model, seed=1)
+    prune(model, plan)
+    other = save_pruned(model, None, tmp_path / "other", plan=plan)
     shutil.copy(other / "model.safetensors", checkpoint_copy / "model.safetensors")
     with pytest.raises(ArtefactError, match="model.safetensors: has"):
         load_pruned(checkpoint_copy)

@@ -93,11 +93,12 @@ def test_perplexity_of_an_offloaded_model(offloaded) -> None:
 def test_auto_device_map_loads_and_runs_like_the_cpu_model(default_model, tmp_path: Path) -> None:
     """``device: auto`` (accelerate) works end to end; on a CPU-only machine it keeps every module on the CPU."""
     dense, tokenizer = default_model
-    sharded, _ = load_model(models.DEFAULT_MODEL, device_map="auto")
+    record = load_model(models.DEFAULT_MODEL, device_map="auto")
+    sharded = record.model
     device_map = getattr(sharded, "hf_device_map", None)  # transformers sets none when all is on one device
     if device_map:
-        assert sharded.funcprune_source["devices"] == sorted({str(d) for d in device_map.values()})
-    assert sharded.funcprune_source["device"] == str(models.input_device(sharded))
+        assert record.source["devices"] == sorted({str(d) for d in device_map.values()})
+    assert record.source["device"] == str(models.input_device(sharded))
     if not CUDA:
         assert {p.device.type for p in sharded.parameters()} == {"cpu"}
     ids = torch.tensor(tokenizer("\n\n".join(_texts()))["input_ids"][:256])
@@ -121,7 +122,7 @@ def cuda_model():
 def test_cuda_model_and_inputs_on_the_gpu(cuda_model) -> None:
     model, _ = cuda_model
     assert models.input_device(model).type == "cuda"
-    assert model.funcprune_source["device"].startswith("cuda")
+    assert cuda_model.source["device"].startswith("cuda")
 
 
 @needs_cuda
@@ -144,8 +145,8 @@ def test_perplexity_statistics_and_pruning_on_cuda(cuda_model, default_model) ->
     ppl_gpu = perplexity(gpu, None, ids, seq_len=128, progress=False)["ppl"]
     assert ppl_gpu == pytest.approx(perplexity(cpu, None, ids, seq_len=128, progress=False)["ppl"], rel=1e-3)
     stats = channel_statistics(gpu, tokenizer, _texts(2), batch_size=2, max_tokens=32, progress=False)
-    plan = make_plan("flap", gpu, 0.1, stats=stats)
-    pruned = build_pruned("flap", gpu, plan, stats=stats)
+    plan = make_plan("flap", gpu, 0.1, stats=stats, source=cuda_model.source)
+    pruned = build_pruned("flap", gpu, plan, stats=stats, revision=cuda_model.source["revision"])
     assert models.input_device(pruned).type == "cuda"
     assert np.isfinite(perplexity(pruned, None, ids, seq_len=128, progress=False)["ppl"])
 
@@ -155,9 +156,9 @@ def test_pruned_checkpoint_reloads_on_cuda(cuda_model, tmp_path: Path) -> None:
     from funcprune.methods import make_plan
     from funcprune.prune import load_pruned, prune, save_pruned
 
-    model, tokenizer = load_model(models.DEFAULT_MODEL, device_map="cuda")
-    plan = make_plan("magnitude", model, 0.1)
-    prune(model, plan)
+    model, tokenizer = dense = load_model(models.DEFAULT_MODEL, device_map="cuda")
+    plan = make_plan("magnitude", model, 0.1, source=dense.source)
+    prune(model, plan, revision=dense.source["revision"])
     save_pruned(model, tokenizer, tmp_path / "pruned", plan=plan)
     loaded, _ = load_pruned(tmp_path / "pruned", device="cuda")
     ids = torch.tensor([tokenizer("The printing press")["input_ids"]], device="cuda")

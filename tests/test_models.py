@@ -53,9 +53,19 @@ def test_default_model_loads_offline_from_the_cache(default_model) -> None:
     manifest = json.loads((Path(source["path"]) / "funcprune_asset.json").read_text())
     assert manifest["source_sha256"] == models.MODELS[models.DEFAULT_MODEL].sha256
     assert source["revision"] == manifest["weights_sha256"][:16]
-    shown = models.describe_model(model)["path"]  # what the book prints: never the builder's file system
+    shown = models.describe_model(model, source)["path"]  # what the book prints: never the builder's file system
     assert not Path(shown).is_absolute() and shown.endswith("models/" + Path(source["path"]).name)
     assert str(Path(source["path"]).parent.parent) not in shown
+
+
+def test_provenance_lives_in_the_record_not_on_the_model(default_model) -> None:
+    """load_model leaves no provenance attribute on the model; describe_model reads only what it is given."""
+    model = default_model.model
+    assert not [name for name in vars(model) if name.startswith("funcprune")]
+    assert not hasattr(model, "funcprune_source") and not hasattr(model, "funcprune_plan")
+    bare = models.describe_model(model)
+    assert "path" not in bare and "revision" not in bare
+    assert models.describe_model(model, default_model.source)["revision"] == default_model.source["revision"]
 
 
 def test_local_revision_reads_each_shard_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from funcprune.methods import METHODS, build_pruned, get_method, make_plan, meth
 from funcprune.pipeline import prune_all, read_index
 from funcprune.plan import PruningPlan, channel_parameters
 from funcprune._io import ArtefactError
-from funcprune.prune import CalibrationData, load_pruned, save_pruned
+from funcprune.prune import CalibrationData, PlanMismatchError, load_pruned, save_pruned
 from funcprune.scoring import (ChannelStatistics, channel_statistics, flap_scores, fn_flap_scores, key_neuron_scores,
                                magnitude_scores, random_scores, wanda_sp_scores)
 
@@ -125,7 +125,7 @@ def test_fn_and_fn_bias_share_the_plan_and_differ_only_by_biases(setup: dict) ->
     assert fn_bias.settings["bias_compensation"] == "progressive"
     a = build_pruned("fn", model, fn)
     b = build_pruned("fn-bias", model, fn, calibration=CalibrationData(setup["tok"], TEXTS))
-    assert b.funcprune_plan.method == "fn-bias" and b.funcprune_plan.kept == fn.kept
+    assert b.config.funcprune["methods"] == ["fn-bias"] and layer_widths(b) == fn.pruned_widths
     for i, (la, lb) in enumerate(zip(a.model.layers, b.model.layers)):
         for name in ("gate_proj", "up_proj", "down_proj"):
             assert torch.equal(getattr(la.mlp, name).weight, getattr(lb.mlp, name).weight)
@@ -212,12 +212,14 @@ def test_prune_all_writes_plans_biases_and_an_index_that_rebuild(setup: dict, tm
         if compensated:
             assert entry["biases"]["layers"] == [i for i in plan.layers if plan.removed(i)]
             assert (tmp_path / entry["biases"]["path"]).stat().st_size == entry["biases"]["size"]
-        rebuilt = pipeline.rebuild_pruned(tmp_path, entry["key"], model)
+        record = pipeline.rebuild_pruned(tmp_path, entry["key"], model, source=None)
+        rebuilt = record.model
         counted = count_parameters(rebuilt)
         assert (entry["params_total_before"], entry["params_mlp_before"]) == (total, mlp)
         assert (entry["params_total_after"], entry["params_mlp_after"]) == (counted["total"], counted["mlp"])
         assert entry["widths"] == list(layer_widths(rebuilt).values())
-        assert rebuilt.funcprune_plan == plan and rebuilt.funcprune_source["plan_sha256"] == entry["plan_sha256"]
+        assert record.plan == plan and record.source["plan_sha256"] == entry["plan_sha256"]
+        assert record.source["source"] == "rebuilt" and record.source["dense"] == {}
         in_memory = build_pruned(entry["method"], model, plan, calibration=calibration, stats=stats)
         assert torch.equal(logits(rebuilt), logits(in_memory)), entry["key"]
         assert rebuilt.config.funcprune["down_bias_layers"] == in_memory.config.funcprune["down_bias_layers"]
@@ -227,12 +229,27 @@ def test_prune_all_writes_plans_biases_and_an_index_that_rebuild(setup: dict, tm
     assert r0.kept != r1.kept
     assert torch.equal(logits(model), dense_logits)  # the dense model is never modified
     # a rebuilt model exports as an HF checkpoint that reloads with the same outputs
-    rebuilt = pipeline.rebuild_pruned(tmp_path, "fn-bias_r0.10", model)
-    save_pruned(rebuilt, None, tmp_path / "export", plan=rebuilt.funcprune_plan)
+    rebuilt, _ = record = pipeline.rebuild_pruned(tmp_path, "fn-bias_r0.10", model, source=None)
+    save_pruned(rebuilt, None, tmp_path / "export", plan=record.plan)
     loaded, _ = load_pruned(tmp_path / "export")
     assert torch.equal(logits(loaded), logits(rebuilt))
     with pytest.raises(KeyError, match="fn_r0.30"):
-        pipeline.rebuild_pruned(tmp_path, "fn_r0.30", model)
+        pipeline.rebuild_pruned(tmp_path, "fn_r0.30", model, source=None)
+
+
+def test_a_recorded_revision_is_checked_when_rebuilding(setup: dict, tmp_path: Path) -> None:
+    """The dense model's source goes into the plans and the index; rebuilding checks it, never skips it."""
+    source = {"name": "tiny-llama", "source": "local", "revision": "0123abcd"}
+    run_grid(setup, tmp_path, ["magnitude"], [RATIO], source=source)
+    plan = PruningPlan.load(tmp_path / "plans" / "magnitude_r0.10.json")
+    assert plan.model["name"] == "tiny-llama" and plan.model["revision"] == "0123abcd"
+    assert json.loads((tmp_path / "pruned" / "index.json").read_text())["base_model"]["revision"] == "0123abcd"
+    record = pipeline.rebuild_pruned(tmp_path, "magnitude_r0.10", setup["model"], source=source)
+    assert record.source["dense"] == source and not hasattr(record.model, "funcprune_source")
+    with pytest.raises(PlanMismatchError, match=r"revision is unknown: pass revision=.*source= to rebuild_pruned"):
+        pipeline.rebuild_pruned(tmp_path, "magnitude_r0.10", setup["model"], source=None)
+    with pytest.raises(PlanMismatchError, match="revision 'ffff' != plan's '0123abcd'"):
+        pipeline.rebuild_pruned(tmp_path, "magnitude_r0.10", setup["model"], source={**source, "revision": "ffff"})
 
 
 def test_a_corrupt_bias_file_is_named_with_its_fix_and_recomputed(setup: dict, tmp_path: Path) -> None:
@@ -244,15 +261,15 @@ def test_a_corrupt_bias_file_is_named_with_its_fix_and_recomputed(setup: dict, t
     data[-3] ^= 0xFF  # same size, other content
     path.write_bytes(bytes(data))
     with pytest.raises(ArtefactError, match=r"flap_r0\.10\.safetensors: has changed since it was written.*re-run stage 4"):
-        pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model)
+        pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model, source=None)
     with pytest.warns(UserWarning, match=r"recomputing the biases of flap_r0\.10: .*flap_r0\.10\.safetensors"):
         rows = run_grid(setup, tmp_path, ["flap"], [RATIO])
     assert rows["status"].tolist() == ["built"]
-    pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model)  # intact again
+    pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model, source=None)  # intact again
     plan_path = tmp_path / entry["plan"]
     plan_path.write_text(plan_path.read_text().replace('"ratio_requested": 0.1', '"ratio_requested": 0.11'))
     with pytest.raises(ArtefactError, match="differs from the plan the index records"):
-        pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model)
+        pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model, source=None)
 
 
 def test_prune_all_reuses_completed_work(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

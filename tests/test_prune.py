@@ -291,9 +291,10 @@ def test_compensation_needs_the_unpruned_model() -> None:
 # -- save / load ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_save_load_round_trip(model_type: str, tmp_path: Path) -> None:
-    model = prune(tiny_model(model_type), random_plan(tiny_model(model_type), protected_layers=[0]))
+    plan = random_plan(tiny_model(model_type), protected_layers=[0])
+    model = prune(tiny_model(model_type), plan)
     expected = logits(model)
-    path = save_pruned(model, None, tmp_path / "pruned")
+    path = save_pruned(model, None, tmp_path / "pruned", plan=plan)
     assert (path / "pruning_plan.json").exists() and (path / "model.safetensors").exists()
     record = load_pruned(path)
     loaded, tokenizer = record  # unpacks as model, tokenizer
@@ -305,7 +306,7 @@ def test_save_load_round_trip(model_type: str, tmp_path: Path) -> None:
     assert record.source["source"] == "pruned" and len(record.source["revision"]) == 16
     assert not hasattr(loaded, "funcprune_plan") and not hasattr(loaded, "funcprune_source")
     with pytest.raises(FileExistsError, match="overwrite"):
-        save_pruned(model, None, path)
+        save_pruned(model, None, path, plan=plan)
 
 
 def test_save_load_with_compensation_biases(tmp_path: Path) -> None:
@@ -316,7 +317,7 @@ def test_save_load_with_compensation_biases(tmp_path: Path) -> None:
     assert model.model.layers[1].mlp.down_proj.bias is not None
     report = parameter_report(dense, model)
     assert report["removed"] == plan.params_removed - 3 * 32  # one new bias of size hidden per layer
-    path = save_pruned(model, None, tmp_path / "p")
+    path = save_pruned(model, None, tmp_path / "p", plan=plan)
     loaded, _ = load_pruned(path)
     assert loaded.config.funcprune["down_bias_layers"] == [0, 1, 2]
     assert torch.equal(logits(loaded), logits(model))
@@ -335,7 +336,8 @@ def test_compensation_returns_the_layers_that_gained_a_bias() -> None:
 
 
 def test_load_pruned_names_a_bad_dtype_in_one_line(tmp_path: Path) -> None:
-    path = save_pruned(prune(tiny_model("llama"), random_plan(tiny_model("llama"))), None, tmp_path / "p")
+    plan = random_plan(tiny_model("llama"))
+    path = save_pruned(prune(tiny_model("llama"), plan), None, tmp_path / "p", plan=plan)
     with pytest.raises(ValueError, match=r"model_dtype 'bfloat61' is not a torch floating dtype; accepted: \['float32'"):
         load_pruned(path, dtype="bfloat61")
     assert load_pruned(path, dtype="float64").model.dtype == torch.float64
@@ -349,8 +351,9 @@ def rerecord(path: Path, name: str = "model.safetensors") -> None:
 
 
 def test_load_is_strict(tmp_path: Path) -> None:
-    model = prune(tiny_model("llama"), random_plan(tiny_model("llama")))
-    path = save_pruned(model, None, tmp_path / "p")
+    plan = random_plan(tiny_model("llama"))
+    model = prune(tiny_model("llama"), plan)
+    path = save_pruned(model, None, tmp_path / "p", plan=plan)
     weights = load_file(path / "model.safetensors")
     missing = {k: v for k, v in weights.items() if k != "model.layers.1.mlp.up_proj.weight"}
     save_file(missing, path / "model.safetensors", metadata={"format": "pt"})
@@ -373,7 +376,7 @@ def test_uniform_widths_give_a_standard_checkpoint(tmp_path: Path) -> None:
     plan = random_plan(model, ratio=3 * 8 * 96 / total, allocation="uniform")
     prune(model, plan)
     assert set(layer_widths(model).values()) == {40} and model.config.intermediate_size == 40
-    path = save_pruned(model, None, tmp_path / "p")
+    path = save_pruned(model, None, tmp_path / "p", plan=plan)
     plain = tf.AutoModelForCausalLM.from_pretrained(path)
     assert torch.equal(logits(plain), logits(model))
 
@@ -386,15 +389,16 @@ def test_plans_compose_and_reload(tmp_path: Path) -> None:
     prune(model, second)
     assert layer_widths(model) == second.pruned_widths
     assert parameter_report(before, model)["removed"] == second.params_removed
-    loaded, _ = load_pruned(save_pruned(model, None, tmp_path / "p"))
+    loaded, _ = load_pruned(save_pruned(model, None, tmp_path / "p", plan=second))
     assert torch.equal(logits(loaded), logits(model))
     assert loaded.config.funcprune["methods"] == ["random", "random"]
 
 
 def test_plain_from_pretrained_with_per_layer_widths(tmp_path: Path) -> None:
     """transformers 5.24 cannot build per-layer MLP widths; this test passes the day it can."""
-    model = prune(tiny_model("llama"), random_plan(tiny_model("llama"), protected_layers=[0]))
-    path = save_pruned(model, None, tmp_path / "p")
+    plan = random_plan(tiny_model("llama"), protected_layers=[0])
+    model = prune(tiny_model("llama"), plan)
+    path = save_pruned(model, None, tmp_path / "p", plan=plan)
     try:
         plain = tf.AutoModelForCausalLM.from_pretrained(path)
     except Exception as err:  # noqa: BLE001 - any failure means "not supported yet"

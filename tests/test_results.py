@@ -161,9 +161,9 @@ def test_an_interrupted_run_continues_with_the_missing_models(run: dict, monkeyp
     evaluated = []
     real = results._evaluate_model
 
-    def spy(model, tokenizer, stream, settings, progress):
-        evaluated.append(model.funcprune_source["name"])
-        return real(model, tokenizer, stream, settings, progress)
+    def spy(lm, tokenizer, stream, settings, progress):
+        evaluated.append(lm.source["name"])
+        return real(lm, tokenizer, stream, settings, progress)
 
     monkeypatch.setattr(results, "_evaluate_model", spy)
     again = evaluate_run(run_dir, model=str(run["dense_dir"]), **SETTINGS)
@@ -196,7 +196,7 @@ def test_a_tampered_part_is_named_and_evaluated_again(run: dict, monkeypatch: py
     evaluated = []
     real = results._evaluate_model
     monkeypatch.setattr(results, "_evaluate_model",
-                        lambda model, *a, **k: evaluated.append(model.funcprune_source["name"]) or real(model, *a, **k))
+                        lambda lm, *a, **k: evaluated.append(lm.source["name"]) or real(lm, *a, **k))
     with pytest.warns(UserWarning, match=f"re-evaluating '{key}': .*{key}.json does not match its digest"):
         again = evaluate_run(run_dir, model=str(run["dense_dir"]), **SETTINGS)
     assert evaluated == [key]
