@@ -41,6 +41,11 @@ loaded model. Every failure names the file and the fix (delete the checkpoint an
 stage 4).
 
 Used in the chapter :doc:`/executed/04_structured_pruning`.
+
+Why one module: slicing a layer, the config that describes the sliced widths, and loading a
+checkpoint (which builds the architecture and slices it again from that config) are one
+contract; split, the width and bias rules that :func:`prune` writes and :func:`load_pruned`
+reads would live in two places that must never drift apart.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ from tqdm.auto import tqdm
 
 from ._io import ArtefactError, atomic_directory, atomic_write_json, file_record, read_json, verify_file
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
-from .capture import MLPRecorder, tokenize_batches
+from .capture import MLPRecorder, StopForward, tokenize_batches
 from .evaluate import count_parameters
 from .models import LoadedModel, check_dtype, input_device, prepare_tokenizer
 from .plan import PlanMismatchError, PruningPlan, channel_parameters
@@ -346,10 +351,6 @@ class CalibrationData:
     max_tokens: int = 512
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass early."""
-
-
 def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -377,7 +378,7 @@ def _prune_progressively(model: nn.Module, plan: PruningPlan, calib: Calibration
             hidden.append(h)
         calls[-1].append((rest, kwargs))
         if i == n_layers - 1:
-            raise _StopForward
+            raise StopForward
 
     handles = [layer.register_forward_pre_hook(functools.partial(record, i), with_kwargs=True)
                for i, layer in enumerate(layers)]
@@ -386,7 +387,7 @@ def _prune_progressively(model: nn.Module, plan: PruningPlan, calib: Calibration
             calls.append([])
             try:
                 model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         for handle in handles:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from test_capture import CharTokenizer
+from tiny_models import CharTokenizer
 from tiny_models import tiny_config
 
 from funcprune import calibration, capture_activations, pipeline
