@@ -25,6 +25,17 @@ their values may differ from it in the last bits, as between any two batch sizes
 manifest that describes a different model, dataset, text list, dtype or format is
 refused instead of being mixed in.
 
+**Writes.** Where the operating system allows it (Linux ``O_DIRECT``), the writer copies
+each block into one page-aligned staging buffer of its own and writes it with direct I/O:
+the disk reads the buffer itself instead of the kernel copying 1.8 GB (the default
+capture) into the page cache first. Measured side by side on the 2-core machine,
+buffered writes cost 3.5 s per 1.8 GB and made capture 1.40 times a plain forward pass
+(``benchmarks/bench_capture.py``); the README gives the figure with direct I/O. A
+block whose length or file offset is not a multiple of :data:`BLOCK_ALIGNMENT` (an MLP
+width that is not a multiple of 128 float32 values), and every block on a file system
+that refuses direct I/O (``EINVAL``, e.g. tmpfs), is written buffered instead; the bytes
+on disk are the same either way.
+
 **Verification.** :meth:`ActivationWriter.finish` records the size and SHA-256 of
 every data file in the manifest (``files``; it reads the store once, about 1 s per GB).
 Opening an :class:`ActivationStore` always compares the sizes (a ``stat`` per file), so
@@ -41,6 +52,8 @@ Used in the chapter :doc:`/executed/01_capture_activations`.
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -57,6 +70,10 @@ SUPPORTED_DTYPES = ("float32", "float16")
 #: Manifest keys that must match for a resume to be allowed.
 IDENTITY_KEYS = ("format", "model", "dataset", "text_ids", "dtype", "kinds", "layers", "widths",
                  "max_tokens", "drop_first_token")
+#: Direct I/O needs page-aligned memory, and lengths and file offsets that are multiples of the
+#: disk's logical block size (512 on most disks; one that needs more refuses with EINVAL).
+PAGE = 4096
+BLOCK_ALIGNMENT = 512
 
 
 class IncompatibleStoreError(RuntimeError):
@@ -130,6 +147,10 @@ class ActivationWriter:
         Index of the first text not yet committed: a resumed capture continues there.
     rows : int
         Rows (tokens) committed per layer.
+    direct_io : bool
+        Whether blocks are still written with direct I/O (False from the first refusal on).
+    bytes_direct : int
+        Bytes this writer wrote with direct I/O (the rest went through the page cache).
     """
 
     def __init__(self, path: str | os.PathLike[str], identity: Mapping[str, Any], *, overwrite: bool = False) -> None:
@@ -146,6 +167,9 @@ class ActivationWriter:
         self.extra: dict[str, Any] = {}
         self.files: dict[str, dict[str, Any]] = {}
         self._pending: dict[tuple[int, str], int] = {}
+        self.direct_io = hasattr(os, "O_DIRECT")
+        self.bytes_direct = 0
+        self._staging: mmap.mmap | None = None
         self._open(overwrite)
 
     # -- set-up -----------------------------------------------------------------
@@ -296,16 +320,39 @@ class ActivationWriter:
             self.write(key, block)
         self.commit(token_ids, doc_ids)
 
-    @staticmethod
-    def _write_at(path: Path, data: np.ndarray, offset: int) -> None:
-        """Write ``data`` at byte ``offset`` (the committed end) of ``path``.
+    def _write_at(self, path: Path, data: np.ndarray, offset: int) -> None:
+        """Write ``data`` at byte ``offset`` (the committed end) of ``path``, by direct I/O if possible.
 
         Writing at the committed end rather than appending overwrites whatever an
         interrupted batch left there.
         """
+        raw = memoryview(np.ascontiguousarray(data)).cast("B")
+        if self.direct_io and len(raw) and len(raw) % BLOCK_ALIGNMENT == 0 and offset % BLOCK_ALIGNMENT == 0:
+            if self._staging is None or len(self._staging) < len(raw):
+                length = -(-len(raw) // PAGE) * PAGE  # anonymous maps are page-aligned
+                flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+                self._staging = mmap.mmap(-1, length, flags=flags) if flags else mmap.mmap(-1, length)
+            staged = memoryview(self._staging)[:len(raw)]
+            staged[:] = raw
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+                try:
+                    written = os.pwrite(fd, staged, offset)
+                finally:
+                    os.close(fd)
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+                self.direct_io, written = False, 0  # this file system refuses direct I/O: buffered from now on
+            finally:
+                staged.release()
+            self.bytes_direct += written
+            raw, offset = raw[written:], offset + written
+            if not len(raw):
+                return
         with open(path, "r+b") as fh:
             fh.seek(offset)
-            fh.write(data)
+            fh.write(raw)
 
     def finish(self, **extra: Any) -> "ActivationStore":
         """Mark the store complete, record ``extra`` facts and every file's size and digest, and open it.

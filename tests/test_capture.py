@@ -181,6 +181,54 @@ def _writer(path: Path, kinds: list[str], layers: list[int], width: int) -> Acti
     return ActivationWriter(path, identity)
 
 
+def _write_synthetic(path: Path, width: int, *, direct: bool) -> ActivationWriter:
+    """Two batches of 5 rows (odd, so offsets after the first are aligned only for some widths)."""
+    rng = np.random.default_rng(1)
+    writer = _writer(path, ["act"], [0, 1], width)
+    writer.direct_io = writer.direct_io and direct
+    for b in range(2):
+        rows = {(layer, "act"): rng.normal(size=(5, width)).astype(np.float32) for layer in (0, 1)}
+        writer.append(rows, np.arange(5) + 10 * b, np.full(5, b))
+    writer.finish()
+    return writer
+
+
+@pytest.mark.parametrize("width", [128, 100])  # 512-byte rows (direct I/O possible) and 400-byte rows
+def test_direct_and_buffered_writes_give_the_same_bytes(tmp_path: Path, width: int) -> None:
+    direct = _write_synthetic(tmp_path / "direct", width, direct=True)
+    buffered = _write_synthetic(tmp_path / "buffered", width, direct=False)
+    assert buffered.bytes_direct == 0
+    for name in ("layer_000_act.bin", "layer_001_act.bin", "tokens.bin", "docs.bin"):
+        assert (tmp_path / "direct" / name).read_bytes() == (tmp_path / "buffered" / name).read_bytes()
+    layer_bytes = 2 * 2 * 5 * width * 4
+    if width % 128:  # rows of 400 bytes: no block is aligned, every byte goes through the page cache
+        assert direct.bytes_direct == 0
+    elif direct.direct_io:  # the file system took direct I/O: every layer block went that way
+        assert direct.bytes_direct == layer_bytes
+    else:  # it refused (EINVAL, e.g. tmpfs): the writer fell back for good, nothing was lost
+        assert direct.bytes_direct == 0
+
+
+def test_a_refused_direct_write_falls_back_to_buffered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    real_open = os.open
+
+    def refuse_direct(path: str, flags: int, *args: object) -> int:
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse_direct)
+    refused = _write_synthetic(tmp_path / "refused", 128, direct=True)
+    assert refused.bytes_direct == 0 and not refused.direct_io
+    monkeypatch.undo()
+    reference = _write_synthetic(tmp_path / "reference", 128, direct=False)
+    assert (tmp_path / "refused" / "layer_001_act.bin").read_bytes() == \
+        (tmp_path / "reference" / "layer_001_act.bin").read_bytes()
+
+
 def test_store_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     writer = _writer(tmp_path, ["act", "up"], [0, 2], 4)
