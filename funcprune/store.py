@@ -26,11 +26,15 @@ manifest that describes a different model, dataset, text list, dtype or format i
 refused instead of being mixed in.
 
 **Writes.** Where the operating system allows it (Linux ``O_DIRECT``), the writer copies
-each block into one page-aligned staging buffer of its own and writes it with direct I/O:
+each block into a page-aligned staging buffer of its own (a few, reused) and writes it with direct I/O:
 the disk reads the buffer itself instead of the kernel copying 1.8 GB (the default
 capture) into the page cache first. Measured side by side on the 2-core machine,
 buffered writes cost 3.5 s per 1.8 GB and made capture 1.40 times a plain forward pass
-(``benchmarks/bench_capture.py``); the README gives the figure with direct I/O. A
+(``benchmarks/bench_capture.py``). A direct write waits for the disk, so one background
+thread makes them, at most :data:`IN_FLIGHT` blocks behind :meth:`ActivationWriter.write`
+(whose caller, the capture hook, goes on with the forward pass); :meth:`~ActivationWriter.commit`
+waits for every write of the batch and raises the first error of any. The README gives the
+measured ratios. A
 block whose length or file offset is not a multiple of :data:`BLOCK_ALIGNMENT` (an MLP
 width that is not a multiple of 128 float32 values), and every block on a file system
 that refuses direct I/O (``EINVAL``, e.g. tmpfs), is written buffered instead; the bytes
@@ -55,6 +59,8 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -74,6 +80,9 @@ IDENTITY_KEYS = ("format", "model", "dataset", "text_ids", "dtype", "kinds", "la
 #: disk's logical block size (512 on most disks; one that needs more refuses with EINVAL).
 PAGE = 4096
 BLOCK_ALIGNMENT = 512
+#: Staging buffers in flight at once: direct writes wait for the disk, so one thread does them
+#: while the forward pass goes on, at most this many blocks behind it.
+IN_FLIGHT = 4
 
 
 class IncompatibleStoreError(RuntimeError):
@@ -124,6 +133,12 @@ def _layer_file(root: Path, layer: int, kind: str) -> Path:
     return root / f"layer_{layer:03d}_{kind}.bin"
 
 
+def _buffered_write(path: Path, data: memoryview, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+
+
 class ActivationWriter:
     """Append captured activations to a store, resumably.
 
@@ -169,7 +184,9 @@ class ActivationWriter:
         self._pending: dict[tuple[int, str], int] = {}
         self.direct_io = hasattr(os, "O_DIRECT")
         self.bytes_direct = 0
-        self._staging: mmap.mmap | None = None
+        self._free: list[mmap.mmap] = []  # staging buffers not in flight
+        self._in_flight: deque[Future[mmap.mmap]] = deque()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funcprune-store")
         self._open(overwrite)
 
     # -- set-up -----------------------------------------------------------------
@@ -288,6 +305,7 @@ class ActivationWriter:
             If a ``(layer, kind)`` of the store was not written or the row counts
             disagree; nothing is committed and the batch can be written again.
         """
+        self._drain()
         pending, self._pending = self._pending, {}
         n_rows = len(token_ids)
         expected_keys = {(layer, kind) for layer in self.layers for kind in self.kinds}
@@ -324,41 +342,69 @@ class ActivationWriter:
         """Write ``data`` at byte ``offset`` (the committed end) of ``path``, by direct I/O if possible.
 
         Writing at the committed end rather than appending overwrites whatever an
-        interrupted batch left there.
+        interrupted batch left there. A direct write is staged in a page-aligned buffer
+        and made by the background thread; anything else is written here, buffered.
         """
         raw = memoryview(np.ascontiguousarray(data)).cast("B")
         if self.direct_io and len(raw) and len(raw) % BLOCK_ALIGNMENT == 0 and offset % BLOCK_ALIGNMENT == 0:
-            if self._staging is None or len(self._staging) < len(raw):
-                length = -(-len(raw) // PAGE) * PAGE  # anonymous maps are page-aligned
-                flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
-                self._staging = mmap.mmap(-1, length, flags=flags) if flags else mmap.mmap(-1, length)
-            staged = memoryview(self._staging)[:len(raw)]
-            staged[:] = raw
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+            staging = self._staging_buffer(len(raw))
+            with memoryview(staging) as view:
+                view[:len(raw)] = raw
+            self._in_flight.append(self._thread.submit(self._direct_write, path, staging, len(raw), offset))
+            return
+        _buffered_write(path, raw, offset)
+
+    def _staging_buffer(self, n_bytes: int) -> mmap.mmap:
+        """A free page-aligned buffer of at least ``n_bytes``; waits for the oldest write when all are in flight."""
+        while len(self._in_flight) >= IN_FLIGHT:
+            self._free.append(self._in_flight.popleft().result())
+        while self._free:
+            buffer = self._free.pop()
+            if len(buffer) >= n_bytes:
+                return buffer
+            buffer.close()  # too small for this block: a larger one replaces it
+        length = -(-n_bytes // PAGE) * PAGE  # anonymous maps are page-aligned
+        flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+        return mmap.mmap(-1, length, flags=flags) if flags else mmap.mmap(-1, length)
+
+    def _direct_write(self, path: Path, staging: mmap.mmap, n_bytes: int, offset: int) -> mmap.mmap:
+        """Write ``staging[:n_bytes]`` at ``offset`` by direct I/O (the background thread); return the buffer."""
+        with memoryview(staging)[:n_bytes] as data:
+            written = 0
+            if self.direct_io:
                 try:
-                    written = os.pwrite(fd, staged, offset)
-                finally:
-                    os.close(fd)
-            except OSError as error:
-                if error.errno != errno.EINVAL:
-                    raise
-                self.direct_io, written = False, 0  # this file system refuses direct I/O: buffered from now on
-            finally:
-                staged.release()
+                    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+                    try:
+                        written = os.pwrite(fd, data, offset)
+                    finally:
+                        os.close(fd)
+                except OSError as error:
+                    if error.errno != errno.EINVAL:
+                        raise
+                    self.direct_io = False  # this file system refuses direct I/O: buffered from now on
             self.bytes_direct += written
-            raw, offset = raw[written:], offset + written
-            if not len(raw):
-                return
-        with open(path, "r+b") as fh:
-            fh.seek(offset)
-            fh.write(raw)
+            if written < n_bytes:
+                _buffered_write(path, data[written:], offset + written)
+        return staging
+
+    def _drain(self) -> None:
+        """Wait for every write in flight; raise the first error of any."""
+        errors = []
+        while self._in_flight:
+            try:
+                self._free.append(self._in_flight.popleft().result())
+            except Exception as exc:  # noqa: BLE001 (re-raised below, after every write has ended)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def finish(self, **extra: Any) -> "ActivationStore":
         """Mark the store complete, record ``extra`` facts and every file's size and digest, and open it.
 
         The digests cost one read of the store (about 1 s per GB).
         """
+        self._drain()
+        self._thread.shutdown()
         self._pending = {}
         self._truncate_to_committed()  # drop blocks written but never committed
         self.files = {f.name: file_record(f) for f in self._files()}

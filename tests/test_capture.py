@@ -229,6 +229,25 @@ def test_a_refused_direct_write_falls_back_to_buffered(tmp_path: Path, monkeypat
         (tmp_path / "reference" / "layer_001_act.bin").read_bytes()
 
 
+def test_a_failed_background_write_surfaces_at_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    writer = _writer(tmp_path, ["act"], [0, 1], 128)
+    if not writer.direct_io:
+        pytest.skip("no O_DIRECT on this platform: every write is synchronous")
+
+    def disk_error(*_: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pwrite", disk_error)
+    for layer in (0, 1):
+        writer.write((layer, "act"), np.ones((4, 128), dtype=np.float32))  # returns at once: the thread writes
+    with pytest.raises(OSError, match="Input/output error"):
+        writer.commit(np.arange(4), np.zeros(4))
+    assert writer.rows == 0 and writer.batches_done == 0  # nothing committed; the batch can be written again
+
+
 def test_store_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     writer = _writer(tmp_path, ["act", "up"], [0, 2], 4)
