@@ -25,23 +25,23 @@ their values may differ from it in the last bits, as between any two batch sizes
 manifest that describes a different model, dataset, text list, dtype or format is
 refused instead of being mixed in.
 
-**Writes.** Where the operating system allows it (Linux ``O_DIRECT``), the writer copies
-each block into a page-aligned staging buffer of its own (a few, reused) and writes it with direct I/O:
-the disk reads the buffer itself instead of the kernel copying 1.8 GB (the default
-capture) into the page cache first. Measured side by side on the 2-core machine,
-buffered writes cost 3.5 s per 1.8 GB and made capture 1.40 times a plain forward pass
-(``benchmarks/bench_capture.py``). A direct write waits for the disk, so one background
-thread makes them, at most :data:`IN_FLIGHT` blocks behind :meth:`ActivationWriter.write`
-(whose caller, the capture hook, goes on with the forward pass); :meth:`~ActivationWriter.commit`
-waits for every write of the batch and raises the first error of any. The README gives the
-measured ratios. A
-block whose length or file offset is not a multiple of :data:`BLOCK_ALIGNMENT` (an MLP
-width that is not a multiple of 128 float32 values), and every block on a file system
-that refuses direct I/O (``EINVAL``, e.g. tmpfs), is written buffered instead; the bytes
-on disk are the same either way.
+**Writes.** :meth:`ActivationWriter.write` copies each block into a page-aligned staging
+buffer (a few, reused) and returns; one background thread writes the buffers in the order
+they came, with direct I/O where the operating system allows it (Linux ``O_DIRECT``: the
+disk reads the buffer itself instead of the kernel copying it into the page cache), and
+hashes them as it goes. :meth:`~ActivationWriter.commit` waits for every write of its
+batch and raises the first error of any. A block whose length or file offset is not a
+multiple of :data:`BLOCK_ALIGNMENT` (an MLP width that is not a multiple of 128 float32
+values), and every block on a file system that refuses direct I/O (``EINVAL``, e.g.
+tmpfs), is written buffered instead: the bytes on disk are the same either way. Why this
+much machinery: measured on the 2-core machine for one 1.8 GB capture (a profile of
+``capture_activations`` and a write test), synchronous buffered writes cost 3.5 s and
+reading the store back for its digests 4.4 s, against 6.2 s for the forward pass itself;
+``benchmarks/bench_capture.py`` measures the whole, and the README gives its ratios.
 
 **Verification.** :meth:`ActivationWriter.finish` records the size and SHA-256 of
-every data file in the manifest (``files``; it reads the store once, about 1 s per GB).
+every data file in the manifest (``files``: the digests computed while writing; a file of
+a resumed store, or one written out of order, is read once instead, about 1 s per GB).
 Opening an :class:`ActivationStore` always compares the sizes (a ``stat`` per file), so
 a truncated or replaced file is named at once instead of being read as fewer tokens;
 ``ActivationStore(path, verify=True)`` also compares the digests (one read of the
@@ -52,11 +52,15 @@ committed rows hold no NaN or inf. Any failure raises
 re-run stage 1.
 
 Used in the chapter :doc:`/executed/01_capture_activations`.
+
+Why one module: the writer and the reader are two sides of one file format (layout,
+identity, committed rows, file records); a change to either must be read against the other.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import mmap
 import os
 from collections import deque
@@ -133,12 +137,6 @@ def _layer_file(root: Path, layer: int, kind: str) -> Path:
     return root / f"layer_{layer:03d}_{kind}.bin"
 
 
-def _buffered_write(path: Path, data: memoryview, offset: int) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        fh.write(data)
-
-
 class ActivationWriter:
     """Append captured activations to a store, resumably.
 
@@ -185,6 +183,9 @@ class ActivationWriter:
         self.direct_io = hasattr(os, "O_DIRECT")
         self.bytes_direct = 0
         self._free: list[mmap.mmap] = []  # staging buffers not in flight
+        # SHA-256 of each file as its bytes are written, in order (the thread writes FIFO); a file
+        # written out of order (a resumed store, a batch written again) is hashed by reading it at finish.
+        self._hashes: dict[Path, tuple[Any, int]] = {}
         self._in_flight: deque[Future[mmap.mmap]] = deque()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funcprune-store")
         self._open(overwrite)
@@ -218,6 +219,7 @@ class ActivationWriter:
         self.path.mkdir(parents=True, exist_ok=True)
         for f in self._files():
             f.write_bytes(b"")
+            self._hashes[f] = (hashlib.sha256(), 0)
         self._write_manifest()
 
     def _files(self) -> dict[Path, int]:
@@ -342,17 +344,14 @@ class ActivationWriter:
         """Write ``data`` at byte ``offset`` (the committed end) of ``path``, by direct I/O if possible.
 
         Writing at the committed end rather than appending overwrites whatever an
-        interrupted batch left there. A direct write is staged in a page-aligned buffer
-        and made by the background thread; anything else is written here, buffered.
+        interrupted batch left there. The bytes are staged in a page-aligned buffer and
+        written (and hashed) by the background thread, in the order of the calls.
         """
         raw = memoryview(np.ascontiguousarray(data)).cast("B")
-        if self.direct_io and len(raw) and len(raw) % BLOCK_ALIGNMENT == 0 and offset % BLOCK_ALIGNMENT == 0:
-            staging = self._staging_buffer(len(raw))
-            with memoryview(staging) as view:
-                view[:len(raw)] = raw
-            self._in_flight.append(self._thread.submit(self._direct_write, path, staging, len(raw), offset))
-            return
-        _buffered_write(path, raw, offset)
+        staging = self._staging_buffer(len(raw))
+        with memoryview(staging) as view:
+            view[:len(raw)] = raw
+        self._in_flight.append(self._thread.submit(self._write_staged, path, staging, len(raw), offset))
 
     def _staging_buffer(self, n_bytes: int) -> mmap.mmap:
         """A free page-aligned buffer of at least ``n_bytes``; waits for the oldest write when all are in flight."""
@@ -363,15 +362,19 @@ class ActivationWriter:
             if len(buffer) >= n_bytes:
                 return buffer
             buffer.close()  # too small for this block: a larger one replaces it
-        length = -(-n_bytes // PAGE) * PAGE  # anonymous maps are page-aligned
+        length = max(PAGE, -(-n_bytes // PAGE) * PAGE)  # anonymous maps are page-aligned
         flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
         return mmap.mmap(-1, length, flags=flags) if flags else mmap.mmap(-1, length)
 
-    def _direct_write(self, path: Path, staging: mmap.mmap, n_bytes: int, offset: int) -> mmap.mmap:
-        """Write ``staging[:n_bytes]`` at ``offset`` by direct I/O (the background thread); return the buffer."""
+    def _write_staged(self, path: Path, staging: mmap.mmap, n_bytes: int, offset: int) -> mmap.mmap:
+        """Write ``staging[:n_bytes]`` at ``offset`` and hash it (the background thread); return the buffer.
+
+        Direct I/O when length and offset are multiples of :data:`BLOCK_ALIGNMENT` and
+        the file system takes it; buffered otherwise (the same bytes either way).
+        """
         with memoryview(staging)[:n_bytes] as data:
             written = 0
-            if self.direct_io:
+            if self.direct_io and n_bytes % BLOCK_ALIGNMENT == 0 and offset % BLOCK_ALIGNMENT == 0:
                 try:
                     fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
                     try:
@@ -384,7 +387,13 @@ class ActivationWriter:
                     self.direct_io = False  # this file system refuses direct I/O: buffered from now on
             self.bytes_direct += written
             if written < n_bytes:
-                _buffered_write(path, data[written:], offset + written)
+                with open(path, "r+b") as fh:
+                    fh.seek(offset + written)
+                    fh.write(data[written:])
+            running = self._hashes.pop(path, None)
+            if running is not None and running[1] == offset:  # in order: the digest follows the file
+                running[0].update(data)
+                self._hashes[path] = (running[0], offset + n_bytes)
         return staging
 
     def _drain(self) -> None:
@@ -398,16 +407,25 @@ class ActivationWriter:
         if errors:
             raise errors[0]
 
+    def _record(self, path: Path) -> dict[str, Any]:
+        """Size and SHA-256 of a finished file: from the running digest when every byte was hashed in order."""
+        running = self._hashes.get(path)
+        size = path.stat().st_size
+        if running is not None and running[1] == size:
+            return {"size": size, "sha256": running[0].hexdigest()}
+        return file_record(path)  # resumed or rewritten: read it once
+
     def finish(self, **extra: Any) -> "ActivationStore":
         """Mark the store complete, record ``extra`` facts and every file's size and digest, and open it.
 
-        The digests cost one read of the store (about 1 s per GB).
+        The digests are computed as the bytes are written (by the writer's thread, beside the
+forward pass); only files of a resumed store, or written out of order, are read again.
         """
         self._drain()
         self._thread.shutdown()
         self._pending = {}
         self._truncate_to_committed()  # drop blocks written but never committed
-        self.files = {f.name: file_record(f) for f in self._files()}
+        self.files = {f.name: self._record(f) for f in self._files()}
         self.complete = True
         self.extra.update(extra)
         self._write_manifest()

@@ -248,6 +248,25 @@ def test_a_failed_background_write_surfaces_at_commit(tmp_path: Path, monkeypatc
     assert writer.rows == 0 and writer.batches_done == 0  # nothing committed; the batch can be written again
 
 
+@pytest.mark.parametrize("rewrite", [False, True], ids=["in order", "a rejected batch written again"])
+def test_digests_computed_while_writing_equal_a_read_of_the_file(tmp_path: Path, rewrite: bool) -> None:
+    from funcprune._io import sha256_file
+
+    writer = _writer(tmp_path, ["act"], [0, 1], 128)
+    rng = np.random.default_rng(2)
+    if rewrite:  # one block only: the commit refuses the batch, which is then written again
+        writer.write((0, "act"), rng.normal(size=(3, 128)))
+        with pytest.raises(ValueError, match="batch not committed"):
+            writer.commit(np.arange(3), np.zeros(3))
+    writer.append({(layer, "act"): rng.normal(size=(3, 128)) for layer in (0, 1)}, np.arange(3), np.zeros(3))
+    writer.append({(layer, "act"): rng.normal(size=(5, 128)) for layer in (0, 1)}, np.arange(5), np.ones(5))
+    writer.finish()
+    files = json.loads((tmp_path / "manifest.json").read_text())["files"]
+    assert set(files) == {"layer_000_act.bin", "layer_001_act.bin", "tokens.bin", "docs.bin"}
+    for name, record in files.items():
+        assert record == {"size": (tmp_path / name).stat().st_size, "sha256": sha256_file(tmp_path / name)}
+
+
 def test_store_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     writer = _writer(tmp_path, ["act", "up"], [0, 2], 4)
