@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from ._io import ArtefactError, atomic_open, atomic_write_json, file_record, read_json, verify_file
 from .agreement import match_maps, top_overlap
-from .store import ActivationStore
+from .store import ActivationStore, StoreView
 
 __all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "convergence_check", "zscore_time"]
 
@@ -333,7 +333,7 @@ class _Source:
 def _as_source(X: Any, doc_ids: np.ndarray | None) -> _Source:
     if isinstance(X, (str, os.PathLike)):
         X = ActivationStore(X)
-    if isinstance(X, ActivationStore):
+    if isinstance(X, (ActivationStore, StoreView)):
         if doc_ids is not None:
             raise ValueError("doc_ids is taken from the store (store.doc_ids); do not pass it")
         store = X
@@ -347,7 +347,8 @@ def _as_source(X: Any, doc_ids: np.ndarray | None) -> _Source:
             layers=list(store.layers), n_rows=store.n_tokens, doc_ids=store.doc_ids,
             read=read_store,
             voxel_channels=store.voxel_channels,
-            description={"kind": "store", "path": str(store.path), "dtype": store.dtype.name,
+            description={"kind": "store" if isinstance(X, ActivationStore) else "view", "path": str(store.path),
+                         "dtype": store.dtype.name,
                          "kinds": list(store.kinds), "model": store.manifest.get("model"),
                          "dataset": store.manifest.get("dataset"), "n_tokens": store.n_tokens},
         )

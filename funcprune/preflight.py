@@ -313,6 +313,18 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
                         f"({p.get('n_texts')} texts x {p.get('max_tokens')} tokens / {groups} groups); lower "
                         "n_components or raise n_texts or max_tokens")
 
+    grid = p.get("needs_grid")
+    if grid and isinstance(k, int) and n_tokens:
+        from .needs import Setting, check_grid
+
+        base = _check(problems, lambda: Setting(n_components=k, n_init=p.get("needs_n_init", 1), n_groups=groups))
+        for s in (_check(problems, check_grid, grid, base) or []) if base else []:
+            per_text = min(int(p["max_tokens"]), s.max_tokens or int(p["max_tokens"])) - int(s.drop_first_token)
+            per_group = int(p["n_texts"]) * per_text // s.n_groups
+            if s.n_components >= per_group:
+                problems.append(f"needs_grid: the setting {s.changes(base) or 'base'} needs more time points per "
+                                f"group than its {per_group} tokens; lower its n_components or n_groups")
+
     # -- ratios --------------------------------------------------------------------------
     basis, allocation = p.get("ratio_basis", "total"), p.get("allocation", "global")
     round_to = p.get("round_to", 1)

@@ -72,7 +72,8 @@ import numpy as np
 
 from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 
-__all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES", "all_finite"]
+__all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES", "StoreView",
+           "all_finite", "text_positions"]
 
 STORE_FORMAT = "funcprune-activations/3"
 #: Storage dtypes a user may choose; computations downstream are done in float64.
@@ -419,7 +420,7 @@ class ActivationWriter:
         """Mark the store complete, record ``extra`` facts and every file's size and digest, and open it.
 
         The digests are computed as the bytes are written (by the writer's thread, beside the
-forward pass); only files of a resumed store, or written out of order, are read again.
+        forward pass); only files of a resumed store, or written out of order, are read again.
         """
         self._drain()
         self._thread.shutdown()
@@ -540,6 +541,123 @@ class ActivationStore:
         model = self.manifest.get("model", {}).get("name", "?")
         return (f"ActivationStore({display_path(self.path)!r}, model={model!r}, layers={len(self.layers)}, "
                 f"tokens={self.n_tokens}, kinds={self.kinds}, dtype={self.dtype.name})")
+
+
+def text_positions(doc_ids: np.ndarray) -> np.ndarray:
+    """Position of every row within its text (0 for a text's first stored token).
+
+    Rows of one text are contiguous in a store (capture appends text by text).
+
+    >>> text_positions(np.array([0, 0, 0, 1, 1, 2]))
+    array([0, 1, 2, 0, 1, 0])
+    """
+    doc_ids = np.asarray(doc_ids)
+    if doc_ids.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, doc_ids[1:] != doc_ids[:-1]])
+    return np.arange(doc_ids.size) - np.repeat(starts, np.diff(np.r_[starts, doc_ids.size]))
+
+
+class _Rows:
+    """Rows of one voxel kind of a :class:`StoreView`, read (and derived) only when indexed."""
+
+    def __init__(self, view: "StoreView", layer: int, kind: str) -> None:
+        self.view, self.layer, self.kind = view, layer, kind
+        self.shape = (view.n_tokens, view.width(layer))
+
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        store = self.view.store
+        index = np.arange(store.n_tokens)[rows] if self.view.rows is None else self.view.rows[rows]
+        if self.kind in store.kinds:
+            return np.asarray(store.layer(self.layer, self.kind)[index])
+        # "product" from the stored copies: the down projection's input, act(gate x) * up x
+        return np.multiply(store.layer(self.layer, "act")[index], store.layer(self.layer, "up")[index],
+                           dtype=np.float64)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[slice(None)]
+        return out if dtype is None else out.astype(dtype)
+
+
+class StoreView:
+    """Chosen rows and voxel kinds of a store, read lazily: the input of a fit that varies stage 1.
+
+    :class:`~funcprune.ica.FunctionalNetworks` fits a view as it fits a store (one layer
+    and one group at a time), so fewer tokens per text, texts without their first token
+    or the down projection's input as the only voxel need no second capture
+    (:mod:`funcprune.needs`).
+
+    Parameters
+    ----------
+    store : ActivationStore
+        A completed store.
+    rows : array of int, optional
+        Rows of the store to keep, increasing (default all). Rows of one text stay
+        together, so groups still never split a text.
+    kinds : sequence of str, optional
+        Voxel kinds, each stored or ``"product"`` (``act * up``, the down projection's
+        input, derived from the stored ``act`` and ``up`` copies). Default the stored kinds.
+
+    Raises
+    ------
+    ValueError
+        Rows out of range or not increasing, an unknown kind, or ``"product"`` from a store
+        without both copies.
+
+    Examples
+    --------
+    >>> view = StoreView(store, rows=np.flatnonzero(text_positions(store.doc_ids) > 0),  # doctest: +SKIP
+    ...                  kinds=("product",))
+    """
+
+    def __init__(self, store: ActivationStore, *, rows: np.ndarray | None = None,
+                 kinds: Sequence[str] | None = None) -> None:
+        self.store = store
+        self.kinds: tuple[str, ...] = tuple(store.kinds if kinds is None else kinds)
+        derivable = set(store.kinds) | ({"product"} if {"act", "up"} <= set(store.kinds) else set())
+        bad = [k for k in self.kinds if k not in derivable]
+        if bad or not self.kinds or len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"kinds {list(self.kinds)} cannot be read from this store; choose distinct values "
+                             f"from {sorted(derivable)} (stored: {list(store.kinds)})")
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            if rows.ndim != 1 or rows.size == 0 or rows.min() < 0 or rows.max() >= store.n_tokens \
+                    or np.any(np.diff(rows) <= 0):
+                raise ValueError(f"rows must be a non-empty increasing array of row indices in [0, {store.n_tokens})")
+        self.rows = rows
+        self.path, self.manifest, self.dtype, self.layers = store.path, store.manifest, store.dtype, store.layers
+        self.n_tokens = store.n_tokens if rows is None else int(rows.size)
+
+    def width(self, layer: int) -> int:
+        """MLP width (channels) of ``layer``."""
+        return self.store.width(layer)
+
+    def layer(self, layer: int, kind: str) -> _Rows:
+        """The view's rows of one voxel kind of ``layer``; index it (``[rows]``) to read them."""
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} not in store; captured layers: {self.layers}")
+        if kind not in self.kinds:
+            raise KeyError(f"kind {kind!r} not in this view; its kinds: {list(self.kinds)}")
+        return _Rows(self, layer, kind)
+
+    def voxel_channels(self, layer: int) -> np.ndarray:
+        """Channel index of every voxel (column) of ``layer``, shape ``(n_voxels,)``."""
+        return np.tile(np.arange(self.width(layer)), len(self.kinds))
+
+    @property
+    def doc_ids(self) -> np.ndarray:
+        """Text index of every row of the view."""
+        ids = self.store.doc_ids
+        return ids if self.rows is None else ids[self.rows]
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        """Token id of every row of the view."""
+        ids = self.store.token_ids
+        return ids if self.rows is None else ids[self.rows]
+
+    def __repr__(self) -> str:
+        return f"StoreView({self.store!r}, tokens={self.n_tokens}, kinds={self.kinds})"
 
 
 def split_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:

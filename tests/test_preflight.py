@@ -171,3 +171,20 @@ def test_every_shipped_profile_gets_a_report(name: str) -> None:
         assert report.disk["total"] > 0 and 0 < report.runtime["stage 5"] < report.runtime["total"]
     else:  # a hub model: estimated where its config can be read, else every problem named
         assert report.problems or report.disk["total"] > 0
+
+
+def test_a_bad_settings_grid_is_named_in_seconds(tmp_path: Path) -> None:
+    model = _embedding_heavy(tmp_path / "m")
+    report = preflight.check_profile(_profile(model, tmp_path, needs_grid={"voxels": ["down"], "k": [8]}),
+                                     strict=False)
+    assert any("unknown sweep axes ['k']" in problem for problem in report.problems)
+    report = preflight.check_profile(_profile(model, tmp_path, needs_grid={"voxels": ["down"]}), strict=False)
+    assert any("voxels='down' is not accepted; choose one of ['copies', 'product']" in problem
+               for problem in report.problems)
+    report = preflight.check_profile(_profile(model, tmp_path, needs_grid={"n_groups": [8]}), strict=False)
+    assert any("needs_grid: the setting {'n_groups': 8} needs more time points per group than its 4 tokens" in p
+               for p in report.problems)
+    ok = preflight.check_profile(_profile(model, tmp_path, needs_grid={"n_groups": [2], "rule": ["threshold"]}),
+                                 strict=False)
+    assert not any("needs_grid" in problem or "sweep" in problem for problem in ok.problems)
+
