@@ -35,9 +35,11 @@ from typing import Callable
 import torch
 
 from funcprune import capture_activations, load_model
+from funcprune._io import DIGEST_NAMES, new_digest
 from funcprune.adapters import layer_widths
 from funcprune.capture import StopForward, stop_after_layer, tokenize_batches
 from funcprune.data import load_texts
+from funcprune.store import STORE_DIGEST
 
 PLAIN, SAME_LAYERS, CAPTURE = "plain forward", "plain, same layers", "capture + stream"
 
@@ -50,6 +52,20 @@ def stolen_seconds() -> float:
         return int(fields[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def digest_speeds(n_bytes: int = 256 << 20) -> dict[str, float]:
+    """GB/s of every digest a file record may carry, on the same ``n_bytes`` of random bytes, in 1 MiB updates."""
+    data = memoryview(os.urandom(n_bytes))
+    speeds = {}
+    for algorithm in DIGEST_NAMES:
+        digest = new_digest(algorithm)
+        start = time.perf_counter()
+        for offset in range(0, n_bytes, 1 << 20):
+            digest.update(data[offset:offset + (1 << 20)])
+        digest.hexdigest()
+        speeds[algorithm] = n_bytes / (time.perf_counter() - start) / 1e9
+    return speeds
 
 
 def median_and_quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -131,7 +147,10 @@ def main() -> None:
     for name, values in times.items():
         med = statistics.median(values)
         print(f"{name:<20}{med:>10.2f}{n_tokens / med:>10.0f}{statistics.median(faults[name]):>13.0f}")
-    print(f"written per capture: {megabytes:.0f} MB")
+    speeds = digest_speeds()
+    print(f"written per capture: {megabytes:.0f} MB, hashed with {DIGEST_NAMES[STORE_DIGEST]} by the writer's thread; "
+          + ", ".join(f"{DIGEST_NAMES[a]} {v:.2f} GB/s ({megabytes / 1e3 / v:.2f} s per capture)"
+                      for a, v in speeds.items()))
     print(f"CPU time stolen by the hypervisor during the run: {stolen:.1f} s of {elapsed:.0f} s")
     for baseline, target in ((SAME_LAYERS, None), (PLAIN, 1.10)):
         in_order = [c / p for c, p in zip(times[CAPTURE], times[baseline])]

@@ -6,7 +6,8 @@ Every artefact funcprune writes (manifests, plans, results, arrays) goes through
 new one, never half of one; directories go through :func:`atomic_directory`.
 
 Artefacts that a later stage reads are verified with :func:`file_record` (written at
-commit: size and SHA-256) and :func:`verify_file` (sizes always, digests when asked).
+commit: size and a digest, SHA-256 unless the writer chose another of :data:`DIGESTS`) and
+:func:`verify_file` (sizes always, digests when asked).
 Any problem with a file on disk raises :class:`ArtefactError`, whose message names the
 file, what is wrong and how to recover.
 """
@@ -20,10 +21,20 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
-__all__ = ["ArtefactError", "atomic_directory", "atomic_open", "atomic_write_text", "atomic_write_json", "file_record",
-           "json_round_trip", "json_sha256", "read_json", "sha256_file", "verify_file"]
+import xxhash
+
+__all__ = ["ArtefactError", "DIGESTS", "DIGEST_NAMES", "atomic_directory", "atomic_open", "atomic_write_text",
+           "atomic_write_json", "file_digest", "file_record", "json_round_trip", "json_sha256", "new_digest", "read_json",
+           "record_digest", "sha256_file", "verify_file"]
+
+#: Digests a file record may carry, by the key it is recorded under. SHA-256 is the default. XXH3-128 is
+#: a non-cryptographic 128-bit checksum about ten times faster on a CPU (12 vs 1.2 GB/s measured here):
+#: the activation store uses it, since it hashes every byte beside the forward pass. Both detect
+#: accidental corruption (a flipped bit, overwritten bytes); neither record is meant to resist tampering.
+DIGESTS: dict[str, Callable[[], Any]] = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
+DIGEST_NAMES = {"sha256": "SHA-256", "xxh3_128": "XXH3-128"}
 
 
 class ArtefactError(ValueError):
@@ -164,53 +175,95 @@ def read_json(path: str | os.PathLike[str], *, fix: str = "delete it and re-run 
         raise ArtefactError(path, f"not valid JSON ({exc}): the file is truncated or corrupt", fix) from None
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Return the hexadecimal SHA-256 digest of a file, read in chunks.
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:
+    """Return the hexadecimal digest of a file, read in chunks.
 
     Parameters
     ----------
     path : str or path-like
         File to hash.
+    algorithm : {"sha256", "xxh3_128"}, default="sha256"
+        One of :data:`DIGESTS`.
     chunk_size : int, default=1 MiB
         Bytes read per step; memory use is bounded by it.
 
     Returns
     -------
     str
-        64 hexadecimal characters.
+        The hexadecimal digest (64 characters for SHA-256, 32 for XXH3-128).
+
+    Raises
+    ------
+    ValueError
+        For an algorithm not in :data:`DIGESTS`.
     """
-    digest = hashlib.sha256()
+    digest = new_digest(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def file_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Size and SHA-256 of a file, as recorded in a manifest when the file is committed.
+def new_digest(algorithm: str) -> Any:
+    """A fresh running digest of ``algorithm`` (``update`` it with bytes, read ``hexdigest()``)."""
+    if algorithm not in DIGESTS:
+        raise ValueError(f"unknown digest {algorithm!r}; known: {sorted(DIGESTS)}")
+    return DIGESTS[algorithm]()
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Return the hexadecimal SHA-256 digest of a file (:func:`file_digest` with SHA-256)."""
+    return file_digest(path, "sha256", chunk_size)
+
+
+def file_record(path: str | os.PathLike[str], algorithm: str = "sha256") -> dict[str, Any]:
+    """Size and digest of a file, as recorded in a manifest when the file is committed.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    algorithm : {"sha256", "xxh3_128"}, default="sha256"
+        One of :data:`DIGESTS`; the record names it by its key.
 
     Returns
     -------
     dict
-        ``{"size": bytes, "sha256": hex digest}``.
+        ``{"size": bytes, algorithm: hex digest}``, e.g. ``{"size": 1024, "sha256": "..."}``.
     """
-    return {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+    return {"size": os.path.getsize(path), algorithm: file_digest(path, algorithm)}
+
+
+def record_digest(record: dict[str, Any]) -> tuple[str, str]:
+    """The ``(algorithm, hex digest)`` a :func:`file_record` carries.
+
+    Raises
+    ------
+    ValueError
+        If the record carries none of :data:`DIGESTS` (or more than one).
+    """
+    found = [name for name in DIGESTS if name in record]
+    if len(found) != 1:
+        raise ValueError(f"a file record carries exactly one digest of {sorted(DIGESTS)}; this one has "
+                         f"{sorted(record)}")
+    return found[0], str(record[found[0]])
 
 
 def verify_file(path: str | os.PathLike[str], record: dict[str, Any], *, digest: bool = False,
                 fix: str = "delete it and re-run the stage that wrote it") -> None:
     """Check a file against its :func:`file_record`: the size always, the digest when asked.
 
-    A size check costs one ``stat``; a digest reads the whole file (about 1 GB/s).
+    A size check costs one ``stat``; a digest reads the whole file (about 1 GB/s for SHA-256, at
+    the disk's speed for XXH3-128).
 
     Parameters
     ----------
     path : str or path-like
         The file.
     record : dict
-        ``{"size": ..., "sha256": ...}`` as written by :func:`file_record`.
+        ``{"size": ..., "sha256": ...}`` (or ``"xxh3_128"``) as written by :func:`file_record`.
     digest : bool, default=False
-        Also compare the SHA-256.
+        Also compare the digest the record carries.
     fix : str, optional
         How to recover, used in the error.
 
@@ -226,8 +279,10 @@ def verify_file(path: str | os.PathLike[str], record: dict[str, Any], *, digest:
     if size != record["size"]:
         raise ArtefactError(path, f"has {size} bytes where {record['size']} were written (truncated or "
                                   "replaced)", fix)
-    if digest and sha256_file(path) != record["sha256"]:
-        raise ArtefactError(path, "has changed since it was written (SHA-256 differs)", fix)
+    if digest:
+        algorithm, expected = record_digest(record)
+        if file_digest(path, algorithm) != expected:
+            raise ArtefactError(path, f"has changed since it was written ({DIGEST_NAMES[algorithm]} differs)", fix)
 
 
 @contextmanager

@@ -250,7 +250,7 @@ def test_a_failed_background_write_surfaces_at_commit(tmp_path: Path, monkeypatc
 
 @pytest.mark.parametrize("rewrite", [False, True], ids=["in order", "a rejected batch written again"])
 def test_digests_computed_while_writing_equal_a_read_of_the_file(tmp_path: Path, rewrite: bool) -> None:
-    from funcprune._io import sha256_file
+    from funcprune._io import file_digest
 
     writer = _writer(tmp_path, ["act"], [0, 1], 128)
     rng = np.random.default_rng(2)
@@ -264,7 +264,7 @@ def test_digests_computed_while_writing_equal_a_read_of_the_file(tmp_path: Path,
     files = json.loads((tmp_path / "manifest.json").read_text())["files"]
     assert set(files) == {"layer_000_act.bin", "layer_001_act.bin", "tokens.bin", "docs.bin"}
     for name, record in files.items():
-        assert record == {"size": (tmp_path / name).stat().st_size, "sha256": sha256_file(tmp_path / name)}
+        assert record == {"size": (tmp_path / name).stat().st_size, "xxh3_128": file_digest(tmp_path / name, "xxh3_128")}
 
 
 def test_store_round_trip(tmp_path: Path) -> None:
