@@ -1,12 +1,19 @@
 """Choosing a functional-network criterion on validation text, never on the reported text.
 
-:func:`criterion_sweep` prunes the dense model with the registered ``fn-flap`` method
-(:class:`~funcprune.scoring.FnFlapScorer`) at one ratio for each weight of a grid (weight 0 is FLAP itself, so the grid contains
-the baseline it must beat), applies FLAP's static bias compensation to every one of them
-(the compensation is not what is being compared), and scores each pruned model on the
-same validation windows. :func:`choose_weight` picks the weight with the lowest mean
-validation NLL; the chosen criterion is then built at every ratio and compared with
-FLAP on the separate test windows (paired, in :mod:`funcprune.compare`).
+Two designs put the networks inside FLAP, both registered methods with FLAP's global
+selection and static bias compensation (:class:`~funcprune.scoring.FnFlapScorer`):
+
+* ``fn-flap``: FLAP's standardised score plus ``weight`` times the standardised log
+  ``max |z|`` (weight 0 is FLAP itself);
+* ``fn-protect``: FLAP's score with every key neuron (``max |z| >= protect``) ranked
+  before any other channel, the paper's idea of preserving the networks with FLAP's
+  ranking for the rest.
+
+:func:`criterion_sweep` builds one pruned model per candidate of both grids at one ratio,
+plus FLAP, and scores each on the same validation windows; :func:`choose_criterion`
+picks the candidate with the lowest mean validation NLL; :func:`compare_with_flap` then
+builds it at every ratio and compares it with FLAP on the separate test windows (paired,
+in :mod:`funcprune.compare`).
 
 Used in the chapter :doc:`/executed/06_ablations`.
 """
@@ -14,6 +21,7 @@ Used in the chapter :doc:`/executed/06_ablations`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -27,8 +35,11 @@ from .methods import Method, build_pruned, get_method, make_plan
 from .plan import PruningPlan
 from .scoring import ChannelStatistics
 
-__all__ = ["build_fn_flap", "choose_weight", "compare_with_flap", "criterion_sweep", "describe_criterion",
-           "fn_flap_method", "plot_comparison_to_flap", "window_nll"]
+__all__ = ["FLAP", "build_fn_flap", "choose_criterion", "compare_with_flap", "criterion_label", "criterion_method",
+           "criterion_sweep", "describe_criterion", "plot_comparison_to_flap", "window_nll"]
+
+#: Label of the reference candidate: FLAP itself (weight 0, nothing protected).
+FLAP = "FLAP"
 
 
 def window_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> np.ndarray:
@@ -42,39 +53,61 @@ def window_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) 
     return np.asarray(res["window_nll"], dtype=np.float64)
 
 
-def fn_flap_method(weight: float) -> Method:
-    """The registered ``fn-flap`` method with another weight (recorded in its plans)."""
-    return dataclasses.replace(get_method("fn-flap"), params={"weight": float(weight)})
+def criterion_method(weight: float = 0.0, protect: float | None = None) -> Method:
+    """The registered ``fn-flap`` (``protect=None``) or ``fn-protect`` method with these parameters.
+
+    The parameters are recorded in every plan's ``scorer_settings``.
+    """
+    name = "fn-flap" if protect is None else "fn-protect"
+    params = {"weight": float(weight), **({} if protect is None else {"protect": float(protect)})}
+    return dataclasses.replace(get_method(name), params=params)
+
+
+def criterion_label(weight: float = 0.0, protect: float | None = None) -> str:
+    """Short name of a candidate: ``"FLAP"``, ``"w = 0.5"``, ``"|z| >= 3 kept"`` or both.
+
+    >>> criterion_label(0.0), criterion_label(0.5), criterion_label(0.0, 3.0), criterion_label(1.0, 4.0)
+    ('FLAP', 'w = 0.5', '|z| >= 3 kept', 'w = 1, |z| >= 4 kept')
+    """
+    parts = ([f"w = {weight:g}"] if weight else []) + ([f"|z| >= {protect:g} kept"] if protect is not None else [])
+    return ", ".join(parts) or FLAP
+
+
+def _protect_value(value: Any) -> float | None:
+    """``None`` for a table's missing protect threshold (NaN or None), else the float."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 def build_fn_flap(dense: nn.Module, stats: ChannelStatistics, networks: object, ratio: float, *,
-                  weight: float, basis: Literal["total", "mlp"] = "total",
+                  weight: float, protect: float | None = None, basis: Literal["total", "mlp"] = "total",
                   protected_layers: Sequence[int] | None = None, round_to: int = 1,
                   source: Mapping[str, Any] | None = None) -> tuple[nn.Module, PruningPlan]:
-    """A pruned copy of ``dense`` under ``fn-flap`` at ``weight``, through the registered methods.
+    """A pruned copy of ``dense`` under one candidate criterion, through the registered methods.
 
     :func:`funcprune.methods.make_plan` and :func:`funcprune.methods.build_pruned`, as for
     every method of chapter 4: FLAP's global selection over per-layer standardised scores and
-    FLAP's compensation. The dense model is never modified. ``source`` is where ``dense``
-    came from (``LoadedModel.source`` of :func:`funcprune.models.load_model`): the plan
-    records its name and revision and the model is pruned against that revision.
+    FLAP's compensation (:func:`criterion_method` names the method). The dense model is never
+    modified. ``source`` is where ``dense`` came from (``LoadedModel.source`` of
+    :func:`funcprune.models.load_model`): the plan records its name and revision and the model
+    is pruned against that revision.
 
     Returns
     -------
     (nn.Module, PruningPlan)
-        The pruned model in eval mode and its plan (method ``"fn-flap"``).
+        The pruned model in eval mode and its plan (method ``"fn-flap"`` or ``"fn-protect"``).
     """
-    method = fn_flap_method(weight)
+    method = criterion_method(weight, protect)
     plan = make_plan(method, dense, ratio, networks=networks, stats=stats, basis=basis,
                      protected_layers=protected_layers, round_to=round_to, source=source)
     return build_pruned(method, dense, plan, stats=stats, revision=(source or {}).get("revision")), plan
 
 
 def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object, windows: torch.Tensor, *,
-                    weights: Sequence[float], ratio: float, basis: Literal["total", "mlp"] = "total",
-                    protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
-                    progress: bool = True, source: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """Validation NLL of the FN-inside-FLAP criterion for each weight, at one ratio.
+                    weights: Sequence[float], ratio: float, protect: Sequence[float] = (),
+                    basis: Literal["total", "mlp"] = "total", protected_layers: Sequence[int] | None = None,
+                    round_to: int = 1, batch_size: int = 4, progress: bool = True,
+                    source: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Validation NLL of every candidate criterion at one ratio: each weight, each protect threshold.
 
     Parameters
     ----------
@@ -87,9 +120,11 @@ def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object
     windows : LongTensor of shape (n_windows, seq_len)
         Validation windows (never the windows that are reported).
     weights : sequence of float
-        The grid; include 0 (FLAP) so that the baseline is among the candidates.
+        ``fn-flap`` weights; include 0 (FLAP) so that the baseline is among the rows.
     ratio, basis, protected_layers, round_to
         The budget, as in :func:`funcprune.plan.select_channels`.
+    protect : sequence of float, default=()
+        ``fn-protect`` thresholds: FLAP with the key neurons at ``|z| >=`` each kept first.
     batch_size : int, default=4
         Windows per forward pass.
     progress : bool, default=True
@@ -100,116 +135,133 @@ def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object
     Returns
     -------
     pandas.DataFrame
-        One row per weight: ``weight``, ``ratio``, ``ratio_reached``, ``nll`` (mean
-        validation NLL), ``ppl``, ``nll_stderr`` (over windows) and ``delta_vs_flap``
-        (mean paired NLL difference to weight 0 when 0 is in the grid, else NaN);
-        ``attrs["window_nll"]`` maps each weight to its per-window NLLs.
+        One row per candidate, weights first: ``label`` (:func:`criterion_label`), ``weight``,
+        ``protect`` (NaN for none), ``ratio``, ``ratio_reached``, ``nll`` (mean validation NLL),
+        ``ppl``, ``nll_stderr`` (over windows) and ``delta_vs_flap`` (mean paired NLL difference
+        to FLAP when weight 0 is in the grid, else NaN); ``attrs["window_nll"]`` maps each label
+        to its per-window NLLs.
 
     Raises
     ------
     ValueError
-        An empty grid or a negative weight.
+        An empty grid, a negative weight or a threshold that is not a positive number.
     """
-    grid = [float(w) for w in dict.fromkeys(weights)]
-    if not grid:
-        raise ValueError("weights is empty: pass a grid such as [0, 0.5, 1, 2] (0 is FLAP)")
-    per_window: dict[float, np.ndarray] = {}
+    candidates = ([(float(w), None) for w in dict.fromkeys(weights)]
+                  + [(0.0, float(t)) for t in dict.fromkeys(protect)])
+    if not candidates:
+        raise ValueError("weights is empty and no protect threshold is given: pass a grid such as "
+                         "weights=[0, 0.5, 1, 2] (0 is FLAP) and protect=[3.0]")
+    per_window: dict[str, np.ndarray] = {}
     rows = []
-    for w in tqdm(grid, desc=f"criterion sweep at {ratio:.0%}", unit="weight", disable=not progress):
-        model, plan = build_fn_flap(dense, stats, networks, ratio, weight=w, basis=basis,
+    for w, t in tqdm(candidates, desc=f"criterion sweep at {ratio:.0%}", unit="criterion", disable=not progress):
+        model, plan = build_fn_flap(dense, stats, networks, ratio, weight=w, protect=t, basis=basis,
                                     protected_layers=protected_layers, round_to=round_to, source=source)
         nll = window_nll(model, windows, batch_size=batch_size)
         del model
-        per_window[w] = nll
-        rows.append({"weight": w, "ratio": ratio, "ratio_reached": plan.ratio_reached, "nll": float(nll.mean()),
-                     "ppl": float(np.exp(nll.mean())),
+        label = criterion_label(w, t)
+        per_window[label] = nll
+        rows.append({"label": label, "weight": w, "protect": float("nan") if t is None else t, "ratio": ratio,
+                     "ratio_reached": plan.ratio_reached, "nll": float(nll.mean()), "ppl": float(np.exp(nll.mean())),
                      "nll_stderr": float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else float("nan")})
     table = pd.DataFrame(rows)
-    base = per_window.get(0.0)
-    table["delta_vs_flap"] = [float((per_window[w] - base).mean()) if base is not None else float("nan")
-                              for w in grid]
+    base = per_window.get(FLAP)
+    table["delta_vs_flap"] = [float((per_window[label] - base).mean()) if base is not None else float("nan")
+                              for label in table["label"]]
     table.attrs["window_nll"] = per_window
     return table
 
 
-def choose_weight(sweep: pd.DataFrame) -> float:
-    """The positive weight with the lowest mean validation NLL: the best criterion that uses the networks.
+def choose_criterion(sweep: pd.DataFrame) -> dict[str, Any]:
+    """The candidate that uses the networks with the lowest mean validation NLL.
 
-    Weight 0 (FLAP) is the reference the sweep compares with, not a candidate; ties go
-    to the smaller weight (closer to FLAP).
+    FLAP (weight 0, nothing protected) is the reference the sweep compares with, not a
+    candidate; ties go to the smaller weight (closer to FLAP), then to the earlier row.
+
+    Returns
+    -------
+    dict
+        ``{"weight": float, "protect": float or None}``: the keyword arguments of
+        :func:`build_fn_flap` and :func:`compare_with_flap`.
 
     Raises
     ------
     ValueError
-        The sweep has no positive weight.
+        The sweep has no candidate but FLAP.
     """
-    candidates = sweep[sweep["weight"] > 0]
+    candidates = sweep[sweep["label"] != FLAP]
     if candidates.empty:
-        raise ValueError(f"the sweep has no positive weight (weights {list(sweep['weight'])}): add some, e.g. "
-                         "[0, 0.5, 1, 2]")
+        raise ValueError(f"the sweep has no candidate that uses the networks (rows {list(sweep['label'])}): add a "
+                         "positive weight, e.g. [0, 0.5, 1, 2], or a protect threshold, e.g. [3.0]")
     best = candidates.sort_values(["nll", "weight"], kind="stable").iloc[0]
-    return float(best["weight"])
+    return {"weight": float(best["weight"]), "protect": _protect_value(best["protect"])}
 
 
 def compare_with_flap(dense: nn.Module, stats: ChannelStatistics, networks: object, windows: torch.Tensor, *,
-                      weight: float, ratios: Sequence[float], basis: Literal["total", "mlp"] = "total",
-                      protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
-                      n_boot: int = 10_000, progress: bool = True,
+                      weight: float, ratios: Sequence[float], protect: float | None = None,
+                      basis: Literal["total", "mlp"] = "total", protected_layers: Sequence[int] | None = None,
+                      round_to: int = 1, batch_size: int = 4, n_boot: int = 10_000, progress: bool = True,
                       source: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """The criterion at ``weight`` against FLAP at each ratio, paired on the same (test) windows.
+    """One candidate criterion against FLAP at each ratio, paired on the same (test) windows.
 
-    Both models come from :func:`build_fn_flap` (FLAP is weight 0, the same code path,
-    with the same ``source``), so they differ only in the channels they keep.
+    Both models come from :func:`build_fn_flap` (FLAP is weight 0 with nothing protected,
+    the same code path, with the same ``source``), so they differ only in the channels they
+    keep.
 
     Returns
     -------
     pandas.DataFrame
-        One row per ratio: ``ratio``, ``weight``, ``ppl`` and ``ppl_flap``, and the paired
-        comparison of :func:`funcprune.compare.compare_windows` (``estimate`` = perplexity
-        ratio to FLAP, ``ci_low``, ``ci_high``, ``p_value``, ``decided``, ``better``,
-        ``n``); ``channels_changed`` is the share of FLAP's removed channels that the
-        criterion keeps instead.
+        One row per ratio: ``ratio``, ``label``, ``weight``, ``protect``, ``ppl`` and
+        ``ppl_flap``, and the paired comparison of :func:`funcprune.compare.compare_windows`
+        (``estimate`` = perplexity ratio to FLAP, ``ci_low``, ``ci_high``, ``p_value``,
+        ``decided``, ``better``, ``n``); ``channels_changed`` is the share of FLAP's removed
+        channels that the criterion keeps instead.
     """
     from .compare import compare_windows
 
+    chosen = (float(weight), _protect_value(protect))
     rows = []
     for ratio in tqdm(list(ratios), desc="criterion vs FLAP", unit="ratio", disable=not progress):
         results = {}
-        for w in (0.0, float(weight)):
-            if w in results:
+        for w, t in ((0.0, None), chosen):
+            if (w, t) in results:
                 continue
-            model, plan = build_fn_flap(dense, stats, networks, ratio, weight=w, basis=basis,
+            model, plan = build_fn_flap(dense, stats, networks, ratio, weight=w, protect=t, basis=basis,
                                         protected_layers=protected_layers, round_to=round_to, source=source)
-            results[w] = (window_nll(model, windows, batch_size=batch_size), plan)
+            results[(w, t)] = (window_nll(model, windows, batch_size=batch_size), plan)
             del model
-        (flap_nll, flap_plan), (nll, plan) = results[0.0], results[float(weight)]
+        (flap_nll, flap_plan), (nll, plan) = results[(0.0, None)], results[chosen]
         removed = {i: set(flap_plan.removed(i)) for i in flap_plan.kept}
         changed = sum(len(removed[i] - set(plan.removed(i))) for i in removed)
-        rows.append({"ratio": ratio, "weight": float(weight), "ppl": float(np.exp(nll.mean())),
+        rows.append({"ratio": ratio, "label": criterion_label(*chosen), "weight": chosen[0],
+                     "protect": float("nan") if chosen[1] is None else chosen[1], "ppl": float(np.exp(nll.mean())),
                      "ppl_flap": float(np.exp(flap_nll.mean())),
                      "channels_changed": changed / max(1, sum(len(r) for r in removed.values())),
                      **compare_windows(nll, flap_nll, n_boot=n_boot)})
     return pd.DataFrame(rows)
 
 
-def describe_criterion(sweep: pd.DataFrame, chosen: float, final: pd.DataFrame) -> list[str]:
-    """Sentences on the weight choice and the test comparison with FLAP, true for any outcome.
+def describe_criterion(sweep: pd.DataFrame, chosen: Mapping[str, Any], final: pd.DataFrame) -> list[str]:
+    """Sentences on the choice among candidates and the test comparison with FLAP, true for any outcome.
 
     Parameters
     ----------
     sweep : pandas.DataFrame
-        From :func:`criterion_sweep` (validation), weight 0 (FLAP) included.
-    chosen : float
-        From :func:`choose_weight`.
+        From :func:`criterion_sweep` (validation), FLAP included.
+    chosen : dict
+        From :func:`choose_criterion` (``weight`` and ``protect``).
     final : pandas.DataFrame
         From :func:`compare_with_flap` (test).
     """
-    row = sweep.loc[sweep["weight"] == chosen].iloc[0]
+    weight, protect = float(chosen["weight"]), _protect_value(chosen.get("protect"))
+    row = sweep.loc[sweep["label"] == criterion_label(weight, protect)].iloc[0]
     flap_ppl = float(np.exp(row["nll"] - row["delta_vs_flap"]))
     side = "below" if row["ppl"] < flap_ppl else "above"
-    sentences = [f"On validation text the best weight of the functional-network term was {chosen:g}, with perplexity "
-                 f"{row['ppl']:.2f} at {row['ratio']:.0%} against FLAP's {flap_ppl:.2f} ({side} it); that "
-                 "criterion is the one tested."]
+    what = " and ".join(([f"the functional-network term at weight {weight:g}"] if weight else [])
+                        + ([f"every key neuron with max |z| >= {protect:g} kept first"] if protect is not None else []))
+    n_candidates = int((sweep["label"] != FLAP).sum())
+    sentences = [f"On validation text the best of {n_candidates} candidate criteria was FLAP's score with {what}, "
+                 f"with perplexity {row['ppl']:.2f} at {row['ratio']:.0%} against FLAP's {flap_ppl:.2f} ({side} "
+                 "it); that criterion is the one tested."]
     for _, r in final.iterrows():
         verdict = {"model": "better than FLAP", "baseline": "worse than FLAP",
                    "undecided": "not distinguishable from FLAP"}[r["better"]]
@@ -231,7 +283,7 @@ def describe_criterion(sweep: pd.DataFrame, chosen: float, final: pd.DataFrame) 
 
 
 def plot_comparison_to_flap(sweep: pd.DataFrame, final: pd.DataFrame | None = None) -> "object":
-    """Perplexity ratio to FLAP with paired 95 % intervals: per weight (validation) and per ratio (test).
+    """Perplexity ratio to FLAP with paired 95 % intervals: per candidate (validation) and per ratio (test).
 
     Returns
     -------
@@ -242,23 +294,25 @@ def plot_comparison_to_flap(sweep: pd.DataFrame, final: pd.DataFrame | None = No
     from .compare import compare_windows
 
     panels = 2 if final is not None and len(final) else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.2), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.4), constrained_layout=True, squeeze=False)
     per_window = sweep.attrs["window_nll"]
-    base = per_window[0.0]
-    cmp = pd.DataFrame([compare_windows(per_window[w], base, n_boot=2000) if w else
-                        {"estimate": 1.0, "ci_low": 1.0, "ci_high": 1.0} for w in sweep["weight"]])
+    base = per_window[FLAP]
+    labels = list(sweep["label"])
+    cmp = pd.DataFrame([compare_windows(per_window[label], base, n_boot=2000) if label != FLAP else
+                        {"estimate": 1.0, "ci_low": 1.0, "ci_high": 1.0} for label in labels])
     ax = axes[0, 0]
-    ax.errorbar(sweep["weight"], cmp["estimate"], yerr=[cmp["estimate"] - cmp["ci_low"],
-                                                         cmp["ci_high"] - cmp["estimate"]], fmt="o-", capsize=3)
+    ax.errorbar(range(len(labels)), cmp["estimate"], yerr=[cmp["estimate"] - cmp["ci_low"],
+                                                           cmp["ci_high"] - cmp["estimate"]], fmt="o", capsize=3)
     ax.axhline(1.0, color="grey", lw=1, ls="--", label="FLAP")
-    ax.set(xlabel="weight of the functional-network term", ylabel="perplexity / FLAP's",
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set(xlabel="candidate criterion", ylabel="perplexity / FLAP's",
            title=f"validation, {sweep['ratio'].iloc[0]:.0%} removed")
     ax.legend()
     if panels == 2:
         ax = axes[0, 1]
         ax.errorbar(final["ratio"] * 100, final["estimate"], yerr=[final["estimate"] - final["ci_low"],
                                                                     final["ci_high"] - final["estimate"]],
-                    fmt="o-", capsize=3, label=f"weight {final['weight'].iloc[0]:g}")
+                    fmt="o-", capsize=3, label=final["label"].iloc[0])
         ax.axhline(1.0, color="grey", lw=1, ls="--", label="FLAP")
         ax.set(xlabel="% of parameters removed", ylabel="perplexity / FLAP's", title="test")
         ax.legend()

@@ -23,6 +23,9 @@ flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``,            global      stati
              z-scored per layer                                            (FLAP)
 fn-flap      FLAP's z-scored metric ``+ w *`` the z-scored     global      static (FLAP's)
              ``log(1 + max |z|)`` (chapter 6; ``w = 1``)
+fn-protect   FLAP's z-scored metric, every key neuron          global      static (FLAP's)
+             (``max |z| >= 3``) ranked before any other
+             channel (chapter 6)
 ===========  ================================================  ==========  ===========================
 
 Each method carries the allocation its authors use (``Method.allocation``):
@@ -113,7 +116,8 @@ class Method:
     seeded : bool
         The score is random; run several seeds.
     params : dict
-        Keyword arguments of the scorer (``{"weight": 1.0}`` for ``fn-flap``); another
+        Keyword arguments of the scorer (``{"weight": 1.0}`` for ``fn-flap``, ``{"weight": 0.0,
+        "protect": 3.0}`` for ``fn-protect``); another
         setting is another :class:`Method` (``dataclasses.replace(method, params=...)``),
         recorded in each plan's ``scorer_settings``.
     description : str
@@ -158,6 +162,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            params={"weight": 1.0},
            description="FLAP's standardised fluctuation plus a weighted standardised log max |z| (this book's "
                        "criterion, chapter 6); FLAP's allocation and compensation; weight 0 is FLAP"),
+    Method("fn-protect", "FLAP + key neurons", "fn_flap", compensation="static", needs_networks=True,
+           needs_statistics=True, params={"weight": 0.0, "protect": 3.0},
+           description="FLAP's criterion, allocation and compensation, with every key neuron (max |z| >= 3, the "
+                       "paper's threshold) kept before any other channel (chapter 6)"),
 )}
 
 

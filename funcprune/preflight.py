@@ -23,6 +23,7 @@ it alone.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -324,6 +325,20 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
             if s.n_components >= per_group:
                 problems.append(f"needs_grid: the setting {s.changes(base) or 'base'} needs more time points per "
                                 f"group than its {per_group} tokens; lower its n_components or n_groups")
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for key, rule, ok, example in (("sweep_weights", "at least 0 (0 is FLAP)", lambda v: v >= 0, "[0, 0.5, 1, 2]"),
+                                   ("sweep_protect", "above 0 (a |z| threshold)", lambda v: v > 0, "[3.0, 5.0]")):
+        values = p.get(key)
+        if values is not None and (not isinstance(values, list) or not all(finite(v) and ok(v) for v in values)):
+            problems.append(f"{key} {values!r} must be a list of finite numbers, each {rule}; e.g. {example}")
+    weights, protect = p.get("sweep_weights"), p.get("sweep_protect")
+    if (isinstance(weights, list) and isinstance(protect, list) and not protect
+            and not any(finite(w) and w > 0 for w in weights)):
+        problems.append(f"sweep_weights {weights!r} and an empty sweep_protect leave chapter 6 no candidate but FLAP; "
+                        "add a positive weight or a protect threshold")
 
     # -- ratios --------------------------------------------------------------------------
     basis, allocation = p.get("ratio_basis", "total"), p.get("allocation", "global")

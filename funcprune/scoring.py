@@ -451,7 +451,8 @@ def _standardize(s: np.ndarray) -> np.ndarray:
     return (s - s.mean()) / (s.std(ddof=1) if len(s) > 1 and s.std() > 0 else 1.0)
 
 
-def fn_flap_scores(model: nn.Module, stats: ChannelStatistics, networks: Any, *, weight: float = 1.0) -> Scores:
+def fn_flap_scores(model: nn.Module, stats: ChannelStatistics, networks: Any, *, weight: float = 1.0,
+                   protect: float | None = None) -> Scores:
     """FLAP's standardised fluctuation plus ``weight`` times the standardised log key-neuron score.
 
     ``s_j = z_layer(Var_t(x_j) * sum_i W_down[i, j]^2) + weight * z_layer(log(1 + max |z|_j))``,
@@ -460,10 +461,19 @@ def fn_flap_scores(model: nn.Module, stats: ChannelStatistics, networks: Any, *,
     score while FLAP still sets how many each layer keeps. The logarithm tames the heavy tail
     of ``max |z|`` so that a few extreme loadings do not decide the sum. Layers without
     fitted networks get the FLAP term alone.
+
+    With ``protect``, every key neuron (``max |z|_j >= protect``, the paper's rule) is kept
+    before any other channel: its score is raised by more than the span of all scores, so
+    the global ranking is lexicographic (key neurons first, each group ordered by ``s_j``).
+    Key neurons are pruned only when the budget cannot keep them all, lowest ``s_j`` first.
     """
     flap = flap_scores(model, stats, standardize=True)
     key = FunctionalNetworkScorer(networks)(model)
-    return {i: s + weight * _standardize(np.log1p(key[i])) if i in key else s for i, s in flap.items()}
+    mixed = {i: s + weight * _standardize(np.log1p(key[i])) if i in key else s for i, s in flap.items()}
+    if protect is None or not mixed:
+        return mixed
+    span = max(float(s.max()) for s in mixed.values()) - min(float(s.min()) for s in mixed.values()) + 1.0
+    return {i: s + span * (key[i] >= protect) if i in key else s for i, s in mixed.items()}
 
 
 class RandomScorer:
@@ -552,20 +562,30 @@ class FnFlapScorer(_StatsScorer):
     weight : float, default=1.0
         Weight of the functional-network term (``0``: FLAP). Choose it on validation
         text, never on the text that is reported.
+    protect : float, optional
+        Keep every key neuron (``max |z| >= protect``) before any other channel
+        (``fn-protect``); default none protected.
     """
 
     name = "fn_flap"
 
-    def __init__(self, networks: Any, weight: float = 1.0) -> None:
+    def __init__(self, networks: Any, weight: float = 1.0, protect: float | None = None) -> None:
         if not np.isfinite(weight) or weight < 0:
             raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        if protect is not None and not (np.isfinite(protect) and protect > 0):
+            raise ValueError(f"protect must be a finite |z| threshold > 0 (e.g. 3.0, the paper's) or None, "
+                             f"got {protect!r}")
         self.networks = FunctionalNetworkScorer(networks).networks
         self.weight = float(weight)
+        self.protect = None if protect is None else float(protect)
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"formula": "z_layer(FLAP) + weight * z_layer(log1p(max |z|))", "weight": self.weight,
+        formula = "z_layer(FLAP) + weight * z_layer(log1p(max |z|))"
+        if self.protect is not None:
+            formula += "; channels with max |z| >= protect ranked first"
+        return {"formula": formula, "weight": self.weight, "protect": self.protect,
                 **FunctionalNetworkScorer(self.networks).settings}
 
     def __call__(self, model: nn.Module, stats: ChannelStatistics | None = None) -> Scores:
-        return fn_flap_scores(model, self._need(stats), self.networks, weight=self.weight)
+        return fn_flap_scores(model, self._need(stats), self.networks, weight=self.weight, protect=self.protect)

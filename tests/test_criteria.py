@@ -65,31 +65,69 @@ def test_sweep_weight_zero_is_the_flap_model_and_deltas_are_paired() -> None:
     import pandas as pd
     import torch
 
-    from funcprune.ablation import build_fn_flap, choose_weight, criterion_sweep, window_nll
+    from funcprune.ablation import build_fn_flap, choose_criterion, criterion_sweep, window_nll
     from funcprune.prune import prune
 
     model, stats, fn = _inputs(2)
     windows = torch.randint(0, 97, (6, 12), generator=torch.Generator().manual_seed(1))
-    sweep = criterion_sweep(model, stats, fn, windows, weights=[0.0, 2.0, 0.0], ratio=0.05,
+    sweep = criterion_sweep(model, stats, fn, windows, weights=[0.0, 2.0, 0.0], protect=[2.5], ratio=0.05,
                             protected_layers=[], progress=False)
-    assert list(sweep["weight"]) == [0.0, 2.0] and sweep["delta_vs_flap"].iloc[0] == 0.0
+    assert list(sweep["label"]) == ["FLAP", "w = 2", "|z| >= 2.5 kept"] and sweep["delta_vs_flap"].iloc[0] == 0.0
+    assert list(sweep["weight"]) == [0.0, 2.0, 0.0] and np.isnan(sweep["protect"].iloc[0])
     flap_plan = select_channels(FlapScorer(standardize=True)(model, stats), model, ratio=0.05,
                                 protected_layers=[])
     flap_model = copy.deepcopy(model)
     prune(flap_model, flap_plan, bias_compensation=stats)
-    np.testing.assert_allclose(sweep.attrs["window_nll"][0.0], window_nll(flap_model, windows), rtol=1e-10)
+    np.testing.assert_allclose(sweep.attrs["window_nll"]["FLAP"], window_nll(flap_model, windows), rtol=1e-10)
     pruned, plan = build_fn_flap(model, stats, fn, 0.05, weight=2.0, protected_layers=[])
     assert plan.method == "fn-flap" and plan.settings["scorer_settings"]["weight"] == 2.0
     np.testing.assert_allclose(sweep["nll"].iloc[1], window_nll(pruned, windows).mean(), rtol=1e-10)
     assert sweep["delta_vs_flap"].iloc[1] == pytest.approx(sweep["nll"].iloc[1] - sweep["nll"].iloc[0])
 
-    tie = pd.DataFrame({"weight": [2.0, 0.0, 1.0], "nll": [3.0, 2.0, 3.0]})
-    assert choose_weight(tie) == 1.0  # FLAP (weight 0) is the reference, not a candidate; ties: smaller weight
-    assert choose_weight(tie.assign(nll=[2.9, 2.0, 3.0])) == 2.0
-    with pytest.raises(ValueError, match="no positive weight"):
-        choose_weight(tie[tie["weight"] == 0])
+    protected, plan = build_fn_flap(model, stats, fn, 0.05, weight=0.0, protect=2.5, protected_layers=[])
+    assert plan.method == "fn-protect" and plan.settings["scorer_settings"]["protect"] == 2.5
+    np.testing.assert_allclose(sweep["nll"].iloc[2], window_nll(protected, windows).mean(), rtol=1e-10)
+
+    tie = pd.DataFrame({"label": ["w = 2", "FLAP", "w = 1", "|z| >= 3 kept"], "weight": [2.0, 0.0, 1.0, 0.0],
+                        "protect": [np.nan, np.nan, np.nan, 3.0], "nll": [3.0, 2.0, 3.0, 3.1]})
+    # FLAP is the reference, not a candidate; ties go to the smaller weight
+    assert choose_criterion(tie) == {"weight": 1.0, "protect": None}
+    assert choose_criterion(tie.assign(nll=[2.9, 2.0, 3.0, 3.1])) == {"weight": 2.0, "protect": None}
+    assert choose_criterion(tie.assign(nll=[2.9, 2.0, 3.0, 2.5])) == {"weight": 0.0, "protect": 3.0}
+    with pytest.raises(ValueError, match="no candidate that uses the networks"):
+        choose_criterion(tie[tie["label"] == "FLAP"])
     with pytest.raises(ValueError, match="weights is empty"):
         criterion_sweep(model, stats, fn, windows, weights=[], ratio=0.05, progress=False)
+
+
+def test_protect_keeps_every_key_neuron_first_and_ranks_the_rest_as_flap() -> None:
+    model, stats, fn = _inputs(3)
+    key = FunctionalNetworkScorer(fn)(model)
+    flap = FlapScorer(standardize=True)(model, stats)
+    scores = FnFlapScorer(fn, weight=0.0, protect=2.5)(model, stats)
+    is_key = {i: key[i] >= 2.5 for i in key}
+    assert 0 < sum(int(k.sum()) for k in is_key.values()) < sum(len(k) for k in is_key.values())
+    lowest_key = min(float(scores[i][is_key[i]].min()) for i in key if is_key[i].any())
+    highest_other = max(float(scores[i][~is_key[i]].max()) for i in scores if (~is_key.get(i, np.zeros(0, bool))).any())
+    assert lowest_key > highest_other  # lexicographic: every key neuron above every other channel, in any layer
+    for i in key:  # within each group the order is FLAP's
+        for group in (is_key[i], ~is_key[i]):
+            assert np.array_equal(np.argsort(scores[i][group], kind="stable"), np.argsort(flap[i][group], kind="stable"))
+    plan = select_channels(scores, model, ratio=0.05, protected_layers=[])
+    for i in key:  # a small budget removes no key neuron
+        assert not np.any(is_key[i][plan.removed(i)])
+    # a threshold no channel reaches protects nothing: FLAP exactly
+    none = FnFlapScorer(fn, weight=0.0, protect=1e9)(model, stats)
+    for i in flap:
+        np.testing.assert_array_equal(none[i], flap[i])
+    assert FnFlapScorer(fn, weight=0.0, protect=3.0).settings["protect"] == 3.0
+
+
+@pytest.mark.parametrize("protect", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_protect_thresholds_are_named(protect: float) -> None:
+    _, _, fn = _inputs()
+    with pytest.raises(ValueError, match="protect must be a finite"):
+        FnFlapScorer(fn, weight=0.0, protect=protect)
 
 
 def test_describe_criterion_states_the_outcome_either_way() -> None:
@@ -97,19 +135,21 @@ def test_describe_criterion_states_the_outcome_either_way() -> None:
 
     from funcprune.ablation import describe_criterion
 
-    sweep = pd.DataFrame({"weight": [0.0, 1.0], "ratio": [0.2, 0.2], "nll": [3.0, 2.9],
-                          "ppl": [np.exp(3.0), np.exp(2.9)], "delta_vs_flap": [0.0, -0.1]})
+    sweep = pd.DataFrame({"label": ["FLAP", "w = 1"], "weight": [0.0, 1.0], "protect": [np.nan, np.nan],
+                          "ratio": [0.2, 0.2], "nll": [3.0, 2.9], "ppl": [np.exp(3.0), np.exp(2.9)],
+                          "delta_vs_flap": [0.0, -0.1]})
     won = pd.DataFrame({"ratio": [0.1, 0.2], "estimate": [0.9, 0.95], "ci_low": [0.85, 0.9],
                         "ci_high": [0.95, 0.99], "p_value": [0.001, 0.01], "n": [32, 32],
                         "better": ["model", "model"], "channels_changed": [0.1, 0.2]})
-    text = describe_criterion(sweep, 1.0, won)
-    assert "best weight of the functional-network term was 1, with perplexity 18.17 at 20%" in text[0]
+    text = describe_criterion(sweep, {"weight": 1.0, "protect": None}, won)
+    assert ("best of 1 candidate criteria was FLAP's score with the functional-network term at weight 1, with "
+            "perplexity 18.17 at 20%") in text[0]
     assert "against FLAP's 20.09 (below it)" in text[0]
     assert "0.900 times FLAP's" in text[1] and "better than FLAP" in text[1]
     assert text[-1].startswith("The goal is met")
     lost = won.assign(better=["model", "baseline"], estimate=[0.9, 1.3])
     worse = sweep.assign(nll=[3.0, 3.1], ppl=[np.exp(3.0), np.exp(3.1)], delta_vs_flap=[0.0, 0.1])
-    last = describe_criterion(worse, 1.0, lost)
+    last = describe_criterion(worse, {"weight": 1.0, "protect": None}, lost)
     assert "(above it)" in last[0] and "worse than FLAP" in last[2]
     assert last[-1].endswith("decided better at 1 of 2 ratios; at its worst (20%) its perplexity is 1.300 times "
                              "FLAP's.")

@@ -69,7 +69,7 @@ def reference_scores(name: str, setup: dict, seed: int) -> dict[int, np.ndarray]
             "random": lambda: random_scores(model, seed), "magnitude": lambda: magnitude_scores(model),
             "wanda_sp": lambda: wanda_sp_scores(model, stats),
             "flap": lambda: flap_scores(model, stats, standardize=True),
-            "fn_flap": lambda: fn_flap_scores(model, stats, fn, weight=1.0)}[get_method(name).scorer]()
+            "fn_flap": lambda: fn_flap_scores(model, stats, fn, **get_method(name).params)}[get_method(name).scorer]()
 
 
 # -- plans --------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_every_method_plans_the_requested_ratio_with_its_own_score(name: str, al
 
 def test_each_method_uses_its_authors_allocation_unless_overridden(setup: dict) -> None:
     model = setup["model"]
-    expected = {"fn": "global", "fn-bias": "global", "flap": "global", "fn-flap": "global",
+    expected = {"fn": "global", "fn-bias": "global", "flap": "global", "fn-flap": "global", "fn-protect": "global",
                 "wanda-sp": "uniform", "magnitude": "uniform", "random": "uniform"}
     assert {name: m.allocation for name, m in METHODS.items()} == expected
     for name, allocation in expected.items():
@@ -189,7 +189,7 @@ def test_prune_all_writes_plans_biases_and_an_index_that_rebuild(setup: dict, tm
     dense_logits = logits(model)
     rows = run_grid(setup, tmp_path, list(METHODS), [RATIO])
     keys = [f"{m}_r0.10" for m in ("fn", "fn-bias", "random-s0", "random-s1", "magnitude", "wanda-sp", "flap",
-                                       "fn-flap")]
+                                       "fn-flap", "fn-protect")]
     assert list(rows["key"]) == keys
     index = json.loads((tmp_path / "pruned" / "index.json").read_text())
     assert [e["key"] for e in index["entries"]] == keys

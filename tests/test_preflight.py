@@ -188,3 +188,16 @@ def test_a_bad_settings_grid_is_named_in_seconds(tmp_path: Path) -> None:
                                  strict=False)
     assert not any("needs_grid" in problem or "sweep" in problem for problem in ok.problems)
 
+
+
+def test_bad_criterion_grids_are_named_in_seconds(tmp_path: Path) -> None:
+    model = _embedding_heavy(tmp_path / "m")
+    report = preflight.check_profile(_profile(model, tmp_path, sweep_weights=[0.0, -1.0], sweep_protect=[0.0]),
+                                     strict=False)
+    assert any("sweep_weights [0.0, -1.0] must be a list of finite numbers, each at least 0" in q
+               for q in report.problems)
+    assert any("sweep_protect [0.0] must be a list of finite numbers, each above 0" in q for q in report.problems)
+    report = preflight.check_profile(_profile(model, tmp_path, sweep_weights=[0.0], sweep_protect=[]), strict=False)
+    assert any("leave chapter 6 no candidate but FLAP" in q for q in report.problems)
+    ok = preflight.check_profile(_profile(model, tmp_path, sweep_weights=[0.0], sweep_protect=[3.0]), strict=False)
+    assert not any("sweep_" in q for q in ok.problems)
