@@ -32,11 +32,12 @@ from tqdm.auto import tqdm
 
 from .evaluate import perplexity
 from .methods import Method, build_pruned, get_method, make_plan
-from .plan import PruningPlan
-from .scoring import ChannelStatistics
+from .plan import PruningPlan, select_channels
+from .scoring import ChannelStatistics, FunctionalNetworkScorer, flap_scores
 
 __all__ = ["FLAP", "build_fn_flap", "choose_criterion", "compare_with_flap", "criterion_label", "criterion_method",
-           "criterion_sweep", "describe_criterion", "plot_comparison_to_flap", "window_nll"]
+           "criterion_sweep", "describe_agreement", "describe_criterion", "plot_agreement", "plot_comparison_to_flap",
+           "score_agreement", "window_nll"]
 
 #: Label of the reference candidate: FLAP itself (weight 0, nothing protected).
 FLAP = "FLAP"
@@ -282,6 +283,84 @@ def describe_criterion(sweep: pd.DataFrame, chosen: Mapping[str, Any], final: pd
     return sentences
 
 
+def score_agreement(dense: nn.Module, stats: ChannelStatistics, networks: object, ratio: float, *,
+                    threshold: float = 3.0, basis: Literal["total", "mlp"] = "total",
+                    protected_layers: Sequence[int] | None = None, round_to: int = 1) -> pd.DataFrame:
+    """How FLAP's choice and the networks' key neurons relate, layer by layer: the "why" of the comparison.
+
+    For every layer with fitted networks: the Spearman rank correlation between FLAP's
+    fluctuation score and the key-neuron score ``max |z|``, and how often FLAP's global plan
+    at ``ratio`` removes key neurons (``max |z| >= threshold``) and the other channels. If FLAP
+    already keeps the key neurons, a criterion that protects them changes little; if it removes
+    them as often as any channel and a criterion that keeps them loses to FLAP, the networks'
+    channels are not the ones the loss depends on.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per fitted layer: ``layer``, ``rho`` (Spearman), ``channels``, ``key`` (key
+        neurons), ``pruned`` (channels FLAP removes), ``key_pruned`` (key neurons among them)
+        and ``key_share_pruned`` / ``other_share_pruned`` (the fraction of each group FLAP
+        removes; NaN for an empty group). ``attrs`` holds ``ratio`` and ``threshold``.
+    """
+    from scipy.stats import spearmanr
+
+    flap = flap_scores(dense, stats, standardize=True)
+    key = FunctionalNetworkScorer(networks)(dense)
+    plan = select_channels(flap, dense, ratio=ratio, basis=basis, protected_layers=protected_layers,
+                           round_to=round_to, method="flap")
+    rows = []
+    for layer in sorted(set(key) & set(flap)):
+        is_key = key[layer] >= threshold
+        removed = np.zeros(len(is_key), dtype=bool)
+        removed[np.asarray(plan.removed(layer), dtype=np.int64)] = True
+        constant = np.ptp(flap[layer]) == 0 or np.ptp(key[layer]) == 0
+        rows.append({"layer": layer,
+                     "rho": float("nan") if constant else float(spearmanr(flap[layer], key[layer]).statistic),
+                     "channels": len(is_key), "key": int(is_key.sum()), "pruned": int(removed.sum()),
+                     "key_pruned": int((removed & is_key).sum()),
+                     "key_share_pruned": float(removed[is_key].mean()) if is_key.any() else float("nan"),
+                     "other_share_pruned": float(removed[~is_key].mean()) if (~is_key).any() else float("nan")})
+    table = pd.DataFrame(rows)
+    table.attrs.update(ratio=float(ratio), threshold=float(threshold))
+    return table
+
+
+def describe_agreement(table: pd.DataFrame) -> list[str]:
+    """Sentences on :func:`score_agreement`'s table, true for any run.
+
+    >>> t = pd.DataFrame({"layer": [3, 4], "rho": [0.5, 0.7], "channels": [10, 10], "key": [2, 3],
+    ...                   "pruned": [4, 2], "key_pruned": [0, 1]})
+    >>> t.attrs.update(ratio=0.2, threshold=3.0)
+    >>> describe_agreement(t)[1]
+    'At 20% FLAP removes 20% of the 5 key neurons (|z| >= 3) of these layers and 33% of their other channels: it removes key neurons less often than the other channels (0.60 times as often).'
+    """
+    if not len(table):
+        return ["No layer has fitted networks, so FLAP's choice cannot be compared with the key neurons."]
+    rho = table["rho"].dropna()
+    ratio, threshold = table.attrs.get("ratio", float("nan")), table.attrs.get("threshold", float("nan"))
+    first = (f"Across the {len(table)} layers with networks, the rank correlation between FLAP's score and max |z| "
+             + (f"has median {rho.median():.2f} (from {rho.min():.2f} to {rho.max():.2f}): "
+                + ("the two scores largely agree on which channels matter" if rho.median() >= 0.5 else
+                   "the networks rank channels partly as FLAP does" if rho.median() >= 0.2 else
+                   "the networks rank channels nearly independently of FLAP" if rho.median() > -0.2 else
+                   "the networks rank channels largely in FLAP's reverse order")
+                + "." if len(rho) else "is undefined (a constant score)."))
+    key, other = int(table["key"].sum()), int((table["channels"] - table["key"]).sum())
+    key_rate = table["key_pruned"].sum() / key if key else float("nan")
+    other_rate = (table["pruned"] - table["key_pruned"]).sum() / other if other else float("nan")
+    if not key:
+        return [first, f"No channel reaches |z| >= {threshold:g}, so there are no key neurons to protect."]
+    if other_rate == 0:
+        compare = "every channel it removes is a key neuron" if key_rate > 0 else "it removes none of these channels"
+    else:
+        times = key_rate / other_rate
+        compare = ("it removes key neurons " + ("less often than" if times < 0.9 else "more often than" if times > 1.1
+                                                else "about as often as") + f" the other channels ({times:.2f} times as often)")
+    return [first, f"At {ratio:.0%} FLAP removes {key_rate:.0%} of the {key} key neurons (|z| >= {threshold:g}) of these "
+                   f"layers and {other_rate:.0%} of their other channels: {compare}."]
+
+
 def plot_comparison_to_flap(sweep: pd.DataFrame, final: pd.DataFrame | None = None) -> "object":
     """Perplexity ratio to FLAP with paired 95 % intervals: per candidate (validation) and per ratio (test).
 
@@ -316,4 +395,27 @@ def plot_comparison_to_flap(sweep: pd.DataFrame, final: pd.DataFrame | None = No
         ax.axhline(1.0, color="grey", lw=1, ls="--", label="FLAP")
         ax.set(xlabel="% of parameters removed", ylabel="perplexity / FLAP's", title="test")
         ax.legend()
+    return fig
+
+
+def plot_agreement(table: pd.DataFrame) -> "object":
+    """Per layer: the rank correlation of FLAP's score with max |z|, and the share of each group FLAP removes.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), constrained_layout=True)
+    ax = axes[0]
+    ax.bar(table["layer"], table["rho"], color="tab:purple")
+    ax.axhline(0.0, color="grey", lw=1)
+    ax.set(xlabel="layer", ylabel="Spearman rho", ylim=(-1, 1), title="FLAP's score vs max |z|")
+    ax = axes[1]
+    ax.plot(table["layer"], table["key_share_pruned"], "o-", label=f"key neurons (|z| >= {table.attrs['threshold']:g})")
+    ax.plot(table["layer"], table["other_share_pruned"], "s--", label="other channels")
+    ax.set(xlabel="layer", ylabel="share removed by FLAP", ylim=(-0.05, 1.05),
+           title=f"FLAP at {table.attrs['ratio']:.0%} removed")
+    ax.legend()
     return fig

@@ -19,6 +19,10 @@ it and against the machine:
 Every problem is listed at once in one :class:`PreflightError`. ``python -m
 funcprune.workflow run`` calls it before stage 1; ``make preflight PROFILE=...`` runs
 it alone.
+
+Why one module: :func:`check_profile` gathers the problems of every stage's keys into
+one list so that a user sees all of them at once; the checks share the resolved model,
+its meta-device copy and that list, and split apart they would pass all three around.
 """
 
 from __future__ import annotations

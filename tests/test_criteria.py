@@ -153,3 +153,36 @@ def test_describe_criterion_states_the_outcome_either_way() -> None:
     assert "(above it)" in last[0] and "worse than FLAP" in last[2]
     assert last[-1].endswith("decided better at 1 of 2 ratios; at its worst (20%) its perplexity is 1.300 times "
                              "FLAP's.")
+
+
+# -- why: how FLAP's choice relates to the key neurons -------------------------------------------
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_score_agreement_recovers_planted_agreement_and_disagreement(sign: float) -> None:
+    from scipy.stats import rankdata
+
+    from funcprune.ablation import describe_agreement, score_agreement
+    from funcprune.scoring import flap_scores
+
+    model, stats, _ = _inputs(4)
+    flap = flap_scores(model, stats, standardize=True)
+    # planted maps: |z| of each channel is a monotone function of its FLAP rank (sign -1: the reverse),
+    # from 0 to 6 in both voxel copies, so the top (or bottom) half of each layer are key neurons at |z| >= 3
+    maps, voxels = {}, {}
+    for i in range(3):
+        rank = rankdata(sign * flap[i]) - 1
+        z = 6.0 * rank / (len(rank) - 1)
+        maps[i], voxels[i] = np.tile(z, 2)[None, :], np.tile(np.arange(len(z)), 2)
+    fn = SimpleNamespace(maps_=maps, voxel_channels_=voxels)
+    table = score_agreement(model, stats, fn, 0.05, threshold=3.0, protected_layers=[])
+    assert list(table["layer"]) == [0, 1, 2]
+    np.testing.assert_allclose(table["rho"], sign)
+    assert (table["key"] == [int((6.0 * np.arange(48) / 47 >= 3.0).sum())] * 3).all()
+    plan = select_channels(flap, model, ratio=0.05, protected_layers=[])
+    assert list(table["pruned"]) == [len(plan.removed(i)) for i in range(3)] and table["pruned"].sum() > 0
+    text = describe_agreement(table)
+    if sign > 0:  # FLAP removes its lowest scores: none of them is a key neuron
+        assert (table["key_pruned"] == 0).all()
+        assert "largely agree" in text[0] and "removes 0% of the" in text[1] and "less often than" in text[1]
+    else:  # the key neurons are FLAP's lowest: the channels it removes first
+        assert (table["key_pruned"] == table["pruned"]).all()
+        assert "reverse order" in text[0] and "every channel it removes is a key neuron" in text[1]
