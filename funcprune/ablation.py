@@ -288,9 +288,10 @@ def score_agreement(dense: nn.Module, stats: ChannelStatistics, networks: object
                     protected_layers: Sequence[int] | None = None, round_to: int = 1) -> pd.DataFrame:
     """How FLAP's choice and the networks' key neurons relate, layer by layer: the "why" of the comparison.
 
-    For every layer with fitted networks: the Spearman rank correlation between FLAP's
-    fluctuation score and the key-neuron score ``max |z|``, and how often FLAP's global plan
-    at ``ratio`` removes key neurons (``max |z| >= threshold``) and the other channels. If FLAP
+    For every prunable layer with fitted networks (the plan's protected layers lose nothing
+    under any criterion): the Spearman rank correlation between FLAP's fluctuation score and
+    the key-neuron score ``max |z|``, and how often FLAP's global plan at ``ratio`` removes key
+    neurons (``max |z| >= threshold``) and the other channels. If FLAP
     already keeps the key neurons, a criterion that protects them changes little; if it removes
     them as often as any channel and a criterion that keeps them loses to FLAP, the networks'
     channels are not the ones the loss depends on.
@@ -298,7 +299,7 @@ def score_agreement(dense: nn.Module, stats: ChannelStatistics, networks: object
     Returns
     -------
     pandas.DataFrame
-        One row per fitted layer: ``layer``, ``rho`` (Spearman), ``channels``, ``key`` (key
+        One row per prunable fitted layer: ``layer``, ``rho`` (Spearman), ``channels``, ``key`` (key
         neurons), ``pruned`` (channels FLAP removes), ``key_pruned`` (key neurons among them)
         and ``key_share_pruned`` / ``other_share_pruned`` (the fraction of each group FLAP
         removes; NaN for an empty group). ``attrs`` holds ``ratio`` and ``threshold``.
@@ -310,7 +311,7 @@ def score_agreement(dense: nn.Module, stats: ChannelStatistics, networks: object
     plan = select_channels(flap, dense, ratio=ratio, basis=basis, protected_layers=protected_layers,
                            round_to=round_to, method="flap")
     rows = []
-    for layer in sorted(set(key) & set(flap)):
+    for layer in sorted(set(key) & set(flap) - set(plan.protected_layers)):
         is_key = key[layer] >= threshold
         removed = np.zeros(len(is_key), dtype=bool)
         removed[np.asarray(plan.removed(layer), dtype=np.int64)] = True
@@ -336,10 +337,10 @@ def describe_agreement(table: pd.DataFrame) -> list[str]:
     'At 20% FLAP removes 20% of the 5 key neurons (|z| >= 3) of these layers and 33% of their other channels: it removes key neurons less often than the other channels (0.60 times as often).'
     """
     if not len(table):
-        return ["No layer has fitted networks, so FLAP's choice cannot be compared with the key neurons."]
+        return ["No prunable layer has fitted networks, so FLAP's choice cannot be compared with the key neurons."]
     rho = table["rho"].dropna()
     ratio, threshold = table.attrs.get("ratio", float("nan")), table.attrs.get("threshold", float("nan"))
-    first = (f"Across the {len(table)} layers with networks, the rank correlation between FLAP's score and max |z| "
+    first = (f"Across the {len(table)} prunable layers with networks, the rank correlation between FLAP's score and max |z| "
              + (f"has median {rho.median():.2f} (from {rho.min():.2f} to {rho.max():.2f}): "
                 + ("the two scores largely agree on which channels matter" if rho.median() >= 0.5 else
                    "the networks rank channels partly as FLAP does" if rho.median() >= 0.2 else

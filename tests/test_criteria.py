@@ -173,6 +173,7 @@ def test_score_agreement_recovers_planted_agreement_and_disagreement(sign: float
         z = 6.0 * rank / (len(rank) - 1)
         maps[i], voxels[i] = np.tile(z, 2)[None, :], np.tile(np.arange(len(z)), 2)
     fn = SimpleNamespace(maps_=maps, voxel_channels_=voxels)
+    assert list(score_agreement(model, stats, fn, 0.05, protected_layers=[1])["layer"]) == [0, 2]  # 1 is protected
     table = score_agreement(model, stats, fn, 0.05, threshold=3.0, protected_layers=[])
     assert list(table["layer"]) == [0, 1, 2]
     np.testing.assert_allclose(table["rho"], sign)
