@@ -33,13 +33,21 @@ def layer_summary(store: ActivationStore) -> pd.DataFrame:
     for layer in store.layers:
         for kind in store.kinds:
             x = np.asarray(store.layer(layer, kind), dtype=np.float64)
-            mean, std = x.mean(axis=0), x.std(axis=0)
-            centred = (x - mean) / np.where(std > 0, std, 1.0)
-            kurt = (centred ** 4).mean(axis=0) - 3.0
-            total = np.abs(x).sum(axis=0)
+            mean = x.mean(axis=0)
+            absolute = np.abs(x)
+            total, max_abs = absolute.sum(axis=0), float(absolute.max())
+            del absolute
+            squares = np.square(x - mean)  # products, not pow(): ``** 4`` costs six times as much here
+            var = squares.mean(axis=0)
+            m4 = np.square(squares, out=squares).mean(axis=0)
+            std, live = np.sqrt(var), var > 0
+            kurt = m4[live] / var[live] ** 2 - 3.0  # excess kurtosis of each channel that varies
             rows.append({
-                "layer": layer, "kind": kind, "mean": float(x.mean()), "std": float(x.std()),
-                "max_abs": float(np.abs(x).max()), "kurtosis": float(kurt[std > 0].mean()),
+                "layer": layer, "kind": kind, "mean": float(mean.mean()),
+                # every channel has the same tokens: the layer's variance is the channels' mean
+                # variance plus the variance of their means
+                "std": float(np.sqrt(np.mean(var + (mean - mean.mean()) ** 2))),
+                "max_abs": max_abs, "kurtosis": float(kurt.mean()),
                 "dead_fraction": float((std < 1e-6).mean()),
                 "top1_share": float(total.max() / max(total.sum(), 1e-300)),
             })

@@ -503,3 +503,26 @@ def test_two_captures_are_byte_identical(tmp_path: Path) -> None:
     assert stores[0].manifest["files"] == stores[1].manifest["files"]
     assert set(stores[0].manifest["files"]) == {"tokens.bin", "docs.bin"} | {
         f"layer_{layer:03d}_{kind}.bin" for layer in range(3) for kind in ("act", "up")}
+
+
+def test_layer_summary_matches_the_textbook_formulas(tmp_path: Path) -> None:
+    """Per-layer statistics of a synthetic store, against scipy and numpy on the whole block (a dead channel too)."""
+    from scipy.stats import kurtosis
+
+    from funcprune.explore import layer_summary
+
+    rng = np.random.default_rng(3)
+    writer = _writer(tmp_path, ["act"], [0, 1], 6)
+    blocks = {layer: np.concatenate([rng.standard_t(4, size=(9, 5)) * (layer + 1) + layer, np.full((9, 1), 2.0)],
+                                    axis=1).astype(np.float32) for layer in (0, 1)}
+    writer.append({(layer, "act"): b for layer, b in blocks.items()}, np.arange(9), np.zeros(9))
+    summary = layer_summary(writer.finish())
+    for layer, block in blocks.items():
+        x = block.astype(np.float64)
+        row = summary[summary["layer"] == layer].iloc[0]
+        total = np.abs(x).sum(axis=0)
+        expected = {"mean": x.mean(), "std": x.std(), "max_abs": np.abs(x).max(),
+                    "kurtosis": kurtosis(x[:, :5], axis=0, fisher=True, bias=True).mean(),
+                    "dead_fraction": 1 / 6, "top1_share": total.max() / total.sum()}
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(value, rel=1e-12), key
