@@ -334,7 +334,7 @@ def describe_agreement(table: pd.DataFrame) -> list[str]:
     ...                   "pruned": [4, 2], "key_pruned": [0, 1]})
     >>> t.attrs.update(ratio=0.2, threshold=3.0)
     >>> describe_agreement(t)[1]
-    'At 20% FLAP removes 20% of the 5 key neurons (|z| >= 3) of these layers and 33% of their other channels: it removes key neurons less often than the other channels (0.60 times as often).'
+    "At 20% FLAP removes 20% of the 5 key neurons (|z| >= 3; 25% of these layers' channels) and 33% of the other channels: it removes key neurons less often than the other channels (0.60 times as often)."
     """
     if not len(table):
         return ["No prunable layer has fitted networks, so FLAP's choice cannot be compared with the key neurons."]
@@ -358,8 +358,9 @@ def describe_agreement(table: pd.DataFrame) -> list[str]:
         times = key_rate / other_rate
         compare = ("it removes key neurons " + ("less often than" if times < 0.9 else "more often than" if times > 1.1
                                                 else "about as often as") + f" the other channels ({times:.2f} times as often)")
-    return [first, f"At {ratio:.0%} FLAP removes {key_rate:.0%} of the {key} key neurons (|z| >= {threshold:g}) of these "
-                   f"layers and {other_rate:.0%} of their other channels: {compare}."]
+    return [first, f"At {ratio:.0%} FLAP removes {key_rate:.0%} of the {key} key neurons (|z| >= {threshold:g}; "
+                   f"{key / (key + other):.0%} of these layers' channels) and {other_rate:.0%} of the other channels: "
+                   f"{compare}."]
 
 
 def plot_comparison_to_flap(sweep: pd.DataFrame, final: pd.DataFrame | None = None) -> "object":
