@@ -401,7 +401,7 @@ def plot_comparison_to_flap(sweep: pd.DataFrame, final: pd.DataFrame | None = No
 
 
 def plot_agreement(table: pd.DataFrame) -> "object":
-    """Per layer: the rank correlation of FLAP's score with max |z|, and the share of each group FLAP removes.
+    """Per layer: the rank correlation of FLAP's score with ``max |z|``, and the share of each group FLAP removes.
 
     Returns
     -------
