@@ -23,7 +23,8 @@ A redirect page (``<meta http-equiv="refresh">``, Jupyter Book's ``index.html``)
 not opened: its target is checked as an internal link.
 
 Screenshots of every page at a desktop and a phone width are written for a person
-to look at. Command line (``make check-book``)::
+to look at, except Sphinx's highlighted source listings (``_modules/``: checked like every
+page, not photographed; they are most of the pages and half the check's time). Command line (``make check-book``)::
 
     python -m funcprune.bookcheck book/_build/html [--screenshots book/_build/screenshots]
 
@@ -54,6 +55,8 @@ CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
 #: Viewport of each screenshot: name -> (width, height) in CSS pixels.
 VIEWPORTS = {"desktop": (1280, 800), "phone": (390, 844)}
+#: Pages checked but not photographed: the highlighted source listings of ``sphinx.ext.viewcode``.
+UNPHOTOGRAPHED = ("_modules/",)
 #: Folders of a Sphinx build that hold assets, not pages.
 SKIP_DIRS = {"_static", "_sources", "_images", "_downloads"}
 #: TeX that MathJax should have typeset; only looked for outside code.
@@ -267,7 +270,8 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
         The built HTML folder (``book/_build/html``).
     screenshots : str or path-like, optional
         Folder for full-page PNG screenshots of every page at each width of
-        :data:`VIEWPORTS` (``<page path with / as __>.<viewport>.png``); none if omitted.
+        :data:`VIEWPORTS` (``<page path with / as __>.<viewport>.png``), except the pages
+        under :data:`UNPHOTOGRAPHED`; none if omitted.
     chromium : str, optional
         Chromium executable; default :func:`find_chromium`.
     forbidden_paths : sequence of str, optional
@@ -353,7 +357,7 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
                 try:
                     tab = open_tab("desktop", server.base + rel)
                     info = tab.evaluate(_PAGE_SCRIPT)
-                    if shots is not None:
+                    if shots is not None and not rel.startswith(UNPHOTOGRAPHED):
                         name = rel.replace("/", "__").removesuffix(".html")
                         tab.screenshot(path=str(shots / f"{name}.desktop.png"), full_page=True)
                         for view in VIEWPORTS.keys() - {"desktop"}:

@@ -65,12 +65,16 @@ def _plant(site: Path, body: str) -> list[tuple[str, str]]:
 @needs_browser
 def test_clean_site_passes_and_is_photographed(site: Path, tmp_path: Path) -> None:
     shots = tmp_path / "shots"
+    (site / "_modules").mkdir()
+    (site / "_modules" / "code.html").write_text(_page("<pre>def f(): pass</pre><a href='../index.html'>up</a>"))
     problems = check_book(site, screenshots=shots)
     assert problems == []
-    names = sorted(p.name for p in shots.iterdir())
+    names = sorted(p.name for p in shots.iterdir())  # a source listing is checked, not photographed
     assert names == sorted(f"{page}.{view}.png" for page in ("index", "chapter__one", "chapter__index")
                            for view in ("desktop", "phone"))
     assert all((shots / n).read_bytes().startswith(b"\x89PNG") for n in names)
+    (site / "_modules" / "code.html").write_text(_page("<img src='../_images/gone.png' alt='gone'>"))
+    assert ("_modules/code.html", "broken-image") in [(p.page, p.kind) for p in check_book(site)]
 
 
 @needs_browser
