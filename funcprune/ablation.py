@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .evaluate import perplexity
 from .methods import Method, build_pruned, get_method, make_plan
-from .plan import PruningPlan, select_channels
+from .plan import PruningPlan
 from .scoring import ChannelStatistics, FunctionalNetworkScorer, flap_scores
 
 __all__ = ["FLAP", "build_fn_flap", "choose_criterion", "compare_with_flap", "criterion_label", "criterion_method",
@@ -308,8 +308,8 @@ def score_agreement(dense: nn.Module, stats: ChannelStatistics, networks: object
 
     flap = flap_scores(dense, stats, standardize=True)
     key = FunctionalNetworkScorer(networks)(dense)
-    plan = select_channels(flap, dense, ratio=ratio, basis=basis, protected_layers=protected_layers,
-                           round_to=round_to, method="flap")
+    plan = make_plan("flap", dense, ratio, stats=stats, basis=basis, protected_layers=protected_layers,
+                     round_to=round_to)  # the registered FLAP: its global selection of these scores
     rows = []
     for layer in sorted(set(key) & set(flap) - set(plan.protected_layers)):
         is_key = key[layer] >= threshold
