@@ -68,16 +68,21 @@ from typing import Any, Literal, Mapping, Sequence
 
 from torch import nn
 
+from .compensation import DownMoments, LeastSquaresCompensation, moments_for
 from .models import load_model
-from .plan import PruningPlan, select_channels
+from .plan import PruningPlan, select_channels, select_within_widths
 from .prune import CalibrationData, prune
 from .scoring import (ChannelStatistics, FlapScorer, FnFlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
                       RandomScorer, Scorer, WandaSpScorer)
 
 __all__ = [
     "ALLOCATION_CHOICES",
+    "COMPENSATIONS",
+    "LS_RIDGE",
     "METHODS",
     "Method",
+    "criterion_of",
+    "variant",
     "build_pruned",
     "get_method",
     "make_plan",
@@ -101,14 +106,17 @@ class Method:
         Name for tables and figures.
     scorer : {"functional_networks", "random", "magnitude", "wanda_sp", "flap", "fn_flap"}
         Importance criterion (see :mod:`funcprune.scoring`).
-    compensation : {None, "progressive", "static"}
-        Bias compensation at pruning time: none; measured layer by layer on the
+    compensation : {None, "progressive", "static", "ls"}
+        Compensation at pruning time: none; a bias measured layer by layer on the
         network whose earlier layers are already pruned
-        (:class:`funcprune.prune.CalibrationData`); or from statistics of the dense
-        model (:class:`funcprune.scoring.ChannelStatistics`, FLAP's).
-    allocation : {"global", "uniform"}
-        How the method's authors spread the budget over layers (see the module notes):
-        one ranking across layers, or the same share of every prunable layer.
+        (:class:`funcprune.prune.CalibrationData`); a bias from statistics of the dense
+        model (:class:`funcprune.scoring.ChannelStatistics`, FLAP's); or the down
+        projection's kept columns and bias refitted by least squares to the dense layer's
+        output (:mod:`funcprune.compensation`).
+    allocation : {"global", "uniform"} or "widths:<method>"
+        How the budget is spread over layers (see the module notes): one ranking across
+        layers, the same share of every prunable layer, or the per-layer widths that
+        another (unseeded) method's plan chose at the same ratio.
     needs_networks : bool
         The score needs fitted functional networks (stage 2).
     needs_statistics : bool
@@ -122,23 +130,37 @@ class Method:
         recorded in each plan's ``scorer_settings``.
     description : str
         One line for readers.
+    compensation_params : dict
+        Settings of the compensation (``{"ridge": 0.01}`` for ``"ls"``: the relative ridge strength
+        of :func:`funcprune.compensation.least_squares_down`).
     """
 
     name: str
     label: str
     scorer: str
-    compensation: Literal["progressive", "static"] | None = None
-    allocation: Literal["global", "uniform"] = "global"
+    compensation: Literal["progressive", "static", "ls"] | None = None
+    allocation: str = "global"
     needs_networks: bool = False
     needs_statistics: bool = False
     seeded: bool = False
     params: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    compensation_params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def needs_texts(self) -> bool:
-        """Calibration texts are needed (statistics or progressive compensation)."""
-        return self.needs_statistics or self.compensation == "progressive"
+        """Calibration texts are needed (statistics, progressive or least-squares compensation)."""
+        return self.needs_statistics or self.compensation in ("progressive", "ls")
+
+    @property
+    def criterion(self) -> str:
+        """The registered method whose score this method ranks channels by (``"fn"`` for ``fn-bias``)."""
+        return criterion_of(self)
+
+    @property
+    def widths_from(self) -> str | None:
+        """The method whose per-layer widths this one keeps (allocation ``"widths:<method>"``), or ``None``."""
+        return self.allocation.split(":", 1)[1] if self.allocation.startswith("widths:") else None
 
 
 #: The registry, in the order tables and figures show the methods.
@@ -169,8 +191,113 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 
+#: The compensations of the method grid (``None`` is written ``none`` in a variant's name).
+COMPENSATIONS: tuple[str | None, ...] = (None, "static", "progressive", "ls")
+#: Relative ridge strength of least-squares compensation when none is given (see :mod:`funcprune.compensation`).
+LS_RIDGE = 0.01
+_COMP_LABELS = {None: "no compensation", "static": "static bias", "progressive": "progressive bias",
+                "ls": "least squares"}
+
+
+def criterion_of(method: Method) -> str:
+    """The registered method that defines ``method``'s channel score: the first with its scorer and settings.
+
+    ``fn-bias`` and ``"fn@flap+static"`` rank by ``fn``'s score; ``fn-protect`` is a criterion of its own.
+    """
+    for name, m in METHODS.items():
+        if m.scorer == method.scorer and dict(m.params) == dict(method.params):
+            return name
+    return method.name
+
+
+def variant(criterion: str, allocation: str | None = None, compensation: str | None = "same",
+            *, ridge: float | None = None) -> Method:
+    """A point of the method grid: ``criterion``'s score, an allocation and a compensation.
+
+    Parameters
+    ----------
+    criterion : str
+        A registered method whose score ranks the channels (``"fn"``, ``"flap"``, ``"random"`` ...).
+    allocation : {"global", "uniform"}, a registered method's name, or None
+        ``None``: the criterion's own; a method's name: keep, in every layer, as many channels as that
+        method's plan keeps at the same ratio (``"widths:<method>"``).
+    compensation : {"same", "none", "static", "progressive", "ls"}
+        ``"same"``: the criterion's own.
+    ridge : float, optional
+        Relative ridge strength of ``"ls"`` (default :data:`LS_RIDGE`).
+
+    Returns
+    -------
+    Method
+        The registered method when the point is one (``variant("fn", compensation="progressive")`` is
+        ``fn-bias``); otherwise a method named ``<criterion>[@<allocation>][+<compensation>]``
+        (``"fn@flap+static"``: FN's score inside FLAP's widths, FLAP's static bias).
+
+    Raises
+    ------
+    ValueError
+        An unknown criterion, allocation or compensation (the accepted ones are listed), or widths taken
+        from a seeded method.
+    """
+    base = get_method(criterion)
+    if base.name != criterion_of(base):
+        raise ValueError(f"criterion {criterion!r} is a compensated variant; name the criterion "
+                         f"{criterion_of(base)!r} and compensation={base.compensation!r}")
+    if allocation is None or allocation == base.allocation:
+        used, alloc_tag, alloc_label = base.allocation, "", ""
+    elif allocation in ("global", "uniform"):
+        used, alloc_tag, alloc_label = allocation, f"@{allocation}", f"{allocation} allocation"
+    elif allocation in METHODS:
+        ref = METHODS[allocation]
+        if ref.seeded:
+            raise ValueError(f"widths from {allocation!r} would depend on its seed; use allocation='uniform'")
+        used, alloc_tag, alloc_label = f"widths:{allocation}", f"@{allocation}", f"{ref.label}'s widths"
+    else:
+        raise ValueError(f"allocation {allocation!r} invalid; choose 'global', 'uniform' or a method whose "
+                         f"widths to keep: {[n for n, m in METHODS.items() if not m.seeded]}")
+    comp = base.compensation if compensation == "same" else (None if compensation in (None, "none") else compensation)
+    if comp not in COMPENSATIONS:
+        raise ValueError(f"compensation {compensation!r} invalid; choose one of "
+                         f"{['same', 'none'] + [c for c in COMPENSATIONS if c]}")
+    comp_params = {"ridge": float(LS_RIDGE if ridge is None else ridge)} if comp == "ls" else {}
+    for m in METHODS.values():  # a registered point keeps its name
+        if (m.scorer, dict(m.params), m.allocation, m.compensation) == (base.scorer, dict(base.params), used, comp) \
+                and not comp_params:
+            return m
+    comp_tag = "" if comp == base.compensation else f"+{comp or 'none'}"
+    if comp == "ls" and ridge is not None:
+        comp_tag = f"+ls{float(ridge):g}"
+    name = f"{base.name}{alloc_tag}{comp_tag}"
+    parts = [p for p in (alloc_label, _COMP_LABELS[comp] if comp != base.compensation else "") if p]
+    label = f"{base.label} ({', '.join(parts)})" if parts else base.label
+    return dataclasses.replace(
+        base, name=name, label=label, allocation=used, compensation=comp, compensation_params=comp_params,
+        needs_statistics=base.needs_statistics or comp == "static" or (
+            used.startswith("widths:") and METHODS[used[7:]].needs_statistics),
+        needs_networks=base.needs_networks or (used.startswith("widths:") and METHODS[used[7:]].needs_networks),
+        description=f"{base.label}'s score" + (f", {alloc_label}" if alloc_label else "")
+                    + f", {_COMP_LABELS[comp]} (a point of the method grid)")
+
+
+def _parse_variant(name: str) -> Method:
+    """The :func:`variant` a name such as ``"fn@flap+static"`` or ``"flap+ls0.1"`` denotes."""
+    rest, _, comp = name.partition("+")
+    criterion, _, allocation = rest.partition("@")
+    ridge = None
+    if comp.startswith("ls") and comp != "ls":
+        try:
+            ridge = float(comp[2:])
+        except ValueError:
+            raise ValueError(f"method {name!r}: ridge {comp[2:]!r} is not a number (write e.g. 'fn+ls0.1')") from None
+        comp = "ls"
+    return variant(criterion, allocation or None, comp or "same", ridge=ridge)
+
+
 def get_method(name: str | Method) -> Method:
-    """The :class:`Method` registered as ``name``.
+    """The :class:`Method` registered as ``name``, or the grid point a variant name denotes.
+
+    A variant name is ``<criterion>[@<allocation>][+<compensation>]`` (see :func:`variant`):
+    ``"fn+static"``, ``"fn@flap+static"``, ``"random@fn"``, ``"flap+ls"``, ``"wanda-sp+ls0.1"``.
 
     Raises
     ------
@@ -179,9 +306,13 @@ def get_method(name: str | Method) -> Method:
     """
     if isinstance(name, Method):
         return name
-    if name not in METHODS:
-        raise ValueError(f"unknown pruning method {name!r}; accepted methods: {list(METHODS)}")
-    return METHODS[name]
+    if name in METHODS:
+        return METHODS[name]
+    if ("@" in name or "+" in name) and name.partition("@")[0].partition("+")[0] in METHODS:
+        return _parse_variant(name)
+    raise ValueError(f"unknown pruning method {name!r}; accepted methods: {list(METHODS)}, or a point of the "
+                     "grid '<criterion>[@<allocation>][+<compensation>]' such as 'fn@flap+static' "
+                     f"(compensations: none, static, progressive, ls)")
 
 
 def method_key(method: str, ratio: float, seed: int | None = None) -> str:
@@ -309,10 +440,17 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
     scorer = _scorer(m, networks, seed)
     scores = scorer(model, stats)
     recorded = {"scorer": scorer.name, "scorer_settings": dict(getattr(scorer, "settings", {})),
-                "bias_compensation": m.compensation, "allocation_source": allocation_source}
+                "bias_compensation": m.compensation, "allocation_source": allocation_source,
+                "criterion": m.criterion}
+    if m.compensation_params:
+        recorded["compensation_settings"] = dict(m.compensation_params)
     if m.seeded:
         recorded["seed"] = int(seed)
     recorded.update(settings or {})
+    if used.startswith("widths:"):
+        reference = make_plan(used.split(":", 1)[1], model, ratio, networks=networks, stats=stats, basis=basis,
+                              protected_layers=protected_layers, round_to=round_to, source=source)
+        return select_within_widths(scores, model, reference, method=m.name, settings=recorded, source=source)
     return select_channels(scores, model, ratio=float(ratio), basis=basis, allocation=used,
                            protected_layers=protected_layers, round_to=round_to, method=m.name,
                            settings=recorded, source=source)
@@ -320,7 +458,8 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
 
 def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module, plan: PruningPlan, *,
                  calibration: CalibrationData | None = None, stats: ChannelStatistics | None = None,
-                 revision: str | None = None, progress: bool = False) -> nn.Module:
+                 moments: DownMoments | None = None, revision: str | None = None,
+                 progress: bool = False) -> nn.Module:
     """A pruned copy of the base model: the plan applied the method's way.
 
     Parameters
@@ -339,6 +478,9 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
         Texts for progressive compensation (needed by ``fn-bias``).
     stats : ChannelStatistics, optional
         Dense-model statistics for static compensation (needed by ``flap``).
+    moments : DownMoments, optional
+        Dense-model moments of the down projections' inputs for least-squares compensation
+        (:func:`funcprune.compensation.down_input_moments`; needed by ``"ls"`` variants).
     revision : str, optional
         The revision of a ``base`` model (``source["revision"]`` of its
         :class:`~funcprune.models.LoadedModel`), needed when the plan records one
@@ -352,7 +494,7 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
         The pruned model, in eval mode.
     """
     m = get_method(method)
-    compensation: CalibrationData | ChannelStatistics | None = None
+    compensation: CalibrationData | ChannelStatistics | LeastSquaresCompensation | None = None
     if m.compensation == "progressive":
         if calibration is None:
             raise ValueError(f"method {m.name!r} needs calibration=CalibrationData(tokenizer, texts) "
@@ -363,6 +505,9 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
             raise ValueError(f"method {m.name!r} needs stats= (ChannelStatistics of the dense model) "
                              "for its bias compensation")
         compensation = stats
+    elif m.compensation == "ls":
+        compensation = LeastSquaresCompensation(moments_for(moments, [i for i in plan.layers if plan.removed(i)]),
+                                                float(m.compensation_params.get("ridge", LS_RIDGE)))
     if plan.method != m.name:
         plan = dataclasses.replace(plan, method=m.name)
     if isinstance(base, nn.Module):

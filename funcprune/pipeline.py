@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from ._io import ArtefactError, atomic_open, atomic_write_json, file_record, json_round_trip, json_sha256, read_json, verify_file
 from .adapters import layer_widths
 from .calibration import calibration_data, calibration_statistics, calibration_texts, texts_record
+from .compensation import down_input_moments, set_down_weights
 from .data import Text
 from .evaluate import count_parameters
 from .methods import METHODS, Method, build_pruned, get_method, make_plan, method_key
@@ -222,6 +223,10 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
     if any(m.needs_statistics for m in resolved):
         stats = calibration_statistics(run, dense, tokenizer, calib_texts, batch_size=batch_size,
                                        max_tokens=max_tokens, progress=progress, source=source)
+    moments = None
+    if any(m.compensation == "ls" for m in resolved):
+        moments = down_input_moments(dense, tokenizer, calib_texts, batch_size=batch_size, max_tokens=max_tokens,
+                                     progress=progress)
     record = texts_record(calib_texts, batch_size, max_tokens) if calib_texts else None
 
     jobs = [_Job(method_key(m.name, r, s if m.seeded else None), m, float(r), s if m.seeded else None)
@@ -265,7 +270,8 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
                 seconds = None
         else:
             status = "built"
-            pruned = build_pruned(job.method, dense, plan, calibration=calibration, stats=stats, revision=revision)
+            pruned = build_pruned(job.method, dense, plan, calibration=calibration, stats=stats, moments=moments,
+                                  revision=revision)
             report = _count_after(pruned)
             if job.method.compensation:
                 biases = _write_biases(run, job.key, sha, pruned, plan)
@@ -311,11 +317,15 @@ def _write_biases(run: RunDir, key: str, plan_sha: str, pruned: nn.Module, plan:
     from .adapters import get_adapter
 
     adapter = get_adapter(pruned)
+    refitted = get_method(plan.method).compensation == "ls"
     tensors = {}
     for i, layer in enumerate(adapter.get_layers(pruned)):
         bias = adapter.module(layer, "mlp.down").bias
         if plan.removed(i) and bias is not None:
             tensors[f"layers.{i}.mlp.down.bias"] = bias.detach().to("cpu").contiguous().clone()
+        if plan.removed(i) and refitted:
+            weight = adapter.mlp_weight(layer, "mlp.down")
+            tensors[f"layers.{i}.mlp.down.weight"] = weight.detach().to("cpu").contiguous().clone()
     path, sidecar = run.bias_paths(key)
     with atomic_open(path) as fh:
         fh.write(save(tensors, metadata={"format": BIASES_FORMAT, "plan_sha256": plan_sha}))
@@ -354,13 +364,18 @@ def _read_biases(run: RunDir, key: str, record: Mapping[str, Any] | None) -> dic
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise ArtefactError(path, f"cannot be read ({exc})", _BIAS_FIX) from None
-    return {int(k.split(".")[1]): v for k, v in tensors.items()}
+    return dict(tensors)
 
 
-def _apply(dense: nn.Module, plan: PruningPlan, biases: Mapping[int, Any], revision: str | None) -> nn.Module:
-    """A deep copy of ``dense`` (at ``revision``) pruned by ``plan`` with the saved down biases set."""
+def _apply(dense: nn.Module, plan: PruningPlan, tensors: Mapping[str, Any], revision: str | None) -> nn.Module:
+    """A deep copy of ``dense`` (at ``revision``) pruned by ``plan`` with the saved down biases (and, for
+    least-squares compensation, the refitted down weights) set."""
+    biases = {int(k.split(".")[1]): v for k, v in tensors.items() if k.endswith(".bias")}
+    weights = {int(k.split(".")[1]): v for k, v in tensors.items() if k.endswith(".weight")}
     model = copy.deepcopy(dense)
-    prune(model, plan, revision=revision, bias_compensation=dict(biases) if biases else None, progress=False)
+    prune(model, plan, revision=revision, bias_compensation=biases or None, progress=False)
+    if weights:
+        set_down_weights(model, weights)
     return model.eval()
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "model_identity",
     "select_by_threshold",
     "select_channels",
+    "select_within_widths",
     "threshold_for_ratio",
 ]
 
@@ -465,6 +466,58 @@ def select_channels(scores: Mapping[int, np.ndarray], model: nn.Module, *, ratio
     return _make_plan(model, widths, removed, cost, n_basis, method=method, settings={
         **dict(settings or {}), "min_width": min_width, "round_to": round_to},
         ratio_requested=float(ratio), basis=basis, allocation=allocation, protected=protected, source=source)
+
+
+def select_within_widths(scores: Mapping[int, np.ndarray], model: nn.Module, reference: "PruningPlan", *,
+                         method: str = "", settings: Mapping[str, Any] | None = None,
+                         source: Mapping[str, Any] | None = None) -> PruningPlan:
+    """Keep, in every layer, the highest-scored channels, as many as ``reference`` keeps there.
+
+    The allocation of another plan with this criterion's choice inside it: the control that
+    separates *which* channels a layer keeps from *how many* it keeps.
+
+    Parameters
+    ----------
+    scores : dict[int, ndarray of shape (width,)]
+        One score per channel (larger = keep), for every layer ``reference`` prunes.
+    model : nn.Module
+        The model both plans are for.
+    reference : PruningPlan
+        The plan whose per-layer widths are kept (same model, same basis).
+    method, settings, source
+        As in :func:`select_channels`.
+
+    Returns
+    -------
+    PruningPlan
+        Same widths, ratio, basis and protected layers as ``reference``; ``allocation`` is
+        ``"widths:<reference.method>"``. Ties are broken by channel index.
+
+    Raises
+    ------
+    ValueError
+        Scores missing or of the wrong width for a layer ``reference`` prunes, or a reference made for
+        another architecture.
+    """
+    widths = layer_widths(model)
+    if dict(reference.widths) != widths:
+        raise ValueError(f"the reference plan ({reference.method!r}) was made for widths {reference.widths}, "
+                         f"the model has {widths}")
+    removed: dict[int, list[int]] = {i: [] for i in widths}
+    for i in widths:
+        n_keep = len(reference.kept[i])
+        if n_keep == widths[i]:
+            continue
+        if i not in scores or len(scores[i]) != widths[i]:
+            raise ValueError(f"layer {i} is pruned by the reference plan but has no score of width {widths[i]}")
+        order = np.lexsort((np.arange(widths[i]), np.asarray(scores[i], dtype=np.float64)))  # ascending
+        removed[i] = [int(c) for c in order[:widths[i] - n_keep]]
+    cost = channel_parameters(model)
+    return _make_plan(model, widths, removed, cost, int(reference.params_basis), method=method,
+                      settings={**dict(settings or {}), "widths_from": reference.method},
+                      ratio_requested=reference.ratio_requested, basis=reference.ratio_basis,
+                      allocation=f"widths:{reference.method}", protected=list(reference.protected_layers),
+                      source=source)
 
 
 def _make_plan(model: nn.Module, widths: dict[int, int], removed: dict[int, list[int]],

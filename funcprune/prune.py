@@ -475,6 +475,8 @@ def prune(model: nn.Module, plan: PruningPlan, *, revision: str | None = None,
         earlier layers already pruned and compensated (the paper's procedure; about three
         forward passes over the texts). A mapping ``layer -> (hidden,) tensor``: down-projection
         biases measured before (by either way), set as they are (how a stored plan is rebuilt).
+        :class:`funcprune.compensation.LeastSquaresCompensation`: the kept columns of each
+        down projection and its bias refitted by least squares to the dense layer's output.
     progress : bool, default=True
         Progress bar for progressive compensation.
 
@@ -492,6 +494,10 @@ def prune(model: nn.Module, plan: PruningPlan, *, revision: str | None = None,
     try:
         if isinstance(bias_compensation, CalibrationData):
             added = _prune_progressively(model, plan, bias_compensation, progress)
+        elif callable(getattr(bias_compensation, "apply_to", None)):
+            # a compensation object that slices and refits itself
+            # (funcprune.compensation.LeastSquaresCompensation)
+            added = bias_compensation.apply_to(model, plan)
         elif isinstance(bias_compensation, (ChannelStatistics, Mapping)) or bias_compensation is None:
             if isinstance(bias_compensation, ChannelStatistics):
                 added = compensate_bias(model, plan, bias_compensation)
@@ -501,8 +507,8 @@ def prune(model: nn.Module, plan: PruningPlan, *, revision: str | None = None,
                 if len(plan.kept[i]) < plan.widths[i]:
                     prune_layer(model, i, plan.kept[i])
         else:
-            raise TypeError(f"bias_compensation must be None, ChannelStatistics, CalibrationData or a mapping of "
-                            f"layer to bias, "
+            raise TypeError(f"bias_compensation must be None, ChannelStatistics, CalibrationData, "
+                            f"LeastSquaresCompensation or a mapping of layer to bias, "
                             f"got {type(bias_compensation).__name__}")
     finally:
         model.train(was_training)
