@@ -31,6 +31,7 @@ __all__ = [
     "efficiency_table",
     "load_results",
     "method_labels",
+    "pooled_value",
     "significant_differences",
     "summary_table",
     "table_from_parts",
@@ -241,6 +242,25 @@ def validate_results_table(df: pd.DataFrame) -> pd.DataFrame:
 _GROUP = ["method", "ratio_requested", "metric", "setting"]
 
 
+def pooled_value(metric: str, values: Sequence[float] | np.ndarray) -> float:
+    """The one value of several seeds of a method: the mean, except perplexity's geometric mean.
+
+    Perplexity is pooled as the perplexity of the seeds' mean NLL (``exp(mean(log ppl))``), the
+    number the paired comparisons report (:func:`funcprune.compare.ranked_table` averages the
+    seeds' window NLLs); an arithmetic mean of perplexities would be a second, larger number
+    for the same models.
+
+    Examples
+    --------
+    >>> round(pooled_value("ppl", [10.0, 1000.0]), 6), pooled_value("nll", [1.0, 2.0])
+    (100.0, 1.5)
+    """
+    arr = np.asarray(values, dtype=float)
+    if metric == "ppl":
+        return float(np.exp(np.mean(np.log(arr))))
+    return float(np.mean(arr))
+
+
 def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
     """Mean and spread over seeds (models of one method at one ratio).
 
@@ -252,8 +272,8 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        One row per ``(method, ratio_requested, metric, setting)``: ``value`` (mean
-        over seeds), ``value_std`` (standard deviation over seeds, ``ddof=1``; NaN for
+        One row per ``(method, ratio_requested, metric, setting)``: ``value``
+        (:func:`pooled_value` over seeds: the mean, for perplexity the geometric mean), ``value_std`` (standard deviation over seeds, ``ddof=1``; NaN for
         one model), ``stderr`` (``sqrt(mean(stderr_i^2) + value_std^2 / n_seeds)``: the
         measurement error is not averaged away, since every model is measured on the
         same items and windows; conservative), ``n_seeds``, ``ratio_reached`` (mean),
@@ -268,12 +288,13 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
             stderr = math.sqrt((0.0 if np.isnan(meas) else meas) + std ** 2 / k)
         else:
             stderr = math.sqrt(meas) if not np.isnan(meas) else np.nan
-        return pd.Series({"value": float(g["value"].mean()), "value_std": std, "stderr": stderr, "n_seeds": k,
+        return pd.Series({"value": pooled_value(g["metric"].iloc[0], g["value"].to_numpy(float)),
+                          "value_std": std, "stderr": stderr, "n_seeds": k,
                           "ratio_reached": float(g["ratio_reached"].mean()),
                           "n": g["n"].iloc[0], "keys": ",".join(g["key"])})
 
     order = list(dict.fromkeys(df["method"]))
-    out = (df.groupby(_GROUP, sort=False, dropna=False)[["key", "value", "stderr", "ratio_reached", "n"]]
+    out = (df.groupby(_GROUP, sort=False, dropna=False)[["key", "metric", "value", "stderr", "ratio_reached", "n"]]
            .apply(agg).reset_index())
     out["n_seeds"] = out["n_seeds"].astype(int)
     out["method"] = pd.Categorical(out["method"], categories=order, ordered=True)
@@ -353,11 +374,13 @@ def significant_differences(df: pd.DataFrame, baseline: str = DENSE_KEY, *,
     return out.reset_index(drop=True)
 
 
-def method_labels() -> dict[str, str]:
-    """Names for tables and figures: ``"dense"`` and each method's label (:data:`funcprune.methods.METHODS`)."""
-    from .methods import METHODS  # the methods pull in torch and the scorers; only the labels are needed here
+def method_labels(names: Sequence[str] = ()) -> dict[str, str]:
+    """Names for tables and figures: ``"dense"``, each registered method's label (:data:`funcprune.methods.METHODS`)
+    and the label of every grid point in ``names`` (``"fn@flap+static"``: "FN (FLAP's widths, static bias)")."""
+    from .methods import METHODS, get_method  # the methods pull in torch and the scorers; only labels are needed
 
-    return {DENSE_KEY: "dense", **{name: m.label for name, m in METHODS.items()}}
+    return {DENSE_KEY: "dense", **{name: m.label for name, m in METHODS.items()},
+            **{name: get_method(name).label for name in names if name not in METHODS and name != DENSE_KEY}}
 
 
 def summary_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:

@@ -1,0 +1,281 @@
+"""Why a method wins or loses: a perplexity gap taken apart into selection, allocation and compensation.
+
+A pruning method is three choices (:mod:`funcprune.methods`): **which channels** a layer keeps (the
+criterion), **how many** each layer keeps (the allocation) and **how the removed ones are compensated**.
+Two methods differ in up to all three, so the gap between them mixes three effects. This module walks
+from one method to the other changing one axis at a time, through grid points that are ordinary
+methods (``"fn+static"``: FN's channels and widths with FLAP's static bias; ``"fn@flap+static"``: FN's
+score inside FLAP's widths; ``"random@fn"``: random channels inside FN's widths), built by stage 4 and
+scored by stage 5 on the same windows as every other model. Each step is a paired comparison of two
+models of the run (:func:`funcprune.compare.compare_models`), so the steps' perplexity factors multiply
+exactly to the whole gap, and each says whether the paired test decides it.
+
+The order of the steps matters when the axes interact (FLAP's bias may help FN's channels less than
+FLAP's), so every gap is walked in two orders (:data:`PATHS`); a part is only called the cause when both
+orders agree. Sentences (:func:`describe_decomposition`) are computed from the table by stated rules and
+tested on contrived runs.
+
+Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .compare import _groups, compare_models
+
+__all__ = [
+    "PATHS",
+    "PAIRS",
+    "decomposition_methods",
+    "decompose",
+    "describe_decomposition",
+    "equal_footing",
+    "plot_decomposition",
+]
+
+#: For each gap ``(method, baseline)``, two walks from ``method`` to ``baseline``, one axis a step:
+#: ``(axis, from, to)``. Names are grid points (:func:`funcprune.methods.get_method`).
+PATHS: dict[tuple[str, str], dict[str, list[tuple[str, str, str]]]] = {
+    ("fn", "flap"): {
+        "compensation first": [("compensation", "fn", "fn+static"),
+                               ("allocation", "fn+static", "fn@flap+static"),
+                               ("selection", "fn@flap+static", "flap")],
+        "selection first": [("selection", "fn", "flap@fn+none"),
+                            ("allocation", "flap@fn+none", "flap+none"),
+                            ("compensation", "flap+none", "flap")],
+    },
+    ("fn", "random"): {
+        "allocation first": [("allocation", "fn", "fn@uniform"),
+                             ("selection", "fn@uniform", "random")],
+        "selection first": [("selection", "fn", "random@fn"),
+                            ("allocation", "random@fn", "random")],
+    },
+}
+
+#: Comparisons at equal footing: ``(model, baseline, what is held equal)``.
+PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("fn", "flap+none", "no compensation for either"),
+    ("fn+static", "flap", "static bias for both"),
+    ("fn-bias", "flap+progressive", "progressive bias for both"),
+    ("fn+ls", "flap+ls", "least squares for both"),
+    ("fn@flap+static", "flap", "FLAP's widths and bias: selection only"),
+    ("fn", "flap@fn+none", "FN's widths, no compensation: selection only"),
+    ("fn", "random@fn", "FN's widths: selection only, against random channels"),
+    ("fn+ls", "fn", "FN with and without least squares"),
+    ("flap+ls", "flap", "FLAP with least squares against FLAP's bias"),
+    ("wanda-sp+ls", "wanda-sp", "Wanda-sp with and without least squares"),
+)
+
+
+def decomposition_methods(ridge: float | None = None) -> list[str]:
+    """The grid points the decomposition needs beyond the headline methods, in build order.
+
+    ``ridge`` names the least-squares variants' relative ridge (``"fn+ls0.1"``); ``None`` keeps
+    the default (``"fn+ls"``).
+    """
+    names: list[str] = []
+    for paths in PATHS.values():
+        for steps in paths.values():
+            for _, a, b in steps:
+                names += [a, b]
+    for a, b, _ in PAIRS:
+        names += [a, b]
+    return [_with_ridge(n, ridge) for n in dict.fromkeys(names)]
+
+
+def _with_ridge(name: str, ridge: float | None) -> str:
+    return f"{name}{ridge:g}" if ridge is not None and name.endswith("+ls") else name
+
+
+def _registered(name: str) -> str:
+    """The name a grid point is stored under (``"fn+progressive"`` is ``fn-bias``)."""
+    from .methods import get_method
+
+    return get_method(name).name
+
+
+def _compare(groups: Mapping[tuple[str, float], Sequence[Mapping[str, Any]]], a: str, b: str, ratio: float,
+             metric: str, **kwargs: Any) -> dict[str, Any] | None:
+    ga, gb = groups.get((_registered(a), ratio)), groups.get((_registered(b), ratio))
+    if not ga or not gb:
+        return None
+    return compare_models(ga, gb, metric, **kwargs)
+
+
+def decompose(parts: Mapping[str, Mapping[str, Any]], metric: str = "ppl@128", *, ridge: float | None = None,
+              cluster: Mapping[str, Sequence[Any]] | None = None, seeds: str = "pool", n_boot: int = 10_000,
+              alpha: float = 0.05) -> pd.DataFrame:
+    """Every gap of :data:`PATHS` taken apart, at every ratio where all of a path's models were scored.
+
+    Parameters
+    ----------
+    parts : dict
+        Per-model records of a run (``results.json["models"]``).
+    metric : str, default="ppl@128"
+        A perplexity metric (``"ppl@<window>"``).
+    ridge : float, optional
+        The relative ridge of the run's least-squares variants (as in :func:`decomposition_methods`).
+    cluster, seeds, n_boot, alpha
+        As in :func:`funcprune.compare.compare_models`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (ratio, gap, order, step): ``ratio``, ``gap`` (``"fn/flap"``), ``order``, ``step``
+        (1, 2, ...), ``axis`` (selection, allocation or compensation), ``from``, ``to``, ``factor``
+        (perplexity of ``from`` over ``to``: the part of the gap this step accounts for; the factors
+        of one order multiply to ``gap_total``), ``ci_low``, ``ci_high``, ``p_value``, ``decided``,
+        ``gap_total`` and ``interval`` (what the interval resamples). Paths with a model missing are
+        left out.
+    """
+    groups = _groups(parts)
+    ratios = sorted({r for _, r in groups})
+    rows = []
+    for (method, baseline), paths in PATHS.items():
+        for ratio in ratios:
+            total = _compare(groups, method, baseline, ratio, metric, cluster=cluster, seeds=seeds,
+                             n_boot=n_boot, alpha=alpha)
+            if total is None:
+                continue
+            for order, steps in paths.items():
+                results = [_compare(groups, _with_ridge(a, ridge), _with_ridge(b, ridge), ratio, metric,
+                                    cluster=cluster, seeds=seeds, n_boot=n_boot, alpha=alpha) for _, a, b in steps]
+                if any(r is None for r in results):
+                    continue
+                for k, ((axis, a, b), r) in enumerate(zip(steps, results), start=1):
+                    rows.append({"ratio": ratio, "gap": f"{method}/{baseline}", "order": order, "step": k,
+                                 "axis": axis, "from": a, "to": b, "factor": r["estimate"], "ci_low": r["ci_low"],
+                                 "ci_high": r["ci_high"], "p_value": r["p_value"], "decided": bool(r["decided"]),
+                                 "gap_total": total["estimate"], "gap_ci_low": total["ci_low"],
+                                 "gap_ci_high": total["ci_high"], "gap_decided": bool(total["decided"]),
+                                 "interval": r.get("interval", "windows")})
+    return pd.DataFrame(rows, columns=["ratio", "gap", "order", "step", "axis", "from", "to", "factor", "ci_low",
+                                       "ci_high", "p_value", "decided", "gap_total", "gap_ci_low", "gap_ci_high",
+                                       "gap_decided", "interval"])
+
+
+def equal_footing(parts: Mapping[str, Mapping[str, Any]], metric: str = "ppl@128", *, ridge: float | None = None,
+                  cluster: Mapping[str, Sequence[Any]] | None = None, seeds: str = "pool", n_boot: int = 10_000,
+                  alpha: float = 0.05) -> pd.DataFrame:
+    """The comparisons of :data:`PAIRS` at every ratio where both models were scored.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``ratio``, ``model``, ``baseline``, ``held_equal``, ``value``, ``baseline_value``, ``estimate``
+        (perplexity ratio, below 1 when ``model`` is better), ``ci_low``, ``ci_high``, ``p_value``,
+        ``decided``, ``better``.
+    """
+    groups = _groups(parts)
+    rows = []
+    for ratio in sorted({r for _, r in groups}):
+        for a, b, held in PAIRS:
+            a, b = _with_ridge(a, ridge), _with_ridge(b, ridge)
+            r = _compare(groups, a, b, ratio, metric, cluster=cluster, seeds=seeds, n_boot=n_boot, alpha=alpha)
+            if r is None:
+                continue
+            rows.append({"ratio": ratio, "model": a, "baseline": b, "held_equal": held, "value": r["value"],
+                         "baseline_value": r["baseline_value"], "estimate": r["estimate"], "ci_low": r["ci_low"],
+                         "ci_high": r["ci_high"], "p_value": r["p_value"], "decided": bool(r["decided"]),
+                         "better": r["better"]})
+    return pd.DataFrame(rows, columns=["ratio", "model", "baseline", "held_equal", "value", "baseline_value",
+                                       "estimate", "ci_low", "ci_high", "p_value", "decided", "better"])
+
+
+def _share(factor: float, total: float) -> float:
+    """The share of ``log(total)`` that ``log(factor)`` is (signed); NaN when the gap is 1."""
+    return math.log(factor) / math.log(total) if total > 0 and abs(math.log(total)) > 1e-12 else float("nan")
+
+
+def _pct(ratio: float) -> str:
+    return f"{100 * ratio:.0f} %"
+
+
+def describe_decomposition(table: pd.DataFrame, *, labels: Mapping[str, str] | None = None) -> list[str]:
+    """Sentences on what each gap consists of, computed from :func:`decompose`'s table.
+
+    Rules: a step *accounts for* a factor of the gap with its interval; it is called decided only when
+    its paired test decides it (``decided``); an axis is named **the main part** of a gap only when, in
+    every order walked, it is the step with the largest share of the log gap, and decided. Otherwise
+    the sentence says the parts depend on the order.
+
+    Returns
+    -------
+    list of str
+        One sentence per gap and ratio (in table order), then one per gap on the main part; empty for
+        an empty table.
+    """
+    labels = dict(labels or {})
+    name = lambda m: labels.get(m, m)  # noqa: E731
+    out: list[str] = []
+    if table.empty:
+        return out
+    for (ratio, gap), rows in table.groupby(["ratio", "gap"], sort=False):
+        method, baseline = gap.split("/")
+        first = rows.iloc[0]
+        relation = "higher" if first["gap_total"] > 1 else "lower"
+        verdict = "decided" if first["gap_decided"] else "not decided by the paired test"
+        parts = []
+        mains = []
+        for order, steps in rows.groupby("order", sort=False):
+            described = ", ".join(
+                f"{s.axis} {s.factor:.2f}x ({s.ci_low:.2f}-{s.ci_high:.2f}{'' if s.decided else ', undecided'})"
+                for s in steps.itertuples())
+            parts.append(f"{order}: {described}")
+            shares = {s.axis: _share(s.factor, s.gap_total) for s in steps.itertuples()}
+            top = max(shares, key=lambda a: shares[a] if not math.isnan(shares[a]) else -math.inf)
+            top_decided = bool(steps.loc[steps["axis"] == top, "decided"].iloc[0])
+            mains.append(top if top_decided else None)
+        out.append(f"At {_pct(ratio)}, {name(method)}'s perplexity is {first['gap_total']:.2f} times "
+                   f"{name(baseline)}'s ({first['gap_ci_low']:.2f}-{first['gap_ci_high']:.2f}, {relation}, "
+                   f"{verdict}); the factors of each step, in the two orders walked: " + "; ".join(parts) + ".")
+        if mains and all(m is not None and m == mains[0] for m in mains):
+            out.append(f"At {_pct(ratio)}, the {mains[0]} is the main part of the gap between {name(method)} and "
+                       f"{name(baseline)} in both orders, and the paired test decides it.")
+        else:
+            out.append(f"At {_pct(ratio)}, no single axis is the decided main part of the gap between "
+                       f"{name(method)} and {name(baseline)} in both orders: the parts depend on the order, or the "
+                       f"largest is not decided.")
+    return out
+
+
+def plot_decomposition(table: pd.DataFrame, *, labels: Mapping[str, str] | None = None, ax: Any = None) -> Any:
+    """A forest plot: each step's perplexity factor with its interval, one block per gap, ratio and order.
+
+    Factors above 1: the step's change lowers the perplexity (it closes that much of the gap).
+    """
+    import matplotlib.pyplot as plt
+
+    if table.empty:
+        raise ValueError("nothing to plot: the decomposition table is empty (no path had all its models scored)")
+    labels = dict(labels or {})
+    blocks = list(table.groupby(["gap", "ratio", "order"], sort=False))
+    n_rows = len(table)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 0.32 * (n_rows + 2 * len(blocks)) + 1.0))
+    colors = {"selection": "#1b9e77", "allocation": "#d95f02", "compensation": "#7570b3"}
+    y, ticks, names = 0.0, [], []
+    for (gap, ratio, order), rows in blocks:
+        method, baseline = gap.split("/")
+        for s in rows.itertuples():
+            ax.errorbar(s.factor, y, xerr=[[s.factor - s.ci_low], [s.ci_high - s.factor]], fmt="o",
+                        color=colors.get(s.axis, "k"), mfc=colors.get(s.axis, "k") if s.decided else "white",
+                        capsize=3)
+            ticks.append(y)
+            names.append(f"{s.axis}: {labels.get(s.to, s.to)}")
+            y += 1
+        ax.text(1.0, y - 0.35, f"{labels.get(method, method)} / {labels.get(baseline, baseline)} at "
+                f"{_pct(ratio)}, {order} (gap {rows['gap_total'].iloc[0]:.2f}x)", fontsize=8,
+                transform=ax.get_yaxis_transform(), ha="right", va="bottom")
+        y += 1.2
+    ax.axvline(1.0, color="grey", lw=1, ls="--")
+    ax.set_xscale("log")
+    ax.set_yticks(ticks, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("perplexity factor of the step (from / to; filled: decided)")
+    return ax

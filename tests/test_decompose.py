@@ -1,0 +1,105 @@
+"""The decomposition finds a planted selection, allocation or compensation effect, and only that one."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from funcprune.decompose import (PATHS, decompose, decomposition_methods, describe_decomposition, equal_footing,
+                                 plot_decomposition)
+from funcprune.methods import get_method
+
+N_WINDOWS = 40
+
+
+def _part(name: str, ratio: float, nll: np.ndarray, seed: int | None = None) -> dict:
+    key = f"{name}{'' if seed is None else f'-s{seed}'}_r{ratio:.2f}"
+    return {"key": key, "entry": {"method": name, "ratio_requested": ratio, "seed": seed},
+            "perplexity": {"128": {"window_nll": nll.tolist(), "tokens_sha256": "same-windows"}}}
+
+
+def _axes(name: str) -> tuple[str, str, str]:
+    """(criterion, widths, compensation) of a grid point: what the planted NLL depends on."""
+    m = get_method(name)
+    widths = m.widths_from or {"global": m.criterion, "uniform": "uniform"}[m.allocation]
+    if widths == "random":
+        widths = "uniform"
+    return m.criterion, widths, str(m.compensation)
+
+
+def _run(effect: str, size: float = 0.4, ratio: float = 0.2) -> dict:
+    """Parts of every model the decomposition needs, with NLL = base + ``size`` where the planted axis is FN's."""
+    rng = np.random.default_rng(0)
+    base = 3.0 + rng.normal(0, 0.3, N_WINDOWS)
+    parts = {}
+    for name in decomposition_methods() + ["fn", "flap", "random"]:
+        criterion, widths, comp = _axes(name)
+        planted = {"selection": criterion == "fn", "allocation": widths == "fn",
+                   "compensation": comp == "None"}[effect]
+        seeds = [0, 1] if get_method(name).seeded else [None]
+        for s in seeds:
+            noise = rng.normal(0, 0.01, N_WINDOWS)
+            parts[f"{name}-{s}"] = _part(get_method(name).name, ratio, base + size * planted + noise, s)
+    return parts
+
+
+@pytest.mark.parametrize("effect", ["selection", "allocation", "compensation"])
+def test_a_planted_effect_is_found_in_both_orders_and_nothing_else(effect: str) -> None:
+    table = decompose(_run(effect), n_boot=2000)
+    fn_flap = table[table["gap"] == "fn/flap"]
+    assert set(fn_flap["order"]) == set(PATHS[("fn", "flap")])
+    for _, steps in fn_flap.groupby("order"):
+        # the factors of one order multiply to the whole gap
+        assert math.prod(steps["factor"]) == pytest.approx(steps["gap_total"].iloc[0], rel=1e-9)
+        planted = steps[steps["axis"] == effect]
+        others = steps[steps["axis"] != effect]
+        assert planted["factor"].iloc[0] == pytest.approx(math.exp(0.4), rel=0.02)
+        assert planted["decided"].all()
+        assert np.allclose(others["factor"], 1.0, atol=0.02)
+    sentences = describe_decomposition(table)
+    assert f"the {effect} is the main part of the gap between fn and flap in both orders" in " ".join(sentences)
+
+
+def test_an_interaction_is_not_called_a_main_part() -> None:
+    """When the effect needs two axes together, the orders disagree and no axis is named."""
+    parts = _run("selection")
+    for p in parts.values():  # FN's channels hurt only in FN's widths: an interaction
+        criterion, widths, _ = _axes(p["entry"]["method"])
+        nll = np.asarray(p["perplexity"]["128"]["window_nll"])
+        if criterion == "fn" and widths != "fn":
+            p["perplexity"]["128"]["window_nll"] = (nll - 0.4).tolist()
+    table = decompose(parts, n_boot=2000)
+    text = " ".join(describe_decomposition(table))
+    assert "no single axis is the decided main part of the gap between fn and flap" in text
+
+
+def test_missing_models_leave_their_path_out_and_equal_footing_rows() -> None:
+    parts = {k: v for k, v in _run("selection").items() if not k.startswith("fn+static")}
+    table = decompose(parts, n_boot=500)
+    assert "compensation first" not in set(table.loc[table["gap"] == "fn/flap", "order"])
+    assert "selection first" in set(table.loc[table["gap"] == "fn/flap", "order"])
+    pairs = equal_footing(parts, n_boot=500)
+    assert not ((pairs["model"] == "fn+static") & (pairs["baseline"] == "flap")).any()
+    row = pairs[(pairs["model"] == "fn") & (pairs["baseline"] == "flap+none")].iloc[0]
+    assert row["estimate"] == pytest.approx(math.exp(0.4), rel=0.02) and row["better"] == "baseline"
+
+
+def test_plot_and_empty_table() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    table = decompose(_run("allocation"), n_boot=200)
+    ax = plot_decomposition(table)
+    assert len(ax.get_yticks()) == len(table)
+    assert describe_decomposition(table.iloc[0:0]) == []
+    with pytest.raises(ValueError, match="empty"):
+        plot_decomposition(table.iloc[0:0])
+
+
+def test_decomposition_methods_are_valid_grid_points_with_the_ridge_named() -> None:
+    names = decomposition_methods(ridge=0.1)
+    assert "fn+ls0.1" in names and "flap+ls0.1" in names and "fn+ls" not in names
+    for name in names:
+        get_method(name)  # raises on a bad point
