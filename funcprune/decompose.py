@@ -31,6 +31,8 @@ from .compare import _groups, compare_models
 __all__ = [
     "PATHS",
     "PAIRS",
+    "RIDGE_GRID",
+    "choose_ridge",
     "decomposition_methods",
     "decompose",
     "describe_decomposition",
@@ -70,6 +72,61 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
     ("flap+ls", "flap", "FLAP with least squares against FLAP's bias"),
     ("wanda-sp+ls", "wanda-sp", "Wanda-sp with and without least squares"),
 )
+
+
+#: Relative ridge strengths tried for least-squares compensation (:func:`choose_ridge`).
+RIDGE_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
+
+
+def choose_ridge(dense: Any, plan: Any, moments: Any, windows: Any, *, grid: Sequence[float] = RIDGE_GRID,
+                 revision: str | None = None) -> tuple[pd.DataFrame, float]:
+    """The relative ridge of least-squares compensation with the lowest perplexity on validation windows.
+
+    Each candidate refits the down projections of ``plan`` (a plan of the run, e.g. FLAP's at the sweep
+    ratio) with :class:`funcprune.compensation.LeastSquaresCompensation` and scores the windows; the
+    lowest mean NLL wins (ties: the larger ridge, the one nearer the static bias).
+
+    Parameters
+    ----------
+    dense : nn.Module
+        The dense model (left untouched).
+    plan : PruningPlan
+    moments : funcprune.compensation.DownMoments
+        The dense model's down-projection moments on the calibration texts.
+    windows : torch.Tensor of shape (n_windows, seq_len)
+        Validation windows (never the test windows the book reports on).
+    grid : sequence of float, default=RIDGE_GRID
+    revision : str, optional
+        The dense model's revision, when the plan records one.
+
+    Returns
+    -------
+    (table, ridge) : tuple
+        ``table``: ``ridge``, ``ppl`` and ``chosen`` per candidate; ``ridge``: the chosen value.
+
+    Raises
+    ------
+    ValueError
+        An empty grid or a negative value.
+    """
+    import copy
+
+    from .ablation import window_nll
+    from .compensation import LeastSquaresCompensation
+    from .prune import prune
+
+    grid = [float(r) for r in grid]
+    if not grid or any(not r >= 0 for r in grid):
+        raise ValueError(f"ridge grid {grid!r} must hold at least one value >= 0")
+    nll = []
+    for ridge in grid:
+        model = prune(copy.deepcopy(dense), plan, revision=revision,
+                      bias_compensation=LeastSquaresCompensation(moments, ridge), progress=False)
+        nll.append(float(window_nll(model, windows).mean()))
+        del model
+    best = min(range(len(grid)), key=lambda i: (nll[i], -grid[i]))
+    table = pd.DataFrame({"ridge": grid, "ppl": np.exp(nll), "chosen": [i == best for i in range(len(grid))]})
+    return table, grid[best]
 
 
 def decomposition_methods(ridge: float | None = None) -> list[str]:

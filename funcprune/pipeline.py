@@ -36,7 +36,8 @@ from typing import Any, Literal, Mapping, Sequence
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import ArtefactError, atomic_open, atomic_write_json, file_record, json_round_trip, json_sha256, read_json, verify_file
+from ._io import (ArtefactError, atomic_open, atomic_write_json, canonical_safetensors, file_record, json_round_trip,
+                  json_sha256, read_json, verify_file)
 from .adapters import layer_widths
 from .calibration import calibration_data, calibration_statistics, calibration_texts, texts_record
 from .compensation import down_input_moments, set_down_weights
@@ -328,7 +329,8 @@ def _write_biases(run: RunDir, key: str, plan_sha: str, pruned: nn.Module, plan:
             tensors[f"layers.{i}.mlp.down.weight"] = weight.detach().to("cpu").contiguous().clone()
     path, sidecar = run.bias_paths(key)
     with atomic_open(path) as fh:
-        fh.write(save(tensors, metadata={"format": BIASES_FORMAT, "plan_sha256": plan_sha}))
+        # bytes that depend only on the content: safetensors writes the metadata in a random order
+        fh.write(canonical_safetensors(save(tensors, metadata={"format": BIASES_FORMAT, "plan_sha256": plan_sha})))
     record = {"path": run.relative(path), **file_record(path), "plan_sha256": plan_sha,
               "layers": sorted(int(k.split(".")[1]) for k in tensors)}
     atomic_write_json(sidecar, {"format": BIASES_FORMAT, **record})

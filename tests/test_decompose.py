@@ -103,3 +103,22 @@ def test_decomposition_methods_are_valid_grid_points_with_the_ridge_named() -> N
     assert "fn+ls0.1" in names and "flap+ls0.1" in names and "fn+ls" not in names
     for name in names:
         get_method(name)  # raises on a bad point
+
+
+def test_choose_ridge_picks_the_lowest_validation_perplexity() -> None:
+    import torch
+
+    from funcprune.compensation import down_input_moments
+    from funcprune.decompose import choose_ridge
+    from funcprune.methods import make_plan
+    from tiny_models import TEXTS, CharTokenizer, tiny_model
+
+    model = tiny_model("llama")
+    tok = CharTokenizer()
+    moments = down_input_moments(model, tok, [t for t in TEXTS if t] * 3)
+    plan = make_plan("magnitude", model, 0.1, protected_layers=[0])
+    windows = torch.randint(1, 97, (4, 16), generator=torch.Generator().manual_seed(0))
+    table, ridge = choose_ridge(model, plan, moments, windows, grid=[0.0, 0.1, 100.0])
+    assert table["chosen"].sum() == 1 and ridge == table.loc[table["ppl"].idxmin(), "ridge"]
+    with pytest.raises(ValueError, match="at least one value"):
+        choose_ridge(model, plan, moments, windows, grid=[])

@@ -374,3 +374,32 @@ def test_calibration_texts_reload_stage_one_texts_and_refuse_mismatches(tmp_path
         calibration_texts(tmp_path)
     with pytest.raises(FileNotFoundError, match="stage 1"):
         calibration_texts(tmp_path / "empty")
+
+
+def test_grid_points_go_through_prune_all_and_rebuild_exactly(setup: dict, tmp_path: Path) -> None:
+    """Any point of the grid (criterion x allocation x compensation) is planned, stored and rebuilt like a
+    registered method; least squares stores its refitted down weights, and the rebuild equals the build."""
+    from funcprune.compensation import down_input_moments
+
+    model = setup["model"]
+    names = ["fn+static", "fn@flap+static", "flap@fn+none", "random@fn", "fn+ls0.1", "flap+ls"]
+    rows = run_grid(setup, tmp_path, ["fn", "flap"] + names, [RATIO])
+    assert "fn@flap+static_r0.10" in set(rows["key"]) and "random@fn-s1_r0.10" in set(rows["key"])
+    plans = {k: PruningPlan.load(tmp_path / "plans" / f"{k}.json") for k in rows["key"]}
+    widths = lambda p: {i: len(k) for i, k in p.kept.items()}  # noqa: E731
+    assert widths(plans["fn@flap+static_r0.10"]) == widths(plans["flap_r0.10"])
+    assert widths(plans["flap@fn+none_r0.10"]) == widths(plans["fn_r0.10"])
+    assert widths(plans["random@fn-s0_r0.10"]) == widths(plans["fn_r0.10"])
+    assert plans["fn+static_r0.10"].kept == plans["fn_r0.10"].kept
+    moments = down_input_moments(model, setup["tok"], TEXTS)
+    stats = ChannelStatistics.load(tmp_path / "stats")
+    for key in ("fn+ls0.1_r0.10", "flap+ls_r0.10", "fn@flap+static_r0.10"):
+        entry = rows.set_index("key").loc[key]
+        rebuilt = pipeline.rebuild_pruned(tmp_path, key, model, source=None).model
+        in_memory = build_pruned(entry["method"], model, plans[key], stats=stats, moments=moments)
+        torch.testing.assert_close(logits(rebuilt), logits(in_memory), rtol=0, atol=1e-6)
+    assert plans["fn+ls0.1_r0.10"].settings["compensation_settings"] == {"ridge": 0.1}
+    # least squares changed the kept down weights, so the rebuild must not be the static-bias model
+    static = pipeline.rebuild_pruned(tmp_path, "fn+static_r0.10", model, source=None).model
+    assert not torch.allclose(logits(static), logits(pipeline.rebuild_pruned(tmp_path, "fn+ls0.1_r0.10", model,
+                                                                             source=None).model))
