@@ -3,6 +3,7 @@
 Every path of a run directory is spelled here, and nowhere else; the stages and the
 notebooks ask a :class:`RunDir` for them::
 
+    run_dir/.funcprune.lock                    held by the run that writes the directory (pid, host; RunDir.locked)
     run_dir/profile.yaml                       the profile the workflow ran (funcprune.workflow)
     run_dir/activations/                       stage 1: the activation store (funcprune.store)
     run_dir/activations/manifest.json          which model, texts and settings (read by calibration_texts)
@@ -31,13 +32,38 @@ stages and :mod:`funcprune.bundle` look for them.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 from ._io import read_json
 
-__all__ = ["DENSE_KEY", "RunDir"]
+__all__ = ["DENSE_KEY", "RunDir", "RunLockedError"]
+
+#: Run directories this process holds the lock of (a nested :meth:`RunDir.locked` is a no-op).
+_HELD: set[Path] = set()
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run directory's lock: two runs would write the same files."""
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except OSError:
+        return False
+    return True
 
 #: Key of the dense model in the results (its part is ``results/parts/dense.json``); no pruned model may use it.
 DENSE_KEY = "dense"
@@ -100,7 +126,9 @@ class RunDir:
         return str(self.path)
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        from .provenance import display_path  # as a page may show it: never the builder's file system
+
+        return f"RunDir({display_path(self.path)!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RunDir) and other.path == self.path
@@ -118,6 +146,98 @@ class RunDir:
     def relative(self, path: str | os.PathLike[str]) -> str:
         """``path`` relative to the run directory, as recorded in the index."""
         return str(Path(path).relative_to(self.path))
+
+    # ---- the run's lock ------------------------------------------------------------------
+    LOCK = ".funcprune.lock"
+
+    @property
+    def lock_path(self) -> Path:
+        """``.funcprune.lock``: pid, host and start of the run writing the directory (a dot file: no stage reads it)."""
+        return self._at(self.LOCK)
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """The lock's record (``pid``, ``host``, ``started``, ``command``), ``{}`` if unreadable, None if unlocked."""
+        try:
+            holder = json.loads(self.lock_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    @contextmanager
+    def locked(self, command: str = "a funcprune run") -> Iterator[Path]:
+        """Hold the run directory's lock while the block writes it.
+
+        The lock is a file created exclusively (``O_EXCL``) holding this process's pid and
+        host; it is removed when the block ends, however it ends. A lock whose process is
+        gone (killed, machine restarted) is taken over with a warning; one held by a live
+        process, or by another host (whose processes cannot be seen from here), raises.
+        Nested use in one process is a no-op.
+
+        Parameters
+        ----------
+        command : str
+            What holds the lock, shown to a second writer.
+
+        Yields
+        ------
+        pathlib.Path
+            The lock file.
+
+        Raises
+        ------
+        RunLockedError
+            Naming the holder (pid, host, start, command), the lock file and the fix.
+        """
+        key = self.path.resolve()
+        if key in _HELD:
+            yield self.lock_path
+            return
+        self._acquire(command)
+        _HELD.add(key)
+        try:
+            yield self.lock_path
+        finally:
+            _HELD.discard(key)
+            self.lock_path.unlink(missing_ok=True)
+
+    def _acquire(self, command: str) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for _ in range(3):  # a stale lock removed, then created again by us (or a racing run)
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.lock_holder()
+                if holder is None:
+                    continue  # released meanwhile
+                self._refuse_or_take_over(holder)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(me, fh)
+            return
+        raise RunLockedError(f"{self.lock_path}: could not take the run directory's lock (another run keeps taking "
+                             "it); wait for it to end, or choose another run_dir")
+
+    def _refuse_or_take_over(self, holder: dict[str, Any]) -> None:
+        """Raise for a lock held by a live process (or another host); remove a stale one with a warning."""
+        pid, host = holder.get("pid"), holder.get("host")
+        who = (f"pid {pid} on {host} (started {holder.get('started', '?')}: {holder.get('command', '?')})"
+               if holder else "an unreadable record")
+        here = socket.gethostname()
+        if holder and host != here:
+            raise RunLockedError(f"{self.path} is being written by {who}; funcprune cannot see that host's processes "
+                                 f"from {here}: wait for that run to end, choose another run_dir, or, if no run is "
+                                 f"active there, delete {self.lock_path}")
+        if isinstance(pid, int) and _alive(pid):
+            raise RunLockedError(f"{self.path} is being written by {who}; two runs on one run_dir would overwrite "
+                                 f"each other's files: wait for it to end (or stop it: kill {pid}), or choose another "
+                                 f"run_dir; {self.lock_path} goes away when it ends")
+        warnings.warn(f"{self.path}: taking over the lock of {who}, whose process is gone (killed or the machine "
+                      "restarted); the stages check what it left before reusing it", stacklevel=4)
+        self.lock_path.unlink(missing_ok=True)
 
     # ---- stage 1 -------------------------------------------------------------------------
     @property
@@ -187,6 +307,12 @@ class RunDir:
     def index_path(self) -> Path:
         """``pruned/index.json``: every pruned model of the run."""
         return self._at(self.INDEX)
+
+    @property
+    def decomposition_record(self) -> Path:
+        """``pruned/decomposition.json``: the choices stage 4 made on validation text for the decomposition
+        (least-squares ridge, strongest baseline variant; :func:`funcprune.decompose.build_grid_points`)."""
+        return self.pruned / "decomposition.json"
 
     def index(self) -> dict[str, Any]:
         """The pruned-model index, checked: keys unique and none equal to :data:`DENSE_KEY`.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from funcprune.decompose import (PATHS, decompose, decomposition_methods, describe_decomposition, equal_footing,
+                                 ridge_of, split_parts,
                                  plot_decomposition)
 from funcprune.methods import get_method
 
@@ -122,3 +123,42 @@ def test_choose_ridge_picks_the_lowest_validation_perplexity() -> None:
     assert table["chosen"].sum() == 1 and ridge == table.loc[table["ppl"].idxmin(), "ridge"]
     with pytest.raises(ValueError, match="at least one value"):
         choose_ridge(model, plan, moments, windows, grid=[])
+
+
+def test_split_parts_and_ridge_of() -> None:
+    parts = _run("selection")
+    parts["dense"] = _part("dense", 0.0, np.zeros(N_WINDOWS))
+    parts["ls"] = _part("fn+ls0.1", 0.2, np.zeros(N_WINDOWS))
+    parts["ls2"] = _part("flap+ls0.1", 0.2, np.zeros(N_WINDOWS))
+    headline, grid = split_parts(parts)
+    assert {p["entry"]["method"] for p in headline.values()} <= {"dense", "fn", "flap", "random", "fn-bias",
+                                                                  "wanda-sp"}
+    assert "fn@flap+static" in {p["entry"]["method"] for p in grid.values()}
+    with pytest.raises(ValueError, match="ridges"):
+        ridge_of(parts)
+    del parts["ls"], parts["ls2"]
+    parts = {k: v for k, v in parts.items() if "+ls" not in v["entry"]["method"]}
+    assert ridge_of(parts) is None
+    parts["ls"] = _part("fn+ls0.1", 0.2, np.zeros(N_WINDOWS))
+    assert ridge_of(parts) == 0.1
+
+
+def test_choose_baseline_takes_the_lowest_validation_perplexity_and_reuses_known_values() -> None:
+    import torch
+
+    from funcprune.compensation import down_input_moments
+    from funcprune.decompose import choose_baseline
+    from funcprune.scoring import channel_statistics
+    from tiny_models import TEXTS, CharTokenizer, tiny_model
+
+    model, tok = tiny_model("llama"), CharTokenizer()
+    texts = [t for t in TEXTS if t] * 3
+    stats = channel_statistics(model, tok, texts, progress=False)
+    moments = down_input_moments(model, tok, texts)
+    windows = torch.randint(1, 97, (4, 16), generator=torch.Generator().manual_seed(0))
+    table, best = choose_baseline(model, windows, 0.1, stats=stats, moments=moments, ridge=0.1,
+                                  candidates=("flap", "flap+ls", "wanda-sp"), known={"flap+ls0.1": 0.5},
+                                  protected_layers=[0])
+    assert list(table["method"]) == ["flap", "flap+ls0.1", "wanda-sp"]
+    assert best == "flap+ls0.1" and table["chosen"].sum() == 1  # the planted known value is the lowest
+    assert (table.loc[table["method"] != "flap+ls0.1", "ppl"] > 1).all()
