@@ -43,6 +43,8 @@ __all__ = [
     "ridge_of",
     "split_parts",
     "describe_decomposition",
+    "describe_versus",
+    "versus_strongest",
     "equal_footing",
     "plot_decomposition",
 ]
@@ -468,6 +470,38 @@ def describe_decomposition(table: pd.DataFrame, *, labels: Mapping[str, str] | N
             out.append(f"At {_pct(ratio)}, no single axis is the decided main part of the gap between "
                        f"{name(method)} and {name(baseline)} in both orders: the parts depend on the order, or the "
                        f"largest is not decided.")
+    return out
+
+
+#: The paper's method and its variants held to the strongest baseline (``"+ls"`` takes the run's ridge).
+CHALLENGERS: tuple[str, ...] = ("fn", "fn-bias", "fn+ls")
+
+
+def versus_strongest(parts: Mapping[str, Mapping[str, Any]], strongest: str, metric: str = "ppl@128", *,
+                     ridge: float | None = None, challengers: Sequence[str] = CHALLENGERS,
+                     **kwargs: Any) -> pd.DataFrame:
+    """Each challenger against the strongest baseline variant (chosen on validation text), on the test windows.
+
+    A table of :func:`equal_footing`'s columns; ``kwargs`` as there (``cluster``, ``seeds``, ``n_boot``).
+    """
+    pairs = [(c, strongest, "the strongest baseline variant on validation text") for c in challengers]
+    return equal_footing(parts, metric, ridge=ridge, pairs=pairs, **kwargs)
+
+
+def describe_versus(table: pd.DataFrame, *, labels: Mapping[str, str] | None = None) -> list[str]:
+    """One sentence per row of :func:`versus_strongest` or :func:`equal_footing`: the ratio with its interval,
+    "lower" or "higher" only when the paired test decides it, else "cannot be told apart"."""
+    labels = dict(labels or {})
+    out = []
+    for r in table.itertuples():
+        a, b = labels.get(r.model, r.model), labels.get(r.baseline, r.baseline)
+        span = f"{r.estimate:.2f} times ({r.ci_low:.2f}-{r.ci_high:.2f})"
+        if r.decided:
+            verdict = "lower: the paired test decides it" if r.estimate < 1 else "higher: the paired test decides it"
+            out.append(f"At {_pct(r.ratio)}, {a}'s perplexity is {span} {b}'s, {verdict}.")
+        else:
+            out.append(f"At {_pct(r.ratio)}, {a}'s perplexity is {span} {b}'s: the paired test cannot tell them "
+                       "apart.")
     return out
 
 

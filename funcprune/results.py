@@ -184,6 +184,13 @@ def _efficiency(model: torch.nn.Module) -> dict[str, int]:
             "flops_per_token": flops_per_token(model)}
 
 
+def _registered(method: str) -> bool:
+    """A registered method (``fn``, ``flap`` ...), not a grid point of the decomposition (``fn@flap+static``)."""
+    from .methods import METHODS
+
+    return method in METHODS
+
+
 def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -331,8 +338,9 @@ def evaluate_run(
                         "last seq_len - 1 scored)"},
         "ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "eval_budgets": budgets,
         "tiers": {"full_ratios": full_ratios,
-                  "rule": "the dense model and models at full_ratios (all when None): every window length and "
-                          "zero-shot; the others: the shortest window length only"},
+                  "rule": "the dense model and registered methods' models at full_ratios (all when None): every "
+                          "window length and zero-shot; the others (grid points of the decomposition included): the "
+                          "shortest window length only"},
         "window_selection": "evenly spread subset of the non-overlapping grid (select_windows)",
         "zero_shot": {"tasks": tasks, "limit": zero_shot_limit, "harness": "lm-eval",
                       "harness_version": harness_version, "offline": offline, "seed": zero_shot_seed,
@@ -361,8 +369,8 @@ def evaluate_run(
         identity = ({"model": model_name, "revision": dense_revision} if key == DENSE_KEY else
                     {"plan_sha256": job.get("plan_sha256"),
                      "biases_sha256": (job.get("biases") or {}).get("sha256")})
-        tier = "full" if (key == DENSE_KEY or full_ratios is None or any(
-            math.isclose(float(job["ratio_requested"]), r) for r in full_ratios)) else "screen"
+        tier = "full" if (key == DENSE_KEY or (_registered(job["method"]) and (full_ratios is None or any(
+            math.isclose(float(job["ratio_requested"]), r) for r in full_ratios)))) else "screen"
         part_path = run.part_path(key)
         cached = _cached_part(part_path, protocol_id, identity, tier)
         if cached is not None:

@@ -162,3 +162,21 @@ def test_choose_baseline_takes_the_lowest_validation_perplexity_and_reuses_known
     assert list(table["method"]) == ["flap", "flap+ls0.1", "wanda-sp"]
     assert best == "flap+ls0.1" and table["chosen"].sum() == 1  # the planted known value is the lowest
     assert (table.loc[table["method"] != "flap+ls0.1", "ppl"] > 1).all()
+
+
+def test_versus_strongest_calls_a_win_only_when_decided() -> None:
+    from funcprune.decompose import describe_versus, versus_strongest
+
+    parts = _run("selection")  # FN's channels cost 0.4 nats per window
+    table = versus_strongest(parts, "flap", n_boot=1000)
+    assert list(table["model"]) == ["fn", "fn-bias", "fn+ls"]
+    text = describe_versus(table)
+    assert all("higher: the paired test decides it" in t for t in text)
+    same = _run("allocation")  # FN's widths hurt, not its channels: fn+ls keeps FN's widths
+    flat = {k: v for k, v in same.items()}
+    for p in flat.values():  # erase every effect: all models equal up to noise
+        p["perplexity"]["128"]["window_nll"] = (np.asarray(p["perplexity"]["128"]["window_nll"]) * 0
+                                                + 3.0 + np.random.default_rng(len(p["key"])).normal(0, 0.01, N_WINDOWS)
+                                                ).tolist()
+    text = describe_versus(versus_strongest(flat, "flap", n_boot=1000))
+    assert any("cannot tell them apart" in t for t in text)
