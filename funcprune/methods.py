@@ -55,6 +55,11 @@ Keys read ``fn_r0.20`` or ``random-s1_r0.10`` (:func:`method_key`).
 
 Used in the chapters :doc:`/executed/03_key_neurons`, :doc:`/executed/04_structured_pruning` and
 :doc:`/executed/06_ablations`.
+
+Why one module: a method *is* its point on the grid (criterion, allocation, compensation). The registry,
+the names of the other points (``"fn@flap+static"``) and the two functions that turn a point into a plan
+and a model read the same three fields; split, a new allocation or compensation would have to be taught to
+a parser, a planner and a builder in different files that must never drift apart.
 """
 
 from __future__ import annotations
