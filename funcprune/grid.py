@@ -10,6 +10,12 @@ windows like any other model) after two choices made on **validation** windows, 
 
 Both choices, with their tables, are recorded in ``pruned/decomposition.json`` (:func:`read_choices`).
 
+**The baselines with their authors' calibration** (:func:`native_arm`): FLAP's code measures its statistics on
+1,024 windows of 128 tokens of WikiText-2 train, Wanda's on 128 windows of 128 tokens of C4, each window drawn at a
+random position of the tokenised stream; the book's shared calibration is the stage-1 texts. This arm rebuilds FLAP
+and Wanda-sp from windows cut the same way from the offline corpora's calibration splits (disjoint from the
+held-out text) and scores them on chapter 5's test windows, beside their shared-calibration models.
+
 Used in the chapter :doc:`/executed/04_structured_pruning`.
 """
 
@@ -29,6 +35,9 @@ __all__ = [
     "build_grid_points",
     "choose_baseline",
     "choose_ridge",
+    "describe_native",
+    "native_arm",
+    "native_windows",
     "read_choices",
 ]
 
@@ -217,3 +226,154 @@ def read_choices(run_dir: Any) -> dict[str, Any] | None:
 
     path = RunDir(run_dir).decomposition_record
     return read_json(path) if path.exists() else None
+
+
+def native_windows(tokenizer: Any, dataset: str, n_windows: int, *, seq_len: int = 128, seed: int = 0) -> Any:
+    """Windows of ``seq_len`` tokens at random positions of a corpus's calibration split, as FLAP's and Wanda's
+    loaders draw them (the split's texts joined by blank lines and tokenised once, no BOS per window).
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    dataset : str
+        An offline corpus (``"wiki"``, ``"c4"``) or a hub one when online.
+    n_windows : int
+        Windows to draw (with replacement of positions, as their code does), ``>= 1``.
+    seq_len : int, default=128
+    seed : int, default=0
+
+    Returns
+    -------
+    torch.LongTensor of shape (n_windows, seq_len)
+
+    Raises
+    ------
+    ValueError
+        ``n_windows < 1`` or a calibration split shorter than one window.
+    """
+    import torch
+
+    from .data import load_texts
+
+    if n_windows < 1:
+        raise ValueError(f"n_windows {n_windows!r} must be >= 1")
+    ids: list[int] = []
+    for text in load_texts(dataset, "calibration"):
+        ids += tokenizer(text.text + "\n\n", add_special_tokens=False)["input_ids"]
+    if len(ids) <= seq_len:
+        raise ValueError(f"the calibration split of {dataset!r} holds {len(ids)} tokens: fewer than one window of "
+                         f"{seq_len}")
+    starts = np.random.default_rng(seed).integers(0, len(ids) - seq_len, size=n_windows)
+    stream = torch.tensor(ids, dtype=torch.long)
+    return torch.stack([stream[s:s + seq_len] for s in starts])
+
+
+#: The calibration each baseline's own code uses: (corpus, windows of 128 tokens).
+NATIVE_CALIBRATION: dict[str, tuple[str, int]] = {"flap": ("wiki", 1024), "wanda-sp": ("c4", 128)}
+
+
+def native_arm(dense: Any, tokenizer: Any, parts: Mapping[str, Mapping[str, Any]], ratios: Sequence[float], *,
+               test_windows: Any, setting: str = "128", n_windows: Mapping[str, int] | None = None,
+               corpora: Mapping[str, str] | None = None, source: Mapping[str, Any] | None = None,
+               batch_size: int = 4, **selection: Any) -> pd.DataFrame:
+    """FLAP and Wanda-sp rebuilt from their authors' kind of calibration, scored on the run's test windows.
+
+    Parameters
+    ----------
+    dense : nn.Module
+    tokenizer : transformers tokenizer
+    parts : dict
+        The run's per-model records (``results.json["models"]``): the shared-calibration models to pair with.
+    ratios : sequence of float
+    test_windows : torch.Tensor of shape (n, seq_len)
+        Chapter 5's test windows (:func:`funcprune.heldout.heldout_windows` with the same length and budget);
+        checked against the records' token digest.
+    setting : str, default="128"
+        The window setting of ``parts`` they are.
+    n_windows : dict, optional
+        Windows per method (default :data:`NATIVE_CALIBRATION`'s: 1,024 for FLAP, 128 for Wanda-sp).
+    corpora : dict, optional
+        Corpus per method (default :data:`NATIVE_CALIBRATION`'s).
+    source, batch_size, selection
+        As in stage 4 (``basis``, ``protected_layers``, ``round_to``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (method, ratio): ``method``, ``ratio``, ``corpus``, ``windows``, ``tokens``, ``ppl_native``,
+        ``ppl_shared`` and the paired comparison of native against shared (``estimate``, ``ci_low``, ``ci_high``,
+        ``p_value``, ``decided``).
+
+    Raises
+    ------
+    ValueError
+        Test windows that are not the records' windows.
+    """
+    from .ablation import window_nll
+    from .compare import _groups, compare_windows, window_nll as part_nll
+    from .evaluate import bos_token_id
+    from .heldout import ids_sha256
+    from .methods import build_pruned, make_plan
+    from .scoring import channel_statistics
+
+    counts = {m: c for m, (_, c) in NATIVE_CALIBRATION.items()} | dict(n_windows or {})
+    corpus_of = {m: d for m, (d, _) in NATIVE_CALIBRATION.items()} | dict(corpora or {})
+    groups = _groups(parts)
+    revision = (source or {}).get("revision")
+    rows = []
+    for method in ("flap", "wanda-sp"):
+        present = [r for r in ratios if (method, float(r)) in groups]
+        if not present or not counts.get(method):
+            continue
+        windows = native_windows(tokenizer, corpus_of[method], int(counts[method]))
+        stats = channel_statistics(dense, tokenizer, [], windows=windows, batch_size=batch_size, progress=False)
+        for ratio in present:
+            shared = groups[(method, float(ratio))][0]
+            shared_nll, digest = part_nll(shared, setting)
+            body = test_windows[:, 1:] if bos_token_id(tokenizer) is not None else test_windows
+            if ids_sha256(body.reshape(-1).numpy()) != digest:
+                raise ValueError(f"the test windows are not those {shared['key']!r} was scored on: build them with "
+                                 "heldout_windows(..., 'test') with chapter 5's window length and budget")
+            plan = make_plan(method, dense, float(ratio), stats=stats, source=source, **selection)
+            model = build_pruned(method, dense, plan, stats=stats, revision=revision)
+            nll = window_nll(model, test_windows)
+            del model
+            r = compare_windows(nll, shared_nll)
+            row = {"method": method, "ratio": float(ratio), "corpus": corpus_of[method],
+                   "windows": int(windows.shape[0]), "tokens": int(windows.numel()),
+                   "ppl_native": float(np.exp(nll.mean())), "ppl_shared": float(np.exp(shared_nll.mean())),
+                   "estimate": r["estimate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                   "p_value": r["p_value"], "decided": bool(r["decided"])}
+            fn = groups.get(("fn", float(ratio)))
+            if fn:  # does the paper's method's standing against this baseline change with its calibration?
+                fn_nll = part_nll(fn[0], setting)[0]
+                shared_cmp, native_cmp = compare_windows(fn_nll, shared_nll), compare_windows(fn_nll, nll)
+                row |= {"fn_vs_shared": shared_cmp["estimate"], "fn_vs_shared_better": shared_cmp["better"],
+                        "fn_vs_native": native_cmp["estimate"], "fn_vs_native_ci_low": native_cmp["ci_low"],
+                        "fn_vs_native_ci_high": native_cmp["ci_high"], "fn_vs_native_better": native_cmp["better"]}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def describe_native(table: pd.DataFrame, *, labels: Mapping[str, str] | None = None) -> list[str]:
+    """Sentences on the baselines with their authors' calibration: each against its shared-calibration model
+    (a difference called only when the paired test decides it), and whether the paper's method's standing against
+    it changes (the verdict of the paired test, "model", "baseline" or "undecided", compared)."""
+    labels = dict(labels or {})
+    out = []
+    for r in table.to_dict("records"):
+        name = labels.get(r["method"], r["method"])
+        change = (f"{'lower' if r['estimate'] < 1 else 'higher'}, decided by the paired test" if r["decided"]
+                  else "not decided by the paired test")
+        text = (f"At {100 * r['ratio']:.0f} %, {name} calibrated as its authors do ({r['windows']:,} windows of "
+                f"{r['tokens'] // r['windows']} tokens of {r['corpus']}, {r['tokens']:,} tokens) has "
+                f"{r['estimate']:.2f} times the perplexity of {name} with the book's calibration "
+                f"({r['ci_low']:.2f}-{r['ci_high']:.2f}; {change}).")
+        if "fn_vs_native" in r and r["fn_vs_native"] == r["fn_vs_native"]:
+            same = r["fn_vs_native_better"] == r["fn_vs_shared_better"]
+            text += (f" FN's perplexity is {r['fn_vs_native']:.2f} times that of this {name} "
+                     f"({r['fn_vs_native_ci_low']:.2f}-{r['fn_vs_native_ci_high']:.2f}): "
+                     + ("the ranking between them does not change." if same else
+                        "the paired verdict between them changes with the baseline's calibration."))
+        out.append(text)
+    return out

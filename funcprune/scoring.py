@@ -238,7 +238,7 @@ def _finish(accumulators: Mapping[int, ColumnMoments], source: dict[str, Any]) -
 @torch.inference_mode()
 def channel_statistics(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 4,
                        max_tokens: int = 512, layers: Sequence[int] | None = None,
-                       progress: bool = True) -> ChannelStatistics:
+                       progress: bool = True, windows: torch.Tensor | None = None) -> ChannelStatistics:
     """Statistics of every MLP channel's down-projection input, in one streaming pass.
 
     Uses :class:`~funcprune.capture.MLPRecorder` with ``kinds=("product",)`` and
@@ -261,12 +261,19 @@ def channel_statistics(model: nn.Module, tokenizer: Any, texts: Sequence[str], *
         Layers to measure (default all).
     progress : bool, default=True
         Show a progress bar over batches.
+    windows : torch.Tensor of shape (n_windows, seq_len), optional
+        Token windows to measure instead of ``texts`` (the calibration of FLAP's and Wanda's own code:
+        fixed-length windows cut from a token stream); ``batch_size`` windows per forward pass.
 
     Returns
     -------
     ChannelStatistics
     """
-    batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
+    if windows is not None:
+        chunks = [windows[s:s + batch_size] for s in range(0, len(windows), batch_size)]
+        batches = [([], {"input_ids": c, "attention_mask": torch.ones_like(c)}) for c in chunks]
+    else:
+        batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
         raise ValueError("no calibration tokens: every text is empty")
     recorder = MLPRecorder(model, kinds=("product",), layers=layers, stop_early=True)  # no LM head needed
@@ -283,6 +290,9 @@ def channel_statistics(model: nn.Module, tokenizer: Any, texts: Sequence[str], *
                     acc.update(recorder.records[(i, "product")])
     finally:
         model.train(was_training)
+    if windows is not None:
+        return _finish(accumulators, {"kind": "windows", "n_windows": int(windows.shape[0]),
+                                      "seq_len": int(windows.shape[1]), "batch_size": batch_size})
     return _finish(accumulators, {"kind": "texts", "n_texts": len(texts), "batch_size": batch_size,
                                   "max_tokens": max_tokens})
 

@@ -1,0 +1,62 @@
+"""Stage-4 choices of the decomposition: the baselines with their authors' calibration, on real offline text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from funcprune.grid import describe_native, native_arm, native_windows
+
+
+def test_native_windows_are_random_positions_of_the_calibration_stream(default_model) -> None:
+    _, tok = default_model
+    w = native_windows(tok, "wiki", 5, seq_len=32, seed=1)
+    assert w.shape == (5, 32) and w.dtype == torch.long
+    assert torch.equal(w, native_windows(tok, "wiki", 5, seq_len=32, seed=1))
+    assert not torch.equal(w, native_windows(tok, "wiki", 5, seq_len=32, seed=2))
+    with pytest.raises(ValueError, match="n_windows 0"):
+        native_windows(tok, "wiki", 0)
+
+
+def test_native_arm_pairs_with_the_shared_models_on_the_same_windows(default_model) -> None:
+    from funcprune.ablation import window_nll
+    from funcprune.heldout import heldout_windows, ids_sha256
+    from funcprune.methods import build_pruned, make_plan
+    from funcprune.scoring import channel_statistics
+
+    lm, tok = default_model
+    test = heldout_windows(tok, "wiki", "test", seq_len=32, n_windows=3)
+    stats = channel_statistics(lm, tok, ["The cat sat on the mat. " * 20], progress=False)
+    parts = {}
+    for method in ("flap", "fn"):
+        if method == "fn":  # any plan stands in for FN's here: only its windows' NLL is read
+            plan = make_plan("magnitude", lm, 0.05)
+            model = build_pruned("magnitude", lm, plan)
+        else:
+            plan = make_plan(method, lm, 0.05, stats=stats)
+            model = build_pruned(method, lm, plan, stats=stats)
+        parts[method] = {"key": f"{method}_r0.05", "entry": {"method": method, "ratio_requested": 0.05},
+                         "perplexity": {"32": {"window_nll": window_nll(model, test).tolist(),
+                                               "tokens_sha256": ids_sha256(test.reshape(-1).numpy())}}}
+    table = native_arm(lm, tok, parts, [0.05], test_windows=test, setting="32", n_windows={"flap": 4})
+    assert list(table["method"]) == ["flap"] and table["windows"].iloc[0] == 4 and table["tokens"].iloc[0] == 512
+    row = table.iloc[0]
+    assert row["ppl_shared"] == pytest.approx(np.exp(np.mean(parts["flap"]["perplexity"]["32"]["window_nll"])))
+    assert row["estimate"] == pytest.approx(row["ppl_native"] / row["ppl_shared"], rel=1e-6)
+    assert "fn_vs_native" in table.columns
+    with pytest.raises(ValueError, match="not those"):
+        native_arm(lm, tok, parts, [0.05], test_windows=test[:, :31].contiguous(), setting="32",
+                   n_windows={"flap": 4})
+
+
+def test_describe_native_states_decisions_and_ranking_changes() -> None:
+    base = {"method": "flap", "ratio": 0.2, "corpus": "wiki", "windows": 1024, "tokens": 131072, "ppl_native": 20.0,
+            "ppl_shared": 25.0, "estimate": 0.8, "ci_low": 0.7, "ci_high": 0.9, "p_value": 0.001, "decided": True,
+            "fn_vs_shared": 1.5, "fn_vs_shared_better": "baseline", "fn_vs_native": 1.8, "fn_vs_native_ci_low": 1.5,
+            "fn_vs_native_ci_high": 2.1, "fn_vs_native_better": "baseline"}
+    flipped = dict(base, fn_vs_native_better="undecided", decided=False)
+    text = describe_native(pd.DataFrame([base, flipped]), labels={"flap": "FLAP"})
+    assert "0.80 times" in text[0] and "lower, decided" in text[0] and "does not change" in text[0]
+    assert "not decided" in text[1] and "changes with the baseline's calibration" in text[1]
