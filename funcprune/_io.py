@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 import xxhash
 
 __all__ = ["ArtefactError", "DIGESTS", "DIGEST_NAMES", "atomic_directory", "atomic_open", "atomic_write_text",
-           "atomic_write_json", "file_digest", "file_record", "json_round_trip", "json_sha256", "new_digest", "read_json",
+           "atomic_write_json", "canonical_safetensors", "file_digest", "file_record", "json_round_trip", "json_sha256", "new_digest", "read_json",
            "record_digest", "sha256_file", "verify_file"]
 
 #: Digests a file record may carry, by the key it is recorded under. SHA-256 is the default. XXH3-128 is
@@ -149,6 +149,46 @@ def json_sha256(obj: Any, *, default: Any = None) -> str:
     True
     """
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=default).encode()).hexdigest()
+
+
+def canonical_safetensors(raw: bytes) -> bytes:
+    """The same safetensors file with its header written in one order: bytes that depend only on the content.
+
+    ``safetensors`` writes the ``__metadata__`` map in the order of a Rust hash map, which
+    changes from one process to the next, so two identical saves differ in their bytes (and
+    digests). This rewrites the JSON header with sorted keys and no spaces, padded with
+    spaces to a multiple of 8 bytes as ``safetensors`` pads it; the tensor bytes are kept.
+
+    Parameters
+    ----------
+    raw : bytes
+        A safetensors file (``safetensors.torch.save(...)``).
+
+    Returns
+    -------
+    bytes
+        A safetensors file with the same tensors and metadata.
+
+    Raises
+    ------
+    ValueError
+        ``raw`` is not a safetensors file (its header length or JSON is wrong).
+
+    Examples
+    --------
+    >>> import json, struct
+    >>> head = json.dumps({"__metadata__": {"b": "2", "a": "1"}}).encode()
+    >>> out = canonical_safetensors(struct.pack("<Q", len(head)) + head)
+    >>> out[8:].rstrip()
+    b'{"__metadata__":{"a":"1","b":"2"}}'
+    """
+    n = int.from_bytes(raw[:8], "little")
+    if len(raw) < 8 or not 2 <= n <= len(raw) - 8:
+        raise ValueError(f"not a safetensors file: header length {n} in {len(raw)} bytes")
+    header = json.loads(raw[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
 
 
 def read_json(path: str | os.PathLike[str], *, fix: str = "delete it and re-run the stage that wrote it") -> Any:

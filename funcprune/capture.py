@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -267,11 +268,33 @@ def rows_finite(rows: torch.Tensor) -> bool:
     return all_finite(rows.detach().cpu().numpy())
 
 
-def _write_finite(writer: ActivationWriter, where: str, key: tuple[int, str], rows: torch.Tensor) -> None:
-    """Write a record to the store (uncommitted), refusing non-finite activations and naming ``where``."""
+def _write_finite(writer: ActivationWriter, where: str, weights: str, key: tuple[int, str],
+                  rows: torch.Tensor) -> None:
+    """Write a record to the store (uncommitted), refusing non-finite activations and naming ``where``.
+
+    ``weights`` is the weights' dtype: only a half-precision model is told to try float32 (its
+    activations can overflow); a float32 model's weights were checked when it was loaded, so its
+    non-finite activations point at the inputs or the model code.
+    """
     if not rows_finite(rows):
-        raise ValueError(f"non-finite activations in layer {key[0]} ({key[1]}), {where}; try float32 weights")
+        fix = ("its weights are " + weights + ", whose range activations can overflow: load the model with "
+               "`model_dtype: float32`" if weights in ("float16", "bfloat16") else
+               f"the weights ({weights}) are finite if the model came from funcprune.load_model, which checks "
+               "them: check the texts of this batch and the model's code, or load it with `model_dtype: float32`")
+        raise ValueError(f"non-finite activations in layer {key[0]} ({key[1]}), {where}; {fix}")
     writer.write(key, rows.numpy())
+
+
+def _empty_texts(texts: Sequence[str], kept: set[int], text_ids: Sequence[str]) -> list[int]:
+    """Texts that tokenised to nothing (they give no time points), each named once in a warning."""
+    empty = sorted(set(range(len(texts))) - kept)
+    if empty:
+        shown = [text_ids[i] for i in empty[:10]]
+        warnings.warn(f"{len(empty)} calibration text(s) tokenised to zero tokens and give no time points: ids "
+                      f"{shown}{' ...' if len(empty) > 10 else ''} (recorded as skipped_empty_texts in the store's "
+                      "manifest); remove them from the calibration set to silence this, or choose other texts",
+                      stacklevel=4)
+    return empty
 
 
 @torch.inference_mode()
@@ -345,6 +368,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
         raise ValueError("every calibration text tokenised to zero tokens")
+    kept = {i for idx, _ in batches for i in idx}  # of every text, before a resume skips the committed ones
     recorder = MLPRecorder(model, kinds=kinds, layers=layers, stop_early=True, dtype=dtype, adapter=adapter)
     identity = {
         "model": {k: v for k, v in describe_model(model, source).items() if k in ("name", "revision", "model_type")},
@@ -357,6 +381,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
         "max_tokens": max_tokens,
         "drop_first_token": drop_first_token,
     }
+    skipped = _empty_texts(texts, kept, identity["text_ids"])
     writer = ActivationWriter(out_dir, identity, overwrite=overwrite)
     if writer.complete:
         return ActivationStore(out_dir)
@@ -367,6 +392,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
     if not sizes or sizes[-1] != batch_size:
         sizes.append(batch_size)
     device = input_device(model)
+    weights = str(next(model.parameters()).dtype).replace("torch.", "")
     done = writer.batches_done
     was_training = model.training
     model.eval()
@@ -379,12 +405,11 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
                     mask[:, 0] = False
                 recorder.mask = mask
                 where = f"batch {b} (texts {[identity['text_ids'][j] for j in idx]})"
-                recorder.on_record = functools.partial(_write_finite, writer, where)
+                recorder.on_record = functools.partial(_write_finite, writer, where, weights)
                 recorder.forward(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
                 doc = np.repeat(np.asarray(idx, dtype=np.int32), mask.sum(dim=1).numpy())
                 writer.commit(batch["input_ids"][mask].numpy(), doc, texts_done=idx[-1] + 1)
                 bar.update(1)
     finally:
         model.train(was_training)
-    skipped = sorted(set(range(len(texts))) - {i for idx, _ in batches for i in idx})
     return writer.finish(n_tokens=writer.rows, skipped_empty_texts=skipped, environment=environment_info())

@@ -324,8 +324,12 @@ def needs_sweep(dense: nn.Module, store: ActivationStore, windows: torch.Tensor,
     ValueError
         An unknown axis or value (naming the accepted ones), or a variant the store cannot
         serve (``drop_first_token`` on a store captured without first tokens).
+    funcprune._io.ArtefactError
+        A store file changed since stage 1 wrote it (its digest is checked first), naming it and the fix.
     """
     variants = _variants(base, grid)
+    # every refit reads the store: compare its digests first (one read, seconds), not only its sizes
+    ActivationStore(store.path, verify=True)
     widths = {layer: store.width(layer) for layer in store.layers}
     # one ICA fit per (setting, seed): a seed shared by two rows (the base and a two-seed row) is fitted once
     fits: dict[Setting, FunctionalNetworks] = {s.fit_key: fn for s, fn in (fitted or {}).items() if s.n_seeds == 1}

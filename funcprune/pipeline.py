@@ -119,7 +119,8 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
               basis: Literal["total", "mlp"] = "total",
               allocation: Literal["per-method", "global", "uniform"] | None = "per-method",
               protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
-              max_tokens: int = 512, progress: bool = True, source: Mapping[str, Any] | None = None) -> "Any":
+              max_tokens: int = 512, progress: bool = True, source: Mapping[str, Any] | None = None,
+              moments: Any = None) -> "Any":
     """Prune the dense model with every method at every ratio (and seed); save plans and biases.
 
     For each ``(method, ratio[, seed])`` the plan is made (all plans first, so a bad
@@ -169,6 +170,9 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         record its name and revision, and every model is pruned against that revision.
         Without it they record no revision (a model built from a config). Ignored when
         ``model`` is a name (the source of the model loaded here is used).
+    moments : funcprune.compensation.DownMoments, optional
+        The dense model's down-projection moments on ``texts`` for least-squares grid points
+        (``"fn+ls"``); measured here when one is asked for and none is given.
 
     Returns
     -------
@@ -224,8 +228,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
     if any(m.needs_statistics for m in resolved):
         stats = calibration_statistics(run, dense, tokenizer, calib_texts, batch_size=batch_size,
                                        max_tokens=max_tokens, progress=progress, source=source)
-    moments = None
-    if any(m.compensation == "ls" for m in resolved):
+    if moments is None and any(m.compensation == "ls" for m in resolved):
         moments = down_input_moments(dense, tokenizer, calib_texts, batch_size=batch_size, max_tokens=max_tokens,
                                      progress=progress)
     record = texts_record(calib_texts, batch_size, max_tokens) if calib_texts else None

@@ -4,9 +4,15 @@
 model on the ``meta`` device (shapes only, no memory) and checks every setting against
 it and against the machine:
 
+* every key of the profile is a parameter of some notebook (a misspelt one is named with
+  the closest declared name: :func:`funcprune.profiles.unknown_keys`);
 * the model resolves (alias, local directory, hub id) and funcprune has an adapter for
   its family; ``model_dtype`` and ``device`` are valid and available here (the
   validators of :mod:`funcprune.models`, the ones :func:`funcprune.load_model` uses);
+* a local checkpoint's ``config.json`` describes the weights beside it: every tensor shape
+  the config implies against the ``*.safetensors`` headers (milliseconds, no weight read;
+  :func:`funcprune.models.checkpoint_problems`), so swapped or wrong widths are named with
+  the path instead of failing in transformers at stage 1;
 * every ratio can be reached on ``ratio_basis`` with the protected layers, counted by
   the same functions the plans use (:func:`funcprune.evaluate.count_parameters`,
   :func:`funcprune.plan.channel_parameters`); an unreachable one is reported with the
@@ -137,14 +143,12 @@ def _duration(s: float) -> str:
 def empty_model(config: Any) -> nn.Module:
     """The causal LM of ``config`` on the ``meta`` device: every shape, no memory, no weights read.
 
-    Tied embeddings are tied, so parameter counts equal the real model's.
+    Tied embeddings are tied, so parameter counts equal the real model's
+    (:func:`funcprune.models.meta_model`).
     """
-    from transformers import AutoModelForCausalLM
+    from .models import meta_model
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    model.tie_weights()
-    return model.eval()
+    return meta_model(config)
 
 
 def max_ratio(model: nn.Module, basis: str = "total", protected_layers: Sequence[int] | None = None, *,
@@ -273,11 +277,12 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     from .methods import ALLOCATION_CHOICES
     from .plan import BASES, default_protected_layers
     from .store import check_dtype as check_storage_dtype
-    from .profiles import load_profile
+    from .profiles import load_profile, unknown_keys
 
     p = dict(profile) if isinstance(profile, Mapping) else load_profile(profile)
     report = PreflightReport(profile=str(p.get("profile", "?")))
     problems, notes = report.problems, report.notes
+    problems += unknown_keys(p)
 
     # -- model, dtype, device --------------------------------------------------------------
     dtype = _check(problems, models.check_dtype, p.get("model_dtype", "float32"))
@@ -291,8 +296,12 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     found = _check(problems, models.model_config, p.get("model", models.DEFAULT_MODEL))
     model = None
     if found is not None:
-        config, _, source = found
-        model = empty_model(config)
+        config, path, source = found
+        mismatched = _check(problems, models.checkpoint_problems, config, path,
+                            models.damaged_checkpoint_fix(source))
+        problems += mismatched or []
+        if mismatched == []:  # config and weights agree (or no weights to compare): build its shapes
+            model = _check(problems, empty_model, config)
     _check(problems, check_storage_dtype, p.get("dtype", "float32"))
 
     # -- data, methods, tasks ------------------------------------------------------------

@@ -47,10 +47,17 @@ Opening an :class:`ActivationStore` always compares the sizes (a ``stat`` per fi
 a truncated or replaced file is named at once instead of being read as fewer tokens;
 ``ActivationStore(path, verify=True)`` also compares the digests (one read of the
 store). A writer that finds a complete store (capture run again) verifies the digests
-before returning it, and one that resumes an incomplete store checks that its
-committed rows hold no NaN or inf. Any failure raises
+before returning it. Every commit records, per file, the XXH3-128 digest of its committed
+bytes (``committed`` in the manifest: a copy of the writer's running digest at that point,
+so it costs nothing beyond the hashing already done); a writer that resumes an incomplete
+store reads the committed rows once, compares them with those digests and checks that they
+hold no NaN or inf, so damage done to them since (a flipped bit, a bad sector, an edit) is
+refused instead of being resumed over and sealed with fresh digests. The digests of that
+read carry on, so a resumed store's files are not read again at
+:meth:`~ActivationWriter.finish`. Any failure raises
 :class:`~funcprune._io.ArtefactError` naming the file and the fix: delete the store and
-re-run stage 1.
+re-run stage 1. A full disk raises :class:`DiskFullError`: one line naming the store, the
+free space and what to do; nothing committed is lost, and the capture resumes.
 
 Used in the chapter :doc:`/executed/01_capture_activations`.
 
@@ -63,17 +70,19 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ._io import ArtefactError, atomic_write_json, file_record, new_digest, read_json, verify_file
+from ._io import DIGEST_NAMES, ArtefactError, atomic_write_json, file_record, new_digest, read_json, verify_file
 
-__all__ = ["ActivationStore", "ActivationWriter", "IncompatibleStoreError", "SUPPORTED_DTYPES", "StoreView",
-           "all_finite", "text_positions"]
+__all__ = ["ActivationStore", "ActivationWriter", "DiskFullError", "IncompatibleStoreError", "SUPPORTED_DTYPES",
+           "StoreView", "all_finite", "text_positions"]
 
 STORE_FORMAT = "funcprune-activations/3"
 #: Storage dtypes a user may choose; computations downstream are done in float64.
@@ -97,6 +106,40 @@ STORE_DIGEST = "xxh3_128"
 
 class IncompatibleStoreError(RuntimeError):
     """An existing store was produced by a different model, dataset or setting."""
+
+
+class DiskFullError(OSError):
+    """The disk filled up while a store was written (``ENOSPC``); the message says where and what to do.
+
+    It is an :class:`OSError` with ``errno.ENOSPC``, so handlers of the bare error still catch it;
+    its text is one line, without the ``[Errno 28]`` prefix.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _size(n_bytes: float) -> str:
+    """Bytes as a reader reads them.
+
+    >>> _size(1.8e9), _size(12e6)
+    ('1.80 GB', '12.0 MB')
+    """
+    return f"{n_bytes / 1e9:,.2f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:,.1f} MB"
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system holding ``path`` (its nearest existing parent); None if unknown."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def _fix(path: Path) -> str:
@@ -170,6 +213,14 @@ class ActivationWriter:
         Whether blocks are still written with direct I/O (False from the first refusal on).
     bytes_direct : int
         Bytes this writer wrote with direct I/O (the rest went through the page cache).
+    committed : dict of str to str
+        XXH3-128 of every file's committed bytes, as of the last commit (recorded in the manifest
+        and verified before a resume).
+
+    Raises
+    ------
+    DiskFullError
+        From any method, when the disk fills up: naming the store, the free space and the fix.
     """
 
     def __init__(self, path: str | os.PathLike[str], identity: Mapping[str, Any], *, overwrite: bool = False) -> None:
@@ -185,6 +236,7 @@ class ActivationWriter:
         self.complete = False
         self.extra: dict[str, Any] = {}
         self.files: dict[str, dict[str, Any]] = {}
+        self.committed: dict[str, str] = {}
         self._pending: dict[tuple[int, str], int] = {}
         self.direct_io = hasattr(os, "O_DIRECT")
         self.bytes_direct = 0
@@ -194,7 +246,32 @@ class ActivationWriter:
         self._hashes: dict[Path, tuple[Any, int]] = {}
         self._in_flight: deque[Future[mmap.mmap]] = deque()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funcprune-store")
-        self._open(overwrite)
+        with self._disk_full_named():
+            self._open(overwrite)
+
+    @contextmanager
+    def _disk_full_named(self) -> Iterator[None]:
+        """Turn a bare ``ENOSPC`` of the block into one :class:`DiskFullError` that says where and what to do."""
+        try:
+            yield
+        except DiskFullError:
+            raise
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            raise self._disk_full() from None
+
+    def _disk_full(self) -> DiskFullError:
+        """The error of a full disk: the store, its free space, what the rest needs, the fix."""
+        free = _free_bytes(self.path)
+        texts_left = max(len(self.identity.get("text_ids", [])) - self.texts_done, 0)
+        need = texts_left * int(self.identity.get("max_tokens") or 0) * sum(self._files().values())
+        return DiskFullError(
+            f"{self.path}: the disk filled up while the activation store was written (No space left on device); "
+            f"{'an unknown amount' if free is None else _size(free)} free there, and the {texts_left} texts still "
+            f"to capture need up to {_size(need)} more. Free space (or set run_dir to a larger disk, lower n_texts "
+            f"or max_tokens, or store `dtype: float16`) and run stage 1 again: it resumes at text {self.texts_done} "
+            f"and keeps the {self.rows} rows already committed")
 
     # -- set-up -----------------------------------------------------------------
     def _open(self, overwrite: bool) -> None:
@@ -216,11 +293,12 @@ class ActivationWriter:
                 self.rows = int(old["rows"])
                 self.complete = bool(old["complete"])
                 self.extra = dict(old.get("extra", {}))
+                self.committed = dict(old.get("committed", {}))
                 if self.complete:  # reused as it is: check every byte first
                     ActivationStore(self.path, verify=True)
                     return
                 self._truncate_to_committed()
-                self._check_committed_finite()
+                self._verify_committed()
                 return
         self.path.mkdir(parents=True, exist_ok=True)
         for f in self._files():
@@ -246,16 +324,53 @@ class ActivationWriter:
                 with open(f, "r+b") as fh:
                     fh.truncate(expected)
 
-    def _check_committed_finite(self, chunk_bytes: int = 64 << 20) -> None:
-        """Refuse to resume a store whose committed rows hold NaN or inf (bytes overwritten since)."""
+    def _verify_committed(self, chunk_bytes: int = 64 << 20) -> None:
+        """Refuse to resume over committed rows that changed since their commit; carry their digests on.
+
+        Reads every file's committed bytes once: a layer file's rows are checked for NaN and
+        inf, and each file's XXH3-128 is compared with the digest its last commit recorded
+        (:attr:`committed`; a store of an older writer records none and gets the NaN/inf check
+        only). The digests computed here continue as the files' running digests, so
+        :meth:`finish` need not read the files again.
+        """
         for f, row_bytes in self._files().items():
-            if f.name in ("tokens.bin", "docs.bin") or not self.rows:
-                continue
-            data = np.memmap(f, dtype=self.np_dtype, mode="r", shape=(self.rows, row_bytes // self.np_dtype.itemsize))
-            step = max(1, chunk_bytes // row_bytes)
-            if not all(all_finite(np.asarray(data[i:i + step])) for i in range(0, self.rows, step)):
+            layer_file = f.name not in ("tokens.bin", "docs.bin")
+            digest, end, finite = new_digest(STORE_DIGEST), self.rows * row_bytes, True
+            step = max(1, chunk_bytes // row_bytes) * row_bytes
+            with open(f, "rb") as fh:
+                for start in range(0, end, step):
+                    block = fh.read(min(step, end - start))
+                    digest.update(block)
+                    if layer_file and finite:
+                        finite = all_finite(np.frombuffer(block, dtype=self.np_dtype))
+            if not finite:
                 raise ArtefactError(f, "committed rows hold NaN or inf, which capture never writes (the file "
                                        "was overwritten)", _fix(self.path))
+            expected = self.committed.get(f.name)
+            if expected is not None and digest.hexdigest() != expected:
+                raise ArtefactError(f, f"its {self.rows} committed rows changed after they were committed "
+                                       f"({DIGEST_NAMES[STORE_DIGEST]} differs: a flipped bit, a bad sector or an "
+                                       "edit); resuming over them would seal the damage", _fix(self.path))
+            self._hashes[f] = (digest, end)
+
+    def _committed_digests(self) -> dict[str, str]:
+        """Digest of every file's committed bytes: a copy of its running digest, read from disk only if lost.
+
+        A running digest is lost when a block was written out of order (a batch written again
+        after a refused commit); the committed bytes are then read once, and the digest goes on.
+        """
+        digests = {}
+        for f, row_bytes in self._files().items():
+            end = self.rows * row_bytes
+            running = self._hashes.get(f)
+            if running is None or running[1] != end:
+                digest = new_digest(STORE_DIGEST)
+                with open(f, "rb") as fh:
+                    for start in range(0, end, 64 << 20):
+                        digest.update(fh.read(min(64 << 20, end - start)))
+                running = self._hashes[f] = (digest, end)
+            digests[f.name] = running[0].copy().hexdigest()
+        return digests
 
     def _write_manifest(self) -> None:
         atomic_write_json(self.path / "manifest.json", {
@@ -265,7 +380,7 @@ class ActivationWriter:
             "rows": self.rows,
             "complete": self.complete,
             "extra": self.extra,
-            **({"files": self.files} if self.complete else {}),
+            **({"files": self.files} if self.complete else {"committed": self.committed}),
         })
 
     # -- appending --------------------------------------------------------------
@@ -293,7 +408,8 @@ class ActivationWriter:
                 or (n_rows is not None and block.shape[0] != n_rows)):
             raise ValueError(f"layer {layer} {kind}: rows of shape {block.shape}, expected "
                              f"({'n_rows' if n_rows is None else n_rows}, {self.widths[layer]})")
-        self._write_at(_layer_file(self.path, layer, kind), block, self.rows * block.shape[1] * block.itemsize)
+        with self._disk_full_named():
+            self._write_at(_layer_file(self.path, layer, kind), block, self.rows * block.shape[1] * block.itemsize)
         self._pending[key] = block.shape[0]
 
     def commit(self, token_ids: np.ndarray, doc_ids: np.ndarray, *, texts_done: int | None = None) -> None:
@@ -313,6 +429,10 @@ class ActivationWriter:
             If a ``(layer, kind)`` of the store was not written or the row counts
             disagree; nothing is committed and the batch can be written again.
         """
+        with self._disk_full_named():
+            self._commit(token_ids, doc_ids, texts_done)
+
+    def _commit(self, token_ids: np.ndarray, doc_ids: np.ndarray, texts_done: int | None) -> None:
         self._drain()
         pending, self._pending = self._pending, {}
         n_rows = len(token_ids)
@@ -323,11 +443,13 @@ class ActivationWriter:
                              f"the store expects every one of {sorted(expected_keys)} with the same rows")
         for name, values in (("tokens.bin", token_ids), ("docs.bin", doc_ids)):
             self._write_at(self.path / name, np.ascontiguousarray(values, dtype=np.int32), self.rows * 4)
+        self._drain()  # every byte of the batch is on disk before the manifest commits it
         self.rows += n_rows
         self.batches_done += 1
         if texts_done is None:
             texts_done = int(np.max(doc_ids)) + 1 if n_rows else self.texts_done
         self.texts_done = max(self.texts_done, int(texts_done))
+        self.committed = self._committed_digests()
         self._write_manifest()
 
     def append(self, rows: Mapping[tuple[int, str], np.ndarray], token_ids: np.ndarray,
@@ -425,8 +547,13 @@ class ActivationWriter:
         """Mark the store complete, record ``extra`` facts and every file's size and digest, and open it.
 
         The digests are computed as the bytes are written (by the writer's thread, beside the
-        forward pass); only files of a resumed store, or written out of order, are read again.
+        forward pass, and carried on from the verification of a resumed store); only files written
+        out of order are read again.
         """
+        with self._disk_full_named():
+            return self._finish(extra)
+
+    def _finish(self, extra: Mapping[str, Any]) -> "ActivationStore":
         self._drain()
         self._thread.shutdown()
         self._pending = {}

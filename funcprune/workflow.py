@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from .profiles import load_profile
-from .provenance import REPO_ROOT
+from .provenance import REPO_ROOT, display_path
 from .rundir import RunDir
 
 __all__ = ["REPO_ROOT", "find_errors", "fold_injected_parameters", "load_profile", "notebook_parameters",
@@ -76,9 +76,10 @@ def run_notebooks(profile: str | Path | dict[str, Any], out_dir: str | Path, *,
     ------
     ValueError
         If the profile sets a parameter no notebook declares (a typo would otherwise be ignored).
+    funcprune.rundir.RunLockedError
+        Another live run writes the same ``run_dir`` (its lock, :meth:`funcprune.rundir.RunDir.locked`,
+        is held for the whole run; a stale one is taken over with a warning).
     """
-    import papermill
-
     prof = profile if isinstance(profile, dict) else load_profile(profile)
     paths = [Path(p) for p in notebooks] if notebooks else sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
     declared = {p: notebook_parameters(p) for p in paths}
@@ -88,7 +89,15 @@ def run_notebooks(profile: str | Path | dict[str, Any], out_dir: str | Path, *,
         raise ValueError(f"profile sets {unknown}, which no notebook declares; declared: {sorted(known)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    Path(prof["run_dir"]).mkdir(parents=True, exist_ok=True)
+    with RunDir(prof["run_dir"]).locked(f"funcprune.workflow run, profile {prof.get('profile')!r}"):
+        return _run_all(paths, declared, prof, out, kernel_name, log_output, use_cache)
+
+
+def _run_all(paths: list[Path], declared: dict[Path, dict[str, Any]], prof: dict[str, Any], out: Path,
+             kernel_name: str, log_output: bool, use_cache: bool) -> list[dict[str, Any]]:
+    """Execute (or reuse) every stage in order, holding the run directory's lock (see :func:`run_notebooks`)."""
+    import papermill
+
     report: list[dict[str, Any]] = []
     for path in paths:
         params = {k: _repo_relative(v) for k, v in prof.items() if k in declared[path]}
@@ -247,8 +256,10 @@ def _preflight(profile: str, model: str | None, *, check: bool = True) -> dict[s
             print(f"[funcprune] note: {note}", file=sys.stderr, flush=True)
         Path(prof["run_dir"]).mkdir(parents=True, exist_ok=True)
         kept = {k: v for k, v in prof.items() if k not in ("profile", "run_dir")}
-        header = f"# derived from profile {profile!r} for model {model!r} by `--model`\n"
-        RunDir(prof["run_dir"]).profile.write_text(header + yaml.safe_dump(kept, sort_keys=False))
+        header = f"# derived from profile {profile!r} for model {display_path(model)!r} by `--model`\n"
+        run = RunDir(prof["run_dir"])
+        with run.locked(f"funcprune.workflow, writing {run.PROFILE}"):  # never under a run writing it now
+            run.profile.write_text(header + yaml.safe_dump(kept, sort_keys=False))
     if check:
         report = check_profile(prof, strict=False)
         print(f"[funcprune] {report}", file=sys.stderr, flush=True)

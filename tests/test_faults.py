@@ -9,6 +9,7 @@ error) naming the file and the fix, never pass silently.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -423,3 +424,101 @@ def test_checkpoint_verify_false_checks_sizes_only(checkpoint_copy: Path) -> Non
     _truncate(checkpoint_copy / "model.safetensors")
     with pytest.raises(ArtefactError, match="has \\d+ bytes"):
         load_pruned(checkpoint_copy, verify=False)
+
+
+# ----------------------------------------------------------------------------------
+# Resume verifies what it builds on; provenance of a resumed capture; a full disk
+# ----------------------------------------------------------------------------------
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(path.iterdir()) if f.is_file()}
+
+
+@pytest.mark.parametrize("name", ["layer_001_act.bin", "layer_000_up.bin", "tokens.bin", "docs.bin"])
+def test_resume_refuses_finite_damage_to_committed_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        name: str) -> None:
+    """A flipped mantissa bit in a committed row stays finite: the commit digests catch it, nothing is sealed."""
+    _interrupted(tmp_path / "s", monkeypatch, batch_size=2, commits=2)
+    _flip_bit(tmp_path / "s" / name, offset=4)  # inside the first committed row
+    before = _snapshot(tmp_path / "s")
+    with pytest.raises(ArtefactError) as info:
+        _capture(tmp_path / "s")
+    message = str(info.value)
+    assert f"{name}: its " in message and "committed rows changed after they were committed" in message
+    assert "XXH3-128 differs" in message and "would seal the damage" in message
+    assert "delete" in message and "re-run stage 1" in message
+    assert _snapshot(tmp_path / "s") == before  # nothing resumed, truncated or re-sealed
+    assert not json.loads((tmp_path / "s" / "manifest.json").read_text())["complete"]
+
+
+def test_resume_of_an_intact_store_verifies_and_ends_byte_identical(clean_store: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same batch size: the resumed store's data files and digests equal an uninterrupted capture's."""
+    _interrupted(tmp_path / "s", monkeypatch, batch_size=2, commits=2)
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert set(manifest["committed"]) == {f.name for f in (tmp_path / "s").glob("*.bin")}
+    resumed = _capture(tmp_path / "s")
+    reference = ActivationStore(clean_store)
+    assert resumed.manifest["files"] == reference.manifest["files"]  # sizes and XXH3-128 of every file
+    assert "committed" not in resumed.manifest  # a complete store is verified by its file records
+    ActivationStore(tmp_path / "s", verify=True)
+
+
+def test_resumed_capture_records_only_truly_empty_texts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Texts committed before the interruption are not 'skipped'; the empty one is, and a warning names it."""
+    texts = CAPTURE_TEXTS[:3] + [""] + CAPTURE_TEXTS[3:6]
+
+    def capture(**kwargs):  # type: ignore[no-untyped-def]
+        return capture_activations(tiny_model("llama"), CharTokenizer(), texts, tmp_path / "s",
+                                   progress=False, **kwargs)
+
+    original = ActivationWriter.commit
+
+    def dying(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ActivationWriter, "commit", dying)
+        with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match=r"ids \['3'\]"):
+            capture(batch_size=2)
+    with pytest.warns(UserWarning, match=r"1 calibration text\(s\) tokenised to zero tokens.*ids \['3'\]"):
+        store = capture(batch_size=3)
+    assert store.manifest["extra"]["skipped_empty_texts"] == [3]
+    uninterrupted = capture_activations(tiny_model("llama"), CharTokenizer(), texts, tmp_path / "u", batch_size=2,
+                                        progress=False)
+    assert uninterrupted.manifest["extra"]["skipped_empty_texts"] == [3]
+
+
+def _full_disk_after(monkeypatch: pytest.MonkeyPatch, n_writes: int) -> None:
+    """Every block write after the first ``n_writes`` fails as on a full disk."""
+    import errno
+
+    original = ActivationWriter._write_staged
+    calls = {"n": 0}
+
+    def write(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] > n_writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ActivationWriter, "_write_staged", write)
+
+
+def test_full_disk_mid_capture_is_one_clear_line_and_loses_nothing(clean_store: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from funcprune.store import DiskFullError
+
+    with monkeypatch.context() as patch:
+        _full_disk_after(patch, 2 * 8 + 5)  # two batches (6 layer blocks and 2 index blocks each), then full
+        with pytest.raises(DiskFullError) as info:
+            _capture(tmp_path / "s")
+    message = str(info.value)
+    assert "\n" not in message and not message.startswith("[Errno")
+    assert str(tmp_path / "s") in message and "the disk filled up" in message and "free there" in message
+    assert "Free space" in message and "resumes at text 4" in message and "keeps the" in message
+    assert isinstance(info.value, OSError) and info.value.__cause__ is None
+    committed = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert committed["texts_done"] == 4 and not committed["complete"]
+    resumed = _capture(tmp_path / "s")  # space freed: the capture resumes and ends as an uninterrupted one
+    assert resumed.manifest["files"] == ActivationStore(clean_store).manifest["files"]

@@ -1,0 +1,71 @@
+"""`make book MODEL=<a local folder>`, end to end on a tiny model saved to a temporary folder.
+
+The profile is derived as ``--model`` derives it (its run directory inside the repository, as
+``make book`` puts it), preflighted, and every chapter runs; then every output of every chapter is
+searched for what the browser check (:mod:`funcprune.bookcheck`) refuses on a page: an absolute path
+of this machine, such as the local model folder. A reader's own model must not fail where the
+default passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+
+from funcprune.bookcheck import GENERIC_PATH, machine_paths
+from funcprune.models import ensure_model
+from funcprune.preflight import check_profile, derive_profile
+from funcprune.profiles import load_profile
+from funcprune.provenance import REPO_ROOT
+from funcprune.workflow import find_errors, run_notebooks
+
+
+def _tiny_local_model(folder: Path) -> Path:
+    """An 8-layer llama with the default model's tokenizer, saved as a reader's checkpoint folder."""
+    tokenizer = tf.AutoTokenizer.from_pretrained(ensure_model(progress=False))
+    config = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=8,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            tie_word_embeddings=True)
+    torch.manual_seed(0)
+    tf.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _outputs(notebook: Path) -> str:
+    """Everything a reader sees of an executed notebook: its outputs' text and HTML."""
+    shown = []
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            shown.append(output.get("text", "") if isinstance(output.get("text", ""), str) else
+                         "".join(output["text"]))
+            for kind in ("text/plain", "text/html", "text/markdown"):
+                value = output.get("data", {}).get(kind, "")
+                shown.append(value if isinstance(value, str) else "".join(value))
+    return "\n".join(shown)
+
+
+@pytest.mark.slow
+def test_book_on_a_local_model_folder_runs_and_shows_no_machine_path(tmp_path: Path) -> None:
+    folder = _tiny_local_model(tmp_path / f"reader-model-{os.getpid()}")
+    profile, notes = derive_profile(load_profile("tiny"), str(folder))
+    run_dir = Path(profile["run_dir"])
+    assert run_dir.parent == REPO_ROOT / "runs" and not run_dir.exists()
+    try:
+        assert check_profile(profile).ok
+        report = run_notebooks(profile, tmp_path / "executed", use_cache=False)
+        assert len(report) == 6 and find_errors([tmp_path / "executed"]) == []
+        forbidden = machine_paths(extra=[folder, tmp_path])
+        for notebook in sorted((tmp_path / "executed").glob("*.ipynb")):
+            text = _outputs(notebook)
+            leaked = [p for p in forbidden if p in text] + GENERIC_PATH.findall(text)
+            assert not leaked, f"{notebook.name} shows machine paths {leaked[:3]}"
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
