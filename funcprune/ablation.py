@@ -37,7 +37,7 @@ from .scoring import ChannelStatistics, FunctionalNetworkScorer, flap_scores
 
 __all__ = ["FLAP", "build_fn_flap", "choose_criterion", "compare_with_flap", "criterion_label", "criterion_method",
            "criterion_sweep", "describe_agreement", "describe_criterion", "plot_agreement", "plot_comparison_to_flap",
-           "score_agreement", "window_nll"]
+           "score_agreement", "versus_part", "window_nll"]
 
 #: Label of the reference candidate: FLAP itself (weight 0, nothing protected).
 FLAP = "FLAP"
@@ -237,7 +237,45 @@ def compare_with_flap(dense: nn.Module, stats: ChannelStatistics, networks: obje
                      "protect": float("nan") if chosen[1] is None else chosen[1], "ppl": float(np.exp(nll.mean())),
                      "ppl_flap": float(np.exp(flap_nll.mean())),
                      "channels_changed": changed / max(1, sum(len(r) for r in removed.values())),
-                     **compare_windows(nll, flap_nll, n_boot=n_boot)})
+                     **compare_windows(nll, flap_nll, n_boot=n_boot), "window_nll": nll.tolist()})
+    return pd.DataFrame(rows)
+
+
+def versus_part(final: pd.DataFrame, parts: Mapping[str, Mapping[str, Any]], baseline: str, *, tokenizer: Any,
+                windows: torch.Tensor, setting: str, n_boot: int = 10_000) -> pd.DataFrame:
+    """The chosen criterion (:func:`compare_with_flap`'s rows) against a model chapter 5 scored on the same windows,
+    such as the strongest baseline variant chosen on validation text (:func:`funcprune.grid.read_choices`).
+
+    Parameters
+    ----------
+    final : pandas.DataFrame
+        :func:`compare_with_flap`'s table (with its ``window_nll``).
+    parts : dict
+        The run's per-model records (``results.json["models"]``).
+    baseline : str
+        The method to compare with (seeds pooled).
+    tokenizer, windows, setting
+        The test windows ``final`` was scored on, checked against the records' (:func:`funcprune.grid.check_same_windows`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ratio where ``baseline`` was scored: ``ratio``, ``baseline``, ``ppl``, ``ppl_baseline`` and
+        :func:`funcprune.compare.compare_windows`'s columns.
+    """
+    from .compare import _groups, _pooled_windows, compare_windows
+    from .grid import check_same_windows
+
+    groups = _groups(parts)
+    rows = []
+    for r in final.itertuples():
+        group = groups.get((get_method(baseline).name, float(r.ratio)))
+        if not group:
+            continue
+        check_same_windows(tokenizer, windows, group[0], setting)
+        nll, base = np.asarray(r.window_nll, dtype=np.float64), _pooled_windows(group, setting)
+        rows.append({"ratio": float(r.ratio), "baseline": get_method(baseline).name, "ppl": float(np.exp(nll.mean())),
+                     "ppl_baseline": float(np.exp(base.mean())), **compare_windows(nll, base, n_boot=n_boot)})
     return pd.DataFrame(rows)
 
 

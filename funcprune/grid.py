@@ -34,6 +34,7 @@ __all__ = [
     "RIDGE_GRID",
     "build_grid_points",
     "choose_baseline",
+    "check_same_windows",
     "choose_ridge",
     "describe_native",
     "native_arm",
@@ -228,6 +229,25 @@ def read_choices(run_dir: Any) -> dict[str, Any] | None:
     return read_json(path) if path.exists() else None
 
 
+def check_same_windows(tokenizer: Any, windows: Any, part: Mapping[str, Any], setting: str) -> None:
+    """Raise unless ``windows`` (with their BOS where the tokenizer uses one) are the windows ``part`` was scored on.
+
+    Raises
+    ------
+    ValueError
+        Other windows, naming the model and how to build the right ones.
+    """
+    from .compare import window_nll as part_nll
+    from .evaluate import bos_token_id
+    from .heldout import ids_sha256
+
+    digest = part_nll(part, setting)[1]
+    body = windows[:, 1:] if bos_token_id(tokenizer) is not None else windows
+    if ids_sha256(body.reshape(-1).numpy()) != digest:
+        raise ValueError(f"the test windows are not those {part['key']!r} was scored on: build them with "
+                         "heldout_windows(..., 'test') with chapter 5's window length and budget")
+
+
 def native_windows(tokenizer: Any, dataset: str, n_windows: int, *, seq_len: int = 128, seed: int = 0) -> Any:
     """Windows of ``seq_len`` tokens at random positions of a corpus's calibration split, as FLAP's and Wanda's
     loaders draw them (the split's texts joined by blank lines and tokenised once, no BOS per window).
@@ -311,8 +331,6 @@ def native_arm(dense: Any, tokenizer: Any, parts: Mapping[str, Mapping[str, Any]
     """
     from .ablation import window_nll
     from .compare import _groups, compare_windows, window_nll as part_nll
-    from .evaluate import bos_token_id
-    from .heldout import ids_sha256
     from .methods import build_pruned, make_plan
     from .scoring import channel_statistics
 
@@ -329,11 +347,8 @@ def native_arm(dense: Any, tokenizer: Any, parts: Mapping[str, Mapping[str, Any]
         stats = channel_statistics(dense, tokenizer, [], windows=windows, batch_size=batch_size, progress=False)
         for ratio in present:
             shared = groups[(method, float(ratio))][0]
-            shared_nll, digest = part_nll(shared, setting)
-            body = test_windows[:, 1:] if bos_token_id(tokenizer) is not None else test_windows
-            if ids_sha256(body.reshape(-1).numpy()) != digest:
-                raise ValueError(f"the test windows are not those {shared['key']!r} was scored on: build them with "
-                                 "heldout_windows(..., 'test') with chapter 5's window length and budget")
+            shared_nll = part_nll(shared, setting)[0]
+            check_same_windows(tokenizer, test_windows, shared, setting)
             plan = make_plan(method, dense, float(ratio), stats=stats, source=source, **selection)
             model = build_pruned(method, dense, plan, stats=stats, revision=revision)
             nll = window_nll(model, test_windows)

@@ -60,3 +60,26 @@ def test_describe_native_states_decisions_and_ranking_changes() -> None:
     text = describe_native(pd.DataFrame([base, flipped]), labels={"flap": "FLAP"})
     assert "0.80 times" in text[0] and "lower, decided" in text[0] and "does not change" in text[0]
     assert "not decided" in text[1] and "changes with the baseline's calibration" in text[1]
+
+
+def test_the_chosen_criterion_is_compared_with_a_scored_model_on_the_same_windows() -> None:
+    from funcprune.ablation import versus_part
+    from funcprune.heldout import ids_sha256
+
+    windows = torch.arange(40).reshape(4, 10)
+    rng = np.random.default_rng(0)
+    base = 3 + rng.normal(0, 0.2, 4)
+
+    def part(method: str, seed: int | None, nll: np.ndarray) -> dict:
+        return {"key": f"{method}-{seed}", "entry": {"method": method, "ratio_requested": 0.2, "seed": seed},
+                "perplexity": {"10": {"window_nll": nll.tolist(), "tokens_sha256": ids_sha256(windows.reshape(-1).numpy())}}}
+
+    parts = {"a": part("flap+ls0.1", None, base + 0.1), "b": part("random", 0, base + 1), "c": part("random", 1, base + 2)}
+    final = pd.DataFrame([{"ratio": 0.2, "window_nll": base.tolist()}, {"ratio": 0.3, "window_nll": base.tolist()}])
+    out = versus_part(final, parts, "flap+ls0.1", tokenizer=None, windows=windows, setting="10", n_boot=500)
+    assert list(out["ratio"]) == [0.2]  # no flap+ls model at 0.3
+    assert out["estimate"].iloc[0] == pytest.approx(np.exp(-0.1))
+    pooled = versus_part(final, parts, "random", tokenizer=None, windows=windows, setting="10", n_boot=500)
+    assert pooled["ppl_baseline"].iloc[0] == pytest.approx(np.exp((base + 1.5).mean()))  # seeds pooled
+    with pytest.raises(ValueError, match="not those"):
+        versus_part(final, parts, "random", tokenizer=None, windows=windows + 1, setting="10")
