@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .evaluate import perplexity
+from .evaluate import window_nll  # re-exported: chapter 6 imports it from here
 from .methods import Method, build_pruned, get_method, make_plan
 from .plan import PruningPlan
 from .scoring import ChannelStatistics, FunctionalNetworkScorer, flap_scores
@@ -41,17 +41,6 @@ __all__ = ["FLAP", "build_fn_flap", "choose_criterion", "compare_with_flap", "cr
 
 #: Label of the reference candidate: FLAP itself (weight 0, nothing protected).
 FLAP = "FLAP"
-
-
-def window_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> np.ndarray:
-    """Mean NLL of each window (``(n_windows,)``, float64): the unit of the paired tests.
-
-    Scored by :func:`funcprune.evaluate.perplexity`, as chapter 5 scores its windows
-    (each window already holds its BOS token where the family uses one).
-    """
-    res = perplexity(model, None, windows.reshape(-1), seq_len=int(windows.shape[1]), batch_size=batch_size,
-                     bos=None, progress=False)
-    return np.asarray(res["window_nll"], dtype=np.float64)
 
 
 def criterion_method(weight: float = 0.0, protect: float | None = None) -> Method:
@@ -264,7 +253,7 @@ def versus_part(final: pd.DataFrame, parts: Mapping[str, Mapping[str, Any]], bas
         :func:`funcprune.compare.compare_windows`'s columns.
     """
     from .compare import _groups, _pooled_windows, compare_windows
-    from .grid import check_same_windows
+    from .decompose import check_same_windows
 
     groups = _groups(parts)
     rows = []

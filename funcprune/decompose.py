@@ -31,6 +31,7 @@ from .compare import _groups, compare_models
 
 __all__ = [
     "PATHS",
+    "check_same_windows",
     "PAIRS",
     "decomposition_methods",
     "decompose",
@@ -91,6 +92,25 @@ def decomposition_methods(ridge: float | None = None) -> list[str]:
     for a, b, _ in PAIRS:
         names += [a, b]
     return [_with_ridge(n, ridge) for n in dict.fromkeys(names)]
+
+
+def check_same_windows(tokenizer: Any, windows: Any, part: Mapping[str, Any], setting: str) -> None:
+    """Raise unless ``windows`` (with their BOS where the tokenizer uses one) are the windows ``part`` was scored on.
+
+    Raises
+    ------
+    ValueError
+        Other windows, naming the model and how to build the right ones.
+    """
+    from .compare import window_nll as part_nll
+    from .evaluate import bos_token_id
+    from .heldout import ids_sha256
+
+    digest = part_nll(part, setting)[1]
+    body = windows[:, 1:] if bos_token_id(tokenizer) is not None else windows
+    if ids_sha256(body.reshape(-1).numpy()) != digest:
+        raise ValueError(f"the test windows are not those {part['key']!r} was scored on: build them with "
+                         "heldout_windows(..., 'test') with chapter 5's window length and budget")
 
 
 def split_parts(parts: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:

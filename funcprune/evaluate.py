@@ -4,6 +4,8 @@ Everything here works on an in-memory causal LM (dense or pruned) on any device:
 inputs are moved to the model's device, nothing is computed with gradients, and
 sums of log-likelihoods are accumulated in float64.
 
+* :func:`token_nll` -- the NLL of every token of given windows, by the same engine as
+  :func:`perplexity` (the package's one NLL engine: lesions and sweeps score through it).
 * :func:`perplexity` -- token-level perplexity over held-out text, cut into
   non-overlapping windows of ``seq_len`` tokens (the protocol of the pruning
   literature: WikiText-2 at 128 and 2048 tokens). When the model's tokenizer puts a
@@ -34,6 +36,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +45,8 @@ from tqdm.auto import tqdm
 from .adapters import CANONICAL_ATTN, get_adapter
 from .models import input_device
 
-__all__ = ["bos_token_id", "count_parameters", "flops_per_token", "max_positions", "measure_latency", "perplexity"]
+__all__ = ["bos_token_id", "count_parameters", "flops_per_token", "max_positions", "measure_latency", "perplexity",
+           "token_nll", "window_nll"]
 
 #: Config attributes that may hold a model's maximum sequence length.
 _MAX_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
@@ -235,15 +239,8 @@ def perplexity(
                 labels = windows.clone()
                 for row, first in enumerate(first_scored[b:b + batch_size]):
                     labels[row, :first] = -100
-                windows, labels = windows.to(device), labels.to(device)
-                logits = model(input_ids=windows, use_cache=False).logits  # (B, L, V)
-                token_nll = F.cross_entropy(
-                    logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                    labels[:, 1:].reshape(-1),
-                    ignore_index=-100,
-                    reduction="none",
-                ).reshape(len(batch_starts), -1)  # (B, L - 1), 0 where ignored
-                row_sums = token_nll.double().sum(dim=1).tolist()
+                nll_rows = _batch_nll(model, windows, labels, device)  # (B, L - 1), 0 where ignored
+                row_sums = nll_rows.double().sum(dim=1).tolist()
                 row_counts = (labels[:, 1:] != -100).sum(dim=1).tolist()
                 window_nll += [s / c for s, c in zip(row_sums, row_counts)]
                 window_tokens += [int(c) for c in row_counts]
@@ -275,6 +272,79 @@ def perplexity(
     if text_ids is not None:
         result["text_ids"] = list(text_ids)
     return result
+
+
+def _batch_nll(model: nn.Module, windows: torch.Tensor, labels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The package's one NLL engine: float32 NLL ``(B, L - 1)`` of ``labels[:, 1:]`` given ``windows``.
+
+    Windows and labels are moved to ``device`` (:func:`funcprune.models.input_device`: the
+    embedding's device, right for models sharded over several devices); labels of
+    ``-100`` are not scored and give 0.
+    """
+    windows, labels = windows.to(device), labels.to(device)
+    logits = model(input_ids=windows, use_cache=False).logits  # (B, L, V)
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).reshape(windows.shape[0], -1)
+
+
+def window_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> np.ndarray:
+    """Mean NLL of each window (``(n_windows,)``, float64): the unit of the paired tests.
+
+    Scored by :func:`perplexity`, as chapter 5 scores its windows (each window already holds its BOS
+    token where the family uses one).
+    """
+    res = perplexity(model, None, windows.reshape(-1), seq_len=int(windows.shape[1]), batch_size=batch_size,
+                     bos=None, progress=False)
+    return np.asarray(res["window_nll"], dtype=np.float64)
+
+
+def token_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> np.ndarray:
+    """Negative log-likelihood of every predicted token of every window, by the engine of :func:`perplexity`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A causal LM returning ``logits``, on any device or sharded over several
+        (windows go to :func:`funcprune.models.input_device`).
+    windows : LongTensor of shape (n_windows, seq_len)
+        Token ids; position ``i`` predicts token ``i + 1`` within its window (put the
+        BOS token first where the family needs it).
+    batch_size : int, default=4
+        Windows per forward pass.
+
+    Returns
+    -------
+    ndarray of shape (n_windows, seq_len - 1), float64
+        NLL (nats) of tokens ``1 .. seq_len - 1`` of each window, computed in float32
+        exactly as :func:`perplexity` computes them: the mean of a row is that window's
+        ``window_nll`` when :func:`perplexity` scores the same windows with ``bos=None``.
+
+    Raises
+    ------
+    ValueError
+        ``windows`` not of shape ``(n, seq_len >= 2)``, or ``batch_size < 1``.
+    """
+    if windows.ndim != 2 or windows.shape[1] < 2 or windows.dtype.is_floating_point:
+        raise ValueError(f"windows must be integer token ids of shape (n_windows, seq_len >= 2), got "
+                         f"{tuple(windows.shape)} {windows.dtype}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = input_device(model)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, windows.shape[0], batch_size):
+                ids = windows[start:start + batch_size].long()
+                out.append(_batch_nll(model, ids, ids, device).double().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out)
 
 
 def _embedding_params(model: nn.Module) -> set[int]:

@@ -27,14 +27,13 @@ import numpy as np
 import pandas as pd
 
 from ._io import atomic_write_json, read_json
-from .decompose import _with_ridge, decomposition_methods
+from .decompose import _with_ridge, check_same_windows, decomposition_methods
 
 __all__ = [
     "BASELINE_CANDIDATES",
     "RIDGE_GRID",
     "build_grid_points",
     "choose_baseline",
-    "check_same_windows",
     "choose_ridge",
     "describe_native",
     "native_arm",
@@ -85,7 +84,7 @@ def choose_ridge(dense: Any, plan: Any, moments: Any, windows: Any, *, grid: Seq
     """
     import copy
 
-    from .ablation import window_nll
+    from .evaluate import window_nll
     from .compensation import LeastSquaresCompensation
     from .prune import prune
 
@@ -130,7 +129,7 @@ def choose_baseline(dense: Any, windows: Any, ratio: float, *, stats: Any, momen
     (table, name) : tuple
         ``table``: ``method``, ``label``, ``ppl`` and ``chosen``; ``name``: the lowest validation perplexity.
     """
-    from .ablation import window_nll
+    from .evaluate import window_nll
     from .methods import build_pruned, get_method, make_plan
 
     revision = (source or {}).get("revision")
@@ -229,25 +228,6 @@ def read_choices(run_dir: Any) -> dict[str, Any] | None:
     return read_json(path) if path.exists() else None
 
 
-def check_same_windows(tokenizer: Any, windows: Any, part: Mapping[str, Any], setting: str) -> None:
-    """Raise unless ``windows`` (with their BOS where the tokenizer uses one) are the windows ``part`` was scored on.
-
-    Raises
-    ------
-    ValueError
-        Other windows, naming the model and how to build the right ones.
-    """
-    from .compare import window_nll as part_nll
-    from .evaluate import bos_token_id
-    from .heldout import ids_sha256
-
-    digest = part_nll(part, setting)[1]
-    body = windows[:, 1:] if bos_token_id(tokenizer) is not None else windows
-    if ids_sha256(body.reshape(-1).numpy()) != digest:
-        raise ValueError(f"the test windows are not those {part['key']!r} was scored on: build them with "
-                         "heldout_windows(..., 'test') with chapter 5's window length and budget")
-
-
 def native_windows(tokenizer: Any, dataset: str, n_windows: int, *, seq_len: int = 128, seed: int = 0) -> Any:
     """Windows of ``seq_len`` tokens at random positions of a corpus's calibration split, as FLAP's and Wanda's
     loaders draw them (the split's texts joined by blank lines and tokenised once, no BOS per window).
@@ -329,7 +309,7 @@ def native_arm(dense: Any, tokenizer: Any, parts: Mapping[str, Mapping[str, Any]
     ValueError
         Test windows that are not the records' windows.
     """
-    from .ablation import window_nll
+    from .evaluate import window_nll
     from .compare import _groups, compare_windows, window_nll as part_nll
     from .methods import build_pruned, make_plan
     from .scoring import channel_statistics

@@ -8,6 +8,11 @@ subset of the non-overlapping grid of that stream (:func:`select_windows`), each
 with the BOS token where the tokenizer puts one in front of a text. :func:`heldout_windows`
 gives those windows to analyses that need per-token losses (chapter 6), and
 :func:`check_disjoint` refuses a stream whose texts were used for calibration.
+:meth:`EvaluationStream.window_articles` names the article each window was cut from (the
+unit of the cluster bootstrap of :mod:`funcprune.compare`). :func:`literature_perplexity`
+scores a second, labelled setting: the literature's protocol (FLAP's and Wanda's code),
+consecutive windows of the stream tokenised once, with no BOS per window
+(:func:`literature_windows`).
 
 Used by :func:`funcprune.results.evaluate_run` (chapter :doc:`/executed/05_evaluate_benchmarks`) and
 in the chapter :doc:`/executed/06_ablations`.
@@ -16,6 +21,7 @@ in the chapter :doc:`/executed/06_ablations`.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 
 from .data import HUB_DATASETS, dataset_info, load_texts
-from .evaluate import bos_token_id
+from .evaluate import bos_token_id, token_nll
 
 __all__ = [
     "EVAL_PARTS",
@@ -34,6 +40,9 @@ __all__ = [
     "evaluation_stream",
     "heldout_windows",
     "ids_sha256",
+    "LITERATURE_RULE",
+    "literature_perplexity",
+    "literature_windows",
     "select_windows",
 ]
 
@@ -83,6 +92,29 @@ class EvaluationStream:
             return []
         ids = self.dataset["ids"]
         return [ids[i] for i in dict.fromkeys(idx.tolist())]
+
+    def window_articles(self, starts: Sequence[int], length: int) -> list[str]:
+        """The article of each window ``[s, s + length)``: the text that holds most of its tokens.
+
+        The cluster label of :func:`funcprune.compare.article_clusters` (windows of one
+        article are resampled together). A window that straddles two articles goes to
+        the one it has more tokens of (the earlier one on a tie).
+
+        Raises
+        ------
+        ValueError
+            The tokenizer gave no character offsets, so tokens have no article.
+        """
+        ids = self.dataset["ids"]
+        out = []
+        for s in starts:
+            idx = self.text_index[int(s):int(s) + int(length)]
+            if idx.size == 0 or (idx < 0).any():
+                raise ValueError("the stream records no article per token (the tokenizer gave no character "
+                                 "offsets): windows cannot be grouped by article")
+            values, counts = np.unique(idx, return_counts=True)
+            out.append(ids[int(values[np.argmax(counts)])])
+        return out
 
 
 def ids_sha256(ids: np.ndarray) -> str:
@@ -300,3 +332,83 @@ def check_disjoint(stream: EvaluationStream, calibration: dict[str, Any] | None)
             "n_evaluation_ids": len(stream.dataset["ids"]), "n_held_out_ids": len(held_out),
             "plans_unverified": calibration["plans_unverified"]}
 
+
+
+#: What the literature setting is, in one sentence (recorded beside its numbers).
+LITERATURE_RULE = ("the held-out part tokenised once (a BOS token first where the tokenizer adds one to a text) and "
+                   "cut into consecutive windows of seq_len tokens from its start, with no BOS per window; each "
+                   "window scores its last seq_len - 1 tokens; perplexity = exp(mean of the windows' mean NLL), "
+                   "as FLAP's and Wanda's evaluation code computes it")
+
+
+def literature_windows(stream: EvaluationStream, seq_len: int = 128,
+                       max_tokens: int | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Windows of the literature's perplexity protocol: consecutive cuts of the stream, no BOS per window.
+
+    FLAP's and Wanda's evaluation code tokenise the joined test texts once (the
+    tokenizer's special tokens included, so one BOS at the very start for families that
+    use one) and cut ``n_tokens // seq_len`` consecutive windows from the start. This
+    gives those windows of ``stream``; with ``max_tokens`` (the book's budget) an evenly
+    spread subset of the same grid (:func:`select_windows`).
+
+    Parameters
+    ----------
+    stream : EvaluationStream
+    seq_len : int, default=128
+    max_tokens : int, optional
+        ``None``: every window (the literature's protocol).
+
+    Returns
+    -------
+    windows : LongTensor of shape (n, seq_len)
+    starts : list of int
+        Each window's start in the stream *with* the leading BOS (if any) counted.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    ids = stream.ids if stream.bos_token_id is None else np.concatenate([[stream.bos_token_id], stream.ids])
+    starts = select_windows(ids.size, seq_len, max_tokens)
+    rows = np.stack([np.asarray(ids[s:s + seq_len], dtype=np.int64) for s in starts])
+    return torch.from_numpy(rows), starts
+
+
+def literature_perplexity(model: Any, stream: EvaluationStream, *, seq_len: int = 128,
+                          max_tokens: int | None = None, batch_size: int = 4) -> dict[str, Any]:
+    """Perplexity under the literature's protocol (:func:`literature_windows`), as a second labelled setting.
+
+    The book's own windows put a BOS token in front of every window where the tokenizer
+    uses one (:func:`funcprune.results.evaluate_run`); FLAP's and Wanda's code does not.
+    This scores ``model`` their way, so ratios can be set beside published tables in
+    spirit (the corpus still differs from theirs).
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        Any device, sharded or not (scored by :func:`funcprune.evaluate.token_nll`).
+    stream : EvaluationStream
+    seq_len : int, default=128
+    max_tokens : int, optional
+        ``None``: every window.
+    batch_size : int, default=4
+
+    Returns
+    -------
+    dict
+        Shaped like a perplexity record of a results part: ``ppl``, ``nll``,
+        ``nll_stderr``, ``seq_len``, ``n_windows``, ``n_tokens_scored``,
+        ``window_starts``, ``window_nll``, ``tokens_sha256`` (of the windows' tokens),
+        ``bos_token_id`` (None: no BOS per window), ``window_articles``, plus
+        ``protocol`` (``"literature"``) and ``rule``.
+    """
+    windows, starts = literature_windows(stream, seq_len, max_tokens)
+    nll = token_nll(model, windows, batch_size=batch_size)  # (n, seq_len - 1)
+    window_nll = nll.mean(axis=1)
+    mean = float(window_nll.mean())
+    shift = int(stream.bos_token_id is not None)  # window starts in the stream without the leading BOS
+    articles = stream.window_articles([max(0, s - shift) for s in starts], seq_len) if (
+        stream.text_index >= 0).all() else None
+    return {"ppl": math.exp(mean), "nll": mean,
+            "nll_stderr": float(window_nll.std(ddof=1) / math.sqrt(window_nll.size)) if window_nll.size > 1 else None,
+            "seq_len": int(seq_len), "n_windows": int(window_nll.size), "n_tokens_scored": int(nll.size),
+            "window_starts": starts, "window_nll": window_nll.tolist(), "tokens_sha256": ids_sha256(windows.numpy()),
+            "bos_token_id": None, "window_articles": articles, "protocol": "literature", "rule": LITERATURE_RULE}

@@ -20,9 +20,17 @@ controls on the same tokens:
   tokens minus that on the other tokens; the network's specificity is compared with the
   random lesions' specificity on the same split.
 
+Random controls of the same size cannot tell function from size: a network of large
+channels beats them by size alone. ``control="magnitude"`` draws controls that match the
+network's channels stratum by stratum of activation RMS (:func:`matched_channels`,
+:func:`channel_magnitude`); ``protected=`` leaves out the layers pruning never touches.
+
 :func:`lesion_verdict` turns the per-network table into a test across networks
-(Wilcoxon signed-rank, one-sided) and sentences that say what was found, true for any
-outcome. Used in the chapter :doc:`/executed/06_ablations`.
+(Wilcoxon signed-rank, one-sided), or across layers (``unit="layer"``: the networks of
+one layer are one piece of evidence), and sentences that say what was found, true for
+any outcome; :func:`lesion_scope` says what the test can and cannot show. Tokens are
+scored by the package's one NLL engine, :func:`funcprune.evaluate.token_nll`.
+Used in the chapter :doc:`/executed/06_ablations`.
 """
 
 from __future__ import annotations
@@ -33,7 +41,6 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from scipy import stats as sps
 from torch import nn
 from tqdm.auto import tqdm
@@ -41,9 +48,12 @@ from tqdm.auto import tqdm
 from .adapters import get_adapter
 from .atlas import key_channel_sets
 from .capture import MLPRecorder
+from .evaluate import token_nll
 from .ica import FunctionalNetworks
+from .models import input_device
 
-__all__ = ["lesion", "lesion_study", "lesion_verdict", "plot_lesions", "token_nll"]
+__all__ = ["channel_magnitude", "lesion", "lesion_scope", "lesion_study", "lesion_verdict", "matched_channels",
+           "plot_lesions", "token_nll"]
 
 
 @contextmanager
@@ -83,38 +93,6 @@ def lesion(model: nn.Module, channels: Mapping[int, Sequence[int]]) -> Iterator[
             h.remove()
 
 
-@torch.inference_mode()
-def token_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> np.ndarray:
-    """Negative log-likelihood of every predicted token of every window.
-
-    Parameters
-    ----------
-    model : nn.Module
-        A causal LM returning ``logits``.
-    windows : LongTensor of shape (n_windows, seq_len)
-        Token ids; position ``i`` predicts token ``i + 1`` within its window (put the
-        BOS token first where the family needs it).
-    batch_size : int, default=4
-        Windows per forward pass.
-
-    Returns
-    -------
-    ndarray of shape (n_windows, seq_len - 1)
-        NLL (nats) of tokens ``1 .. seq_len - 1`` of each window, computed in float32
-        as :func:`funcprune.evaluate.perplexity` does, returned as float64.
-    """
-    if windows.ndim != 2 or windows.shape[1] < 2:
-        raise ValueError(f"windows must have shape (n_windows, seq_len >= 2), got {tuple(windows.shape)}")
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, windows.shape[0], batch_size):
-        ids = windows[start:start + batch_size].to(device)
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        out.append(nll.double().cpu().numpy())
-    return np.concatenate(out)
-
-
 def _kinds(fn: FunctionalNetworks, kinds: Sequence[str] | None) -> tuple[str, ...]:
     """Voxel copies the networks were fitted on: given, or read from the fit's input record."""
     if kinds is None:
@@ -130,7 +108,7 @@ def _time_courses(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tenso
     """Time course of every map of ``layers`` at each predicting position: ``(n_windows, seq_len - 1, n_maps)``."""
     rows: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     with torch.no_grad(), MLPRecorder(model, kinds=kinds, layers=list(layers), stop_early=True) as rec:
-        device = next(model.parameters()).device
+        device = input_device(model)
         for start in range(0, windows.shape[0], batch_size):
             rec.forward(input_ids=windows[start:start + batch_size].to(device))
             for layer in layers:
@@ -144,11 +122,102 @@ def _time_courses(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tenso
     return courses
 
 
+def channel_magnitude(model: nn.Module, windows: torch.Tensor, layers: Sequence[int], *,
+                      batch_size: int = 4) -> dict[int, np.ndarray]:
+    """Root mean square of each MLP channel's activation at the down projection's input.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A causal LM with a registered adapter (sharded or not).
+    windows : LongTensor of shape (n_windows, seq_len)
+        The tokens it is measured on (every position counts).
+    layers : sequence of int
+    batch_size : int, default=4
+
+    Returns
+    -------
+    dict[int, ndarray of shape (width,)]
+        Layer -> ``sqrt(mean over tokens of a_j^2)``, float64.
+    """
+    adapter = get_adapter(model)
+    blocks = adapter.get_layers(model)
+    sums: dict[int, torch.Tensor] = {}
+    count = [0]
+    handles = []
+
+    def hook(layer: int) -> Any:
+        def record(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+            sums[layer] = sums.get(layer, 0) + (x ** 2).sum(dim=0).cpu()
+        return record
+
+    try:
+        for layer in layers:
+            handles.append(adapter.module(blocks[layer], "mlp.down").register_forward_pre_hook(hook(int(layer))))
+        device = input_device(model)
+        with torch.inference_mode():
+            for start in range(0, windows.shape[0], batch_size):
+                ids = windows[start:start + batch_size]
+                model(input_ids=ids.to(device), use_cache=False)
+                count[0] += ids.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return {int(layer): np.sqrt(sums[int(layer)].numpy() / count[0]) for layer in layers}
+
+
+def matched_channels(rng: np.random.Generator, magnitude: np.ndarray, channels: Sequence[int],
+                     n_strata: int = 10) -> np.ndarray:
+    """A random set of channels with the same magnitude profile as ``channels``.
+
+    The layer's channels are ranked by ``magnitude`` and cut into ``n_strata`` strata of
+    equal count (channel of rank ``r`` of ``W`` is in stratum ``floor(r n_strata / W)``).
+    For each stratum, as many channels are drawn (without replacement) as ``channels``
+    has there, from the stratum's channels outside ``channels``; where the stratum has
+    too few of those, the rest are drawn from ``channels`` itself.
+
+    Returns
+    -------
+    ndarray of int
+        Sorted channel indices, ``len(channels)`` of them.
+    """
+    mag = np.asarray(magnitude, dtype=np.float64)
+    chans = np.asarray(channels, dtype=np.int64)
+    width = mag.size
+    rank = np.empty(width, dtype=np.int64)
+    rank[np.argsort(mag, kind="stable")] = np.arange(width)
+    stratum = rank * n_strata // width
+    inside = np.zeros(width, dtype=bool)
+    inside[chans] = True
+    drawn = []
+    for s in np.unique(stratum[chans]):
+        need = int(np.sum(stratum[chans] == s))
+        pool = np.flatnonzero((stratum == s) & ~inside)
+        take = rng.choice(pool, size=min(need, pool.size), replace=False)
+        if take.size < need:
+            own = np.flatnonzero((stratum == s) & inside)
+            take = np.concatenate([take, rng.choice(own, size=need - take.size, replace=False)])
+        drawn.append(take)
+    return np.sort(np.concatenate(drawn)) if drawn else np.zeros(0, dtype=np.int64)
+
+
 def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor, *,
                  layers: Sequence[int] | None = None, maps_per_layer: int = 4, threshold: float = 3.0,
                  n_random: int = 2, active_share: float = 0.1, seed: int = 0,
-                 kinds: Sequence[str] | None = None, batch_size: int = 4, progress: bool = True) -> pd.DataFrame:
+                 kinds: Sequence[str] | None = None, batch_size: int = 4, progress: bool = True,
+                 control: str = "size", magnitude: Mapping[int, np.ndarray] | None = None, n_strata: int = 10,
+                 protected: Sequence[int] | None = None) -> pd.DataFrame:
     """Lesion each network and random sets of the same size; compare the NLL changes.
+
+    With ``control="magnitude"`` the random controls also match the network's channel
+    magnitudes: the layer's channels are cut into ``n_strata`` equal-count strata by
+    magnitude (deciles by default), and each control draws as many channels from each
+    stratum as the network has there (from the channels outside the network where the
+    stratum has enough). A network whose channels are merely large then no longer beats
+    its controls. The magnitude is the root mean square of each channel's activation at
+    the down projection's input on ``windows`` (dense model), unless ``magnitude`` gives
+    another (e.g. FLAP's score).
 
     Parameters
     ----------
@@ -176,6 +245,18 @@ def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor
         Windows per forward pass.
     progress : bool, default=True
         Progress bar over lesions.
+    control : {"size", "magnitude"}, default="size"
+        ``"size"``: controls of as many channels drawn uniformly from the layer.
+        ``"magnitude"``: drawn to match the network's magnitude strata, as above.
+    magnitude : dict[int, ndarray of shape (width,)], optional
+        Layer -> a magnitude per channel; default: activation RMS (:func:`channel_magnitude`).
+    n_strata : int, default=10
+        Equal-count magnitude strata per layer (``control="magnitude"``).
+    protected : sequence of int, optional
+        Layers that pruning never touches (e.g.
+        :func:`funcprune.plan.default_protected_layers`): left out of the default choice
+        and dropped from ``layers`` (listed in ``attrs["left_out"]``); lesioning them says
+        nothing about a pruning decision.
 
     Returns
     -------
@@ -184,31 +265,53 @@ def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor
         (``net_``) and the mean of its random controls (``rand_``) the mean NLL change
         ``*_all``, on active tokens ``*_active`` and on the rest ``*_rest``; plus
         ``excess_all = net_all - rand_all`` and ``excess_specificity =
-        (net_active - net_rest) - (rand_active - rand_rest)``. ``attrs`` hold the
-        settings and the dense NLL.
+        (net_active - net_rest) - (rand_active - rand_rest)``. ``net_magnitude`` and
+        ``rand_magnitude`` (mean magnitude of the network's channels and of the controls'
+        channels). ``attrs`` hold the settings (``control``, ``magnitude``: what was
+        matched), the dense NLL and the left-out layers.
 
     Raises
     ------
     ValueError
         Bad settings or layers that were not fitted, naming the accepted values.
     """
+    user_magnitude = magnitude
     if not 0.0 < active_share < 1.0:
         raise ValueError(f"active_share must be in (0, 1), got {active_share}")
     if n_random < 1 or maps_per_layer < 1:
         raise ValueError(f"n_random and maps_per_layer must be >= 1, got {n_random} and {maps_per_layer}")
+    if control not in ("size", "magnitude"):
+        raise ValueError(f"unknown control {control!r}; accepted: 'size', 'magnitude'")
+    if n_strata < 1:
+        raise ValueError(f"n_strata must be >= 1, got {n_strata}")
+    skip = {int(x) for x in (protected or ())}
     fitted = sorted(fn.maps_)
+    candidates = [layer for layer in fitted if layer not in skip]
     if layers is None:
-        layers = [fitted[i] for i in np.linspace(0, len(fitted) - 1, 3).round().astype(int)]
+        if not candidates:
+            raise ValueError(f"every fitted layer {fitted} is protected ({sorted(skip)}): nothing to lesion")
+        layers = [candidates[i] for i in np.linspace(0, len(candidates) - 1, 3).round().astype(int)]
     bad = [layer for layer in layers if layer not in fn.maps_]
     if bad:
         raise ValueError(f"layers {bad} were not fitted; fitted layers: {fitted}")
-    layers = list(dict.fromkeys(int(x) for x in layers))
+    left_out = sorted({int(x) for x in layers} & skip)
+    layers = [layer for layer in dict.fromkeys(int(x) for x in layers) if layer not in skip]
+    if not layers:
+        raise ValueError(f"every requested layer is protected ({left_out}): nothing to lesion")
     model.eval()
     adapter = get_adapter(model)
     widths = {i: adapter.mlp_weight(adapter.get_layers(model)[i], "mlp.down").shape[1] for i in layers}
     members = key_channel_sets(fn, threshold)
     courses = _time_courses(model, fn, windows, layers, _kinds(fn, kinds), batch_size)
     dense = token_nll(model, windows, batch_size=batch_size)
+    if magnitude is None:
+        magnitude = channel_magnitude(model, windows, layers, batch_size=batch_size)
+    mags = {}
+    for layer in layers:
+        if layer not in magnitude or np.asarray(magnitude[layer]).shape != (widths[layer],):
+            raise ValueError(f"magnitude must give {widths[layer]} values for layer {layer}, got "
+                             f"{None if layer not in magnitude else np.asarray(magnitude[layer]).shape}")
+        mags[layer] = np.asarray(magnitude[layer], dtype=np.float64)
     rng = np.random.default_rng(seed)
 
     jobs = [(layer, m) for layer in layers for m in range(min(maps_per_layer, len(members[layer])))
@@ -227,10 +330,15 @@ def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor
             return float(delta.mean()), float(delta[active].mean()), float(delta[~active].mean())
 
         net = effect(chans)
-        controls = np.array([effect(rng.choice(widths[layer], size=len(chans), replace=False))
-                             for _ in range(n_random)])
+        if control == "size":
+            drawn = [rng.choice(widths[layer], size=len(chans), replace=False) for _ in range(n_random)]
+        else:
+            drawn = [matched_channels(rng, mags[layer], chans, n_strata) for _ in range(n_random)]
+        controls = np.array([effect(c) for c in drawn])
         rand = controls.mean(axis=0)
         rows.append({"layer": layer, "map": m, "n_channels": len(chans),
+                     "net_magnitude": float(mags[layer][np.asarray(chans)].mean()),
+                     "rand_magnitude": float(np.mean([mags[layer][c].mean() for c in drawn])),
                      "net_all": net[0], "net_active": net[1], "net_rest": net[2],
                      "rand_all": rand[0], "rand_active": rand[1], "rand_rest": rand[2],
                      "excess_all": net[0] - rand[0],
@@ -239,14 +347,17 @@ def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor
     table = pd.DataFrame(rows)
     table.attrs.update({"threshold": threshold, "n_random": n_random, "active_share": active_share,
                         "seed": seed, "n_windows": int(windows.shape[0]), "seq_len": int(windows.shape[1]),
-                        "dense_nll": float(dense.mean()), "layers": layers})
+                        "dense_nll": float(dense.mean()), "layers": layers, "control": control,
+                        "n_strata": n_strata if control == "magnitude" else None, "left_out": left_out,
+                        "magnitude": ("activation RMS at the down projection's input (dense model, these windows)"
+                                      if user_magnitude is None else "given by the caller")})
     return table
 
 
-def lesion_verdict(table: pd.DataFrame, alpha: float = 0.05) -> dict[str, Any]:
-    """Test across networks whether network lesions beat random ones, and say so in sentences.
+def lesion_verdict(table: pd.DataFrame, alpha: float = 0.05, *, unit: str = "network") -> dict[str, Any]:
+    """Test across networks (or layers) whether network lesions beat random ones, and say so in sentences.
 
-    Two one-sided Wilcoxon signed-rank tests over the networks of ``table``: is
+    Two one-sided Wilcoxon signed-rank tests over the units of ``table``: is
     ``excess_all`` (network minus random NLL change) greater than zero, and is
     ``excess_specificity`` greater than zero.
 
@@ -256,20 +367,34 @@ def lesion_verdict(table: pd.DataFrame, alpha: float = 0.05) -> dict[str, Any]:
         From :func:`lesion_study`.
     alpha : float, default=0.05
         Level of the tests.
+    unit : {"network", "layer"}, default="network"
+        ``"network"``: every network is one observation. ``"layer"``: the networks of one
+        layer are averaged into one observation, because they share the layer's channels,
+        text and controls and are not independent evidence; with ``k`` layers the
+        smallest p-value the test can give is ``2 ** -k`` (recorded as ``min_p``).
 
     Returns
     -------
     dict
-        ``n_networks``, for ``"harm"`` and ``"specificity"`` the median excess, the
-        share of networks with a positive excess, the p-value and whether it is
-        significant; ``sentences`` (list of str) stating the outcome either way.
+        ``n_networks``, ``unit``, ``n_units``, ``min_p``, for ``"harm"`` and
+        ``"specificity"`` the median excess, the share of units with a positive excess,
+        the p-value and whether it is significant; ``sentences`` (list of str) stating
+        the outcome either way.
     """
+    if unit not in ("network", "layer"):
+        raise ValueError(f"unknown unit {unit!r}; accepted: 'network', 'layer'")
+    matched = " with the same magnitude profile" if table.attrs.get("control") == "magnitude" else ""
+    n_networks = len(table)
+    if unit == "layer" and n_networks:
+        table = table.groupby("layer", sort=True)[["excess_all", "excess_specificity"]].mean()
     n = len(table)
-    out: dict[str, Any] = {"n_networks": n, "alpha": alpha}
+    min_p = 2.0 ** -n if n else float("nan")
+    out: dict[str, Any] = {"n_networks": n_networks, "alpha": alpha, "unit": unit, "n_units": n, "min_p": min_p}
     sentences = []
+    units = "networks" if unit == "network" else "layers, each layer's networks averaged into one"
     texts = {
-        "harm": ("lesioning a network raises the loss more than lesioning as many random channels of its layer",
-                 "excess_all"),
+        "harm": ("lesioning a network raises the loss more than lesioning as many random channels of its layer"
+                 + matched, "excess_all"),
         "specificity": ("a network's lesion hurts the tokens where the network is most active more than the "
                         "other tokens, beyond what random lesions do", "excess_specificity"),
     }
@@ -284,14 +409,58 @@ def lesion_verdict(table: pd.DataFrame, alpha: float = 0.05) -> dict[str, Any]:
         if not n:
             sentences.append(f"No network could be tested, so nothing is known about whether {claim}.")
         elif significant:
-            sentences.append(f"Supported on this model: {claim} (in {share:.0%} of {n} networks; "
+            sentences.append(f"Supported on this model: {claim} (in {share:.0%} of {n} {units}; "
                              f"one-sided Wilcoxon p = {p:.3g}).")
         else:
+            floor = (f"; with {n} layers no outcome could reach p below {min_p:.3g}"
+                     if unit == "layer" and min_p >= alpha else "")
             sentences.append(f"Not supported on this model: the evidence does not show that {claim} "
-                             f"(in {share:.0%} of {n} networks; one-sided Wilcoxon p = {p:.3g}, "
-                             f"level {alpha}).")
+                             f"(in {share:.0%} of {n} {units}; one-sided Wilcoxon p = {p:.3g}, "
+                             f"level {alpha}{floor}).")
     out["sentences"] = sentences
     return out
+
+
+def lesion_scope(table: pd.DataFrame) -> list[str]:
+    """Sentences on what this run's lesion test can and cannot show, computed from its settings.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        From :func:`lesion_study` (its ``attrs`` name the control, the layers and what was left out).
+
+    Returns
+    -------
+    list of str
+        What the control accounts for, what it does not, and how much independent
+        evidence the layers give.
+    """
+    attrs = table.attrs
+    control = attrs.get("control", "size")
+    layers = sorted({int(x) for x in table["layer"]}) if len(table) else list(attrs.get("layers", []))
+    if control == "magnitude":
+        can = (f"The test can show whether silencing a network's key neurons hurts the loss more than silencing "
+               f"as many channels of the same layer with the same magnitude profile ({attrs.get('magnitude')}, "
+               f"{attrs.get('n_strata')} strata): size and magnitude are accounted for, so a larger effect speaks "
+               f"for the channels' role, not their size.")
+    else:
+        can = ("The test can show whether silencing a network's key neurons hurts the loss more than silencing "
+               "as many random channels of the same layer; it does not match magnitude, so a network of "
+               "large channels beats its controls by size alone, and a positive result cannot tell function "
+               "from size.")
+    cannot = ("It cannot show what a network computes, nor that a network without an effect is idle: other "
+              "channels may stand in for it, zeroing is not the only way to silence a channel, and the "
+              "effect is measured on this held-out text only. Matching by activation does not match the "
+              "weights that carry each channel into the next layer.")
+    left = attrs.get("left_out") or []
+    scope = (f"The networks come from {len(layers)} layer{'s' if len(layers) != 1 else ''} ({layers}); "
+             f"networks of one layer share its channels and text, so the layers, not the networks, are the "
+             f"independent evidence (with {len(layers)} layers the one-sided test cannot go below "
+             f"p = {2.0 ** -len(layers):.3g})."
+             if layers else "No layer was lesioned.")
+    if left:
+        scope += f" Protected layers {left} were left out: pruning never touches them."
+    return [can, cannot, scope]
 
 
 def plot_lesions(table: pd.DataFrame) -> Any:

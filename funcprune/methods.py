@@ -273,7 +273,8 @@ def variant(criterion: str, allocation: str | None = None, compensation: str | N
     if comp == "ls" and ridge is not None:
         comp_tag = f"+ls{float(ridge):g}"
     name = f"{base.name}{alloc_tag}{comp_tag}"
-    parts = [p for p in (alloc_label, _COMP_LABELS[comp] if comp != base.compensation else "") if p]
+    comp_label = _COMP_LABELS[comp] + (f" (ridge {comp_params['ridge']:g})" if comp == "ls" else "")
+    parts = [p for p in (alloc_label, comp_label if comp != base.compensation else "") if p]
     label = f"{base.label} ({', '.join(parts)})" if parts else base.label
     return dataclasses.replace(
         base, name=name, label=label, allocation=used, compensation=comp, compensation_params=comp_params,

@@ -223,7 +223,7 @@ def _plan(scores: Scores, dense: nn.Module, setting: Setting, ratio: float, *, b
 
 
 def _window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int) -> np.ndarray:
-    from .ablation import window_nll  # the chapter's one scorer of windows
+    from .evaluate import window_nll  # the package's one scorer of windows
 
     return window_nll(model, windows, batch_size=batch_size)
 
