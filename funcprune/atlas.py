@@ -23,6 +23,7 @@ __all__ = [
     "network_connectivity",
     "network_table",
     "plot_digital_brain",
+    "plot_key_overlap",
     "plot_layer_maps",
     "plot_score_distributions",
     "plot_widths",
@@ -265,16 +266,53 @@ def plot_score_distributions(scores: Mapping[int, np.ndarray]) -> Any:
 
 
 def plot_widths(widths: pd.DataFrame, original: int | None = None, title: str = "") -> Any:
-    """Kept MLP width per layer, one line per column of ``widths`` (index: layer)."""
+    """Kept MLP width per layer, one line per column of ``widths`` (index: layer).
+
+    Columns with identical widths are drawn as one line labelled with all their names
+    (``"a = b"``), so no line hides another; markers and dashes differ from line to line,
+    and the legend sits below the axes, off the data.
+    """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.5), constrained_layout=True)
+    from .figures import legend_outside, require_data
+
+    merged: dict[tuple[float, ...], list[str]] = {}
     for column in widths.columns:
-        ax.plot(widths.index, widths[column], marker="o", ms=3, label=str(column))
+        merged.setdefault(tuple(widths[column].to_numpy(float)), []).append(str(column))
+    fig, ax = plt.subplots(figsize=(8, 3.8), constrained_layout=True)
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--")]
+    for j, (values, names) in enumerate(merged.items()):
+        marker, dash = styles[j % len(styles)]
+        ax.plot(widths.index, values, marker=marker, ms=3.5, ls=dash, label=" = ".join(names))
     if original is not None:
         ax.axhline(original, color="grey", ls=":", label="dense")
     ax.set_xlabel("layer")
     ax.set_ylabel("kept channels")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    legend_outside(ax, ncol=3)
+    require_data(ax, what="the widths figure")
+    return fig
+
+
+def plot_key_overlap(overlap: pd.DataFrame) -> Any:
+    """Jaccard overlap of key-neuron sets per layer, one series per ``comparison``; the legend off the data.
+
+    Parameters
+    ----------
+    overlap : pandas.DataFrame
+        :func:`key_neuron_overlap` rows with a ``comparison`` column (e.g. "between networks",
+        "between seeds").
+    """
+    import matplotlib.pyplot as plt
+
+    from .figures import legend_outside, require_data
+
+    fig, ax = plt.subplots(figsize=(8, 3.4), constrained_layout=True)
+    for name, part in overlap.groupby("comparison"):
+        ax.plot(part["layer"], part["jaccard"], marker="o", ms=3, ls="-" if len(part) > 3 else "", label=name)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("Jaccard overlap")
+    ax.set_ylim(0, max(1.0, float(overlap["jaccard"].max()) * 1.05) if len(overlap) else 1.0)
+    legend_outside(ax, ncol=2)
+    require_data(ax, what="the overlap figure")
     return fig

@@ -17,7 +17,14 @@ browser download), waits for MathJax to typeset, and reports:
   web font, a file of the build machine); such requests are blocked, as they
   would fail for an offline reader;
 * ``script-error``: a page that did not load; an uncaught JavaScript exception is
-  reported too but does not fail the check (the theme's own scripts raise some).
+  reported too but does not fail the check (the theme's own scripts raise some);
+* ``wide-table``: a table wider than the page's content column at the desktop width
+  (the reader has to scroll it sideways: cut it, and offer the full one as a CSV);
+* ``phone-overflow``: a page wider than a 390-pixel phone screen, with the element that
+  sticks out (content inside a box that scrolls on its own, such as code, is exempt).
+
+What the prose says (placeholders, empty glued values, package paths, one value per glue
+key) is checked without a browser by :mod:`funcprune.contentcheck`.
 
 A redirect page (``<meta http-equiv="refresh">``, Jupyter Book's ``index.html``) is
 not opened: its target is checked as an internal link.
@@ -97,6 +104,49 @@ async () => {
   };
 }
 """
+
+
+# Runs in the page: tables wider than the content column (desktop), content wider than the screen (phone).
+_LAYOUT_SCRIPT = """
+() => {
+  const name = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '')
+       + (typeof e.className === 'string' && e.className.trim() ? '.' + e.className.trim().split(/\\s+/)[0] : '');
+  const main = document.querySelector('article.bd-article, main, [role=main]') || document.body;
+  const column = main.clientWidth;
+  const wide = Array.from(main.querySelectorAll('table'))
+       .filter(t => t.scrollWidth > column + 2)
+       .map(t => [t.scrollWidth, (t.rows[0] ? t.rows[0].cells.length : 0)]);
+  const screen = window.innerWidth;
+  const scrolls = e => { for (let a = e.parentElement; a; a = a.parentElement) {
+       const o = getComputedStyle(a).overflowX; if (o === 'auto' || o === 'scroll' || o === 'hidden') return true; }
+       return false; };
+  const out = [];
+  if (document.documentElement.scrollWidth > screen + 1) {
+    for (const e of document.body.querySelectorAll('*')) {
+      const r = e.getBoundingClientRect();
+      if (r.width > 0 && r.right > screen + 1 && !scrolls(e)) {
+        if (!out.some(o => o.el.contains(e))) out.push({el: e, right: Math.round(r.right)});
+        if (out.length >= 3) break;
+      }
+    }
+  }
+  return {column: column, wide: wide, pageWidth: document.documentElement.scrollWidth, screen: screen,
+          sticking: out.map(o => [name(o.el), o.right, (o.el.textContent || '').trim().slice(0, 60)])};
+}
+"""
+
+
+def _layout_problems(page: str, view: str, layout: dict[str, Any]) -> Iterator[Problem]:
+    """wide-table (desktop) and phone-overflow (phone) problems of one page's measured layout."""
+    if view == "desktop" and layout["wide"]:
+        width, columns = max(layout["wide"])
+        yield Problem(page, "wide-table", f"{len(layout['wide'])} table(s) wider than the {layout['column']} px "
+                                          f"content column, the widest {width} px ({columns} columns): cut it "
+                                          f"and offer the full table as a CSV")
+    if view == "phone" and layout["pageWidth"] > layout["screen"] + 1:
+        what = "; ".join(f"{el} to {right} px ({text!r})" for el, right, text in layout["sticking"])
+        yield Problem(page, "phone-overflow", f"the page is {layout['pageWidth']} px wide on a {layout['screen']} px "
+                                              f"screen: {what or 'no single element found'}")
 
 
 class BrowserUnavailable(RuntimeError):
@@ -354,22 +404,29 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
                     links[rel], ids[rel] = [(target, urljoin(server.base + rel, target))], set()
                     continue
                 page_state.update(outside=[], missing=[], script=[])
+                layouts: dict[str, dict[str, Any]] = {}
                 try:
                     tab = open_tab("desktop", server.base + rel)
                     info = tab.evaluate(_PAGE_SCRIPT)
-                    if shots is not None and not rel.startswith(UNPHOTOGRAPHED):
+                    if not rel.startswith(UNPHOTOGRAPHED):  # source listings: checked, not measured
+                        layouts["desktop"] = tab.evaluate(_LAYOUT_SCRIPT)
                         name = rel.replace("/", "__").removesuffix(".html")
-                        tab.screenshot(path=str(shots / f"{name}.desktop.png"), full_page=True)
-                        for view in VIEWPORTS.keys() - {"desktop"}:
+                        if shots is not None:
+                            tab.screenshot(path=str(shots / f"{name}.desktop.png"), full_page=True)
+                        for view in sorted(VIEWPORTS.keys() - {"desktop"}):
                             other = open_tab(view, server.base + rel)
                             other.evaluate(_PAGE_SCRIPT)  # typeset, as on the desktop
-                            other.screenshot(path=str(shots / f"{name}.{view}.png"), full_page=True)
+                            layouts[view] = other.evaluate(_LAYOUT_SCRIPT)
+                            if shots is not None:
+                                other.screenshot(path=str(shots / f"{name}.{view}.png"), full_page=True)
                             other.close()
                     tab.close()
                 except PlaywrightError as exc:
                     problems.append(Problem(rel, "script-error", f"page did not load: {exc}"))
                     continue
                 problems.extend(_text_problems(rel, info, paths))
+                for view, layout in layouts.items():
+                    problems.extend(_layout_problems(rel, view, layout))
                 problems += [Problem(rel, "broken-image", f"{src!r} did not load") for src in info["brokenImages"]]
                 problems += [Problem(rel, "missing-file", f"{url[len(server.base):]} (404)")
                              for url in dict.fromkeys(page_state["missing"])]

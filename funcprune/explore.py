@@ -151,5 +151,9 @@ def plot_layer_summary(summary: pd.DataFrame, columns: Sequence[str] = ("std", "
         ax.set_title(column)
         if column in ("max_abs", "kurtosis"):
             ax.set_yscale("symlog")
-    np.atleast_1d(axes)[0].legend(title="voxel kind")
+    from .figures import legend_outside, require_data
+
+    for ax, column in zip(np.atleast_1d(axes), columns):
+        require_data(ax, what=f"the {column} panel")
+    legend_outside(np.atleast_1d(axes)[len(columns) // 2], ncol=len(summary["kind"].unique()), title="voxel kind")
     return fig

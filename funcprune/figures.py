@@ -3,7 +3,12 @@
 Every function takes the long results table (:func:`funcprune.tables.load_results`) and
 draws means over seeds (:func:`funcprune.tables.aggregate_seeds`) with their standard
 errors: :func:`plot_metric_vs_ratio` (and its shortcuts :func:`plot_perplexity` and
-:func:`plot_accuracy`) and :func:`plot_task_bars`.
+:func:`plot_accuracy`), :func:`plot_task_bars`, and the answer's figure :func:`plot_relative_to`
+(every method's perplexity relative to one baseline, with paired intervals).
+
+Two rules hold for every figure of the package: an axis without data is refused
+(:func:`require_data` raises instead of drawing an empty panel), and legends sit outside
+the data (:func:`legend_outside`), below the axes, where they read on a phone too.
 
 Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
 """
@@ -19,16 +24,88 @@ from .rundir import DENSE_KEY
 from .tables import aggregate_seeds, method_labels
 from .tasks import TASKS
 
-__all__ = ["plot_accuracy", "plot_metric_vs_ratio", "plot_perplexity", "plot_task_bars"]
+__all__ = ["EmptyAxisError", "legend_outside", "plot_accuracy", "plot_metric_vs_ratio", "plot_perplexity",
+           "plot_perplexity_panels", "plot_relative_to", "plot_task_bars", "require_data"]
+
+
+class EmptyAxisError(ValueError):
+    """A figure would show an axis without data (or with only its reference line)."""
+
+
+def _finite_points(artist: Any) -> int:
+    """Finite data points of one line, collection, patch or image (0 for anything else)."""
+    import matplotlib.collections as mcoll
+    import matplotlib.image as mimage
+    import matplotlib.lines as mlines
+    import matplotlib.patches as mpatches
+
+    if isinstance(artist, mlines.Line2D):
+        x, y = (np.asarray(v, dtype=float) for v in artist.get_data())
+        if len(x) == 2 and np.array_equal(x, [0, 1]) and artist.get_transform() is not artist.axes.transData:
+            return 0  # axhline/axvline: a reference line, not data
+        return int(np.sum(np.isfinite(x) & np.isfinite(y)))
+    if isinstance(artist, mcoll.Collection):
+        offsets = np.asarray(artist.get_offsets(), dtype=float)
+        paths = artist.get_paths()
+        n = int(np.isfinite(offsets).all(axis=-1).sum()) if offsets.size else 0
+        return n if n > 1 or not paths else n + sum(int(np.isfinite(p.vertices).all(axis=1).sum()) for p in paths)
+    if isinstance(artist, mpatches.Rectangle):
+        return int(np.isfinite([artist.get_width(), artist.get_height()]).all() and artist.get_height() != 0)
+    if isinstance(artist, mimage.AxesImage):
+        return int(np.isfinite(np.asarray(artist.get_array(), dtype=float)).sum())
+    return 0
+
+
+def require_data(ax: Any, *, what: str = "this panel", min_series: int = 1) -> Any:
+    """Refuse an axis that holds no data: raise instead of showing an empty panel.
+
+    Reference lines (``axhline``, ``axvline``) do not count as data: a panel with only
+    the dense model's line is empty.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    what : str
+        Names the panel in the error.
+    min_series : int, default=1
+        Lines, collections, bars or images with finite data the axis must hold.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        ``ax`` itself.
+
+    Raises
+    ------
+    EmptyAxisError
+        If fewer than ``min_series`` artists hold finite data.
+    """
+    artists = [*ax.lines, *ax.collections, *ax.patches, *ax.images]
+    series = sum(_finite_points(a) > 0 for a in artists)
+    if series < min_series:
+        raise EmptyAxisError(f"{what} would hold {series} data series (at least {min_series} needed): "
+                             f"not drawn; leave the panel out instead")
+    return ax
+
+
+def legend_outside(ax: Any, *, ncol: int = 2, **kwargs: Any) -> Any:
+    """A legend below the axes, off the data (reads at phone width; ``bbox_inches="tight"`` keeps it)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol,
+                     fontsize="small", frameon=False, **kwargs)
 
 
 def plot_metric_vs_ratio(df: pd.DataFrame, metric: str, setting: str = "", *, ax: Any = None,
                          band_method: str = "random", logy: bool = False, ylabel: str | None = None) -> Any:
     """One line per method against the requested ratio; the dense model as a horizontal line.
 
-    Methods with several seeds (``band_method``, e.g. random) are drawn as their mean
-    with a band of ± one standard deviation over seeds; the others with error bars of
-    one standard error.
+    Methods with several seeds (``band_method``, e.g. random) are drawn as their pooled
+    value (:func:`funcprune.tables.pooled_value`: the number the tables and the paired
+    tests use) with a band spanning the seeds' values (always positive: it stays on a log
+    axis); the others with error bars of one standard error. The legend sits below the
+    axes; a panel with no pruned model raises :class:`EmptyAxisError`.
 
     Parameters
     ----------
@@ -47,9 +124,13 @@ def plot_metric_vs_ratio(df: pd.DataFrame, metric: str, setting: str = "", *, ax
     """
     import matplotlib.pyplot as plt
 
-    agg = aggregate_seeds(df[(df["metric"] == metric) & (df["setting"] == setting)])
+    rows = df[(df["metric"] == metric) & (df["setting"] == setting)]
+    agg = aggregate_seeds(rows)
     if agg.empty:
         raise ValueError(f"no rows for metric {metric!r} and setting {setting!r}")
+    if not (agg["method"] != DENSE_KEY).any():
+        raise EmptyAxisError(f"no pruned model was scored on {metric} {setting}: a panel with only the dense "
+                             f"line is not drawn")
     ax = ax if ax is not None else plt.subplots(figsize=(6, 4))[1]
     labels = method_labels()
     dense = agg[agg["method"] == DENSE_KEY]
@@ -61,9 +142,12 @@ def plot_metric_vs_ratio(df: pd.DataFrame, metric: str, setting: str = "", *, ax
         label = labels.get(method, method)
         if method == band_method or (g["n_seeds"] > 1).any():
             k = int(g["n_seeds"].max())
-            line, = ax.plot(x, y, marker="o", linestyle=":", label=f"{label} (mean of {k} seeds)" if k > 1 else label)
-            std = np.nan_to_num(g["value_std"].to_numpy(float))
-            ax.fill_between(x, y - std, y + std, color=line.get_color(), alpha=0.2, linewidth=0)
+            pooled = ", geometric" if metric == "ppl" else ""
+            line, = ax.plot(x, y, marker="o", linestyle=":",
+                            label=f"{label} (mean of {k} seeds){pooled}; band: their range" if k > 1 else label)
+            seeds = rows[rows["method"] == method].groupby("ratio_requested")["value"]
+            low, high = seeds.min().reindex(x).to_numpy(float), seeds.max().reindex(x).to_numpy(float)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         else:
             err = g["stderr"].to_numpy(float)
             ax.errorbar(x, y, yerr=None if np.isnan(err).all() else np.nan_to_num(err), marker="o",
@@ -72,9 +156,9 @@ def plot_metric_vs_ratio(df: pd.DataFrame, metric: str, setting: str = "", *, ax
         ax.set_yscale("log")
     ax.set_xlabel("fraction of parameters removed (requested)")
     ax.set_ylabel(ylabel or (metric + (f" @ {setting}" if setting else "")))
-    ax.legend(fontsize="small")
+    legend_outside(ax)
     ax.grid(alpha=0.3)
-    return ax
+    return require_data(ax, what=f"the {metric} {setting} panel")
 
 
 def plot_perplexity(df: pd.DataFrame, seq_len: int | str = 128, *, ax: Any = None) -> Any:
@@ -142,3 +226,87 @@ def plot_task_bars(df: pd.DataFrame, ratio: float, *, metric: str = "preferred",
     ax.set_ylim(0, 1.3)  # room for the legend above the bars
     ax.legend(fontsize="small", ncol=min(4, len(methods)), loc="upper center")
     return ax
+
+
+def plot_relative_to(relative: pd.DataFrame, *, baseline: str = "FLAP", ax: Any = None,
+                     labels: dict[str, str] | None = None) -> Any:
+    """Every method's perplexity relative to one baseline at each ratio, with paired 95 % intervals.
+
+    Parameters
+    ----------
+    relative : pandas.DataFrame
+        :func:`funcprune.claims.relative_to_baseline` (``ratio``, ``method``, ``estimate``,
+        ``ci_low``, ``ci_high``, ``decided``).
+    baseline : str, default="FLAP"
+        The baseline's name, drawn as the line at 1.
+    ax : matplotlib Axes, optional
+    labels : dict, optional
+        Display names of the methods (default: :func:`funcprune.tables.method_labels`).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        Log y axis; filled markers where the paired test decides the difference from 1,
+        open ones where it does not; the legend below the axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if relative.empty:
+        raise EmptyAxisError(f"no method was compared with {baseline}: nothing to draw")
+    labels = labels if labels is not None else method_labels()
+    ax = ax if ax is not None else plt.subplots(figsize=(6.4, 4.6))[1]
+    ratios = sorted(set(relative["ratio"]))
+    methods = list(dict.fromkeys(relative["method"]))
+    width = 0.7 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        g = relative[relative["method"] == method].set_index("ratio").reindex(ratios)
+        x = np.arange(len(ratios)) + (j - (len(methods) - 1) / 2) * width
+        y = g["estimate"].to_numpy(float)
+        err = np.vstack([y - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - y])
+        bars = ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=labels.get(method, method))
+        decided = g["decided"].fillna(False).to_numpy(bool)
+        ax.plot(x[~decided], y[~decided], "o", mfc="white", mec=bars.lines[0].get_color())
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(ratios)), [f"{100 * r:g} %" for r in ratios])
+    ax.set_xlabel("fraction of parameters removed")
+    ax.set_ylabel(f"perplexity / {baseline}'s (log scale)")
+    ax.set_title(f"Each method against {baseline} (dashed line = {baseline}); 95 % paired intervals\n"
+                 "filled: the paired test decides; open: it does not", fontsize="small")
+    ax.grid(alpha=0.3, axis="y")
+    legend_outside(ax, ncol=3)
+    return require_data(ax, what=f"the comparison with {baseline}")
+
+
+def plot_perplexity_panels(df: pd.DataFrame, windows: dict[int, str] | None = None) -> tuple[Any, list[int]]:
+    """Perplexity against the ratio at every window length some pruned model was scored on, stacked.
+
+    A window length only the dense model was scored on gets no panel (it would hold the
+    dense line alone); it is returned, for the prose to say so.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        A results table.
+    windows : dict, optional
+        Title of each panel by window length (e.g. ``{128: "32 windows of 128 tokens"}``).
+
+    Returns
+    -------
+    (matplotlib.figure.Figure or None, list of int)
+        The figure (None when no length has a pruned model) and the lengths left out.
+    """
+    import matplotlib.pyplot as plt
+
+    ppl = df[df["metric"] == "ppl"]
+    lengths = sorted({int(s) for s in ppl["setting"]})
+    drawn = [n for n in lengths if (ppl.loc[ppl["setting"] == str(n), "method"] != DENSE_KEY).any()]
+    left_out = [n for n in lengths if n not in drawn]
+    if not drawn:
+        return None, left_out
+    fig, axes = plt.subplots(len(drawn), 1, figsize=(6.4, 4.6 * len(drawn)), squeeze=False)
+    for ax, n in zip(axes[:, 0], drawn):
+        plot_perplexity(df, n, ax=ax)
+        ax.set_title((windows or {}).get(n, f"windows of {n} tokens"))
+    fig.tight_layout()
+    return fig, left_out

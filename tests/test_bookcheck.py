@@ -263,3 +263,22 @@ def test_kernels_receive_repository_paths_relative() -> None:
 def test_traceback_quoted_in_source_code_is_not_an_error(site: Path) -> None:
     """Sphinx's source pages (viewcode) may quote the phrase in code; only outputs and prose count."""
     assert _plant(site, "<div class='highlight'><pre>if 'Traceback (most recent call last)' in text:</pre></div>") == []
+
+
+@needs_browser
+def test_table_wider_than_the_content_column(site: Path) -> None:
+    cells = "".join(f"<td>column {i} value 12345.678</td>" for i in range(30))
+    assert ("planted.html", "wide-table") in _plant(site, f"<main><table><tr>{cells}</tr></table></main>")
+
+
+@needs_browser
+def test_page_wider_than_a_phone_screen(site: Path) -> None:
+    kinds = _plant(site, "<main><p style='white-space: nowrap'>" + "word " * 200 + "</p></main>")
+    assert ("planted.html", "phone-overflow") in kinds
+
+
+@needs_browser
+def test_wide_content_inside_a_scrolling_box_is_not_an_overflow(site: Path) -> None:
+    kinds = _plant(site, "<main><div style='overflow-x: auto'><p style='white-space: nowrap'>"
+                         + "word " * 200 + "</p></div></main>")
+    assert ("planted.html", "phone-overflow") not in kinds
