@@ -38,6 +38,8 @@ __all__ = [
     "ridge_of",
     "split_parts",
     "describe_decomposition",
+    "gap_sentences",
+    "keys_at",
     "describe_versus",
     "versus_strongest",
     "equal_footing",
@@ -123,6 +125,18 @@ def split_parts(parts: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any],
         method = part["entry"]["method"]
         (headline if method in METHODS or method == "dense" else grid)[key] = part
     return headline, grid
+
+
+def keys_at(parts: Mapping[str, Mapping[str, Any]], methods: Sequence[str], ratio: float) -> list[str]:
+    """The keys of ``methods``' models at ``ratio`` in the run, in the order given (a seeded method: its first
+    seed); methods the run lacks are left out."""
+    out = []
+    for method in methods:
+        found = sorted((p["entry"].get("seed") or 0, key) for key, p in parts.items()
+                       if p["entry"]["method"] == method and abs(float(p["entry"]["ratio_requested"]) - ratio) < 1e-9)
+        if found:
+            out.append(found[0][1])
+    return out
 
 
 def ridge_of(parts: Mapping[str, Mapping[str, Any]]) -> float | None:
@@ -298,6 +312,18 @@ def describe_decomposition(table: pd.DataFrame, *, labels: Mapping[str, str] | N
                        f"{name(method)} and {name(baseline)} in both orders: the parts depend on the order, or the "
                        f"largest is not decided.")
     return out
+
+
+def gap_sentences(table: pd.DataFrame, ratio: float, gap: str = "fn/flap", *,
+                  labels: Mapping[str, str] | None = None) -> str:
+    """:func:`describe_decomposition`'s two sentences for one gap at one ratio (the introduction's "why"), or a
+    sentence saying the run did not take that gap apart there."""
+    rows = table[(table["gap"] == gap) & (table["ratio"].sub(ratio).abs() < 1e-9)] if len(table) else table
+    if rows.empty:
+        method, baseline = gap.split("/")
+        return (f"This run did not take the gap between {method} and {baseline} apart at {_pct(ratio)} (no grid "
+                "points there).")
+    return " ".join(describe_decomposition(rows, labels=labels))
 
 
 #: The paper's method and its variants held to the strongest baseline (``"+ls"`` takes the run's ridge).

@@ -16,7 +16,11 @@ random position of the tokenised stream; the book's shared calibration is the st
 and Wanda-sp from windows cut the same way from the offline corpora's calibration splits (disjoint from the
 held-out text) and scores them on chapter 5's test windows, beside their shared-calibration models.
 
-Used in the chapter :doc:`/executed/04_structured_pruning`.
+**The literature's perplexity protocol** (:func:`literature_table`): some of the run's models rebuilt and scored
+the way FLAP's and Wanda's evaluation code does (:func:`funcprune.heldout.literature_perplexity`: consecutive
+windows, no BOS per window), beside the book's windows, so that readers can set the ratios beside published tables.
+
+Used in the chapters :doc:`/executed/04_structured_pruning` and :doc:`/executed/05_evaluate_benchmarks`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "choose_baseline",
     "choose_ridge",
     "describe_native",
+    "literature_table",
     "native_arm",
     "native_windows",
     "read_choices",
@@ -372,3 +377,53 @@ def describe_native(table: pd.DataFrame, *, labels: Mapping[str, str] | None = N
                         "the paired verdict between them changes with the baseline's calibration."))
         out.append(text)
     return out
+
+
+def literature_table(dense: Any, tokenizer: Any, run_dir: Any, keys: Sequence[str], *, eval_dataset: str = "wiki",
+                     seq_len: int = 128, max_tokens: int | None = 4096, source: Mapping[str, Any] | None = None,
+                     baseline: str | None = None, batch_size: int = 4) -> pd.DataFrame:
+    """The dense model and some of the run's pruned models under the literature's perplexity protocol.
+
+    Parameters
+    ----------
+    dense : nn.Module
+    tokenizer : transformers tokenizer
+    run_dir : str or path-like
+        The run (models are rebuilt from its plans: :func:`funcprune.pipeline.rebuild_pruned`).
+    keys : sequence of str
+        Keys of the run's index (``"fn_r0.20"``); the dense model is always scored first.
+    eval_dataset, seq_len, max_tokens
+        The held-out **test** part of ``eval_dataset``, windows of ``seq_len`` tokens, at most ``max_tokens``
+        tokens (an evenly spread subset of the consecutive windows; ``None``: all of them).
+    baseline : str, optional
+        A key the others are compared with, paired on the same windows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model: ``key``, ``ppl`` (literature protocol), ``windows``, ``tokens``; with ``baseline``
+        also ``estimate``, ``ci_low``, ``ci_high`` and ``decided`` against it. ``attrs["rule"]`` states the protocol.
+    """
+    from .compare import compare_windows
+    from .heldout import LITERATURE_RULE, evaluation_stream, literature_perplexity
+    from .pipeline import rebuild_pruned
+
+    stream = evaluation_stream(tokenizer, eval_dataset, "test")
+    records = {"dense": literature_perplexity(dense, stream, seq_len=seq_len, max_tokens=max_tokens,
+                                              batch_size=batch_size)}
+    for key in keys:
+        model = rebuild_pruned(run_dir, key, dense, source=source).model
+        records[key] = literature_perplexity(model, stream, seq_len=seq_len, max_tokens=max_tokens,
+                                             batch_size=batch_size)
+        del model
+    rows = []
+    for key, rec in records.items():
+        row = {"key": key, "ppl": rec["ppl"], "windows": rec["n_windows"], "tokens": rec["n_tokens_scored"]}
+        if baseline is not None and baseline in records and key != baseline:
+            r = compare_windows(rec["window_nll"], records[baseline]["window_nll"])
+            row |= {"estimate": r["estimate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                    "decided": bool(r["decided"])}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.attrs["rule"] = LITERATURE_RULE
+    return table

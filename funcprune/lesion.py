@@ -207,7 +207,7 @@ def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor
                  n_random: int = 2, active_share: float = 0.1, seed: int = 0,
                  kinds: Sequence[str] | None = None, batch_size: int = 4, progress: bool = True,
                  control: str = "size", magnitude: Mapping[int, np.ndarray] | None = None, n_strata: int = 10,
-                 protected: Sequence[int] | None = None) -> pd.DataFrame:
+                 protected: Sequence[int] | None = None, n_layers: int = 5) -> pd.DataFrame:
     """Lesion each network and random sets of the same size; compare the NLL changes.
 
     With ``control="magnitude"`` the random controls also match the network's channel
@@ -228,7 +228,7 @@ def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor
     windows : LongTensor of shape (n_windows, seq_len)
         Held-out token windows (not calibration text; a validation split is right).
     layers : sequence of int, optional
-        Layers whose networks are lesioned; default three evenly spaced fitted layers.
+        Layers whose networks are lesioned; default ``n_layers`` evenly spaced fitted layers.
     maps_per_layer : int, default=4
         The first maps of each layer (ordered by explained variance).
     threshold : float, default=3.0
@@ -257,6 +257,10 @@ def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor
         :func:`funcprune.plan.default_protected_layers`): left out of the default choice
         and dropped from ``layers`` (listed in ``attrs["left_out"]``); lesioning them says
         nothing about a pruning decision.
+    n_layers : int, default=5
+        Layers of the default choice: with layers as the units of the verdict
+        (:func:`lesion_verdict` ``unit="layer"``) the smallest one-sided p-value is ``2 ** -n_layers``, so
+        five is the fewest that can reach 0.05.
 
     Returns
     -------
@@ -290,7 +294,8 @@ def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor
     if layers is None:
         if not candidates:
             raise ValueError(f"every fitted layer {fitted} is protected ({sorted(skip)}): nothing to lesion")
-        layers = [candidates[i] for i in np.linspace(0, len(candidates) - 1, 3).round().astype(int)]
+        picks = np.linspace(0, len(candidates) - 1, min(int(n_layers), len(candidates))).round().astype(int)
+        layers = [candidates[i] for i in dict.fromkeys(picks)]
     bad = [layer for layer in layers if layer not in fn.maps_]
     if bad:
         raise ValueError(f"layers {bad} were not fitted; fitted layers: {fitted}")

@@ -61,7 +61,8 @@ from tqdm.auto import tqdm
 
 from ._io import ArtefactError, atomic_write_json, atomic_write_text, json_round_trip, json_sha256, read_json
 from .calibration import calibration_record
-from .compare import headline_comparisons
+from .compare import article_clusters, headline_comparisons
+from .intervals import add_holm
 from .evaluate import count_parameters, flops_per_token, max_positions, perplexity
 from .heldout import EvaluationStream, check_disjoint, evaluation_stream, ids_sha256, select_windows
 from .models import DEFAULT_MODEL, MODELS, LoadedModel, ensure_model, load_model, prepare_tokenizer
@@ -173,6 +174,7 @@ def _perplexities(model: torch.nn.Module, stream: EvaluationStream, seq_lens: Se
             "n_windows": res["n_windows"], "n_tokens_scored": res["n_tokens"], "n_tokens_used": int(ids.size),
             "window_starts": starts, "window_nll": res["window_nll"], "tokens_sha256": ids_sha256(ids),
             "bos_token_id": stream.bos_token_id, "text_ids": stream.text_ids(starts, span),
+            "window_articles": stream.window_articles(starts, span),
         }
     return out
 
@@ -403,7 +405,10 @@ def evaluate_run(
     _free_memory()
 
     table = validate_results_table(table_from_parts([parts[j["key"]] for j in jobs]))
-    comparisons = headline_comparisons(parts)
+    # every source of variation a reader assumes: windows of one article resampled together, random's seeds
+    # resampled inside the interval, zero-shot tested on the per-task means the tables show, Holm per metric
+    comparisons = add_holm(headline_comparisons(parts, cluster=article_clusters(parts), seeds="resample",
+                                                zero_shot=("mean_acc", "mean_preferred")), by=["metric"])
     sanity = perplexity_sanity(parts[DENSE_KEY])
     if sanity["flagged"]:
         warnings.warn(sanity["message"], stacklevel=2)

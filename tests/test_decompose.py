@@ -180,3 +180,22 @@ def test_versus_strongest_calls_a_win_only_when_decided() -> None:
                                                 ).tolist()
     text = describe_versus(versus_strongest(flat, "flap", n_boot=1000))
     assert any("cannot tell them apart" in t for t in text)
+
+
+def test_gap_sentences_for_one_ratio_or_a_plain_absence() -> None:
+    from funcprune.decompose import gap_sentences
+
+    table = decompose(_run("compensation"), n_boot=500)
+    text = gap_sentences(table, 0.2)
+    assert text.startswith("At 20 %, fn's perplexity") and "compensation is the main part" in text
+    assert "did not take the gap between fn and flap apart at 30 %" in gap_sentences(table, 0.3)
+
+
+def test_keys_at_takes_the_first_seed_and_skips_missing_methods() -> None:
+    from funcprune.decompose import keys_at
+
+    parts = _run("selection")
+    keys = keys_at(parts, ["fn", "random", "magnitude", "flap"], 0.2)
+    assert [parts[k]["entry"]["method"] for k in keys] == ["fn", "random", "flap"]
+    assert parts[keys[1]]["entry"]["seed"] == 0
+    assert keys_at(parts, ["fn"], 0.3) == []

@@ -403,3 +403,24 @@ def test_grid_points_go_through_prune_all_and_rebuild_exactly(setup: dict, tmp_p
     static = pipeline.rebuild_pruned(tmp_path, "fn+static_r0.10", model, source=None).model
     assert not torch.allclose(logits(static), logits(pipeline.rebuild_pruned(tmp_path, "fn+ls0.1_r0.10", model,
                                                                              source=None).model))
+
+
+def test_literature_table_rebuilds_models_and_pairs_them_on_consecutive_windows(default_model, tmp_path: Path) -> None:
+    from funcprune.grid import literature_table
+    from funcprune.heldout import evaluation_stream, literature_perplexity
+
+    model, tok = default_model
+    prune_all(model, tmp_path, ["magnitude", "random"], [0.05], [0], tokenizer=tok, progress=False,
+              source=default_model.source)
+    keys = ["magnitude_r0.05", "random-s0_r0.05"]
+    table = literature_table(model, tok, tmp_path, keys, seq_len=32, max_tokens=256, baseline="magnitude_r0.05",
+                             source=default_model.source)
+    assert list(table["key"]) == ["dense"] + keys
+    direct = literature_perplexity(model, evaluation_stream(tok, "wiki", "test"), seq_len=32, max_tokens=256)
+    assert table.loc[0, "ppl"] == pytest.approx(direct["ppl"], rel=1e-9)
+    assert (table["windows"] == 8).all()
+    rows = table.set_index("key")
+    assert rows.loc["random-s0_r0.05", "estimate"] == pytest.approx(
+        rows.loc["random-s0_r0.05", "ppl"] / rows.loc["magnitude_r0.05", "ppl"], rel=1e-6)
+    assert np.isnan(rows.loc["magnitude_r0.05", "estimate"])
+    assert "no BOS per window" in table.attrs["rule"]
