@@ -204,6 +204,8 @@ def get_adapter(model_or_config: Any) -> ArchitectureAdapter:
     else:
         config = getattr(model_or_config, "config", model_or_config)
         model_type = getattr(config, "model_type", None)
+    if isinstance(model_type, str) and model_type.startswith("funcprune_"):  # a checkpoint of save_pruned
+        model_type = model_type[len("funcprune_"):]  # loaded with its modeling_funcprune.py: its base family
     try:
         return ADAPTERS[model_type]  # type: ignore[index]
     except KeyError:

@@ -27,8 +27,10 @@ layers whose width differs from the global ``intermediate_size`` (``n_inner`` fo
 GPT-2), which keeps the *original* width; if every layer ends with the same width the
 global value is set to it instead and no per-layer entry is needed. In transformers
 5.24 a per-layer attribute then raises when read from the global config, which is what
-transformers' modeling code does, so a plain ``from_pretrained`` cannot build such a
-checkpoint yet: :func:`load_pruned` builds the architecture at the global width, slices
+the families' modeling code does, so :func:`save_pruned` ships ``modeling_funcprune.py``
+with such a checkpoint (:mod:`funcprune.hf_export`): ``from_pretrained(path,
+trust_remote_code=True)`` then builds it with transformers alone. :func:`load_pruned`
+runs no checkpoint code: it builds the architecture at the global width, slices
 the MLPs to the saved widths, and loads the weights strictly. ``config.funcprune``
 records the widths and the layers whose down projection gained a bias.
 
@@ -66,6 +68,7 @@ from ._io import ArtefactError, atomic_directory, atomic_write_json, file_record
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .capture import MLPRecorder, StopForward, tokenize_batches
 from .evaluate import count_parameters
+from .hf_export import ModelCard, base_config, finish_export, needs_remote_code
 from .models import LoadedModel, check_dtype, input_device, prepare_tokenizer
 from .plan import PlanMismatchError, PruningPlan, channel_parameters
 from .scoring import ChannelStatistics, ColumnMoments
@@ -543,13 +546,19 @@ def parameter_report(model_before: nn.Module, model_after: nn.Module) -> dict[st
 # Save / load
 # ----------------------------------------------------------------------------------
 def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
-                plan: PruningPlan, *, overwrite: bool = False) -> Path:
-    """Write a pruned model as a standard checkpoint (safetensors) plus its plan.
+                plan: PruningPlan, *, overwrite: bool = False, card: ModelCard | Mapping[str, Any] | None = None,
+                networks: Any = None) -> Path:
+    """Write a pruned model as a checkpoint that transformers alone loads, plus its plan and artefacts.
 
     The directory holds ``config.json`` (with ``per_layer_config`` and ``funcprune``),
-    the weights, the tokenizer (if it has ``save_pretrained``), ``pruning_plan.json`` and
-    ``funcprune_checkpoint.json`` (size and SHA-256 of the weights, config and plan,
-    checked by :func:`load_pruned`). It is written to a temporary directory and renamed,
+    the weights (safetensors), ``generation_config.json``, the tokenizer (if it has
+    ``save_pretrained``), ``pruning_plan.json``, the files of
+    :func:`funcprune.hf_export.finish_export` (``modeling_funcprune.py`` where the layers'
+    widths differ, ``channels.json``, the compensation biases, ``networks.npz`` when given,
+    the model card ``README.md``) and ``funcprune_checkpoint.json`` (size and SHA-256 of
+    every file, checked by :func:`load_pruned`). Anyone loads it with
+    ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` (no flag needed
+    when every layer keeps one width). It is written to a temporary directory and renamed,
     so it is never half written.
 
     Parameters
@@ -564,6 +573,11 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
         :func:`funcprune.pipeline.rebuild_pruned`); checked against its MLP widths.
     overwrite : bool, default=False
         Replace an existing directory.
+    card : funcprune.hf_export.ModelCard or mapping, optional
+        What the model card states beyond the plan: base model, licence, calibration data,
+        dense and pruned perplexity.
+    networks : funcprune.ica.FunctionalNetworks, optional
+        Saved as ``networks.npz`` (maps, voxel channels, key-neuron scores per layer).
 
     Returns
     -------
@@ -581,11 +595,13 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
     if getattr(model.config, "funcprune", None) is None:  # sliced by hand (prune_layer), not by prune
         _update_config(model, plan.method, ())
     with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp)
+        # the custom class of modeling_funcprune.py loads the model's own tensor names (no legacy renames)
+        model.save_pretrained(tmp, save_original_format=not needs_remote_code(model))
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(tmp)
         plan.save(tmp / PLAN_FILE)
-        recorded = [*_weight_files(tmp), "config.json", PLAN_FILE]
+        extra = finish_export(tmp, model, plan, card=card, networks=networks)
+        recorded = [*_weight_files(tmp), "config.json", PLAN_FILE, *extra]
         atomic_write_json(tmp / CHECKPOINT_MANIFEST, {
             "format": PRUNED_FORMAT, "files": {name: file_record(tmp / name) for name in recorded}})
     return path
@@ -757,13 +773,13 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
         digits of the weights' SHA-256) and ``plan`` (``None`` without a plan file).
         Unpacks as ``model, tokenizer``.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
     path = Path(path)
     dtype = check_dtype(dtype)
     record = verify_pruned(path, digest=verify)
-    config = AutoConfig.from_pretrained(path)
+    config = base_config(path)  # the family's config, also for a checkpoint with modeling_funcprune.py
     adapter = get_adapter(config)
     widths = _saved_widths(config, adapter)
     meta = getattr(config, "funcprune", None) or {}
@@ -809,5 +825,5 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
     plan = _attached_plan(path, model) if (path / PLAN_FILE).exists() else None
     tokenizer = None
     if (path / "tokenizer_config.json").exists():
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path, config=config))  # no remote code
     return LoadedModel(model, tokenizer, source, plan)

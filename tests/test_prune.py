@@ -395,14 +395,16 @@ def test_plans_compose_and_reload(tmp_path: Path) -> None:
 
 
 def test_plain_from_pretrained_with_per_layer_widths(tmp_path: Path) -> None:
-    """transformers 5.24 cannot build per-layer MLP widths; this test passes the day it can."""
+    """Per-layer MLP widths load with transformers alone through the checkpoint's modeling_funcprune.py
+    (tests/test_hf_export.py does it per family in a process without funcprune)."""
     plan = random_plan(tiny_model("llama"), protected_layers=[0])
     model = prune(tiny_model("llama"), plan)
+    assert len(set(layer_widths(model).values())) > 1
     path = save_pruned(model, None, tmp_path / "p", plan=plan)
-    try:
-        plain = tf.AutoModelForCausalLM.from_pretrained(path)
-    except Exception as err:  # noqa: BLE001 - any failure means "not supported yet"
-        pytest.xfail(f"plain from_pretrained cannot load per-layer widths yet: {type(err).__name__}: {err}")
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        tf.AutoModelForCausalLM.from_pretrained(path)
+    plain = tf.AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    assert type(plain).__name__ == "FuncpruneForCausalLM" and layer_widths(plain) == plan.pruned_widths
     assert torch.equal(logits(plain), logits(model))
 
 
