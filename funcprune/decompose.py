@@ -32,6 +32,7 @@ from .compare import _groups, compare_models
 __all__ = [
     "PATHS",
     "check_same_windows",
+    "windows_match",
     "PAIRS",
     "decomposition_methods",
     "decompose",
@@ -96,21 +97,28 @@ def decomposition_methods(ridge: float | None = None) -> list[str]:
     return [_with_ridge(n, ridge) for n in dict.fromkeys(names)]
 
 
+def windows_match(tokenizer: Any, windows: Any, part: Mapping[str, Any], setting: str) -> bool:
+    """Whether ``windows`` (with their BOS where the tokenizer uses one) are the windows ``part`` was scored on."""
+    from .compare import window_nll as part_nll
+    from .evaluate import bos_token_id
+    from .heldout import ids_sha256
+
+    if str(setting) not in part["perplexity"]:
+        return False
+    digest = part_nll(part, setting)[1]
+    body = windows[:, 1:] if bos_token_id(tokenizer) is not None else windows
+    return ids_sha256(body.reshape(-1).numpy()) == digest
+
+
 def check_same_windows(tokenizer: Any, windows: Any, part: Mapping[str, Any], setting: str) -> None:
-    """Raise unless ``windows`` (with their BOS where the tokenizer uses one) are the windows ``part`` was scored on.
+    """Raise unless :func:`windows_match`.
 
     Raises
     ------
     ValueError
         Other windows, naming the model and how to build the right ones.
     """
-    from .compare import window_nll as part_nll
-    from .evaluate import bos_token_id
-    from .heldout import ids_sha256
-
-    digest = part_nll(part, setting)[1]
-    body = windows[:, 1:] if bos_token_id(tokenizer) is not None else windows
-    if ids_sha256(body.reshape(-1).numpy()) != digest:
+    if not windows_match(tokenizer, windows, part, setting):
         raise ValueError(f"the test windows are not those {part['key']!r} was scored on: build them with "
                          "heldout_windows(..., 'test') with chapter 5's window length and budget")
 

@@ -273,7 +273,7 @@ def variant(criterion: str, allocation: str | None = None, compensation: str | N
     if comp == "ls" and ridge is not None:
         comp_tag = f"+ls{float(ridge):g}"
     name = f"{base.name}{alloc_tag}{comp_tag}"
-    comp_label = _COMP_LABELS[comp] + (f" (ridge {comp_params['ridge']:g})" if comp == "ls" else "")
+    comp_label = _COMP_LABELS[comp] + (f", ridge {comp_params['ridge']:g}" if comp == "ls" else "")
     parts = [p for p in (alloc_label, comp_label if comp != base.compensation else "") if p]
     label = f"{base.label} ({', '.join(parts)})" if parts else base.label
     return dataclasses.replace(
