@@ -81,11 +81,16 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def decomposition_methods(ridge: float | None = None) -> list[str]:
+#: Grid points that cost several forward passes each to build (progressive compensation): built only when asked
+#: (``extended=True``; the ``sweep`` profile), their pairs then appear in :func:`equal_footing`.
+EXPENSIVE: tuple[str, ...] = ("flap+progressive",)
+
+
+def decomposition_methods(ridge: float | None = None, *, extended: bool = True) -> list[str]:
     """The grid points the decomposition needs beyond the headline methods, in build order.
 
     ``ridge`` names the least-squares variants' relative ridge (``"fn+ls0.1"``); ``None`` keeps
-    the default (``"fn+ls"``).
+    the default (``"fn+ls"``). ``extended=False`` leaves out :data:`EXPENSIVE` points.
     """
     names: list[str] = []
     for paths in PATHS.values():
@@ -94,7 +99,7 @@ def decomposition_methods(ridge: float | None = None) -> list[str]:
                 names += [a, b]
     for a, b, _ in PAIRS:
         names += [a, b]
-    return [_with_ridge(n, ridge) for n in dict.fromkeys(names)]
+    return [_with_ridge(n, ridge) for n in dict.fromkeys(names) if extended or n not in EXPENSIVE]
 
 
 def windows_match(tokenizer: Any, windows: Any, part: Mapping[str, Any], setting: str) -> bool:

@@ -35,15 +35,19 @@ from .decompose import _with_ridge, check_same_windows, decomposition_methods
 
 __all__ = [
     "BASELINE_CANDIDATES",
+    "QUICK_CANDIDATES",
+    "QUICK_RIDGE_GRID",
     "RIDGE_GRID",
     "build_grid_points",
     "choose_baseline",
     "choose_ridge",
     "describe_native",
+    "describe_literature",
     "literature_table",
     "native_arm",
     "native_windows",
     "read_choices",
+    "ridge_sentence",
 ]
 
 #: Baseline variants the strongest baseline is chosen from on validation text (item "the bar moves"): each
@@ -51,9 +55,14 @@ __all__ = [
 #: FLAP's widths with FLAP's bias.
 BASELINE_CANDIDATES: tuple[str, ...] = ("flap", "flap+ls", "flap+none", "wanda-sp", "wanda-sp+ls",
                                         "wanda-sp@flap+static")
+#: The candidates of a quick run (the default profile): each baseline criterion with its authors' compensation and
+#: with least squares.
+QUICK_CANDIDATES: tuple[str, ...] = ("flap", "flap+ls", "wanda-sp", "wanda-sp+ls")
 
 #: Relative ridge strengths tried for least-squares compensation (:func:`choose_ridge`).
-RIDGE_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)
+RIDGE_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+#: The ridges of a quick run.
+QUICK_RIDGE_GRID: tuple[float, ...] = (0.1, 1.0, 10.0)
 
 
 def choose_ridge(dense: Any, plan: Any, moments: Any, windows: Any, *, grid: Sequence[float] = RIDGE_GRID,
@@ -107,6 +116,20 @@ def choose_ridge(dense: Any, plan: Any, moments: Any, windows: Any, *, grid: Seq
     return table, grid[best]
 
 
+def ridge_sentence(table: pd.DataFrame) -> str:
+    """What the ridge choice says, from :func:`choose_ridge`'s table: the chosen value, its validation perplexity,
+    and a warning when it lies at an end of the grid (the best value may lie beyond what was tried)."""
+    chosen = table.loc[table["chosen"]].iloc[0]
+    ridges = sorted(table["ridge"])
+    text = (f"The relative ridge {chosen['ridge']:g} gave the lowest validation perplexity ({chosen['ppl']:.2f}; "
+            f"tried: {', '.join(f'{r:g}' for r in ridges)}).")
+    if len(ridges) > 1 and chosen["ridge"] in (ridges[0], ridges[-1]):
+        side = "largest" if chosen["ridge"] == ridges[-1] else "smallest"
+        text += (f" It is the {side} value tried, so a value beyond the grid may do better: widen "
+                 "funcprune.grid.RIDGE_GRID to look.")
+    return text
+
+
 def choose_baseline(dense: Any, windows: Any, ratio: float, *, stats: Any, moments: Any, ridge: float,
                     candidates: Sequence[str] = BASELINE_CANDIDATES, source: Mapping[str, Any] | None = None,
                     known: Mapping[str, float] | None = None, **selection: Any) -> tuple[pd.DataFrame, str]:
@@ -156,8 +179,8 @@ def choose_baseline(dense: Any, windows: Any, ratio: float, *, stats: Any, momen
 
 def build_grid_points(model: Any, run_dir: Any, ratios: Sequence[float], seeds: Sequence[int], *,
                       eval_dataset: str = "wiki", seq_len: int = 128, n_windows: int = 32,
-                      ridge_ratio: float | None = None, grid: Sequence[float] = RIDGE_GRID, tokenizer: Any = None,
-                      source: Mapping[str, Any] | None = None, progress: bool = False,
+                      ridge_ratio: float | None = None, grid: Sequence[float] | None = None, tokenizer: Any = None,
+                      source: Mapping[str, Any] | None = None, progress: bool = False, extended: bool = True,
                       **prune_kwargs: Any) -> dict[str, Any]:
     """Stage 4 for the decomposition: choose the least-squares ridge on validation text, then plan, build and
     store every grid point :func:`decomposition_methods` names, at ``ratios``, through
@@ -178,7 +201,12 @@ def build_grid_points(model: Any, run_dir: Any, ratios: Sequence[float], seeds: 
         ``"validation"`` part: never the test windows).
     ridge_ratio : float, optional
         Ratio of the FLAP plan the ridge is chosen with (default the middle of ``ratios``).
-    grid : sequence of float, default=RIDGE_GRID
+    grid : sequence of float, optional
+        Ridges tried (default :data:`RIDGE_GRID`, or :data:`QUICK_RIDGE_GRID` when not ``extended``).
+    extended : bool, default=True
+        Also build the expensive grid points (:data:`funcprune.decompose.EXPENSIVE`: FLAP with the progressive
+        bias, which runs the calibration texts through the network about three times), and choose the strongest
+        baseline among all of :data:`BASELINE_CANDIDATES` (else :data:`QUICK_CANDIDATES`).
     prune_kwargs
         ``basis``, ``protected_layers``, ``round_to``, ``batch_size``, ``max_tokens`` as in stage 4.
 
@@ -208,13 +236,15 @@ def build_grid_points(model: Any, run_dir: Any, ratios: Sequence[float], seeds: 
     chosen_ratio = float(sorted(ratios)[len(ratios) // 2] if ridge_ratio is None else ridge_ratio)
     plan = make_plan("flap", model, chosen_ratio, stats=stats, source=source, **selection)
     validation = heldout_windows(tokenizer, eval_dataset, "validation", seq_len=seq_len, n_windows=n_windows)
+    grid = (RIDGE_GRID if extended else QUICK_RIDGE_GRID) if grid is None else grid
     table, ridge = choose_ridge(model, plan, moments, validation, grid=grid,
                                 revision=(source or {}).get("revision"))
     table.insert(0, "ratio", chosen_ratio)
     baselines, strongest = choose_baseline(
         model, validation, chosen_ratio, stats=stats, moments=moments, ridge=ridge, source=source,
+        candidates=BASELINE_CANDIDATES if extended else QUICK_CANDIDATES,
         known={_with_ridge("flap+ls", ridge): float(table.loc[table["chosen"], "ppl"].iloc[0])}, **selection)
-    methods = list(dict.fromkeys(decomposition_methods(ridge) + [strongest]))
+    methods = list(dict.fromkeys(decomposition_methods(ridge, extended=extended) + [strongest]))
     rows = prune_all(model, run_dir, methods, ratios, seeds, texts=texts, tokenizer=tokenizer, moments=moments,
                      progress=progress, source=source, **prune_kwargs)
     record = {"ridge": ridge, "ridge_ratio": chosen_ratio, "ridge_table": table.to_dict("records"),
@@ -427,3 +457,25 @@ def literature_table(dense: Any, tokenizer: Any, run_dir: Any, keys: Sequence[st
     table = pd.DataFrame(rows)
     table.attrs["rule"] = LITERATURE_RULE
     return table
+
+
+def describe_literature(table: pd.DataFrame, *, labels: Mapping[str, str] | None = None,
+                        book_column: str = "ppl (book's windows)") -> str:
+    """Sentences on :func:`literature_table`'s rows: each model against the baseline under the literature's
+    protocol (a difference called only when decided), and whether the protocol changed the numbers at all (it does
+    not for a tokenizer that puts no BOS token in front of a text, when the same windows are drawn)."""
+    labels = dict(labels or {})
+    parts = []
+    if "estimate" in table:
+        for r in table.dropna(subset=["estimate"]).to_dict("records"):
+            verdict = "decided by the paired test" if r["decided"] else "not decided by the paired test"
+            parts.append(f"{labels.get(r['method'], r['method'])}: {r['estimate']:.2f} times the baseline's "
+                         f"perplexity ({r['ci_low']:.2f}-{r['ci_high']:.2f}, {verdict}).")
+    if book_column in table and np.allclose(table["ppl"], table[book_column], rtol=1e-9, atol=0):
+        parts.append("Every perplexity equals the book's own: this tokenizer puts no BOS token in front of a text, "
+                     "so both protocols cut the same windows here; they differ for BOS-dependent families.")
+    elif book_column in table:
+        ratio = (table["ppl"] / table[book_column]).to_numpy()
+        parts.append(f"The literature's protocol gives {ratio.min():.2f} to {ratio.max():.2f} times the book's "
+                     "perplexities on these models.")
+    return " ".join(parts) or "No model was scored under the literature's protocol."

@@ -83,3 +83,26 @@ def test_the_chosen_criterion_is_compared_with_a_scored_model_on_the_same_window
     assert pooled["ppl_baseline"].iloc[0] == pytest.approx(np.exp((base + 1.5).mean()))  # seeds pooled
     with pytest.raises(ValueError, match="not those"):
         versus_part(final, parts, "random", tokenizer=None, windows=windows + 1, setting="10")
+
+
+def test_ridge_sentence_warns_at_the_edge_of_the_grid() -> None:
+    from funcprune.grid import ridge_sentence
+
+    table = pd.DataFrame({"ridge": [0.1, 1.0, 10.0], "ppl": [50.0, 45.0, 44.0], "chosen": [False, False, True]})
+    assert "largest value tried" in ridge_sentence(table)
+    inner = table.assign(chosen=[False, True, False])
+    text = ridge_sentence(inner)
+    assert text.startswith("The relative ridge 1 gave the lowest validation perplexity (45.00") and "beyond" not in text
+
+
+def test_describe_literature_says_when_the_protocols_coincide() -> None:
+    from funcprune.grid import describe_literature
+
+    table = pd.DataFrame({"method": ["dense", "FN", "FLAP"], "ppl": [30.0, 60.0, 29.0],
+                          "ppl (book's windows)": [30.0, 60.0, 29.0], "estimate": [1.03, 2.07, np.nan],
+                          "ci_low": [1.0, 1.9, np.nan], "ci_high": [1.1, 2.2, np.nan],
+                          "decided": [False, True, np.nan]})
+    text = describe_literature(table)
+    assert "FN: 2.07 times" in text and "decided by the paired test" in text and "no BOS token" in text
+    other = table.assign(**{"ppl (book's windows)": [15.0, 30.0, 14.5]})
+    assert "2.00 to 2.00 times the book's" in describe_literature(other)
