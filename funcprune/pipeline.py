@@ -120,7 +120,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
               allocation: Literal["per-method", "global", "uniform"] | None = "per-method",
               protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
               max_tokens: int = 512, progress: bool = True, source: Mapping[str, Any] | None = None,
-              moments: Any = None) -> "Any":
+              moments: Any = None, replace: bool = False) -> "Any":
     """Prune the dense model with every method at every ratio (and seed); save plans and biases.
 
     For each ``(method, ratio[, seed])`` the plan is made (all plans first, so a bad
@@ -170,6 +170,11 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         record its name and revision, and every model is pruned against that revision.
         Without it they record no revision (a model built from a config). Ignored when
         ``model`` is a name (the source of the model loaded here is used).
+    replace : bool, default=False
+        Start a new index: the entries of earlier calls are dropped, so the index lists exactly the models
+        of this call (and of later calls with ``replace=False``, such as the decomposition's grid points). Their
+        plans and biases stay on disk and are reused when planned again. Stage 4 starts with it, so a model
+        that a changed profile no longer asks for (a seed, a ratio) is not evaluated by stage 5.
     moments : funcprune.compensation.DownMoments, optional
         The dense model's down-projection moments on ``texts`` for least-squares grid points
         (``"fn+ls"``); measured here when one is asked for and none is given.
@@ -245,8 +250,8 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
     previous = run.entries()
     before = count_parameters(dense)
     base_widths = layer_widths(dense)
-    entries: dict[str, dict[str, Any]] = {k: e for k, e in previous.items()
-                                          if run.resolve(e["plan"]).exists()}
+    entries: dict[str, dict[str, Any]] = {} if replace else {k: e for k, e in previous.items()
+                                                             if run.resolve(e["plan"]).exists()}
     rows = []
     bar = tqdm(jobs, desc="pruning", unit="model", disable=not progress)
     for job in bar:

@@ -109,7 +109,7 @@ def test_misspelled_alias_is_named_with_the_known_aliases(monkeypatch: pytest.Mo
         message = str(info.value)
         assert "\n" not in message and "unknown model 'smollm2-135m'" in message
         assert "did you mean 'smollm2-135m-instruct'" in message
-        assert "known aliases: ['smollm2-135m-instruct']" in message
+        assert "known aliases: ['gemma3-270m', 'smollm2-135m-instruct']" in message
         assert "HF_HUB_OFFLINE=0" in message and "local directory with config.json" in message
 
 

@@ -424,3 +424,13 @@ def test_literature_table_rebuilds_models_and_pairs_them_on_consecutive_windows(
         rows.loc["random-s0_r0.05", "ppl"] / rows.loc["magnitude_r0.05", "ppl"], rel=1e-6)
     assert np.isnan(rows.loc["magnitude_r0.05", "estimate"])
     assert "no BOS per window" in table.attrs["rule"]
+
+
+def test_replace_starts_a_new_index_and_reuses_plans_on_disk(setup: dict, tmp_path: Path) -> None:
+    run_grid(setup, tmp_path, ["magnitude", "random"], [RATIO], seeds=[0, 1])
+    assert set(read_index(tmp_path)["key"]) == {"magnitude_r0.10", "random-s0_r0.10", "random-s1_r0.10"}
+    rows = run_grid(setup, tmp_path, ["magnitude", "random"], [RATIO], seeds=[0], replace=True)
+    assert set(read_index(tmp_path)["key"]) == {"magnitude_r0.10", "random-s0_r0.10"}  # seed 1 no longer asked for
+    assert set(rows["status"]) == {"reused"}
+    run_grid(setup, tmp_path, ["flap"], [RATIO])  # a later call adds to the index
+    assert "flap_r0.10" in set(read_index(tmp_path)["key"]) and len(read_index(tmp_path)) == 3
