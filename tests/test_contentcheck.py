@@ -106,3 +106,21 @@ def test_the_book_check_reads_pages_and_notebooks(tmp_path: Path) -> None:
     assert contentcheck.main([str(html), "--executed", str(tmp_path)]) == 1
     with pytest.raises(FileNotFoundError, match="no HTML pages"):
         check_content(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("body", [
+    "<p>every key neuron with max |z| &gt;= 5 kept first</p>",
+    "<p>rows are checked for NaN and inf in the hook</p>",
+])
+def test_words_about_missing_values_and_inequalities_are_not_defects(body: str) -> None:
+    from funcprune.contentcheck import check_page
+
+    assert check_page("executed/01.html", f"<html><body><main>{body}</main></body></html>") == []
+
+
+def test_reference_pages_are_not_checked_as_prose() -> None:
+    from funcprune.contentcheck import check_page
+
+    body = "<html><body><main><p>tokenizer (transformers tokenizer or None), default=ALL_TASKS, f()</p></main></body></html>"
+    assert check_page("api.html", body) == [] and check_page("genindex.html", body) == []
+    assert check_page("intro.html", body)
