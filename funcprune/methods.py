@@ -276,11 +276,11 @@ def variant(criterion: str, allocation: str | None = None, compensation: str | N
     comp_label = _COMP_LABELS[comp] + (f", ridge {comp_params['ridge']:g}" if comp == "ls" else "")
     parts = [p for p in (alloc_label, comp_label if comp != base.compensation else "") if p]
     label = f"{base.label} ({', '.join(parts)})" if parts else base.label
+    widths_of = METHODS[allocation] if used.startswith("widths:") else None  # the method whose plan sets the widths
     return dataclasses.replace(
         base, name=name, label=label, allocation=used, compensation=comp, compensation_params=comp_params,
-        needs_statistics=base.needs_statistics or comp == "static" or (
-            used.startswith("widths:") and METHODS[used[7:]].needs_statistics),
-        needs_networks=base.needs_networks or (used.startswith("widths:") and METHODS[used[7:]].needs_networks),
+        needs_statistics=base.needs_statistics or comp == "static" or bool(widths_of and widths_of.needs_statistics),
+        needs_networks=base.needs_networks or bool(widths_of and widths_of.needs_networks),
         description=f"{base.label}'s score" + (f", {alloc_label}" if alloc_label else "")
                     + f", {_COMP_LABELS[comp]} (a point of the method grid)")
 
