@@ -30,7 +30,7 @@ CHECK_BOOK = $(PY) -m funcprune.bookcheck book/_build/html --screenshots book/_b
 # What the pages say: placeholders, empty glued values, dangling punctuation, package paths, one value per glue key.
 CHECK_CONTENT = $(PY) -m funcprune.contentcheck book/_build/html --executed book/executed
 
-.PHONY: help venv assets test test-fast book notebooks preflight publish bundle bench lock clean clean-runs browser \
+.PHONY: help venv assets test test-fast book notebooks preflight publish bundle models bench lock clean clean-runs browser \
 	check-book check-content check-setup model-gemma3-270m
 
 help:
@@ -40,7 +40,8 @@ help:
 	@echo "make test   run the test suite, including papermill runs of every notebook (tiny profile)"
 	@echo "make bench  run the benchmarks"
 	@echo "make publish  build the book and copy it to public/ (a static site: GitHub Pages, any web server)"
-	@echo "make bundle   write dist/PROFILE-bundle.tar.gz: networks, plans, results (no activations, no checkpoints)"
+	@echo "make bundle   write bundles/PROFILE.tar.gz: networks, plans, results (no activations, no checkpoints)"
+	@echo "make models   rebuild every shipped model's bundle from scratch (Gemma-3-270M; chapter 7 reads bundles/)"
 	@echo "make check-book  open every page of the built book in headless Chromium (screenshots too)"
 	@echo "make check-content  check what the built pages say (placeholders, empty values, paths, glue)"
 	@echo "make check-setup  tell in under a minute whether this machine will run the workshop"
@@ -107,10 +108,21 @@ publish: book
 	rm -rf public && mv public.tmp public
 	@echo "Deployable site in public/ ($$(du -sh public | cut -f1)): serve it with python -m http.server -d public"
 
-# The small artefacts of a run (funcprune/bundle.py), so a reader can start at chapter 3 without stages 1-2:
-# python -m funcprune.bundle unpack dist/default-bundle.tar.gz runs/default
+# The small artefacts of a run and where they came from (funcprune/bundle.py), in bundles/, which chapter 7
+# ("Does the answer hold on another model?") reads; a reader can also start at chapter 3 from one:
+# python -m funcprune.bundle unpack bundles/default.tar.gz runs/default
 bundle: notebooks
 	$(PY) -m funcprune.bundle write --profile $(PROFILE)
+
+# Every shipped model other than the default rebuilt from scratch on this machine, every chapter executed for it
+# (into runs/executed/PROFILE, outside the book), and its bundle written to bundles/ (committed).
+MODEL_PROFILES := gemma3-270m
+models: assets
+	$(MAKE) model-gemma3-270m
+	@set -e; for profile in $(MODEL_PROFILES); do \
+		rm -rf runs/$$profile runs/executed/$$profile; \
+		$(PY) -m funcprune.workflow run --profile $$profile --out runs/executed/$$profile; \
+		$(PY) -m funcprune.bundle write --profile $$profile; done
 
 # Chromium for the browser check: Debian's package where apt-get can install it; otherwise the check
 # skips with a message (set FUNCPRUNE_CHROMIUM to use another Chromium or Chrome executable).

@@ -252,10 +252,10 @@ def versus_part(final: pd.DataFrame, parts: Mapping[str, Mapping[str, Any]], bas
         One row per ratio where ``baseline`` was scored: ``ratio``, ``baseline``, ``ppl``, ``ppl_baseline`` and
         :func:`funcprune.compare.compare_windows`'s columns.
     """
-    from .compare import _groups, _pooled_windows, compare_windows
+    from .compare import _pooled_windows, compare_windows, method_groups
     from .decompose import check_same_windows
 
-    groups = _groups(parts)
+    groups = method_groups(parts)
     rows = []
     for r in final.itertuples():
         group = groups.get((get_method(baseline).name, float(r.ratio)))

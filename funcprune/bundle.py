@@ -14,13 +14,19 @@ that starts with ``ensure_inputs(run_dir, [2], bundle=...)`` runs from a bundle 
 
 Command line::
 
-    python -m funcprune.bundle write --profile default [--out dist/default-bundle.tar.gz]
-    python -m funcprune.bundle unpack dist/default-bundle.tar.gz runs/default
+    python -m funcprune.bundle write --profile default [--out bundles/default.tar.gz]
+    python -m funcprune.bundle unpack bundles/default.tar.gz runs/default
+
+A bundle's manifest also records where the run came from (:func:`run_provenance`: model, revision,
+licence, data, the model-independent :func:`protocol_fingerprint`, commit, date, machine): the
+chapter that sets models side by side (:mod:`funcprune.crossmodel`) reads every bundle of
+``bundles/`` and marks one measured another way as stale.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -33,14 +39,14 @@ from typing import Any, Sequence
 from ._io import ArtefactError, file_record, verify_file
 from .rundir import RunDir
 
-__all__ = ["MANIFEST", "STAGE_OUTPUTS", "bundle_files", "ensure_inputs", "read_bundle_manifest", "unpack_bundle",
-           "write_bundle"]
+__all__ = ["MANIFEST", "STAGE_OUTPUTS", "bundle_files", "ensure_inputs", "protocol_fingerprint", "read_bundle_manifest",
+           "run_provenance", "unpack_bundle", "write_bundle"]
 
 #: Name of the manifest member, first in every bundle.
 MANIFEST = "bundle.json"
 #: Folders of a run directory whose contents stay out of a bundle, except the files named here.
 BULK = {RunDir.ACTIVATIONS: {PurePosixPath(RunDir.ACTIVATION_MANIFEST).name},
-        RunDir.PRUNED: {PurePosixPath(RunDir.INDEX).name}}
+        RunDir.PRUNED: {PurePosixPath(RunDir.INDEX).name, PurePosixPath(RunDir.DECOMPOSITION).name}}
 _FORMAT = 1
 _FIX = "download or write the bundle again (make bundle)"
 #: What each stage leaves in the run directory that a later chapter reads (stage number -> relative paths).
@@ -74,6 +80,64 @@ def bundle_files(run_dir: str | os.PathLike[str]) -> list[str]:
     return files
 
 
+#: What a protocol fingerprint leaves out: what differs between models by nature (their tokens and BOS id, the
+#: harness build), so that two models measured the same way share one fingerprint.
+_MODEL_SPECIFIC = {"eval_stream": None, "bos": ("token_id",), "zero_shot": ("harness_version",),
+                   "eval_dataset": ("n_words",)}
+#: Bump when what a bundle's comparisons mean changes (methods, comparisons, decomposition rules).
+COMPARISON_PROTOCOL = 1
+
+
+def protocol_fingerprint(protocol: dict[str, Any]) -> str:
+    """The model-independent fingerprint of an evaluation protocol (``results.json["protocol"]``).
+
+    Two runs on different models share it when they were measured the same way: the same held-out
+    texts, window lengths and counts, tiers, zero-shot tasks and limit, dtype and comparison rules
+    (:data:`COMPARISON_PROTOCOL`); each model's tokens and BOS id are left out (:data:`_MODEL_SPECIFIC`).
+
+    Returns
+    -------
+    str
+        16 hexadecimal characters.
+    """
+    kept: dict[str, Any] = {"comparison_protocol": COMPARISON_PROTOCOL}
+    for key, value in sorted(protocol.items()):
+        drop = _MODEL_SPECIFIC.get(key, ())
+        if drop is None:
+            continue
+        kept[key] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_provenance(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Where a run's results came from, for a bundle's manifest; None before stage 5 wrote its results.
+
+    Returns
+    -------
+    dict or None
+        ``model`` (name, revision, licence, model type; its path as :func:`funcprune.provenance.display_path`
+        shows it), ``data`` (the held-out corpus, its file and SHA-256), ``protocol`` (:func:`protocol_fingerprint`),
+        ``results_funcprune`` and ``commit`` (what evaluated), ``evaluated`` (the results' date), ``machine``.
+    """
+    from .provenance import display_path
+
+    run = RunDir(run_dir)
+    if not run.results_json.exists():
+        return None
+    record = run.results_record()
+    dense = dict(record.get("dense_model") or {})
+    if dense.get("path"):
+        dense["path"] = display_path(dense["path"])
+    env = record.get("environment") or {}
+    data = record["protocol"]["eval_dataset"]
+    return {"model": {k: dense.get(k) for k in ("name", "source", "revision", "license", "model_type", "path")},
+            "data": {k: data.get(k) for k in ("name", "package", "package_version", "file", "sha256", "split")},
+            "protocol": protocol_fingerprint(record["protocol"]), "protocol_id": record.get("protocol_id"),
+            "results_funcprune": env.get("funcprune"), "commit": env.get("git_commit"),
+            "evaluated": time.strftime("%Y-%m-%d", time.gmtime(run.results_json.stat().st_mtime)),
+            "machine": {"platform": env.get("platform"), "python": env.get("python"), "cpus": os.cpu_count()}}
+
+
 def write_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  profile: str | None = None) -> dict[str, Any]:
     """Write the bundle of a run directory to ``out`` (atomically: a temporary file, then a rename).
@@ -92,13 +156,14 @@ def write_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
     dict
         The manifest (also the bundle's first member).
     """
-    from .provenance import __version__
+    from .provenance import __version__, display_path
 
     root = Path(run_dir)
     files = bundle_files(root)
     if not files:
         raise ArtefactError(root, "holds nothing to bundle", "run the stages first (make notebooks)")
-    manifest = {"format": _FORMAT, "funcprune": __version__, "profile": profile, "source": str(root),
+    manifest = {"format": _FORMAT, "funcprune": __version__, "profile": profile, "source": display_path(root),
+                "provenance": run_provenance(root),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "files": {name: file_record(root / name) for name in files}}
     out = Path(out)
@@ -256,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     write = sub.add_parser("write", help="bundle the run directory of a profile")
     write.add_argument("--profile", default="default")
-    write.add_argument("--out", help="default: dist/<profile>-bundle.tar.gz")
+    write.add_argument("--out", help="default: bundles/<profile>.tar.gz (the folder the comparison chapter reads)")
     unpack = sub.add_parser("unpack", help="unpack a bundle into a run directory")
     unpack.add_argument("bundle")
     unpack.add_argument("run_dir")
@@ -264,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "write":
         profile = load_profile(args.profile)
-        out = Path(args.out or REPO_ROOT / "dist" / f"{profile['profile']}-bundle.tar.gz")
+        out = Path(args.out or REPO_ROOT / "bundles" / f"{profile['profile']}.tar.gz")
         manifest = write_bundle(profile["run_dir"], out, profile=profile["profile"])
         size = sum(r["size"] for r in manifest["files"].values())
         print(f"{out}: {len(manifest['files'])} files, {size / 2**20:.1f} MiB before compression, "

@@ -53,6 +53,7 @@ __all__ = [
     "compare_windows",
     "describe_evidence",
     "headline_comparisons",
+    "method_groups",
     "item_correctness",
     "paired_bootstrap",
     "ranked_table",
@@ -404,7 +405,8 @@ def _task_items(parts: Sequence[Mapping[str, Any]], metric: str) -> dict[str, tu
 # ----------------------------------------------------------------------------------
 # The run's headline comparisons and ranking
 # ----------------------------------------------------------------------------------
-def _groups(parts: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, float], list[Mapping[str, Any]]]:
+def method_groups(parts: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, float], list[Mapping[str, Any]]]:
+    """The pruned models of a run grouped by ``(method, ratio requested)`` (random's seeds together); dense left out."""
     groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
     for part in parts.values():
         entry = part["entry"]
@@ -451,7 +453,7 @@ def headline_comparisons(parts: Mapping[str, Mapping[str, Any]], *,
         ``model_keys``, ``baseline_keys``, ``baseline_seeds``, ``seed_min``, ``seed_max``,
         ``interval`` (what the interval resamples), ``n_clusters`` and ``selected_on_test``.
     """
-    groups = _groups(parts)
+    groups = method_groups(parts)
     rows = []
     for (method, ratio), group in sorted(groups.items(), key=lambda kv: kv[0][1]):
         if method not in methods:
@@ -516,7 +518,7 @@ def ranked_table(parts: Mapping[str, Mapping[str, Any]], metric: str, *, n_boot:
     setting = metric[4:]
     rows = []
     by_ratio: dict[float, list[tuple[str, list[Mapping[str, Any]]]]] = {}
-    for (method, ratio), group in _groups(parts).items():
+    for (method, ratio), group in method_groups(parts).items():
         if all(setting in p["perplexity"] for p in group):
             by_ratio.setdefault(ratio, []).append((method, group))
     for ratio in sorted(by_ratio):

@@ -39,6 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -49,6 +51,9 @@ from .models import input_device
 
 __all__ = [
     "DownMoments",
+    "describe_first_position",
+    "first_position_effect",
+    "first_position_table",
     "LeastSquaresCompensation",
     "down_input_moments",
     "least_squares_down",
@@ -284,3 +289,91 @@ def moments_for(moments: DownMoments | None, layers: Mapping[int, Any] | Sequenc
     if missing:
         raise ValueError(f"the down-projection moments lack layers {missing}; they cover {moments.layers}")
     return moments
+
+
+# ----------------------------------------------------------------------------------
+# Why a mean-based compensation can hurt: the first position of each text
+# ----------------------------------------------------------------------------------
+def first_position_effect(x: np.ndarray, doc_ids: np.ndarray) -> dict[str, float]:
+    """How far the first position of each text moves the calibration mean of a layer's down-projection input.
+
+    A bias compensation (FLAP's static one, the authors' progressive one) adds ``W_R mu_R`` to every token:
+    the removed channels' *mean* input. Some models put very large activations on the first position
+    (the BOS token, an attention sink); one such row in every text can move the mean that every other
+    token then receives.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_tokens, width)
+        The down projection's input on calibration tokens (``act * up`` for a gated MLP).
+    doc_ids : ndarray of shape (n_tokens,)
+        The text each row came from, rows of a text consecutive and in order.
+
+    Returns
+    -------
+    dict
+        ``norm_ratio``: mean norm of a first-position row over that of the other rows; ``mean_shift``:
+        ``||mean(all) - mean(others)|| / ||mean(others)||``; ``share``: the fraction of rows that are first.
+
+    Examples
+    --------
+    >>> x = np.ones((4, 2)); x[0] = 100.0
+    >>> {k: round(v, 2) for k, v in first_position_effect(x, np.array([0, 0, 0, 0])).items()}
+    {'norm_ratio': 100.0, 'mean_shift': 24.75, 'share': 0.25}
+    """
+    x = np.asarray(x, dtype=np.float64)
+    doc_ids = np.asarray(doc_ids)
+    if len(x) != len(doc_ids) or len(x) < 2:
+        raise ValueError(f"need one doc id per row and at least two rows, got {len(x)} rows and {len(doc_ids)} ids")
+    first = np.r_[True, doc_ids[1:] != doc_ids[:-1]]
+    if first.all():
+        raise ValueError("every row is the first of its text: nothing to compare the first positions with")
+    rest_mean = x[~first].mean(axis=0)
+    norms = np.linalg.norm(x, axis=1)
+    return {"norm_ratio": float(norms[first].mean() / max(norms[~first].mean(), 1e-30)),
+            "mean_shift": float(np.linalg.norm(x.mean(axis=0) - rest_mean) / max(np.linalg.norm(rest_mean), 1e-30)),
+            "share": float(first.mean())}
+
+
+def first_position_table(store: Any, layers: Sequence[int] | None = None) -> pd.DataFrame:
+    """:func:`first_position_effect` for every layer of an activation store (``act * up`` when both are stored).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``layer``; columns ``norm_ratio``, ``mean_shift``, ``share``.
+    """
+    doc_ids = store.doc_ids
+    rows = {}
+    for layer in layers if layers is not None else store.layers:
+        x = np.asarray(store.layer(layer, "act"), dtype=np.float64)
+        if "up" in store.kinds:
+            x = x * np.asarray(store.layer(layer, "up"), dtype=np.float64)
+        rows[layer] = first_position_effect(x, doc_ids)
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("layer")
+
+
+#: A mean moved by more than this fraction by the first positions is called dominated by them.
+FIRST_POSITION_SHIFT = 0.5
+
+
+def describe_first_position(table: pd.DataFrame, *, threshold: float = FIRST_POSITION_SHIFT) -> str:
+    """One sentence on whether the first positions dominate the means a bias compensation is built from.
+
+    Rule: the means are called *dominated by the first position* in the layers where it moves them by more
+    than ``threshold`` (relative norm); the sentence gives the median layer's numbers either way.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"norm_ratio": [90.0, 80.0], "mean_shift": [2.0, 0.7], "share": [0.002, 0.002]})
+    >>> "in 2 of 2 layers by more than 50 %" in describe_first_position(t)
+    True
+    """
+    if table.empty:
+        return "No layer was measured, so the first position's weight in the means is not known here."
+    dominated = int((table["mean_shift"] > threshold).sum())
+    return (f"The first position of each text is {100 * table['share'].median():.1f} % of the calibration tokens, yet "
+            f"its down-projection input is {table['norm_ratio'].median():.1f} times as large as a typical token's "
+            f"(median layer) and it moves the mean that a bias compensation adds to every token by "
+            f"{100 * table['mean_shift'].median():.0f} % in the median layer; in {dominated} of {len(table)} layers "
+            f"by more than {100 * threshold:.0f} %, where the bias is then mostly the first position's.")

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .compare import _groups, compare_models
+from .compare import compare_models, method_groups
 
 __all__ = [
     "PATHS",
@@ -39,6 +39,7 @@ __all__ = [
     "ridge_of",
     "split_parts",
     "describe_decomposition",
+    "main_parts",
     "gap_sentences",
     "keys_at",
     "describe_versus",
@@ -215,7 +216,7 @@ def decompose(parts: Mapping[str, Mapping[str, Any]], metric: str = "ppl@128", *
         ``gap_total`` and ``interval`` (what the interval resamples). Paths with a model missing are
         left out.
     """
-    groups = _groups(parts)
+    groups = method_groups(parts)
     ratios = sorted({r for _, r in groups})
     rows = []
     for (method, baseline), paths in PATHS.items():
@@ -254,7 +255,7 @@ def equal_footing(parts: Mapping[str, Mapping[str, Any]], metric: str = "ppl@128
         (perplexity ratio, below 1 when ``model`` is better), ``ci_low``, ``ci_high``, ``p_value``,
         ``decided``, ``better``.
     """
-    groups = _groups(parts)
+    groups = method_groups(parts)
     rows = []
     for ratio in sorted({r for _, r in groups}):
         for a, b, held in pairs:
@@ -279,13 +280,40 @@ def _pct(ratio: float) -> str:
     return f"{100 * ratio:.0f} %"
 
 
+def _main_of(rows: pd.DataFrame) -> str | None:
+    """The axis that is the decided main part of one gap at one ratio in every order walked, else None."""
+    mains = []
+    for _, steps in rows.groupby("order", sort=False):
+        shares = {s.axis: _share(s.factor, s.gap_total) for s in steps.itertuples()}
+        top = max(shares, key=lambda a: shares[a] if not math.isnan(shares[a]) else -math.inf)
+        mains.append(top if bool(steps.loc[steps["axis"] == top, "decided"].iloc[0]) else None)
+    return mains[0] if mains and all(m is not None and m == mains[0] for m in mains) else None
+
+
+def main_parts(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per gap and ratio of :func:`decompose`'s table: the whole gap and its main part.
+
+    The rule (as in :func:`describe_decomposition`): an axis is the **main part** of a gap only when,
+    in every order walked, it is the step with the largest share of the log gap, and the paired test
+    decides that step; otherwise ``main`` is None.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``ratio``, ``gap``, ``gap_total``, ``gap_ci_low``, ``gap_ci_high``, ``gap_decided``, ``main``.
+    """
+    columns = ["ratio", "gap", "gap_total", "gap_ci_low", "gap_ci_high", "gap_decided", "main"]
+    rows = [{**{c: first[c] for c in columns[:-1]}, "main": _main_of(group)}
+            for (_, _), group in table.groupby(["ratio", "gap"], sort=False) for first in [group.iloc[0]]]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def describe_decomposition(table: pd.DataFrame, *, labels: Mapping[str, str] | None = None) -> list[str]:
     """Sentences on what each gap consists of, computed from :func:`decompose`'s table.
 
     Rules: a step *accounts for* a factor of the gap with its interval; it is called decided only when
-    its paired test decides it (``decided``); an axis is named **the main part** of a gap only when, in
-    every order walked, it is the step with the largest share of the log gap, and decided. Otherwise
-    the sentence says the parts depend on the order.
+    its paired test decides it (``decided``); an axis is named **the main part** of a gap only by
+    :func:`main_parts`' rule. Otherwise the sentence says the parts depend on the order.
 
     Returns
     -------
@@ -304,21 +332,17 @@ def describe_decomposition(table: pd.DataFrame, *, labels: Mapping[str, str] | N
         relation = "higher" if first["gap_total"] > 1 else "lower"
         verdict = "decided" if first["gap_decided"] else "not decided by the paired test"
         parts = []
-        mains = []
         for order, steps in rows.groupby("order", sort=False):
             described = ", ".join(
                 f"{s.axis} {s.factor:.2f}x ({s.ci_low:.2f}-{s.ci_high:.2f}{'' if s.decided else ', undecided'})"
                 for s in steps.itertuples())
             parts.append(f"{order}: {described}")
-            shares = {s.axis: _share(s.factor, s.gap_total) for s in steps.itertuples()}
-            top = max(shares, key=lambda a: shares[a] if not math.isnan(shares[a]) else -math.inf)
-            top_decided = bool(steps.loc[steps["axis"] == top, "decided"].iloc[0])
-            mains.append(top if top_decided else None)
         out.append(f"At {_pct(ratio)}, {name(method)}'s perplexity is {first['gap_total']:.2f} times "
                    f"{name(baseline)}'s ({first['gap_ci_low']:.2f}-{first['gap_ci_high']:.2f}, {relation}, "
                    f"{verdict}); the factors of each step, in the two orders walked: " + "; ".join(parts) + ".")
-        if mains and all(m is not None and m == mains[0] for m in mains):
-            out.append(f"At {_pct(ratio)}, the {mains[0]} is the main part of the gap between {name(method)} and "
+        main = _main_of(rows)
+        if main is not None:
+            out.append(f"At {_pct(ratio)}, the {main} is the main part of the gap between {name(method)} and "
                        f"{name(baseline)} in both orders, and the paired test decides it.")
         else:
             out.append(f"At {_pct(ratio)}, no single axis is the decided main part of the gap between "

@@ -345,13 +345,13 @@ def native_arm(dense: Any, tokenizer: Any, parts: Mapping[str, Mapping[str, Any]
         Test windows that are not the records' windows.
     """
     from .evaluate import window_nll
-    from .compare import _groups, compare_windows, window_nll as part_nll
+    from .compare import compare_windows, method_groups, window_nll as part_nll
     from .methods import build_pruned, make_plan
     from .scoring import channel_statistics
 
     counts = {m: c for m, (_, c) in NATIVE_CALIBRATION.items()} | dict(n_windows or {})
     corpus_of = {m: d for m, (d, _) in NATIVE_CALIBRATION.items()} | dict(corpora or {})
-    groups = _groups(parts)
+    groups = method_groups(parts)
     revision = (source or {}).get("revision")
     rows = []
     for method in ("flap", "wanda-sp"):

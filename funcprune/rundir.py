@@ -109,12 +109,14 @@ class RunDir:
     PLANS = "plans"
     PRUNED = "pruned"
     INDEX = "pruned/index.json"
+    DECOMPOSITION = "pruned/decomposition.json"
     BIASES = "pruned/biases"
     RESULTS = "results"
     PARTS = "results/parts"
     RESULTS_CSV = "results/results.csv"
     RESULTS_JSON = "results/results.json"
     COMPARISONS_CSV = "results/comparisons.csv"
+    SUMMARY = "summary"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -312,7 +314,7 @@ class RunDir:
     def decomposition_record(self) -> Path:
         """``pruned/decomposition.json``: the choices stage 4 made on validation text for the decomposition
         (least-squares ridge, strongest baseline variant; :func:`funcprune.decompose.build_grid_points`)."""
-        return self.pruned / "decomposition.json"
+        return self._at(self.DECOMPOSITION)
 
     def index(self) -> dict[str, Any]:
         """The pruned-model index, checked: keys unique and none equal to :data:`DENSE_KEY`.
@@ -385,6 +387,11 @@ class RunDir:
     def comparisons_csv(self) -> Path:
         """``results/comparisons.csv``: the paired comparisons (:func:`funcprune.compare.headline_comparisons`)."""
         return self._at(self.COMPARISONS_CSV)
+
+    def summary_path(self, section: str) -> Path:
+        """``summary/<section>.json``: a chapter's headline statistics for the comparison across models
+        (:func:`funcprune.crossmodel.record_summary`)."""
+        return self._at(self.SUMMARY) / f"{section}.json"
 
     def results_record(self) -> dict[str, Any]:
         """``results/results.json``, read.

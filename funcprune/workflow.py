@@ -126,13 +126,25 @@ def _run_cached(path: Path, executed: Path, params: dict[str, Any], execute: Cal
         "an earlier stage ran" if any(entry["ran"] for entry in earlier) else None
     upstream = earlier[-1]["key"] if earlier else None
     package = earlier[0]["package"] if earlier else package_digest()  # hashed once per build
-    outcome = run_stage(path, executed, params, execute, upstream=upstream, force=force, run_dir=run_dir,
-                        package=package)
+    outcome = run_stage(path, executed, {**params, **_read_inputs(params)}, execute, upstream=upstream, force=force,
+                        run_dir=run_dir, package=package)
     verb = f"done in {outcome.seconds} s ({outcome.reason})" if outcome.ran else \
         f"reused (cached; it took {outcome.seconds} s)"
     print(f"[funcprune] {path.name} {verb}", file=sys.stderr, flush=True)
     return {"notebook": path.name, "parameters": params, "seconds": outcome.seconds, "ran": outcome.ran,
             "reason": outcome.reason, "key": outcome.key, "package": package}
+
+
+def _read_inputs(params: dict[str, Any]) -> dict[str, Any]:
+    """What a stage reads besides its parameters and the run directory, by content, for its cache key: the
+    bundles a ``bundles_dir`` parameter names (chapter 7), so that adding or replacing one runs it again."""
+    from ._io import file_digest
+
+    if "bundles_dir" not in params:
+        return {}
+    folder = Path(params["bundles_dir"])
+    folder = folder if folder.is_absolute() else REPO_ROOT / folder
+    return {"bundles_read": {p.name: file_digest(p) for p in sorted(folder.glob("*.tar.gz"))}}
 
 
 def _repo_relative(value: Any) -> Any:

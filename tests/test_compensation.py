@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -144,3 +145,26 @@ def test_widths_of_another_plan_are_kept_with_this_criterion() -> None:
     again = make_plan("magnitude@magnitude", model, 0.1, protected_layers=[0])
     assert again.kept == ref.kept
     assert np.isclose(plan.ratio_reached, ref.ratio_reached)
+
+
+# ----------------------------------------------------------------------------------
+# The first position's weight in the means a bias compensation adds
+# ----------------------------------------------------------------------------------
+def test_first_position_effect_finds_a_planted_attention_sink() -> None:
+    from funcprune.compensation import describe_first_position, first_position_effect
+
+    rng = np.random.default_rng(0)
+    docs = np.repeat(np.arange(8), 64)  # 8 texts of 64 tokens
+    x = rng.normal(1.0, 0.1, size=(len(docs), 16))
+    calm = first_position_effect(x, docs)
+    assert calm["share"] == pytest.approx(1 / 64) and calm["mean_shift"] < 0.01 and 0.8 < calm["norm_ratio"] < 1.2
+    x[::64] *= 200.0  # the first row of every text 200 times larger
+    sink = first_position_effect(x, docs)
+    # mean of all = mean of others + share * (200 - 1) * mean of others: a shift of 199 / 64
+    assert sink["mean_shift"] == pytest.approx(199 / 64, rel=0.02) and sink["norm_ratio"] == pytest.approx(200, rel=0.05)
+    table = pd.DataFrame([sink, sink]).rename_axis("layer")
+    assert "in 2 of 2 layers by more than 50 %" in describe_first_position(table)
+    with pytest.raises(ValueError, match="one doc id per row"):
+        first_position_effect(x, docs[:-1])
+    with pytest.raises(ValueError, match="every row is the first"):
+        first_position_effect(x[:3], np.arange(3))

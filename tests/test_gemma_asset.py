@@ -217,12 +217,22 @@ def test_profile_passes_the_preflight_on_the_models_config(tmp_path: Path) -> No
 
 
 def test_profile_is_what_the_derivation_chooses(tmp_path: Path) -> None:
-    derived, notes = preflight.derive_profile(load_profile("default"), str(_config_dir(tmp_path)))
+    default = load_profile("default")
+    derived, notes = preflight.derive_profile(default, str(_config_dir(tmp_path)))
     shipped = load_profile(ALIAS)
-    model_dependent = ("ratio_basis", "ratios", "stability_layers", "window_layers")
-    assert {k: shipped[k] for k in model_dependent} == {k: derived[k] for k in model_dependent}
+    assert derived["ratio_basis"] == shipped["ratio_basis"] == "mlp"
     assert any("ratio_basis total -> mlp" in note for note in notes)
-    same = {k for k in derived if k not in (*model_dependent, "model", "run_dir", "profile", "device", "model_dtype")}
+    # the one departure, stated in the profile: its ratios are the fractions of MLP parameters that the default
+    # run's ratios remove on the default model, so that chapter 7 sets the two at equal fractions
+    dense = preflight.check_profile(default).model
+    expected = [round(r * dense["params_total"] / dense["params_mlp"], 3) for r in default["ratios"]]
+    assert shipped["ratios"] == expected == [0.169, 0.338, 0.507]
+    middle = expected[default["ratios"].index(default["sweep_ratio"])]
+    assert shipped["decompose_ratios"] == shipped["native_ratios"] == [middle] and shipped["sweep_ratio"] == middle
+    layers = ("stability_layers", "window_layers")
+    assert {k: shipped[k] for k in layers} == {k: derived[k] for k in layers}
+    moved = ("ratio_basis", "ratios", "decompose_ratios", "native_ratios", "sweep_ratio", *layers)
+    same = {k for k in derived if k not in (*moved, "model", "run_dir", "profile", "device", "model_dtype")}
     differ = sorted(k for k in same if shipped.get(k) != derived[k])
     assert not differ, (f"params/gemma3-270m.yaml differs from params/default.yaml in {differ}: it is the default "
                         "profile as derive_profile adapts it to the model; copy the default's values")

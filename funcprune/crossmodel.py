@@ -1,0 +1,620 @@
+"""Does the answer hold on another model? Runs on several models set side by side, from their bundles.
+
+Every number of chapters 1 to 6 comes from one model. This module reads runs on other models,
+each from its **bundle** (:mod:`funcprune.bundle`: the small artefacts of a run and where it came
+from), next to this build's own run, and puts the same questions to each:
+
+* the headline comparisons (the paper's method against FLAP, Wanda-sp and random) with their paired
+  intervals, at **equal fractions of MLP parameters** removed (:data:`MATCH_TOL`), and of all
+  parameters where the models reach the same fractions;
+* how each gap splits into selection, allocation and compensation (:func:`funcprune.decompose.main_parts`)
+  and what each compensation does to the paper's channels (:data:`COMPENSATION_PAIRS`);
+* the functional networks themselves (sparsity, stability, key neurons) and the lesion verdict, from
+  the summaries chapters 2 and 6 record (:func:`record_summary`).
+
+A bundle measured another way than this build (another protocol fingerprint or funcprune version) is
+listed as **stale**, with the fix, and none of its numbers enters a table or a sentence. Sentences
+(:func:`describe_across`) are computed by stated rules and tested on contrived runs.
+
+Used in the chapter :doc:`/executed/07_across_models`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ._io import ArtefactError, atomic_write_json, read_json
+from .bundle import read_bundle_manifest, run_provenance
+from .rundir import DENSE_KEY, RunDir
+
+__all__ = [
+    "COMPENSATION_PAIRS",
+    "OPEN_LICENCES",
+    "across_answer",
+    "HEADLINE",
+    "MATCH_TOL",
+    "RunView",
+    "compensation_across",
+    "decomposition_across",
+    "describe_across",
+    "first_position_across",
+    "headline_across",
+    "licence_notes",
+    "load_views",
+    "network_summary",
+    "networks_across",
+    "plot_across",
+    "provenance_table",
+    "read_summaries",
+    "record_summary",
+    "view_of_bundle",
+    "view_of_run",
+]
+
+#: Chapter summaries a run records for this comparison (section -> what writes it).
+SECTIONS = {"networks": "chapter 2 (functional networks)", "compensation": "chapter 4 (what a bias compensation adds)",
+            "lesions": "chapter 6 (the lesion test)"}
+#: Two models' ratios are at "equal fractions" when the fractions they remove differ by at most this.
+MATCH_TOL = 0.01
+#: The headline comparisons set side by side: (method, baseline).
+HEADLINE: tuple[tuple[str, str], ...] = (("fn", "flap"), ("fn", "wanda-sp"), ("fn", "random"), ("fn-bias", "flap"))
+#: What each compensation does to the paper's channels and to FLAP's: (with, without, what).
+COMPENSATION_PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("fn-bias", "fn", "FN, progressive bias (the authors')"),
+    ("fn+static", "fn", "FN, static bias (FLAP's)"),
+    ("fn+ls", "fn", "FN, least squares"),
+    ("flap", "flap+none", "FLAP, its static bias"),
+)
+_FIX = "rebuild it with this funcprune: make models (the shipped models) or make bundle PROFILE=... (a run of yours)"
+
+
+# ----------------------------------------------------------------------------------
+# What chapters record
+# ----------------------------------------------------------------------------------
+def record_summary(run_dir: str | os.PathLike[str], section: str, values: Mapping[str, Any]) -> Path:
+    """Write a chapter's headline statistics to ``summary/<section>.json`` (atomically).
+
+    Parameters
+    ----------
+    run_dir : str or path
+        The run directory.
+    section : str
+        One of :data:`SECTIONS`.
+    values : mapping
+        JSON-serialisable after ``str`` of anything else (NumPy scalars become numbers).
+
+    Raises
+    ------
+    ValueError
+        An unknown section, naming the accepted ones.
+    """
+    if section not in SECTIONS:
+        raise ValueError(f"unknown summary section {section!r}; accepted: {sorted(SECTIONS)}")
+    clean = json.loads(json.dumps(values, default=_plain))
+    return atomic_write_json(RunDir(run_dir).summary_path(section), {"section": section, **clean})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def read_summaries(run_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Every summary a run recorded, by section (missing sections are absent)."""
+    run = RunDir(run_dir)
+    return {s: read_json(run.summary_path(s)) for s in SECTIONS if run.summary_path(s).exists()}
+
+
+def network_summary(networks: Any, widths: Mapping[int, int], *, threshold: float, split_half_median: float,
+                    seed_median: float, median_channels: float, protected: Sequence[int]) -> dict[str, Any]:
+    """Chapter 2's numbers for the comparison across models.
+
+    Parameters
+    ----------
+    networks : FunctionalNetworks
+        The fitted networks (``maps_``, ``voxel_channels_``).
+    widths : dict[int, int]
+        Channels of every layer.
+    threshold : float
+        ``|z|`` above which a channel is a key neuron (strictly, as :func:`funcprune.scoring.key_neuron_scores`).
+    split_half_median, seed_median : float
+        Median map correlation between two halves of the text and between two seeds.
+    median_channels : float
+        Channels of the median network.
+    protected : sequence of int
+        Layers never pruned (left out of the key-neuron share).
+
+    Returns
+    -------
+    dict
+        ``n_layers``, ``maps_per_layer``, ``median_channels``, ``median_share`` (of a layer's
+        median width), ``key_share`` (key neurons among the prunable layers' channels),
+        ``split_half_median``, ``seed_median``, ``threshold``.
+    """
+    from .scoring import key_neuron_scores
+
+    scores = key_neuron_scores(networks.maps_, networks.voxel_channels_, widths)
+    prunable = [layer for layer in scores if layer not in set(protected)]
+    keys = sum(int((np.asarray(scores[layer]) > threshold).sum()) for layer in prunable)
+    channels = sum(int(widths[layer]) for layer in prunable)
+    maps = [np.asarray(m).shape[0] for m in networks.maps_.values()]
+    return {"n_layers": len(networks.maps_), "maps_per_layer": int(np.median(maps)) if maps else 0,
+            "median_channels": float(median_channels),
+            "median_share": float(median_channels) / float(np.median(list(widths.values()))),
+            "key_share": keys / channels if channels else float("nan"),
+            "split_half_median": float(split_half_median), "seed_median": float(seed_median),
+            "threshold": float(threshold)}
+
+
+# ----------------------------------------------------------------------------------
+# One run, from its directory or its bundle
+# ----------------------------------------------------------------------------------
+@dataclass
+class RunView:
+    """What the comparison reads of one run.
+
+    Attributes
+    ----------
+    label : str
+        How the page names the run (the model's name).
+    origin : str
+        ``"this build"`` or the bundle's file name.
+    provenance : dict
+        :func:`funcprune.bundle.run_provenance` (plus ``funcprune``, the version that wrote the bundle).
+    record : dict
+        ``results/results.json``.
+    comparisons : pandas.DataFrame
+        ``results/comparisons.csv``.
+    choices : dict or None
+        ``pruned/decomposition.json`` (the ridge and the strongest baseline).
+    summaries : dict
+        :func:`read_summaries`.
+    stale : list of str
+        Why the run cannot be set beside this build's (empty when it can).
+    """
+
+    label: str
+    origin: str
+    provenance: dict[str, Any]
+    record: dict[str, Any]
+    comparisons: pd.DataFrame
+    choices: dict[str, Any] | None = None
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+
+    @property
+    def parts(self) -> dict[str, Any]:
+        """Per-model records (``results.json["models"]``)."""
+        return self.record["models"]
+
+    @property
+    def metric(self) -> str:
+        """The perplexity at the shortest window, every model's metric."""
+        return f"ppl@{min(int(s) for s in self.record['protocol']['ppl_seq_lens'])}"
+
+    def removed(self, key: str) -> dict[str, float]:
+        """Fractions of MLP and of all parameters that model ``key`` removed."""
+        eff, dense = self.parts[key]["efficiency"], self.parts[DENSE_KEY]["efficiency"]
+        return {"mlp_removed": 1 - eff["params_mlp"] / dense["params_mlp"],
+                "total_removed": 1 - eff["params_total"] / dense["params_total"]}
+
+    def key_of(self, method: str, ratio: float) -> str | None:
+        """The first model of ``method`` at ``ratio`` (seed 0 first), or None."""
+        keys = sorted((p["entry"].get("seed") or 0, k) for k, p in self.parts.items()
+                      if p["entry"]["method"] == method and abs(float(p["entry"]["ratio_requested"]) - ratio) < 1e-9)
+        return keys[0][1] if keys else None
+
+
+def _label(provenance: Mapping[str, Any]) -> str:
+    return str((provenance.get("model") or {}).get("name") or "unknown model")
+
+
+def view_of_run(run_dir: str | os.PathLike[str]) -> RunView:
+    """This build's run, read from its directory (stage 5 must have run)."""
+    run = RunDir(run_dir)
+    provenance = run_provenance(run)
+    if provenance is None:
+        raise ArtefactError(run.results_json, "does not exist", "run chapter 5 first (make notebooks)")
+    from .provenance import __version__
+
+    choices = read_json(run.decomposition_record) if run.decomposition_record.exists() else None
+    return RunView(_label(provenance), "this build", {**provenance, "funcprune": __version__},
+                   run.results_record(), pd.read_csv(run.comparisons_csv), choices, read_summaries(run))
+
+
+def view_of_bundle(path: str | os.PathLike[str]) -> RunView:
+    """A run read from its bundle in memory, every member checked against the manifest's SHA-256.
+
+    Raises
+    ------
+    ArtefactError
+        Not a bundle, a member that differs from its record, or no results in it.
+    """
+    manifest = read_bundle_manifest(path)
+    records = manifest["files"]
+    wanted = [RunDir.RESULTS_JSON, RunDir.COMPARISONS_CSV, RunDir.DECOMPOSITION,
+              *(f"{RunDir.SUMMARY}/{s}.json" for s in SECTIONS)]
+    data: dict[str, bytes] = {}
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar:
+            if member.name in wanted and member.name in records:
+                raw = tar.extractfile(member).read()  # type: ignore[union-attr]
+                record = records[member.name]
+                if len(raw) != record["size"] or hashlib.sha256(raw).hexdigest() != record.get("sha256"):
+                    raise ArtefactError(path, f"member {member.name} differs from its manifest record", _FIX)
+                data[member.name] = raw
+    if RunDir.RESULTS_JSON not in data or RunDir.COMPARISONS_CSV not in data:
+        raise ArtefactError(path, "holds no evaluation results (stage 5 had not run when it was written)", _FIX)
+    provenance = {**(manifest.get("provenance") or {}), "funcprune": manifest.get("funcprune"),
+                  "bundled": manifest.get("created")}
+    summaries = {s: json.loads(data[f"{RunDir.SUMMARY}/{s}.json"]) for s in SECTIONS
+                 if f"{RunDir.SUMMARY}/{s}.json" in data}
+    choices = json.loads(data[RunDir.DECOMPOSITION]) if RunDir.DECOMPOSITION in data else None
+    return RunView(_label(provenance), Path(path).name, provenance, json.loads(data[RunDir.RESULTS_JSON]),
+                   pd.read_csv(io.BytesIO(data[RunDir.COMPARISONS_CSV])), choices, summaries)
+
+
+def _staleness(view: RunView, reference: RunView) -> list[str]:
+    reasons = []
+    if not view.provenance.get("protocol"):
+        reasons.append("its manifest records no protocol fingerprint (written before bundles recorded provenance)")
+    elif view.provenance["protocol"] != reference.provenance["protocol"]:
+        reasons.append(f"measured under protocol {view.provenance['protocol']}, this build under "
+                       f"{reference.provenance['protocol']} (windows, texts, tiers or tasks differ)")
+    if view.provenance.get("funcprune") != reference.provenance.get("funcprune"):
+        reasons.append(f"written by funcprune {view.provenance.get('funcprune')}, this build is "
+                       f"{reference.provenance.get('funcprune')}")
+    return reasons
+
+
+def load_views(run_dir: str | os.PathLike[str], bundles_dir: str | os.PathLike[str]) -> tuple[list[RunView], list[str]]:
+    """This build's run first, then every bundle of ``bundles_dir`` (sorted), each marked stale or not.
+
+    A bundle of the same model and protocol as this build's run is left out (the run is shown), and an
+    unreadable one is named; neither stops the chapter.
+
+    Returns
+    -------
+    views : list of RunView
+    notes : list of str
+        One sentence per bundle left out, and why.
+    """
+    here = view_of_run(run_dir)
+    views, notes = [here], []
+    for path in sorted(Path(bundles_dir).glob("*.tar.gz")):
+        try:
+            view = view_of_bundle(path)
+        except ArtefactError as exc:
+            notes.append(f"{path.name} was left out: {exc}")
+            continue
+        view.stale = _staleness(view, here)
+        if view.label == here.label and not view.stale:
+            notes.append(f"{path.name} holds {view.label} measured as this build's run, which is shown instead.")
+            continue
+        views.append(view)
+    return views, notes
+
+
+# ----------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------
+def _fresh(views: Sequence[RunView]) -> list[RunView]:
+    return [v for v in views if not v.stale]
+
+
+def _matched(table: pd.DataFrame, column: str = "mlp_removed", tol: float = MATCH_TOL) -> pd.Series:
+    """A fraction label per row: rows within ``tol`` of one another share the first one's value."""
+    anchors: list[float] = []
+    out = []
+    for value in table[column]:
+        anchor = next((a for a in anchors if abs(a - value) <= tol), None)
+        if anchor is None:
+            anchors.append(value)
+            anchor = value
+        out.append(round(anchor, 3))
+    return pd.Series(out, index=table.index, dtype=float)
+
+
+def headline_across(views: Sequence[RunView], pairs: Sequence[tuple[str, str]] = HEADLINE) -> pd.DataFrame:
+    """The headline comparisons of every fresh run, on each run's shortest-window perplexity.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``model``, ``ratio`` (as the run asked), ``basis``, ``mlp_removed``, ``total_removed``,
+        ``fraction`` (``mlp_removed`` matched across models within :data:`MATCH_TOL`), ``method``,
+        ``baseline``, ``estimate`` (perplexity ratio), ``ci_low``, ``ci_high``, ``decided``, ``verdict``
+        (``better``, ``worse`` or ``undecided``), ``interval``.
+    """
+    rows = []
+    for view in _fresh(views):
+        c = view.comparisons
+        c = c[c["metric"] == view.metric]
+        for method, baseline in pairs:
+            for r in c[(c["method"] == method) & (c["baseline"] == baseline)].itertuples():
+                key = view.key_of(method, float(r.ratio))
+                if key is None:
+                    continue
+                entry = view.parts[key]["entry"]
+                rows.append({"model": view.label, "ratio": float(r.ratio), "basis": entry.get("ratio_basis"),
+                             **view.removed(key), "method": method, "baseline": baseline,
+                             "estimate": float(r.estimate), "ci_low": float(r.ci_low), "ci_high": float(r.ci_high),
+                             "decided": bool(r.decided), "verdict": _verdict(float(r.estimate), bool(r.decided)),
+                             "interval": getattr(r, "interval", "windows")})
+    columns = ["model", "ratio", "basis", "mlp_removed", "total_removed", "fraction", "method", "baseline",
+               "estimate", "ci_low", "ci_high", "decided", "verdict", "interval"]
+    table = pd.DataFrame(rows, columns=[c for c in columns if c != "fraction"])
+    table.insert(5, "fraction", _matched(table) if len(table) else pd.Series(dtype=float))
+    return table
+
+
+def _verdict(estimate: float, decided: bool) -> str:
+    return "undecided" if not decided else ("worse" if estimate > 1 else "better")
+
+
+def decomposition_across(views: Sequence[RunView], *, n_boot: int = 10_000) -> pd.DataFrame:
+    """Each fresh run's gaps (FN-FLAP, FN-random) and their main part (:func:`funcprune.decompose.main_parts`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``model``, ``ratio``, ``mlp_removed``, ``gap``, ``gap_total``, ``gap_ci_low``, ``gap_ci_high``,
+        ``gap_decided``, ``main`` (None: no decided main part in both orders).
+    """
+    from .compare import article_clusters
+    from .decompose import decompose, main_parts, ridge_of, split_parts
+
+    tables = []
+    for view in _fresh(views):
+        _, grid = split_parts(view.parts)
+        table = decompose(view.parts, view.metric, ridge=ridge_of(grid), cluster=article_clusters(view.parts),
+                          seeds="resample", n_boot=n_boot)
+        mains = main_parts(table)
+        if mains.empty:
+            continue
+        fn_keys = {r: view.key_of("fn", r) for r in mains["ratio"]}
+        mains.insert(0, "model", view.label)
+        mains.insert(2, "mlp_removed", [view.removed(fn_keys[r])["mlp_removed"] if fn_keys[r] else math.nan
+                                        for r in mains["ratio"]])
+        tables.append(mains)
+    columns = ["model", "ratio", "mlp_removed", "gap", "gap_total", "gap_ci_low", "gap_ci_high", "gap_decided", "main"]
+    return pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame(columns=columns)
+
+
+def compensation_across(views: Sequence[RunView], *, n_boot: int = 10_000) -> pd.DataFrame:
+    """What each compensation of :data:`COMPENSATION_PAIRS` does, per fresh run and ratio.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``model``, ``ratio``, ``mlp_removed``, ``what``, ``estimate`` (perplexity with over without,
+        below 1 when the compensation helps), ``ci_low``, ``ci_high``, ``decided``, ``verdict``.
+    """
+    from .compare import article_clusters
+    from .decompose import equal_footing, ridge_of, split_parts
+
+    rows = []
+    for view in _fresh(views):
+        _, grid = split_parts(view.parts)
+        table = equal_footing(view.parts, view.metric, ridge=ridge_of(grid), pairs=COMPENSATION_PAIRS,
+                              cluster=article_clusters(view.parts), seeds="resample", n_boot=n_boot)
+        for r in table.itertuples():
+            key = view.key_of("fn", float(r.ratio))
+            rows.append({"model": view.label, "ratio": float(r.ratio),
+                         "mlp_removed": view.removed(key)["mlp_removed"] if key else math.nan,
+                         "what": r.held_equal, "estimate": float(r.estimate), "ci_low": float(r.ci_low),
+                         "ci_high": float(r.ci_high), "decided": bool(r.decided),
+                         "verdict": _verdict(float(r.estimate), bool(r.decided))})
+    return pd.DataFrame(rows, columns=["model", "ratio", "mlp_removed", "what", "estimate", "ci_low", "ci_high",
+                                       "decided", "verdict"])
+
+
+def networks_across(views: Sequence[RunView]) -> pd.DataFrame:
+    """The networks and the lesion verdict of every fresh run, from the summaries chapters 2 and 6 recorded.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model: ``maps per layer``, ``median network (share of a layer)``, ``key neurons
+        (share of prunable channels)``, ``split-half r``, ``another seed r``, ``lesion units``,
+        ``lesion harm p``, ``lesion harm decided``; NaN where a chapter recorded nothing.
+    """
+    rows = []
+    for view in _fresh(views):
+        net, lesion = view.summaries.get("networks", {}), view.summaries.get("lesions", {})
+        harm = lesion.get("harm") or {}
+        rows.append({"model": view.label, "maps per layer": net.get("maps_per_layer", math.nan),
+                     "median network (share of a layer)": net.get("median_share", math.nan),
+                     "key neurons (share of prunable channels)": net.get("key_share", math.nan),
+                     "split-half r": net.get("split_half_median", math.nan),
+                     "another seed r": net.get("seed_median", math.nan),
+                     "lesion units": lesion.get("n_units", math.nan), "lesion harm p": harm.get("p", math.nan),
+                     "lesion harm decided": harm.get("significant")})
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
+def first_position_across(views: Sequence[RunView]) -> pd.DataFrame:
+    """Chapter 4's measure of the first position's weight in the means a bias adds, one row per fresh run
+    (:func:`funcprune.compensation.first_position_effect`; NaN where the run recorded nothing)."""
+    rows = [{"model": v.label, **{k: v.summaries.get("compensation", {}).get(k, math.nan)
+                                  for k in ("share", "norm_ratio_median", "mean_shift_median")}} for v in _fresh(views)]
+    return (pd.DataFrame(rows).set_index("model").rename(columns={
+        "share": "first positions (share of tokens)", "norm_ratio_median": "their input norm / typical (median layer)",
+        "mean_shift_median": "mean moved by them (median layer)"}) if rows else pd.DataFrame())
+
+
+def provenance_table(views: Sequence[RunView]) -> pd.DataFrame:
+    """Where every run came from (stale ones included, with why), one row per run."""
+    rows = []
+    for view in views:
+        p = view.provenance
+        model = p.get("model") or {}
+        rows.append({"model": view.label, "from": view.origin, "licence": model.get("license") or "not recorded",
+                     "revision": model.get("revision") or "not recorded", "protocol": p.get("protocol"),
+                     "funcprune": p.get("funcprune"), "commit": (p.get("commit") or "not recorded")[:12],
+                     "evaluated": p.get("evaluated"), "machine": (p.get("machine") or {}).get("platform"),
+                     "status": "stale: " + "; ".join(view.stale) + f" ({_FIX})" if view.stale else "current"})
+    return pd.DataFrame(rows).set_index("model")
+
+
+# ----------------------------------------------------------------------------------
+# Sentences and the figure
+# ----------------------------------------------------------------------------------
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def describe_across(headline: pd.DataFrame, decomposition: pd.DataFrame | None = None, *,
+                    labels: Mapping[str, str] | None = None) -> list[str]:
+    """Where the models agree and where they differ, by stated rules.
+
+    Rules: two models are compared only at a matched fraction of MLP parameters (``fraction``); a
+    comparison's answer on a model is ``better`` or ``worse`` only when its paired test decides it,
+    else ``undecided``. The models **agree** on a comparison when every matched fraction gives every
+    model the same answer; they **differ** where two models get opposite decided answers; otherwise
+    the answer **holds on one model and is undecided on another**. A gap's main part is compared the
+    same way at each model's decomposition ratio.
+
+    Returns
+    -------
+    list of str
+        One sentence per headline comparison present, then one per decomposed gap; a single sentence
+        when fewer than two models are present.
+    """
+    labels = dict(labels or {})
+    name = lambda m: labels.get(m, m)  # noqa: E731
+    models = list(dict.fromkeys(headline["model"])) if len(headline) else []
+    if len(models) < 2:
+        return ["Only one model has current results here, so nothing can be set side by side yet: "
+                "make models builds the shipped ones, make bundle adds a run of yours."]
+    out = []
+    for (method, baseline), rows in headline.groupby(["method", "baseline"], sort=False):
+        matched = rows.groupby("fraction").filter(lambda g: g["model"].nunique() > 1)
+        what = f"{name(method)} against {name(baseline)}"
+        if matched.empty:
+            out.append(f"{what}: no two models were measured at the same fraction of MLP parameters.")
+            continue
+        at = []
+        kinds = set()
+        for fraction, g in matched.groupby("fraction"):
+            answers = dict(zip(g["model"], g["verdict"]))
+            decided = {a for a in answers.values() if a != "undecided"}
+            kind = "agree" if len(set(answers.values())) == 1 else ("differ" if len(decided) > 1 else "partly")
+            kinds.add(kind)
+            at.append(f"at {_pct(fraction)} of MLP parameters " + ", ".join(
+                f"{r.estimate:.2f}x on {r.model} ({r.verdict})" for r in g.itertuples()))
+        verdict = ("the models agree" if kinds == {"agree"} else
+                   "the models differ" if "differ" in kinds else
+                   "the answer holds on one model and is undecided on another")
+        out.append(f"{what}: {verdict}; " + "; ".join(at) + ".")
+    if decomposition is not None and len(decomposition):
+        for gap, rows in decomposition.groupby("gap", sort=False):
+            method, baseline = gap.split("/")
+            parts = [f"{r.main or 'no decided main part'} on {r.model} (at {_pct(r.mlp_removed)} of MLP parameters)"
+                     for r in rows.itertuples()]
+            same = rows["main"].nunique(dropna=False) == 1 and rows["model"].nunique() > 1
+            out.append(f"The gap between {name(method)} and {name(baseline)} is "
+                       f"{'the same on every model: ' if same else 'made differently: '}" + "; ".join(parts) + ".")
+    return out
+
+
+def across_answer(headline: pd.DataFrame, reference: str, *, labels: Mapping[str, str] | None = None,
+                  pairs: Sequence[tuple[str, str]] = (("fn", "flap"), ("fn", "random"))) -> str:
+    """One line: whether the reference model's answer held on every other model.
+
+    Rule: at the fractions of MLP parameters both models were measured at, the answer **held** on a
+    model when each comparison of ``pairs`` gets the same verdict there as on the reference model
+    (:func:`describe_across`'s verdicts); it **did not hold** when some comparison gets the opposite
+    decided verdict; otherwise it **held in part** (decided on one model, undecided on the other).
+    """
+    labels = dict(labels or {})
+    name = lambda m: labels.get(m, m)  # noqa: E731
+    others = [m for m in dict.fromkeys(headline["model"]) if m != reference] if len(headline) else []
+    if not others:
+        return ("No second model has current results in this build (make models builds the shipped one), so "
+                "whether the answer holds on another model is not measured here.")
+    out = []
+    for other in others:
+        kinds, said = set(), []
+        for method, baseline in pairs:
+            rows = headline[(headline["method"] == method) & (headline["baseline"] == baseline)]
+            ref = dict(zip(rows.loc[rows["model"] == reference, "fraction"], rows.loc[rows["model"] == reference, "verdict"]))
+            oth = dict(zip(rows.loc[rows["model"] == other, "fraction"], rows.loc[rows["model"] == other, "verdict"]))
+            common = sorted(set(ref) & set(oth))
+            if not common:
+                continue
+            for f in common:
+                decided = {ref[f], oth[f]} - {"undecided"}
+                kinds.add("same" if ref[f] == oth[f] else "opposite" if len(decided) > 1 else "partly")
+            said.append(f"{name(method)} against {name(baseline)} is {_tally([oth[f] for f in common])} of "
+                        f"{len(common)} matched fractions on {other} (on {reference}: {_tally([ref[f] for f in common])})")
+        if not said:
+            out.append(f"{other} was measured at no fraction of MLP parameters that {reference} was.")
+            continue
+        verdict = "held" if kinds == {"same"} else "did not hold" if "opposite" in kinds else "held in part"
+        out.append(f"On {other} the answer {verdict}: " + "; ".join(said) + ".")
+    return " ".join(out)
+
+
+def _tally(verdicts: Sequence[str]) -> str:
+    """``["worse", "worse", "undecided"]`` -> ``"worse at 2, undecided at 1"``."""
+    return ", ".join(f"{v} at {n}" for v, n in pd.Series(list(verdicts)).value_counts().items())
+
+
+#: Licences under which weights may be shared as open source (anything else gets a note on the page).
+OPEN_LICENCES = ("Apache-2.0", "MIT", "BSD-3-Clause", "BSD-2-Clause", "CC-BY-4.0", "OpenRAIL")
+
+
+def licence_notes(views: Sequence[RunView]) -> list[str]:
+    """A sentence for every model whose weights are not under an open licence (unrecorded licences included)."""
+    out = []
+    for view in views:
+        licence = (view.provenance.get("model") or {}).get("license")
+        if licence in OPEN_LICENCES:
+            continue
+        out.append(f"{view.label}'s weights are under {licence or 'a licence its run did not record'}: this book "
+                   "shows numbers measured on them, never the weights, and nothing here redistributes them.")
+    return out
+
+
+def plot_across(headline: pd.DataFrame, *, labels: Mapping[str, str] | None = None) -> Any:
+    """One panel per headline comparison: perplexity ratio (log axis, 95 % interval) against the fraction of
+    MLP parameters removed, one line per model; filled markers where the paired test decides."""
+    import matplotlib.pyplot as plt
+
+    labels = dict(labels or {})
+    pairs = list(dict.fromkeys(zip(headline["method"], headline["baseline"])))
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(6.4, 2.3 * len(pairs) + 0.6), sharex=True, squeeze=False)
+    for ax, (method, baseline) in zip(axes[:, 0], pairs):
+        rows = headline[(headline["method"] == method) & (headline["baseline"] == baseline)]
+        for i, (model, g) in enumerate(rows.groupby("model", sort=False)):
+            g = g.sort_values("mlp_removed")
+            x = 100 * g["mlp_removed"].to_numpy()
+            line, = ax.plot(x, g["estimate"], marker="none", lw=1.2, label=model)
+            ax.errorbar(x, g["estimate"], yerr=[g["estimate"] - g["ci_low"], g["ci_high"] - g["estimate"]],
+                        fmt="none", ecolor=line.get_color(), capsize=3)
+            for xi, yi, decided in zip(x, g["estimate"], g["decided"]):
+                ax.plot(xi, yi, "o", color=line.get_color(), mfc=line.get_color() if decided else "white", ms=6)
+        ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_ylabel("perplexity ratio")
+        ax.set_title(f"{labels.get(method, method)} / {labels.get(baseline, baseline)}", fontsize=10)
+    axes[-1, 0].set_xlabel("MLP parameters removed (%)")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=max(1, len(names)), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
