@@ -3,8 +3,9 @@
 The profile is derived as ``--model`` derives it (its run directory inside the repository, as
 ``make book`` puts it), preflighted, and every chapter runs; then every output of every chapter is
 searched for what the browser check (:mod:`funcprune.bookcheck`) refuses on a page: an absolute path
-of this machine, such as the local model folder. A reader's own model must not fail where the
-default passes.
+of this machine, such as the local model folder. Then the site is built from those chapters as
+``make book`` builds it (strict Jupyter Book build, the HTML check, the content check and the browser
+check), so a reader's own model cannot fail where the default passes.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import transformers as tf
 
-from funcprune.bookcheck import GENERIC_PATH, machine_paths
+from funcprune.bookcheck import GENERIC_PATH, find_chromium, machine_paths
 from funcprune.models import ensure_model
 from funcprune.preflight import check_profile, derive_profile
 from funcprune.profiles import load_profile
@@ -64,11 +67,31 @@ def test_book_on_a_local_model_folder_runs_and_shows_no_machine_path(tmp_path: P
     try:
         assert check_profile(profile).ok
         report = run_notebooks(profile, tmp_path / "executed", use_cache=False)
-        assert len(report) == 6 and find_errors([tmp_path / "executed"]) == []
+        chapters = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
+        assert len(report) == len(chapters) and find_errors([tmp_path / "executed"]) == []
         forbidden = machine_paths(extra=[folder, tmp_path])
         for notebook in sorted((tmp_path / "executed").glob("*.ipynb")):
             text = _outputs(notebook)
             leaked = [p for p in forbidden if p in text] + GENERIC_PATH.findall(text)
             assert not leaked, f"{notebook.name} shows machine paths {leaked[:3]}"
+        _build_and_check_site(tmp_path, tmp_path / "executed")
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _build_and_check_site(tmp_path: Path, executed: Path) -> None:
+    """The site of ``make book`` from these executed chapters: strict build, HTML, content and browser checks."""
+    book = tmp_path / "site" / "book"
+    shutil.copytree(REPO_ROOT / "book", book, ignore=shutil.ignore_patterns("_build", "executed"))
+    shutil.copytree(REPO_ROOT / "notebooks", tmp_path / "site" / "notebooks")  # the workshop notebooks' source
+    shutil.copytree(executed, book / "executed", ignore=shutil.ignore_patterns("*.stage.json"))
+    bin_dir = Path(sys.executable).parent
+    html = book / "_build" / "html"
+    steps = [[str(bin_dir / "jupyter-book"), "build", str(book), "--warningiserror", "--keep-going"],
+             [sys.executable, "-m", "funcprune.workflow", "check-html", str(html)],
+             [sys.executable, "-m", "funcprune.contentcheck", str(html), "--executed", str(book / "executed")],
+             [sys.executable, "-m", "funcprune.bookcheck", str(html), "--no-screenshots",
+              *(["--require-browser"] if find_chromium() else [])]]
+    for step in steps:
+        done = subprocess.run(step, cwd=REPO_ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(step[1:3])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
