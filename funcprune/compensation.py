@@ -357,6 +357,10 @@ def first_position_table(store: Any, layers: Sequence[int] | None = None) -> pd.
 FIRST_POSITION_SHIFT = 0.5
 
 
+def _times(x: float) -> str:
+    return f"{x:,.0f}" if x >= 10 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
+
+
 def describe_first_position(table: pd.DataFrame, *, threshold: float = FIRST_POSITION_SHIFT) -> str:
     """One sentence on whether the first positions dominate the means a bias compensation is built from.
 
@@ -372,8 +376,9 @@ def describe_first_position(table: pd.DataFrame, *, threshold: float = FIRST_POS
     if table.empty:
         return "No layer was measured, so the first position's weight in the means is not known here."
     dominated = int((table["mean_shift"] > threshold).sum())
-    return (f"The first position of each text is {100 * table['share'].median():.1f} % of the calibration tokens, yet "
-            f"its down-projection input is {table['norm_ratio'].median():.1f} times as large as a typical token's "
-            f"(median layer) and it moves the mean that a bias compensation adds to every token by "
-            f"{100 * table['mean_shift'].median():.0f} % in the median layer; in {dominated} of {len(table)} layers "
-            f"by more than {100 * threshold:.0f} %, where the bias is then mostly the first position's.")
+    where = (f"in {dominated} of {len(table)} layers by more than {100 * threshold:.0f} %: there the bias is mostly "
+             "the first position's" if dominated else f"in no layer by more than {100 * threshold:.0f} %")
+    return (f"The first position of each text is {100 * table['share'].median():.1f} % of the calibration tokens; "
+            f"its down-projection input is {_times(table['norm_ratio'].median())} times a typical token's in the median "
+            f"layer (at most {_times(table['norm_ratio'].max())} times), and it moves the mean that a bias compensation "
+            f"adds to every token by {100 * table['mean_shift'].median():.0f} % in the median layer; {where}.")

@@ -437,38 +437,58 @@ def networks_across(views: Sequence[RunView]) -> pd.DataFrame:
     for view in _fresh(views):
         net, lesion = view.summaries.get("networks", {}), view.summaries.get("lesions", {})
         harm = lesion.get("harm") or {}
-        rows.append({"model": view.label, "maps per layer": net.get("maps_per_layer", math.nan),
-                     "median network (share of a layer)": net.get("median_share", math.nan),
-                     "key neurons (share of prunable channels)": net.get("key_share", math.nan),
-                     "split-half r": net.get("split_half_median", math.nan),
-                     "another seed r": net.get("seed_median", math.nan),
-                     "lesion units": lesion.get("n_units", math.nan), "lesion harm p": harm.get("p", math.nan),
-                     "lesion harm decided": harm.get("significant")})
+        rows.append({"model": view.label, "maps per layer": _num(net.get("maps_per_layer"), "{:.0f}"),
+                     "median network (share of a layer)": _num(net.get("median_share"), "{:.1%}"),
+                     "key neurons (share of prunable channels)": _num(net.get("key_share"), "{:.1%}"),
+                     "split-half r": _num(net.get("split_half_median"), "{:.2f}"),
+                     "another seed r": _num(net.get("seed_median"), "{:.2f}"),
+                     "lesion units": _num(lesion.get("n_units"), "{:.0f}"), "lesion harm p": _num(harm.get("p"), "{:.2g}"),
+                     "lesion harm decided": NOT_RECORDED if harm.get("significant") is None else
+                     ("yes" if harm["significant"] else "no")})
     return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
+#: What a table shows where a run recorded nothing (a bundle written before its chapter recorded a summary).
+NOT_RECORDED = "not recorded"
+
+
+def _num(value: Any, fmt: str) -> str:
+    """``value`` formatted, or :data:`NOT_RECORDED` when it is missing or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NOT_RECORDED
+    return fmt.format(value)
 
 
 def first_position_across(views: Sequence[RunView]) -> pd.DataFrame:
     """Chapter 4's measure of the first position's weight in the means a bias adds, one row per fresh run
     (:func:`funcprune.compensation.first_position_effect`; NaN where the run recorded nothing)."""
-    rows = [{"model": v.label, **{k: v.summaries.get("compensation", {}).get(k, math.nan)
-                                  for k in ("share", "norm_ratio_median", "mean_shift_median")}} for v in _fresh(views)]
-    return (pd.DataFrame(rows).set_index("model").rename(columns={
-        "share": "first positions (share of tokens)", "norm_ratio_median": "their input norm / typical (median layer)",
-        "mean_shift_median": "mean moved by them (median layer)"}) if rows else pd.DataFrame())
+    from .compensation import FIRST_POSITION_SHIFT
+
+    names = {"share": "first positions (share of tokens)", "norm_ratio_median": "their input / typical (median layer)",
+             "mean_shift_median": "mean moved by them (median layer)",
+             "layers_dominated": f"layers where they move it > {100 * FIRST_POSITION_SHIFT:.0f} %",
+             "layers": "prunable layers"}
+    formats = {"share": "{:.1%}", "norm_ratio_median": "{:.2g}", "mean_shift_median": "{:.0%}", "layers_dominated": "{:.0f}",
+               "layers": "{:.0f}"}
+    rows = [{"model": v.label, **{name: _num(v.summaries.get("compensation", {}).get(k), formats[k])
+                                  for k, name in names.items()}} for v in _fresh(views)]
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
 
 
 def provenance_table(views: Sequence[RunView]) -> pd.DataFrame:
-    """Where every run came from (stale ones included, with why), one row per run."""
+    """Where every run came from (stale ones included, with why), one column per run."""
     rows = []
     for view in views:
         p = view.provenance
-        model = p.get("model") or {}
-        rows.append({"model": view.label, "from": view.origin, "licence": model.get("license") or "not recorded",
-                     "revision": model.get("revision") or "not recorded", "protocol": p.get("protocol"),
-                     "funcprune": p.get("funcprune"), "commit": (p.get("commit") or "not recorded")[:12],
-                     "evaluated": p.get("evaluated"), "machine": (p.get("machine") or {}).get("platform"),
+        model, machine = p.get("model") or {}, p.get("machine") or {}
+        rows.append({"run": f"{view.label} ({view.origin})", "licence": model.get("license") or NOT_RECORDED,
+                     "revision": model.get("revision") or NOT_RECORDED, "protocol": p.get("protocol") or NOT_RECORDED,
+                     "funcprune": p.get("funcprune") or NOT_RECORDED, "commit": (p.get("commit") or NOT_RECORDED)[:12],
+                     "evaluated": p.get("evaluated") or NOT_RECORDED,
+                     "machine": " ".join(str(machine.get(k)).split("-with-")[0] for k in ("platform",) if machine.get(k))
+                     + (f", {machine['cpus']} CPUs" if machine.get("cpus") else "") or NOT_RECORDED,
                      "status": "stale: " + "; ".join(view.stale) + f" ({_FIX})" if view.stale else "current"})
-    return pd.DataFrame(rows).set_index("model")
+    return pd.DataFrame(rows).set_index("run").T
 
 
 # ----------------------------------------------------------------------------------

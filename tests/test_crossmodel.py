@@ -100,8 +100,9 @@ def test_stale_views_enter_no_table() -> None:
     views[1].stale = ["measured under another protocol"]
     assert set(headline_across(views)["model"]) == {"small"}
     assert networks_across(views).index.tolist() == ["small"]
-    status = provenance_table(views)["status"]
-    assert status["small"] == "current" and status["other"].startswith("stale: measured under another protocol")
+    status = provenance_table(views).loc["status"]
+    assert status["small (contrived)"] == "current"
+    assert status["other (contrived)"].startswith("stale: measured under another protocol")
 
 
 def test_licence_notes_name_models_without_an_open_licence() -> None:
