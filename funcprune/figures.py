@@ -4,7 +4,8 @@ Every function takes the long results table (:func:`funcprune.tables.load_result
 draws means over seeds (:func:`funcprune.tables.aggregate_seeds`) with their standard
 errors: :func:`plot_metric_vs_ratio` (and its shortcuts :func:`plot_perplexity` and
 :func:`plot_accuracy`), :func:`plot_task_bars`, and the answer's figure :func:`plot_relative_to`
-(every method's perplexity relative to one baseline, with paired intervals).
+(every method's perplexity relative to one baseline, with paired intervals). Beside a table cut to what a
+reader needs, :func:`csv_download` puts the full one a click away.
 
 Two rules hold for every figure of the package: an axis without data is refused
 (:func:`require_data` raises instead of drawing an empty panel), and legends sit outside
@@ -24,7 +25,7 @@ from .rundir import DENSE_KEY
 from .tables import aggregate_seeds, method_labels
 from .tasks import TASKS
 
-__all__ = ["EmptyAxisError", "legend_outside", "plot_accuracy", "plot_metric_vs_ratio", "plot_perplexity",
+__all__ = ["CsvDownload", "EmptyAxisError", "csv_download", "legend_outside", "plot_accuracy", "plot_metric_vs_ratio", "plot_perplexity",
            "plot_perplexity_panels", "plot_relative_to", "plot_task_bars", "require_data"]
 
 
@@ -310,3 +311,41 @@ def plot_perplexity_panels(df: pd.DataFrame, windows: dict[int, str] | None = No
         ax.set_title((windows or {}).get(n, f"windows of {n} tokens"))
     fig.tight_layout()
     return fig, left_out
+
+
+class CsvDownload:
+    """A link that downloads a table as CSV, embedded in the page itself (a ``data:`` URI: no file to ship).
+
+    Displayed in a notebook (and so in the book) as one line of HTML; its text names the rows and columns, so
+    a reader knows what the full table holds before opening it.
+    """
+
+    def __init__(self, table: pd.DataFrame, filename: str, what: str) -> None:
+        self.table, self.filename, self.what = table, filename, what
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        data = base64.b64encode(self.table.to_csv().encode("utf-8")).decode("ascii")
+        rows, cols = self.table.shape
+        return (f'<p class="funcprune-csv"><a download="{html.escape(self.filename)}" '
+                f'href="data:text/csv;base64,{data}">Download {html.escape(self.what)} as CSV</a> '
+                f"({rows:,} row{'s' if rows != 1 else ''}, {cols} column{'s' if cols != 1 else ''})</p>")
+
+    def __repr__(self) -> str:
+        return f"{self.what}: {self.filename} ({len(self.table)} rows)"
+
+
+def csv_download(table: pd.DataFrame, filename: str, what: str) -> CsvDownload:
+    """The full table behind a cut one, one click away (see :class:`CsvDownload`).
+
+    Examples
+    --------
+    >>> link = csv_download(pd.DataFrame({"a": [1, 2]}), "t.csv", "the full table")
+    >>> 'download="t.csv"' in link._repr_html_() and "(2 rows, 1 column)" in link._repr_html_()
+    True
+    """
+    if not filename.endswith(".csv") or "/" in filename:
+        raise ValueError(f"filename must be a bare name ending in .csv, got {filename!r}")
+    return CsvDownload(table, filename, what)

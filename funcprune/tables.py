@@ -30,7 +30,6 @@ __all__ = [
     "METRICS",
     "TABLE_COLUMNS",
     "aggregate_seeds",
-    "csv_download",
     "efficiency_table",
     "load_results",
     "method_labels",
@@ -496,41 +495,3 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
     table = table.rename(columns={"ratio_requested": "ratio"}).set_index(["method", "ratio"])
     table.columns.name = None
     return table
-
-
-class CsvDownload:
-    """A link that downloads a table as CSV, embedded in the page itself (a ``data:`` URI: no file to ship).
-
-    Displayed in a notebook (and so in the book) as one line of HTML; its text names the rows and columns, so
-    a reader knows what the full table holds before opening it.
-    """
-
-    def __init__(self, table: pd.DataFrame, filename: str, what: str) -> None:
-        self.table, self.filename, self.what = table, filename, what
-
-    def _repr_html_(self) -> str:
-        import base64
-        import html
-
-        data = base64.b64encode(self.table.to_csv().encode("utf-8")).decode("ascii")
-        rows, cols = self.table.shape
-        return (f'<p class="funcprune-csv"><a download="{html.escape(self.filename)}" '
-                f'href="data:text/csv;base64,{data}">Download {html.escape(self.what)} as CSV</a> '
-                f"({rows:,} row{'s' if rows != 1 else ''}, {cols} column{'s' if cols != 1 else ''})</p>")
-
-    def __repr__(self) -> str:
-        return f"{self.what}: {self.filename} ({len(self.table)} rows)"
-
-
-def csv_download(table: pd.DataFrame, filename: str, what: str) -> CsvDownload:
-    """The full table behind a cut one, one click away (see :class:`CsvDownload`).
-
-    Examples
-    --------
-    >>> link = csv_download(pd.DataFrame({"a": [1, 2]}), "t.csv", "the full table")
-    >>> 'download="t.csv"' in link._repr_html_() and "(2 rows, 1 column)" in link._repr_html_()
-    True
-    """
-    if not filename.endswith(".csv") or "/" in filename:
-        raise ValueError(f"filename must be a bare name ending in .csv, got {filename!r}")
-    return CsvDownload(table, filename, what)

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from funcprune.bundle import protocol_fingerprint, read_bundle_manifest, write_bundle
-from funcprune.crossmodel import (RunView, across_answer, describe_across, headline_across, licence_notes, load_views,
-                                  network_summary, networks_across, provenance_table, read_summaries, record_summary,
-                                  view_of_bundle)
+from funcprune.crossmodel import (across_answer, describe_across, headline_across, licence_notes, networks_across,
+                                  provenance_table)
+from funcprune.runview import RunView, load_views, network_summary, read_summaries, record_summary, view_of_bundle
 from funcprune.provenance import __version__
 
 PROTOCOL = {"eval_dataset": {"name": "wiki", "file": "wiki.txt", "sha256": "ab" * 32, "split": "test", "n_words": 10},
