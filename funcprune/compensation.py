@@ -51,9 +51,10 @@ from .models import input_device
 
 __all__ = [
     "DownMoments",
-    "describe_first_position",
-    "first_position_effect",
-    "first_position_table",
+    "bias_effect",
+    "bias_effect_table",
+    "describe_bias_effect",
+    "norm_after_mlp",
     "LeastSquaresCompensation",
     "down_input_moments",
     "least_squares_down",
@@ -292,93 +293,135 @@ def moments_for(moments: DownMoments | None, layers: Mapping[int, Any] | Sequenc
 
 
 # ----------------------------------------------------------------------------------
-# Why a mean-based compensation can hurt: the first position of each text
+# Why a mean-based bias can hurt: what it does to each token's output
 # ----------------------------------------------------------------------------------
-def first_position_effect(x: np.ndarray, doc_ids: np.ndarray) -> dict[str, float]:
-    """How far the first position of each text moves the calibration mean of a layer's down-projection input.
+def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
 
-    A bias compensation (FLAP's static one, the authors' progressive one) adds ``W_R mu_R`` to every token:
-    the removed channels' *mean* input. Some models put very large activations on the first position
-    (the BOS token, an attention sink); one such row in every text can move the mean that every other
-    token then receives.
+
+def bias_effect(x: np.ndarray, weight: np.ndarray, kept: Sequence[int], doc_ids: np.ndarray) -> dict[str, float]:
+    """What FLAP's static bias does to one layer's MLP output, token by token.
+
+    A bias compensation adds ``b = W_R mean(x_R)`` (the removed channels' mean contribution) to every
+    token. On average that is right; on a token whose own output ``W_K x_K`` is small, ``b`` takes it
+    over. The first position of a text (the BOS token, an attention sink in many models) is such a
+    token in some families, and a norm after the MLP (Gemma's) then passes the bias on at full scale.
 
     Parameters
     ----------
     x : ndarray of shape (n_tokens, width)
-        The down projection's input on calibration tokens (``act * up`` for a gated MLP).
+        The down projection's input on calibration tokens.
+    weight : ndarray of shape (hidden, width)
+        The down projection's weight.
+    kept : sequence of int
+        The channels the plan keeps.
     doc_ids : ndarray of shape (n_tokens,)
-        The text each row came from, rows of a text consecutive and in order.
+        The text of each row, rows of a text consecutive and in order.
 
     Returns
     -------
     dict
-        ``norm_ratio``: mean norm of a first-position row over that of the other rows; ``mean_shift``:
-        ``||mean(all) - mean(others)|| / ||mean(others)||``; ``share``: the fraction of rows that are first.
+        ``cos_without`` and ``cos_with``: mean cosine between the pruned output (without, with the bias)
+        and the dense output over the tokens after the first of each text; ``first_cos_without`` and
+        ``first_cos_with``: the same at the first positions; ``bias_ratio`` and ``first_bias_ratio``: the
+        bias's norm over the median norm of the kept output, on those two sets of tokens.
 
     Examples
     --------
-    >>> x = np.ones((4, 2)); x[0] = 100.0
-    >>> {k: round(v, 2) for k, v in first_position_effect(x, np.array([0, 0, 0, 0])).items()}
-    {'norm_ratio': 100.0, 'mean_shift': 24.75, 'share': 0.25}
+    >>> x = np.array([[0.01, 0.0], [1.0, 1.0], [1.0, 1.0]]); w = np.eye(2)
+    >>> r = bias_effect(x, w, [0], np.array([0, 0, 0]))
+    >>> r["cos_with"] > r["cos_without"], r["first_cos_with"] < r["first_cos_without"]
+    (True, True)
     """
     x = np.asarray(x, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
     doc_ids = np.asarray(doc_ids)
-    if len(x) != len(doc_ids) or len(x) < 2:
-        raise ValueError(f"need one doc id per row and at least two rows, got {len(x)} rows and {len(doc_ids)} ids")
+    if len(x) != len(doc_ids) or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x {x.shape}, weight {weight.shape} and {len(doc_ids)} doc ids do not fit together")
+    kept = np.asarray(sorted(kept), dtype=int)
+    removed = np.setdiff1d(np.arange(x.shape[1]), kept)
     first = np.r_[True, doc_ids[1:] != doc_ids[:-1]]
-    if first.all():
-        raise ValueError("every row is the first of its text: nothing to compare the first positions with")
-    rest_mean = x[~first].mean(axis=0)
-    norms = np.linalg.norm(x, axis=1)
-    return {"norm_ratio": float(norms[first].mean() / max(norms[~first].mean(), 1e-30)),
-            "mean_shift": float(np.linalg.norm(x.mean(axis=0) - rest_mean) / max(np.linalg.norm(rest_mean), 1e-30)),
-            "share": float(first.mean())}
+    if first.all() or not len(removed):
+        raise ValueError("need tokens after the first of a text and at least one removed channel")
+    bias = weight[:, removed] @ x[:, removed].mean(axis=0)
+    kept_out = x[:, kept] @ weight[:, kept].T
+    dense = x @ weight.T
+    without, with_bias = _row_cosine(kept_out, dense), _row_cosine(kept_out + bias, dense)
+    norms = np.linalg.norm(kept_out, axis=1)
+    b = float(np.linalg.norm(bias))
+    return {"cos_without": float(without[~first].mean()), "cos_with": float(with_bias[~first].mean()),
+            "first_cos_without": float(without[first].mean()), "first_cos_with": float(with_bias[first].mean()),
+            "bias_ratio": b / max(float(np.median(norms[~first])), 1e-30),
+            "first_bias_ratio": b / max(float(np.median(norms[first])), 1e-30)}
 
 
-def first_position_table(store: Any, layers: Sequence[int] | None = None) -> pd.DataFrame:
-    """:func:`first_position_effect` for every layer of an activation store (``act * up`` when both are stored).
+def bias_effect_table(model: nn.Module, store: Any, kept: Mapping[int, Sequence[int]]) -> pd.DataFrame:
+    """:func:`bias_effect` for every layer a plan prunes (``kept``), from an activation store's ``act * up``.
 
     Returns
     -------
     pandas.DataFrame
-        Index ``layer``; columns ``norm_ratio``, ``mean_shift``, ``share``.
+        Index ``layer``; the columns of :func:`bias_effect`.
     """
+    adapter = get_adapter(model)
+    layers = adapter.get_layers(model)
     doc_ids = store.doc_ids
     rows = {}
-    for layer in layers if layers is not None else store.layers:
+    for layer, channels in sorted(kept.items()):
+        width = store.width(layer)
+        if len(channels) >= width:
+            continue
         x = np.asarray(store.layer(layer, "act"), dtype=np.float64)
         if "up" in store.kinds:
             x = x * np.asarray(store.layer(layer, "up"), dtype=np.float64)
-        rows[layer] = first_position_effect(x, doc_ids)
+        weight = adapter.mlp_weight(layers[layer], "mlp.down").detach().double().cpu().numpy()
+        rows[layer] = bias_effect(x, weight, channels, doc_ids)
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("layer")
 
 
-#: A mean moved by more than this fraction by the first positions is called dominated by them.
-FIRST_POSITION_SHIFT = 0.5
+def norm_after_mlp(model: nn.Module) -> bool:
+    """Whether the family normalises the MLP's output before the residual sum (Gemma's post-feed-forward norm)."""
+    return any(name.endswith(("post_feedforward_layernorm", "post_mlp_layernorm")) for name, _ in model.named_modules())
+
+
+#: The first positions are called *turned* by the bias when their mean cosine with the dense output falls by more.
+TURN = 0.2
+
+
+def describe_bias_effect(table: pd.DataFrame, *, normed: bool, turn: float = TURN) -> str:
+    """Sentences on what a mean-based bias does to the typical token and to the first position of each text.
+
+    Rule: the first positions are said to be **turned away** from the dense output when, in the median pruned
+    layer, the bias lowers their cosine with it by more than ``turn``; the typical token is said to be
+    **brought closer** when its cosine rises.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"cos_without": [0.8], "cos_with": [0.9], "first_cos_without": [0.9],
+    ...                   "first_cos_with": [0.1], "bias_ratio": [0.4], "first_bias_ratio": [50.0]})
+    >>> "turns the first position of each text away" in describe_bias_effect(t, normed=True)
+    True
+    """
+    if table.empty:
+        return "The plan prunes no layer, so no bias is added."
+    m = table.median()
+    typical = ("brings the typical token's MLP output closer to the dense one" if m["cos_with"] > m["cos_without"]
+               else "does not bring the typical token's MLP output closer to the dense one")
+    out = (f"In the median pruned layer the static bias {typical} (cosine {m['cos_without']:.2f} without it, "
+           f"{m['cos_with']:.2f} with it; the bias is {m['bias_ratio']:.2f} times the kept output's norm).")
+    drop = m["first_cos_without"] - m["first_cos_with"]
+    if drop > turn:
+        out += (f" It turns the first position of each text away from the dense output (cosine "
+                f"{m['first_cos_without']:.2f} without it, {m['first_cos_with']:.2f} with it): there the MLP's own "
+                f"output is small and the bias is {_times(m['first_bias_ratio'])} times it.")
+    else:
+        out += (f" At the first position of each text it does not turn the output away (cosine "
+                f"{m['first_cos_without']:.2f} without it, {m['first_cos_with']:.2f} with it).")
+    if normed:
+        out += (" This model normalises the MLP's output before adding it to the residual stream, so whatever the "
+                "bias sets there reaches the stream at full scale.")
+    return out
 
 
 def _times(x: float) -> str:
     return f"{x:,.0f}" if x >= 10 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
-
-
-def describe_first_position(table: pd.DataFrame, *, threshold: float = FIRST_POSITION_SHIFT) -> str:
-    """One sentence on whether the first positions dominate the means a bias compensation is built from.
-
-    Rule: the means are called *dominated by the first position* in the layers where it moves them by more
-    than ``threshold`` (relative norm); the sentence gives the median layer's numbers either way.
-
-    Examples
-    --------
-    >>> t = pd.DataFrame({"norm_ratio": [90.0, 80.0], "mean_shift": [2.0, 0.7], "share": [0.002, 0.002]})
-    >>> "in 2 of 2 layers by more than 50 %" in describe_first_position(t)
-    True
-    """
-    if table.empty:
-        return "No layer was measured, so the first position's weight in the means is not known here."
-    dominated = int((table["mean_shift"] > threshold).sum())
-    where = (f"in {dominated} of {len(table)} layers by more than {100 * threshold:.0f} %: there the bias is mostly "
-             "the first position's" if dominated else f"in no layer by more than {100 * threshold:.0f} %")
-    return (f"The first position of each text is {100 * table['share'].median():.1f} % of the calibration tokens; "
-            f"its down-projection input is {_times(table['norm_ratio'].median())} times a typical token's in the median "
-            f"layer (at most {_times(table['norm_ratio'].max())} times), and it moves the mean that a bias compensation "
-            f"adds to every token by {100 * table['mean_shift'].median():.0f} % in the median layer; {where}.")

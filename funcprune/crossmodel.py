@@ -38,7 +38,7 @@ __all__ = [
     "compensation_across",
     "decomposition_across",
     "describe_across",
-    "first_position_across",
+    "bias_effect_across",
     "headline_across",
     "licence_notes",
     "networks_across",
@@ -206,23 +206,23 @@ def _num(value: Any, fmt: str) -> str:
     """``value`` formatted, or :data:`NOT_RECORDED` when it is missing or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return NOT_RECORDED
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return fmt.format(value)
 
 
-def first_position_across(views: Sequence[RunView]) -> pd.DataFrame:
-    """Chapter 4's measure of the first position's weight in the means a bias adds, one row per fresh run
-    (:func:`funcprune.compensation.first_position_effect`; NaN where the run recorded nothing)."""
-    from .compensation import FIRST_POSITION_SHIFT
-
-    names = {"share": "first positions (share of tokens)", "norm_ratio_median": "their input / typical (median layer)",
-             "mean_shift_median": "mean moved by them (median layer)",
-             "layers_dominated": f"layers where they move it > {100 * FIRST_POSITION_SHIFT:.0f} %",
-             "layers": "prunable layers"}
-    formats = {"share": "{:.1%}", "norm_ratio_median": "{:.2g}", "mean_shift_median": "{:.0%}", "layers_dominated": "{:.0f}",
-               "layers": "{:.0f}"}
-    rows = [{"model": v.label, **{name: _num(v.summaries.get("compensation", {}).get(k), formats[k])
-                                  for k, name in names.items()}} for v in _fresh(views)]
-    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+def bias_effect_across(views: Sequence[RunView]) -> pd.DataFrame:
+    """Chapter 4's measure of what FLAP's static bias does to each token, one row per fresh run (medians over the
+    pruned layers of :func:`funcprune.compensation.bias_effect`; "not recorded" where the run recorded nothing)."""
+    names = {"ratio": ("ratio", "{:g}"), "norm_after_mlp": ("norm after the MLP", "{}"),
+             "cos_without": ("typical token: cosine without bias", "{:.2f}"),
+             "cos_with": ("typical token: with bias", "{:.2f}"),
+             "first_cos_without": ("first position: cosine without bias", "{:.2f}"),
+             "first_cos_with": ("first position: with bias", "{:.2f}"),
+             "first_bias_ratio": ("first position: bias / its own output", "{:,.1f}")}
+    rows = [{"model": v.label, **{name: _num(v.summaries.get("compensation", {}).get(k), fmt)
+                                  for k, (name, fmt) in names.items()}} for v in _fresh(views)]
+    return pd.DataFrame(rows).set_index("model").T if rows else pd.DataFrame()
 
 
 def provenance_table(views: Sequence[RunView]) -> pd.DataFrame:

@@ -61,6 +61,7 @@ __all__ = [
     "channel_parameters",
     "default_protected_layers",
     "kept_sizes",
+    "middle_ratio",
     "model_identity",
     "select_by_threshold",
     "select_channels",
@@ -575,3 +576,19 @@ def threshold_for_ratio(scores: Mapping[int, np.ndarray], model: nn.Module, rati
     removed_scores = [float(np.asarray(scores[i])[plan.removed(i)].max()) for i in plan.layers
                       if plan.removed(i)]
     return max(removed_scores) if removed_scores else float("-inf")
+
+
+def middle_ratio(ratios: Sequence[float]) -> float:
+    """The ratio of a run's detailed comparisons: the middle of its sorted ratios (the upper one of an even count).
+
+    The same rule on every model, whatever its ratios count (all parameters, or MLP parameters only).
+
+    Examples
+    --------
+    >>> middle_ratio([0.3, 0.1, 0.2]), middle_ratio([0.169, 0.338, 0.507]), middle_ratio([0.1, 0.3])
+    (0.2, 0.338, 0.3)
+    """
+    if not ratios:
+        raise ValueError("no ratios: a run needs at least one")
+    ordered = sorted(float(r) for r in ratios)
+    return ordered[len(ordered) // 2]

@@ -148,23 +148,25 @@ def test_widths_of_another_plan_are_kept_with_this_criterion() -> None:
 
 
 # ----------------------------------------------------------------------------------
-# The first position's weight in the means a bias compensation adds
+# What a mean-based bias does to each token's output
 # ----------------------------------------------------------------------------------
-def test_first_position_effect_finds_a_planted_attention_sink() -> None:
-    from funcprune.compensation import describe_first_position, first_position_effect
+def test_bias_effect_finds_a_planted_small_first_position() -> None:
+    from funcprune.compensation import bias_effect, describe_bias_effect
 
     rng = np.random.default_rng(0)
     docs = np.repeat(np.arange(8), 64)  # 8 texts of 64 tokens
-    x = rng.normal(1.0, 0.1, size=(len(docs), 16))
-    calm = first_position_effect(x, docs)
-    assert calm["share"] == pytest.approx(1 / 64) and calm["mean_shift"] < 0.01 and 0.8 < calm["norm_ratio"] < 1.2
-    x[::64] *= 200.0  # the first row of every text 200 times larger
-    sink = first_position_effect(x, docs)
-    # mean of all = mean of others + share * (200 - 1) * mean of others: a shift of 199 / 64
-    assert sink["mean_shift"] == pytest.approx(199 / 64, rel=0.02) and sink["norm_ratio"] == pytest.approx(200, rel=0.05)
-    table = pd.DataFrame([sink, sink]).rename_axis("layer")
-    assert "in 2 of 2 layers by more than 50 %" in describe_first_position(table)
-    with pytest.raises(ValueError, match="one doc id per row"):
-        first_position_effect(x, docs[:-1])
-    with pytest.raises(ValueError, match="every row is the first"):
-        first_position_effect(x[:3], np.arange(3))
+    x = rng.normal(1.0, 0.3, size=(len(docs), 16))  # channels with a mean: a bias recovers part of the removed ones
+    x[::64] = rng.normal(0.0, 1e-3, size=(8, 16))  # the first position: a tiny MLP input (an attention sink)
+    weight = rng.normal(size=(12, 16))
+    r = bias_effect(x, weight, kept=range(8), doc_ids=docs)
+    assert r["cos_with"] > r["cos_without"]  # the typical token is brought closer to the dense output
+    assert r["first_cos_with"] < r["first_cos_without"] - 0.5  # the first position is turned away
+    assert r["first_bias_ratio"] > 100 * r["bias_ratio"]
+    table = pd.DataFrame([r, r]).rename_axis("layer")
+    text = describe_bias_effect(table, normed=True)
+    assert "brings the typical token's MLP output closer" in text and "turns the first position" in text
+    assert "at full scale" in text and "at full scale" not in describe_bias_effect(table, normed=False)
+    calm = bias_effect(rng.normal(1.0, 0.3, size=(len(docs), 16)), weight, kept=range(8), doc_ids=docs)
+    assert "does not turn the output away" in describe_bias_effect(pd.DataFrame([calm]), normed=False)
+    with pytest.raises(ValueError, match="do not fit together"):
+        bias_effect(x, weight[:, :4], kept=range(2), doc_ids=docs)

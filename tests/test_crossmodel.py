@@ -208,3 +208,16 @@ def test_a_tampered_bundle_member_is_named(tmp_path: Path) -> None:
             tar.addfile(member, io.BytesIO(data))
     with pytest.raises(Exception, match="results/comparisons.csv differs from its manifest record"):
         view_of_bundle(path)
+
+
+def test_chapter_7_runs_again_when_a_bundle_is_added_or_replaced(tmp_path: Path) -> None:
+    from funcprune.workflow import _read_inputs
+
+    params = {"run_dir": "runs/x", "bundles_dir": str(tmp_path / "bundles")}
+    empty = _read_inputs(params)
+    write_bundle(_run(tmp_path, "other"), tmp_path / "bundles" / "other.tar.gz")
+    added = _read_inputs(params)
+    write_bundle(_run(tmp_path / "again", "other", verdict=BETTER), tmp_path / "bundles" / "other.tar.gz")
+    replaced = _read_inputs(params)
+    assert empty != added != replaced and list(added["bundles_read"]) == ["other.tar.gz"]
+    assert _read_inputs({"run_dir": "runs/x"}) == {}  # chapters that read no bundle: keys unchanged
