@@ -115,14 +115,15 @@ bundle: notebooks
 	$(PY) -m funcprune.bundle write --profile $(PROFILE)
 
 # Every shipped model other than the default rebuilt from scratch on this machine, every chapter executed for it
-# (into runs/executed/PROFILE, outside the book), and its bundle written to bundles/ (committed).
+# (into runs/executed/PROFILE, outside the book), and its comparison bundle (what chapter 7 reads, about a megabyte)
+# written to bundles/ (committed).
 MODEL_PROFILES := gemma3-270m
 models: assets
 	$(MAKE) model-gemma3-270m
 	@set -e; for profile in $(MODEL_PROFILES); do \
 		rm -rf runs/$$profile runs/executed/$$profile; \
 		$(PY) -m funcprune.workflow run --profile $$profile --out runs/executed/$$profile; \
-		$(PY) -m funcprune.bundle write --profile $$profile; done
+		$(PY) -m funcprune.bundle write --profile $$profile --comparison; done
 
 # Chromium for the browser check: Debian's package where apt-get can install it; otherwise the check
 # skips with a message (set FUNCPRUNE_CHROMIUM to use another Chromium or Chrome executable).

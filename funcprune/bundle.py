@@ -39,7 +39,7 @@ from typing import Any, Sequence
 from ._io import ArtefactError, file_record, verify_file
 from .rundir import RunDir
 
-__all__ = ["MANIFEST", "STAGE_OUTPUTS", "bundle_files", "ensure_inputs", "protocol_fingerprint", "read_bundle_manifest",
+__all__ = ["COMPARISON", "MANIFEST", "STAGE_OUTPUTS", "bundle_files", "ensure_inputs", "protocol_fingerprint", "read_bundle_manifest",
            "run_provenance", "unpack_bundle", "write_bundle"]
 
 #: Name of the manifest member, first in every bundle.
@@ -49,16 +49,21 @@ BULK = {RunDir.ACTIVATIONS: {PurePosixPath(RunDir.ACTIVATION_MANIFEST).name},
         RunDir.PRUNED: {PurePosixPath(RunDir.INDEX).name, PurePosixPath(RunDir.DECOMPOSITION).name}}
 _FORMAT = 1
 _FIX = "download or write the bundle again (make bundle)"
+#: The comparison bundle (``--comparison``): what chapter 7 reads and the records that say how the run was made,
+#: without the networks' maps, the statistics and the plans (about a megabyte instead of tens).
+COMPARISON = (RunDir.RESULTS, RunDir.SUMMARY, RunDir.INDEX, RunDir.DECOMPOSITION, RunDir.PROFILE,
+              RunDir.ACTIVATION_MANIFEST, RunDir.NETWORKS_RECORD)
 #: What each stage leaves in the run directory that a later chapter reads (stage number -> relative paths).
 STAGE_OUTPUTS = {1: (RunDir.ACTIVATION_MANIFEST,), 2: (RunDir.NETWORKS_RECORD,), 3: (RunDir.PLANS,),
                  4: (RunDir.INDEX,)}
 
 
-def bundle_files(run_dir: str | os.PathLike[str]) -> list[str]:
+def bundle_files(run_dir: str | os.PathLike[str], only: Sequence[str] | None = None) -> list[str]:
     """Files of a run directory that belong in its bundle, as sorted POSIX paths relative to it.
 
     Everything except the bulk (:data:`BULK`): the activation files and the pruned
     checkpoints. Hidden files (temporary files of an interrupted write) are skipped.
+    ``only`` keeps the files at or under these relative paths (e.g. :data:`COMPARISON`).
 
     Raises
     ------
@@ -76,7 +81,8 @@ def bundle_files(run_dir: str | os.PathLike[str]) -> list[str]:
         keep = BULK.get(rel.parts[0])
         if keep is not None and (len(rel.parts) != 2 or rel.parts[1] not in keep):
             continue
-        files.append(rel.as_posix())
+        if only is None or any(rel.as_posix() == o or rel.as_posix().startswith(f"{o}/") for o in only):
+            files.append(rel.as_posix())
     return files
 
 
@@ -139,7 +145,7 @@ def run_provenance(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def write_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                 profile: str | None = None) -> dict[str, Any]:
+                 profile: str | None = None, only: Sequence[str] | None = None) -> dict[str, Any]:
     """Write the bundle of a run directory to ``out`` (atomically: a temporary file, then a rename).
 
     Parameters
@@ -150,6 +156,8 @@ def write_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
         The ``.tar.gz`` to write; its parent is created.
     profile : str, optional
         Profile name recorded in the manifest.
+    only : sequence of str, optional
+        Keep only these parts of the run (:data:`COMPARISON`: the comparison bundle); recorded in the manifest.
 
     Returns
     -------
@@ -159,11 +167,11 @@ def write_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
     from .provenance import __version__, display_path
 
     root = Path(run_dir)
-    files = bundle_files(root)
+    files = bundle_files(root, only)
     if not files:
         raise ArtefactError(root, "holds nothing to bundle", "run the stages first (make notebooks)")
     manifest = {"format": _FORMAT, "funcprune": __version__, "profile": profile, "source": display_path(root),
-                "provenance": run_provenance(root),
+                "provenance": run_provenance(root), "only": list(only) if only is not None else None,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "files": {name: file_record(root / name) for name in files}}
     out = Path(out)
@@ -322,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write = sub.add_parser("write", help="bundle the run directory of a profile")
     write.add_argument("--profile", default="default")
     write.add_argument("--out", help="default: bundles/<profile>.tar.gz (the folder the comparison chapter reads)")
+    write.add_argument("--comparison", action="store_true",
+                       help="only what chapter 7 reads and how the run was made (about a megabyte; no maps or plans)")
     unpack = sub.add_parser("unpack", help="unpack a bundle into a run directory")
     unpack.add_argument("bundle")
     unpack.add_argument("run_dir")
@@ -330,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "write":
         profile = load_profile(args.profile)
         out = Path(args.out or REPO_ROOT / "bundles" / f"{profile['profile']}.tar.gz")
-        manifest = write_bundle(profile["run_dir"], out, profile=profile["profile"])
+        manifest = write_bundle(profile["run_dir"], out, profile=profile["profile"],
+                                only=COMPARISON if args.comparison else None)
         size = sum(r["size"] for r in manifest["files"].values())
         print(f"{out}: {len(manifest['files'])} files, {size / 2**20:.1f} MiB before compression, "
               f"{out.stat().st_size / 2**20:.1f} MiB written")

@@ -221,3 +221,20 @@ def test_chapter_7_runs_again_when_a_bundle_is_added_or_replaced(tmp_path: Path)
     replaced = _read_inputs(params)
     assert empty != added != replaced and list(added["bundles_read"]) == ["other.tar.gz"]
     assert _read_inputs({"run_dir": "runs/x"}) == {}  # chapters that read no bundle: keys unchanged
+
+
+def test_the_comparison_bundle_holds_what_chapter_7_reads_and_no_bulk(tmp_path: Path) -> None:
+    from funcprune.bundle import COMPARISON, bundle_files
+
+    run = _run(tmp_path, "other")
+    for bulky in ("networks/networks.npz", "plans/fn_r0.20.json", "stats/stats.npz"):
+        (run / bulky).parent.mkdir(parents=True, exist_ok=True)
+        (run / bulky).write_bytes(b"x" * 1000)
+    (run / "networks" / "networks.json").write_text("{}")
+    assert "plans/fn_r0.20.json" in bundle_files(run)
+    small = bundle_files(run, COMPARISON)
+    assert small == ["networks/networks.json", "results/comparisons.csv", "results/results.json",
+                     "summary/networks.json"]
+    manifest = write_bundle(run, tmp_path / "small.tar.gz", only=COMPARISON)
+    assert manifest["only"] == list(COMPARISON) and sorted(manifest["files"]) == small
+    assert view_of_bundle(tmp_path / "small.tar.gz").summaries["networks"]["key_share"] == 0.1
