@@ -125,8 +125,8 @@ def ridge_sentence(table: pd.DataFrame) -> str:
             f"tried: {', '.join(f'{r:g}' for r in ridges)}).")
     if len(ridges) > 1 and chosen["ridge"] in (ridges[0], ridges[-1]):
         side = "largest" if chosen["ridge"] == ridges[-1] else "smallest"
-        text += (f" It is the {side} value tried, so a value beyond the grid may do better: widen "
-                 "funcprune.grid.RIDGE_GRID to look.")
+        text += (f" It is the {side} value tried, so a value beyond the grid may do better: pass a wider grid "
+                 "to funcprune.grid.build_grid_points to look.")
     return text
 
 
