@@ -262,8 +262,8 @@ def describe_across(headline: pd.DataFrame, decomposition: pd.DataFrame | None =
     Returns
     -------
     list of str
-        One sentence per headline comparison present, then one per decomposed gap; a single sentence
-        when fewer than two models are present.
+        One sentence per headline comparison present, one on fractions of all parameters, then one per
+        decomposed gap; a single sentence when fewer than two models are present.
     """
     labels = dict(labels or {})
     name = lambda m: labels.get(m, m)  # noqa: E731
@@ -291,6 +291,11 @@ def describe_across(headline: pd.DataFrame, decomposition: pd.DataFrame | None =
                    "the models differ" if "differ" in kinds else
                    "the answer holds on one model and is undecided on another")
         out.append(f"{what}: {verdict}; " + "; ".join(at) + ".")
+    by_total = headline.assign(total=_matched(headline, "total_removed")).groupby("total")["model"].nunique()
+    out.append("At equal fractions of all parameters: " + (
+        f"{int((by_total > 1).sum())} fraction(s) hold more than one model (the total_removed column)."
+        if (by_total > 1).any() else "no two models were measured at the same fraction of all parameters (their "
+        "embeddings differ in size), so the models are compared at equal fractions of MLP parameters only."))
     if decomposition is not None and len(decomposition):
         for gap, rows in decomposition.groupby("gap", sort=False):
             method, baseline = gap.split("/")

@@ -60,7 +60,7 @@ def test_models_that_agree_are_said_to_agree() -> None:
     headline = headline_across(views)
     assert headline["fraction"].nunique() == 1 and len(headline) == 4
     sentences = describe_across(headline)
-    assert all("the models agree" in s for s in sentences) and len(sentences) == 2
+    assert all("the models agree" in s for s in sentences[:2]) and len(sentences) == 3
     answer = across_answer(headline, "small")
     assert answer.startswith("On other the answer held:") and "worse at 1 of 1" in answer
 
@@ -238,3 +238,13 @@ def test_the_comparison_bundle_holds_what_chapter_7_reads_and_no_bulk(tmp_path: 
     manifest = write_bundle(run, tmp_path / "small.tar.gz", only=COMPARISON)
     assert manifest["only"] == list(COMPARISON) and sorted(manifest["files"]) == small
     assert view_of_bundle(tmp_path / "small.tar.gz").summaries["networks"]["key_share"] == 0.1
+
+
+def test_fractions_of_all_parameters_are_matched_only_where_models_reach_them() -> None:
+    views = [_view("small", 0.34, {"flap": WORSE}), _view("other", 0.34, {"flap": WORSE})]
+    same_total = describe_across(headline_across(views))
+    assert "1 fraction(s) hold more than one model" in same_total[1]
+    views[1].record["models"] = {k: {**p, "efficiency": {**p["efficiency"], "params_total": 150.0}}
+                                 if k != "dense" else p for k, p in _parts(0.34).items()}
+    other_total = describe_across(headline_across(views))
+    assert "no two models were measured at the same fraction of all parameters" in other_total[1]
