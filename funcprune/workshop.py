@@ -36,7 +36,7 @@ from typing import Literal, Sequence
 import nbformat
 
 __all__ = ["AUDIENCES", "EXERCISE_TAG", "SOLUTION_TAG", "Block", "WorkshopError", "plain_markdown",
-           "split_exercises", "workshop_notebook", "write_workshop"]
+           "run_student_notebook", "split_exercises", "workshop_notebook", "write_workshop"]
 
 Audience = Literal["student", "instructor"]
 AUDIENCES: tuple[Audience, ...] = ("student", "instructor")
@@ -363,6 +363,52 @@ def write_workshop(notebooks: str | Path | Sequence[str | Path], out_dir: str | 
                 zf.writestr(info, path.read_bytes())
         zips.append(archive)
     return [p for pair in zip(written["student"], written["instructor"]) for p in pair] + zips
+
+
+def run_student_notebook(chapter: str | Path, profile: dict, out_dir: str | Path, *,
+                         kernel_name: str = "python3") -> nbformat.NotebookNode:
+    """Run a chapter's student notebook top to bottom on a profile's run, as a participant would.
+
+    Parameters
+    ----------
+    chapter : str or path
+        The source chapter (``notebooks/NN_*.ipynb``).
+    profile : dict
+        A loaded profile (:func:`funcprune.profiles.load_profile`); the parameters the notebook declares are
+        passed, ``run_dir`` included.
+    out_dir : str or path
+        Where the student notebook and its executed copy are written.
+
+    Returns
+    -------
+    nbformat.NotebookNode
+        The executed notebook.
+
+    Raises
+    ------
+    WorkshopError
+        A cell failed (its number, the error and the notebook named), or an exercise cell ran without output.
+    """
+    import papermill
+
+    from .workflow import REPO_ROOT, notebook_parameters
+
+    chapter, out = Path(chapter), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    student = out / f"{chapter.stem}-student.ipynb"
+    student.write_text(nbformat.writes(workshop_notebook(chapter, "student")))
+    executed = out / f"{chapter.stem}-student-executed.ipynb"
+    params = {k: v for k, v in profile.items() if k in notebook_parameters(student)}
+    try:
+        papermill.execute_notebook(str(student), str(executed), parameters=params, cwd=str(REPO_ROOT),
+                                   kernel_name=kernel_name, progress_bar=False)
+    except papermill.PapermillExecutionError as exc:
+        raise WorkshopError(f"{student.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}") from None
+    nb = nbformat.read(executed, as_version=4)
+    for cell in (c for c in nb.cells if EXERCISE_TAG in c.metadata.get("tags", [])):
+        if cell.execution_count is None or not cell.outputs:
+            raise WorkshopError(f"{student.name}: an exercise cell ran without output: {cell.source[:80]!r}")
+    return nb
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import nbformat
 import pytest
 
 from funcprune.workflow import REPO_ROOT, find_errors, load_profile, notebook_parameters, run_notebooks
+from funcprune.workshop import EXERCISE_TAG, run_student_notebook
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
 
@@ -39,11 +40,31 @@ def test_unknown_profile_names_available_ones() -> None:
         load_profile("no-such-profile")
 
 
-@pytest.mark.slow
-def test_every_notebook_runs_on_tiny_profile(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, list[dict]]:
+    """Every chapter run once on the tiny profile in a run directory of its own (shared by the tests below)."""
+    tmp = tmp_path_factory.mktemp("tiny")
     profile = load_profile("tiny")
-    profile["run_dir"] = str(tmp_path / "run")
-    report = run_notebooks(profile, tmp_path / "executed")
+    profile["run_dir"] = str(tmp / "run")
+    return profile, tmp, run_notebooks(profile, tmp / "executed")
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_on_tiny_profile(tiny_run: tuple[dict, Path, list[dict]]) -> None:
+    profile, tmp, report = tiny_run
     assert [r["notebook"] for r in report] == [p.name for p in NOTEBOOKS]
-    assert find_errors([tmp_path / "executed"]) == []
-    assert (tmp_path / "run" / "activations" / "manifest.json").exists()
+    assert find_errors([tmp / "executed"]) == []
+    assert (tmp / "run" / "activations" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_student_notebook_runs_every_exercise_on_the_run(tiny_run: tuple[dict, Path, list[dict]], path: Path) -> None:
+    """What a participant does: the chapter's student notebook, top to bottom, on the run the chapters made."""
+    profile, tmp, _ = tiny_run
+    nb = run_student_notebook(path, profile, tmp / "students")
+    exercises = [c for c in nb.cells if EXERCISE_TAG in c.metadata.get("tags", [])]
+    assert len(exercises) == nb.metadata["funcprune"]["exercises"] >= 2
+    for cell in exercises:
+        assert not any(o.output_type == "error" for o in cell.outputs)
+        assert any(o.output_type in ("stream", "execute_result", "display_data") for o in cell.outputs), cell.source
