@@ -26,7 +26,6 @@ chapter that sets models side by side (:mod:`funcprune.crossmodel`) reads every 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -36,7 +35,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
-from ._io import ArtefactError, file_record, verify_file
+from ._io import ArtefactError, file_record, json_sha256, verify_file
 from .rundir import RunDir
 
 __all__ = ["COMPARISON", "MANIFEST", "STAGE_OUTPUTS", "bundle_files", "ensure_inputs", "protocol_fingerprint", "read_bundle_manifest",
@@ -112,7 +111,7 @@ def protocol_fingerprint(protocol: dict[str, Any]) -> str:
         if drop is None:
             continue
         kept[key] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_sha256(kept, default=str)[:16]
 
 
 def run_provenance(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
