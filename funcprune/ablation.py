@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .evaluate import window_nll  # re-exported: chapter 6 imports it from here
 from .methods import Method, build_pruned, get_method, make_plan
 from .plan import PruningPlan
-from .scoring import ChannelStatistics, FunctionalNetworkScorer, flap_scores
+from .scoring import ChannelStatistics, FunctionalNetworkScorer, flap_scores, is_key
 
 __all__ = ["FLAP", "build_fn_flap", "choose_criterion", "compare_with_flap", "criterion_label", "criterion_method",
            "criterion_sweep", "describe_agreement", "describe_criterion", "plot_agreement", "plot_comparison_to_flap",
@@ -54,12 +54,12 @@ def criterion_method(weight: float = 0.0, protect: float | None = None) -> Metho
 
 
 def criterion_label(weight: float = 0.0, protect: float | None = None) -> str:
-    """Short name of a candidate: ``"FLAP"``, ``"w = 0.5"``, ``"|z| >= 3 kept"`` or both.
+    """Short name of a candidate: ``"FLAP"``, ``"w = 0.5"``, ``"|z| > 3 kept"`` or both.
 
     >>> criterion_label(0.0), criterion_label(0.5), criterion_label(0.0, 3.0), criterion_label(1.0, 4.0)
-    ('FLAP', 'w = 0.5', '|z| >= 3 kept', 'w = 1, |z| >= 4 kept')
+    ('FLAP', 'w = 0.5', '|z| > 3 kept', 'w = 1, |z| > 4 kept')
     """
-    parts = ([f"w = {weight:g}"] if weight else []) + ([f"|z| >= {protect:g} kept"] if protect is not None else [])
+    parts = ([f"w = {weight:g}"] if weight else []) + ([f"|z| > {protect:g} kept"] if protect is not None else [])
     return ", ".join(parts) or FLAP
 
 
@@ -318,7 +318,7 @@ def score_agreement(dense: nn.Module, stats: ChannelStatistics, networks: object
     For every prunable layer with fitted networks (the plan's protected layers lose nothing
     under any criterion): the Spearman rank correlation between FLAP's fluctuation score and
     the key-neuron score ``max |z|``, and how often FLAP's global plan at ``ratio`` removes key
-    neurons (``max |z| >= threshold``) and the other channels. If FLAP
+    neurons (``max |z| > threshold``, :func:`funcprune.scoring.is_key`) and the other channels. If FLAP
     already keeps the key neurons, a criterion that protects them changes little; if it removes
     them as often as any channel and a criterion that keeps them loses to FLAP, the networks'
     channels are not the ones the loss depends on.
@@ -339,16 +339,16 @@ def score_agreement(dense: nn.Module, stats: ChannelStatistics, networks: object
                      round_to=round_to)  # the registered FLAP: its global selection of these scores
     rows = []
     for layer in sorted(set(key) & set(flap) - set(plan.protected_layers)):
-        is_key = key[layer] >= threshold
-        removed = np.zeros(len(is_key), dtype=bool)
+        key_here = is_key(key[layer], threshold)
+        removed = np.zeros(len(key_here), dtype=bool)
         removed[np.asarray(plan.removed(layer), dtype=np.int64)] = True
         constant = np.ptp(flap[layer]) == 0 or np.ptp(key[layer]) == 0
         rows.append({"layer": layer,
                      "rho": float("nan") if constant else float(spearmanr(flap[layer], key[layer]).statistic),
-                     "channels": len(is_key), "key": int(is_key.sum()), "pruned": int(removed.sum()),
-                     "key_pruned": int((removed & is_key).sum()),
-                     "key_share_pruned": float(removed[is_key].mean()) if is_key.any() else float("nan"),
-                     "other_share_pruned": float(removed[~is_key].mean()) if (~is_key).any() else float("nan")})
+                     "channels": len(key_here), "key": int(key_here.sum()), "pruned": int(removed.sum()),
+                     "key_pruned": int((removed & key_here).sum()),
+                     "key_share_pruned": float(removed[key_here].mean()) if key_here.any() else float("nan"),
+                     "other_share_pruned": float(removed[~key_here].mean()) if (~key_here).any() else float("nan")})
     table = pd.DataFrame(rows)
     table.attrs.update(ratio=float(ratio), threshold=float(threshold))
     return table
@@ -361,7 +361,7 @@ def describe_agreement(table: pd.DataFrame) -> list[str]:
     ...                   "pruned": [4, 2], "key_pruned": [0, 1]})
     >>> t.attrs.update(ratio=0.2, threshold=3.0)
     >>> describe_agreement(t)[1]
-    "At 20% FLAP removes 20% of the 5 key neurons (|z| >= 3; 25% of these layers' channels) and 33% of the other channels: it removes key neurons less often than the other channels (0.60 times as often)."
+    "At 20% FLAP removes 20% of the 5 key neurons (|z| > 3; 25% of these layers' channels) and 33% of the other channels: it removes key neurons less often than the other channels (0.60 times as often)."
     """
     if not len(table):
         return ["No prunable layer has fitted networks, so FLAP's choice cannot be compared with the key neurons."]

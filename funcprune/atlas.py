@@ -15,6 +15,7 @@ import pandas as pd
 
 from .agreement import match_maps
 from .ica import FunctionalNetworks
+from .scoring import is_key
 from .store import ActivationStore
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 
 def _channels_above(z: np.ndarray, channels: np.ndarray, threshold: float) -> np.ndarray:
     """Channels with ``|z| > threshold`` in either voxel copy."""
-    return np.unique(channels[np.abs(z) > threshold])
+    return np.unique(channels[is_key(z, threshold)])
 
 
 def network_table(fn: FunctionalNetworks, threshold: float = 3.0) -> pd.DataFrame:
@@ -60,7 +61,7 @@ def network_table(fn: FunctionalNetworks, threshold: float = 3.0) -> pd.DataFram
         channels = fn.voxel_channels_[layer]
         second_kind = np.arange(len(channels)) >= len(channels) // 2
         for m, z in enumerate(maps):
-            member = np.abs(z) > threshold
+            member = is_key(z, threshold)
             rows.append({"layer": layer, "map": m, "group": int(fn.map_groups_[layer][m]),
                          "explained_variance": float(fn.explained_variance_[layer][m]),
                          "n_voxels": int(member.sum()),
@@ -142,7 +143,7 @@ def window_table(fn: FunctionalNetworks, threshold: float = 3.0, min_share: floa
         layers = fn.window_voxel_layers_[start]
         window = fn.window_layers_[start]
         for m, z in enumerate(maps):
-            member = np.abs(z) > threshold
+            member = is_key(z, threshold)
             n_members = int(member.sum())
             shares = {layer: float(member[layers == layer].sum() / max(n_members, 1)) for layer in window}
             touched = [layer for layer, share in shares.items() if share >= min_share]

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
 from .models import describe_model, input_device
 from .provenance import environment_info
-from .store import ActivationStore, ActivationWriter, all_finite, check_dtype, split_layers
+from .store import ActivationStore, ActivationWriter, all_finite, check_storage_dtype, split_layers
 
 __all__ = ["KINDS", "MLPRecorder", "StopForward", "all_finite", "capture_activations", "rows_finite",
            "stop_after_layer", "tokenize_batches"]
@@ -109,7 +109,7 @@ class MLPRecorder:
         self.kinds = _check_kinds(kinds)
         self.layers = split_layers(layers, len(self.adapter.get_layers(model)))
         self.stop_early = stop_early
-        check_dtype(dtype)
+        check_storage_dtype(dtype)
         self.dtype = _TORCH_DTYPES[dtype]
         self.on_record = on_record
         self.records: dict[tuple[int, str], torch.Tensor] = {}
@@ -362,7 +362,7 @@ def capture_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], 
         raise ValueError(f"{len(text_ids)} text ids for {len(texts)} texts")
     if batch_size < 1 or max_tokens < 1:
         raise ValueError(f"batch_size ({batch_size}) and max_tokens ({max_tokens}) must be >= 1")
-    check_dtype(dtype)
+    check_storage_dtype(dtype)
     adapter = get_adapter(model)
     widths = layer_widths(model)
     batches = list(tokenize_batches(tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens))

@@ -57,7 +57,7 @@ __all__ = [
     "item_correctness",
     "paired_bootstrap",
     "ranked_table",
-    "window_nll",
+    "recorded_window_nll",
 ]
 
 #: The paper's methods, compared with each baseline.
@@ -211,8 +211,11 @@ def _better(decided: bool, model_better: bool) -> str:
 # ----------------------------------------------------------------------------------
 # Reading the per-window and per-item records of a run
 # ----------------------------------------------------------------------------------
-def window_nll(part: Mapping[str, Any], setting: str) -> tuple[np.ndarray, str]:
-    """Per-window NLLs of one model at one window length, and the digest of the windows' tokens."""
+def recorded_window_nll(part: Mapping[str, Any], setting: str) -> tuple[np.ndarray, str]:
+    """Per-window NLLs a run recorded for one model at one window length, and the digest of the windows' tokens.
+
+    (:func:`funcprune.evaluate.window_nll` measures them on a model.)
+    """
     p = part["perplexity"].get(str(setting))
     if p is None:
         raise KeyError(f"{part.get('key')!r} has no perplexity at window length {setting!r}; "
@@ -283,7 +286,7 @@ def item_correctness(part: Mapping[str, Any], metric: str = "acc") -> dict[str, 
 
 
 def _pooled_windows(parts: Sequence[Mapping[str, Any]], setting: str) -> np.ndarray:
-    arrays, digests = zip(*(window_nll(p, setting) for p in parts))
+    arrays, digests = zip(*(recorded_window_nll(p, setting) for p in parts))
     if len(set(digests)) != 1 or len({a.shape for a in arrays}) != 1:
         raise ValueError(f"models {[p['key'] for p in parts]} were not scored on the same windows at {setting}")
     return np.mean(arrays, axis=0)
@@ -347,14 +350,14 @@ def compare_models(model: Sequence[Mapping[str, Any]], baseline: Sequence[Mappin
     if metric.startswith("ppl@"):
         setting = metric[4:]
         a, b = _pooled_windows(model, setting), _pooled_windows(baseline, setting)
-        _, da = window_nll(model[0], setting)
-        _, db = window_nll(baseline[0], setting)
+        _, da = recorded_window_nll(model[0], setting)
+        _, db = recorded_window_nll(baseline[0], setting)
         if da != db:
             raise ValueError(f"{model[0]['key']!r} and {baseline[0]['key']!r} were not scored on the same windows")
         labels = cluster.get(setting) if isinstance(cluster, Mapping) else cluster
         if seeds == "resample" and max(len(model), len(baseline)) > 1:
-            r = hierarchical_bootstrap(np.stack([window_nll(p, setting)[0] for p in model]),
-                                       np.stack([window_nll(p, setting)[0] for p in baseline]), clusters=labels,
+            r = hierarchical_bootstrap(np.stack([recorded_window_nll(p, setting)[0] for p in model]),
+                                       np.stack([recorded_window_nll(p, setting)[0] for p in baseline]), clusters=labels,
                                        n_boot=n_boot, seed=seed, alpha=alpha)
             result = _window_result(r, alpha, ("articles" if labels is not None else "windows") + " and seeds")
         else:

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from .adapters import get_adapter, layer_widths
 from .capture import MLPRecorder, tokenize_batches
 from .models import input_device
+from .prune import prune_layer, prune_progressively
 
 __all__ = [
     "DownMoments",
@@ -56,6 +57,7 @@ __all__ = [
     "describe_bias_effect",
     "norm_after_mlp",
     "LeastSquaresCompensation",
+    "ProgressiveLeastSquares",
     "down_input_moments",
     "least_squares_down",
     "reconstruction_error",
@@ -233,8 +235,6 @@ class LeastSquaresCompensation:
     @torch.no_grad()
     def apply_to(self, model: nn.Module, plan: Any) -> list[int]:
         """Refit and slice every layer ``plan`` prunes, in place; the layers whose down projection gained a bias."""
-        from .prune import prune_layer  # prune dispatches here; importing it at the top would be circular
-
         adapter = get_adapter(model)
         layers = adapter.get_layers(model)
         added = []
@@ -254,6 +254,67 @@ class LeastSquaresCompensation:
             if not had_bias:
                 added.append(i)
         return added
+
+
+class _LeastSquaresStep:
+    """One layer of :class:`ProgressiveLeastSquares`: moments on the pruned prefix, then the refit."""
+
+    desc = "pruning with least-squares refits"
+
+    def __init__(self, ridge: float) -> None:
+        self.ridge = ridge
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n, self.sum, self.gram = 0, None, None
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add one batch of the layer's down-projection inputs (tokens, width)."""
+        x = x.to("cpu", torch.float64)
+        self.sum = x.sum(dim=0) if self.sum is None else self.sum + x.sum(dim=0)
+        self.gram = x.T @ x if self.gram is None else self.gram + x.T @ x
+        self.n += x.shape[0]
+
+    def finish(self, model: nn.Module, adapter: Any, i: int, plan: Any) -> bool:
+        """Refit and slice layer ``i`` (:func:`least_squares_down`); whether its down projection gained a bias."""
+        if self.n == 0:
+            raise ValueError(f"layer {i}: no calibration token reached the layer")
+        mean = self.sum / self.n
+        cov = self.gram / self.n - torch.outer(mean, mean)
+        layer = adapter.get_layers(model)[i]
+        down = adapter.module(layer, "mlp.down")
+        had_bias = down.bias is not None
+        new_w, new_b = least_squares_down(adapter.mlp_weight(layer, "mlp.down"), down.bias, mean, cov,
+                                          plan.kept[i], self.ridge)
+        prune_layer(model, i, plan.kept[i])
+        _set_down(adapter, layer, new_w, new_b)
+        self._reset()
+        return not had_bias
+
+
+@dataclass
+class ProgressiveLeastSquares:
+    """Least-squares reconstruction measured on the already pruned network, layer by layer.
+
+    Like the authors' progressive bias, layer ``i`` is refitted on the inputs it receives when layers
+    ``0 .. i-1`` are already pruned and refitted (:func:`funcprune.prune.prune_progressively`); the target
+    is the dense layer's output on those inputs, as in SlimGPT's and ZipLM's sequential reconstruction.
+    About three forward passes over the texts, and ``width^2`` float64 numbers for one layer at a time.
+
+    Parameters
+    ----------
+    calibration : funcprune.prune.CalibrationData
+        The texts the inputs are measured on.
+    ridge : float, default=0.01
+        Relative ridge strength (:func:`least_squares_down`).
+    """
+
+    calibration: Any
+    ridge: float = 0.01
+
+    def apply_to(self, model: nn.Module, plan: Any) -> list[int]:
+        """Refit and slice every layer ``plan`` prunes, in place; the layers whose down projection gained a bias."""
+        return prune_progressively(model, plan, self.calibration, step=_LeastSquaresStep(self.ridge))
 
 
 def _set_down(adapter: Any, layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:

@@ -79,12 +79,14 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
     ("fn+ls", "fn", "FN with and without least squares"),
     ("flap+ls", "flap", "FLAP with least squares against FLAP's bias"),
     ("wanda-sp+ls", "wanda-sp", "Wanda-sp with and without least squares"),
+    ("fn+progressive-ls", "fn+ls", "FN: least squares on the pruned network against on the dense one"),
+    ("flap+progressive-ls", "flap+ls", "FLAP: least squares on the pruned network against on the dense one"),
 )
 
 
 #: Grid points that cost several forward passes each to build (progressive compensation): built only when asked
 #: (``extended=True``; the ``sweep`` profile), their pairs then appear in :func:`equal_footing`.
-EXPENSIVE: tuple[str, ...] = ("flap+progressive",)
+EXPENSIVE: tuple[str, ...] = ("flap+progressive", "fn+progressive-ls", "flap+progressive-ls")
 
 
 def decomposition_methods(ridge: float | None = None, *, extended: bool = True) -> list[str]:
@@ -105,13 +107,13 @@ def decomposition_methods(ridge: float | None = None, *, extended: bool = True) 
 
 def windows_match(tokenizer: Any, windows: Any, part: Mapping[str, Any], setting: str) -> bool:
     """Whether ``windows`` (with their BOS where the tokenizer uses one) are the windows ``part`` was scored on."""
-    from .compare import window_nll as part_nll
+    from .compare import recorded_window_nll
     from .evaluate import bos_token_id
     from .heldout import ids_sha256
 
     if str(setting) not in part["perplexity"]:
         return False
-    digest = part_nll(part, setting)[1]
+    digest = recorded_window_nll(part, setting)[1]
     body = windows[:, 1:] if bos_token_id(tokenizer) is not None else windows
     return ids_sha256(body.reshape(-1).numpy()) == digest
 
@@ -161,10 +163,10 @@ def ridge_of(parts: Mapping[str, Mapping[str, Any]]) -> float | None:
     ValueError
         When they were built with different ridges (two stage-4 runs mixed in one run directory).
     """
-    from .methods import get_method
+    from .methods import LEAST_SQUARES, get_method
 
     ridges = {float(get_method(p["entry"]["method"]).compensation_params["ridge"]) for p in parts.values()
-              if p["entry"]["method"] != "dense" and get_method(p["entry"]["method"]).compensation == "ls"}
+              if p["entry"]["method"] != "dense" and get_method(p["entry"]["method"]).compensation in LEAST_SQUARES}
     if len(ridges) > 1:
         raise ValueError(f"the run holds least-squares models with ridges {sorted(ridges)}; rebuild stage 4 "
                          "(make book NOCACHE=1) so that one ridge, chosen on validation text, is used")
@@ -172,7 +174,7 @@ def ridge_of(parts: Mapping[str, Mapping[str, Any]]) -> float | None:
 
 
 def _with_ridge(name: str, ridge: float | None) -> str:
-    return f"{name}{ridge:g}" if ridge is not None and name.endswith("+ls") else name
+    return f"{name}{ridge:g}" if ridge is not None and name.endswith(("+ls", "+progressive-ls")) else name
 
 
 def _registered(name: str) -> str:

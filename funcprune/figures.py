@@ -1,6 +1,6 @@
 """Figures of stage 5: the results table drawn against the pruning ratio, and per task.
 
-Every function takes the long results table (:func:`funcprune.tables.load_results`) and
+Every function takes the long results table (:func:`funcprune.results.load_results`) and
 draws means over seeds (:func:`funcprune.tables.aggregate_seeds`) with their standard
 errors: :func:`plot_metric_vs_ratio` (and its shortcuts :func:`plot_perplexity` and
 :func:`plot_accuracy`), :func:`plot_task_bars`, and the answer's figure :func:`plot_relative_to`
@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .rundir import DENSE_KEY
-from .tables import aggregate_seeds, method_labels
+from .tables import DENSE_KEY, aggregate_seeds, method_labels
 from .tasks import TASKS
 
 __all__ = ["CsvDownload", "EmptyAxisError", "csv_download", "legend_outside", "plot_accuracy", "plot_metric_vs_ratio", "plot_perplexity",

@@ -205,7 +205,8 @@ def build_grid_points(model: Any, run_dir: Any, ratios: Sequence[float], seeds: 
         Ridges tried (default :data:`RIDGE_GRID`, or :data:`QUICK_RIDGE_GRID` when not ``extended``).
     extended : bool, default=True
         Also build the expensive grid points (:data:`funcprune.decompose.EXPENSIVE`: FLAP with the progressive
-        bias, which runs the calibration texts through the network about three times), and choose the strongest
+        bias, and FN and FLAP with the progressive least-squares refit, each running the calibration texts through
+        the network about three times), and choose the strongest
         baseline among all of :data:`BASELINE_CANDIDATES` (else :data:`QUICK_CANDIDATES`).
     prune_kwargs
         ``basis``, ``protected_layers``, ``round_to``, ``batch_size``, ``max_tokens`` as in stage 4.
@@ -345,7 +346,7 @@ def native_arm(dense: Any, tokenizer: Any, parts: Mapping[str, Mapping[str, Any]
         Test windows that are not the records' windows.
     """
     from .evaluate import window_nll
-    from .compare import compare_windows, method_groups, window_nll as part_nll
+    from .compare import compare_windows, method_groups, recorded_window_nll
     from .methods import build_pruned, make_plan
     from .scoring import channel_statistics
 
@@ -362,7 +363,7 @@ def native_arm(dense: Any, tokenizer: Any, parts: Mapping[str, Mapping[str, Any]
         stats = channel_statistics(dense, tokenizer, [], windows=windows, batch_size=batch_size, progress=False)
         for ratio in present:
             shared = groups[(method, float(ratio))][0]
-            shared_nll = part_nll(shared, setting)[0]
+            shared_nll = recorded_window_nll(shared, setting)[0]
             check_same_windows(tokenizer, test_windows, shared, setting)
             plan = make_plan(method, dense, float(ratio), stats=stats, source=source, **selection)
             model = build_pruned(method, dense, plan, stats=stats, revision=revision)
@@ -376,7 +377,7 @@ def native_arm(dense: Any, tokenizer: Any, parts: Mapping[str, Mapping[str, Any]
                    "p_value": r["p_value"], "decided": bool(r["decided"])}
             fn = groups.get(("fn", float(ratio)))
             if fn:  # does the paper's method's standing against this baseline change with its calibration?
-                fn_nll = part_nll(fn[0], setting)[0]
+                fn_nll = recorded_window_nll(fn[0], setting)[0]
                 shared_cmp, native_cmp = compare_windows(fn_nll, shared_nll), compare_windows(fn_nll, nll)
                 row |= {"fn_vs_shared": shared_cmp["estimate"], "fn_vs_shared_better": shared_cmp["better"],
                         "fn_vs_native": native_cmp["estimate"], "fn_vs_native_ci_low": native_cmp["ci_low"],

@@ -58,7 +58,7 @@ from ._io import ArtefactError, atomic_open, atomic_write_json, file_record, rea
 from .agreement import match_maps, top_overlap
 from .store import ActivationStore, StoreView
 
-__all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "convergence_check", "zscore_time"]
+__all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "convergence_check", "zscore_time_in_place"]
 
 NETWORKS_FORMAT = "funcprune-networks/1"
 MANIFEST_NAME = "networks.json"
@@ -91,8 +91,8 @@ def _numerical_rank(X: np.ndarray, spatial: np.ndarray) -> int:
 # ----------------------------------------------------------------------------------
 # Numerical building blocks
 # ----------------------------------------------------------------------------------
-def zscore_time(X: np.ndarray) -> int:
-    """z-score every column of ``X`` over its rows, in place; constant columns become 0.
+def zscore_time_in_place(X: np.ndarray) -> np.ndarray:
+    """z-score every column of ``X`` over its rows, in place (no copy of a large block); constant columns become 0.
 
     Parameters
     ----------
@@ -101,8 +101,8 @@ def zscore_time(X: np.ndarray) -> int:
 
     Returns
     -------
-    int
-        Number of constant voxels (set to zero instead of NaN).
+    ndarray of bool, shape (n_voxels,)
+        The constant voxels (set to zero instead of NaN).
     """
     n_tokens = X.shape[0]
     mean = X.mean(axis=0)
@@ -112,7 +112,7 @@ def zscore_time(X: np.ndarray) -> int:
     std[constant] = 1.0
     X /= std
     X[:, constant] = 0.0
-    return int(constant.sum())
+    return constant
 
 
 def _randomized_svd_torch(X: np.ndarray, n_components: int, n_iter: int | str, seed: int,
@@ -290,7 +290,7 @@ def convergence_check(networks: "FunctionalNetworks", X: Any, layers: Sequence[i
     for record in records:
         layer, group = record["key"], record["group"]
         block = networks._read_block(source, [layer], group_rows[group])
-        zscore_time(block)
+        zscore_time_in_place(block)
         white, _ = _whiten(networks._spatial_components(block, record["svd_seed"]))
         start = time.perf_counter()
         longer = _fastica_restart(white, record["ica_seeds"][record["selected"]],
@@ -721,7 +721,7 @@ class FunctionalNetworks(BaseEstimator):
                                   "n_tokens": n_tokens, "n_voxels": n_voxels,
                                   "svd_seed": int(seeds[0]), "ica_seeds": [int(s) for s in seeds[1:]]}
         t0 = time.perf_counter()
-        record["n_constant_voxels"] = zscore_time(X)
+        record["n_constant_voxels"] = int(zscore_time_in_place(X).sum())
         t1 = time.perf_counter()
         spatial = self._spatial_components(X, int(seeds[0]))
         record["rank"] = _numerical_rank(X, spatial)
@@ -852,7 +852,7 @@ class FunctionalNetworks(BaseEstimator):
             raise ValueError(f"X has shape {X.shape}; expected (n_tokens, {maps.shape[1]})")
         if not np.isfinite(X).all():
             raise ValueError("X contains NaN or inf")
-        zscore_time(X)
+        zscore_time_in_place(X)
         return np.linalg.lstsq(maps.T, X.T, rcond=None)[0].T
 
     # -- persistence --------------------------------------------------------------

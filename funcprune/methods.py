@@ -24,7 +24,7 @@ flap         ``Var_t(x_j) * sum_i W_down[i, j]^2``,            global      stati
 fn-flap      FLAP's z-scored metric ``+ w *`` the z-scored     global      static (FLAP's)
              ``log(1 + max |z|)`` (chapter 6; ``w = 1``)
 fn-protect   FLAP's z-scored metric, every key neuron          global      static (FLAP's)
-             (``max |z| >= 3``) ranked before any other
+             (``max |z| > 3``) ranked before any other
              channel (chapter 6)
 ===========  ================================================  ==========  ===========================
 
@@ -69,11 +69,11 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from torch import nn
 
-from .compensation import DownMoments, LeastSquaresCompensation, moments_for
+from .compensation import DownMoments, LeastSquaresCompensation, ProgressiveLeastSquares, moments_for
 from .models import load_model
 from .plan import PruningPlan, select_channels, select_within_widths
 from .prune import CalibrationData, prune
@@ -83,8 +83,10 @@ from .scoring import (ChannelStatistics, FlapScorer, FnFlapScorer, FunctionalNet
 __all__ = [
     "ALLOCATION_CHOICES",
     "COMPENSATIONS",
+    "LEAST_SQUARES",
     "LS_RIDGE",
     "METHODS",
+    "SCORERS",
     "Method",
     "criterion_of",
     "variant",
@@ -110,14 +112,16 @@ class Method:
     label : str
         Name for tables and figures.
     scorer : {"functional_networks", "random", "magnitude", "wanda_sp", "flap", "fn_flap"}
-        Importance criterion (see :mod:`funcprune.scoring`).
-    compensation : {None, "progressive", "static", "ls"}
+        Importance criterion (see :mod:`funcprune.scoring`; :data:`SCORERS` builds it with ``params``).
+    compensation : {None, "progressive", "static", "ls", "progressive-ls"}
         Compensation at pruning time: none; a bias measured layer by layer on the
         network whose earlier layers are already pruned
         (:class:`funcprune.prune.CalibrationData`); a bias from statistics of the dense
         model (:class:`funcprune.scoring.ChannelStatistics`, FLAP's); or the down
         projection's kept columns and bias refitted by least squares to the dense layer's
-        output (:mod:`funcprune.compensation`).
+        output on the dense model's inputs (:mod:`funcprune.compensation`), or on the inputs of the
+        progressively pruned network (``"progressive-ls"``,
+        :class:`funcprune.compensation.ProgressiveLeastSquares`).
     allocation : {"global", "uniform"} or "widths:<method>"
         How the budget is spread over layers (see the module notes): one ranking across
         layers, the same share of every prunable layer, or the per-layer widths that
@@ -143,7 +147,7 @@ class Method:
     name: str
     label: str
     scorer: str
-    compensation: Literal["progressive", "static", "ls"] | None = None
+    compensation: Literal["progressive", "static", "ls", "progressive-ls"] | None = None
     allocation: str = "global"
     needs_networks: bool = False
     needs_statistics: bool = False
@@ -155,7 +159,7 @@ class Method:
     @property
     def needs_texts(self) -> bool:
         """Calibration texts are needed (statistics, progressive or least-squares compensation)."""
-        return self.needs_statistics or self.compensation in ("progressive", "ls")
+        return self.needs_statistics or self.compensation in ("progressive", *LEAST_SQUARES)
 
     @property
     def criterion(self) -> str:
@@ -191,17 +195,19 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                        "criterion, chapter 6); FLAP's allocation and compensation; weight 0 is FLAP"),
     Method("fn-protect", "FLAP + key neurons", "fn_flap", compensation="static", needs_networks=True,
            needs_statistics=True, params={"weight": 0.0, "protect": 3.0},
-           description="FLAP's criterion, allocation and compensation, with every key neuron (max |z| >= 3, the "
+           description="FLAP's criterion, allocation and compensation, with every key neuron (max |z| > 3, the "
                        "paper's threshold) kept before any other channel (chapter 6)"),
 )}
 
 
 #: The compensations of the method grid (``None`` is written ``none`` in a variant's name).
-COMPENSATIONS: tuple[str | None, ...] = (None, "static", "progressive", "ls")
+COMPENSATIONS: tuple[str | None, ...] = (None, "static", "progressive", "ls", "progressive-ls")
+#: The compensations that refit the down projection by least squares (they take a ``ridge``).
+LEAST_SQUARES: tuple[str, ...] = ("ls", "progressive-ls")
 #: Relative ridge strength of least-squares compensation when none is given (see :mod:`funcprune.compensation`).
 LS_RIDGE = 0.01
 _COMP_LABELS = {None: "no compensation", "static": "static bias", "progressive": "progressive bias",
-                "ls": "least squares"}
+                "ls": "least squares", "progressive-ls": "progressive least squares"}
 
 
 def criterion_of(method: Method) -> str:
@@ -226,10 +232,10 @@ def variant(criterion: str, allocation: str | None = None, compensation: str | N
     allocation : {"global", "uniform"}, a registered method's name, or None
         ``None``: the criterion's own; a method's name: keep, in every layer, as many channels as that
         method's plan keeps at the same ratio (``"widths:<method>"``).
-    compensation : {"same", "none", "static", "progressive", "ls"}
+    compensation : {"same", "none", "static", "progressive", "ls", "progressive-ls"}
         ``"same"``: the criterion's own.
     ridge : float, optional
-        Relative ridge strength of ``"ls"`` (default :data:`LS_RIDGE`).
+        Relative ridge strength of ``"ls"`` and ``"progressive-ls"`` (default :data:`LS_RIDGE`).
 
     Returns
     -------
@@ -264,16 +270,16 @@ def variant(criterion: str, allocation: str | None = None, compensation: str | N
     if comp not in COMPENSATIONS:
         raise ValueError(f"compensation {compensation!r} invalid; choose one of "
                          f"{['same', 'none'] + [c for c in COMPENSATIONS if c]}")
-    comp_params = {"ridge": float(LS_RIDGE if ridge is None else ridge)} if comp == "ls" else {}
+    comp_params = {"ridge": float(LS_RIDGE if ridge is None else ridge)} if comp in LEAST_SQUARES else {}
     for m in METHODS.values():  # a registered point keeps its name
         if (m.scorer, dict(m.params), m.allocation, m.compensation) == (base.scorer, dict(base.params), used, comp) \
                 and not comp_params:
             return m
     comp_tag = "" if comp == base.compensation else f"+{comp or 'none'}"
-    if comp == "ls" and ridge is not None:
-        comp_tag = f"+ls{float(ridge):g}"
+    if comp in LEAST_SQUARES and ridge is not None:
+        comp_tag = f"+{comp}{float(ridge):g}"
     name = f"{base.name}{alloc_tag}{comp_tag}"
-    comp_label = _COMP_LABELS[comp] + (f", ridge {comp_params['ridge']:g}" if comp == "ls" else "")
+    comp_label = _COMP_LABELS[comp] + (f", ridge {comp_params['ridge']:g}" if comp in LEAST_SQUARES else "")
     parts = [p for p in (alloc_label, comp_label if comp != base.compensation else "") if p]
     label = f"{base.label} ({', '.join(parts)})" if parts else base.label
     widths_of = METHODS[allocation] if used.startswith("widths:") else None  # the method whose plan sets the widths
@@ -290,12 +296,14 @@ def _parse_variant(name: str) -> Method:
     rest, _, comp = name.partition("+")
     criterion, _, allocation = rest.partition("@")
     ridge = None
-    if comp.startswith("ls") and comp != "ls":
+    refit = next((c for c in sorted(LEAST_SQUARES, key=len, reverse=True) if comp.startswith(c)), None)
+    if refit is not None and comp != refit:
         try:
-            ridge = float(comp[2:])
+            ridge = float(comp[len(refit):])
         except ValueError:
-            raise ValueError(f"method {name!r}: ridge {comp[2:]!r} is not a number (write e.g. 'fn+ls0.1')") from None
-        comp = "ls"
+            raise ValueError(f"method {name!r}: ridge {comp[len(refit):]!r} is not a number "
+                             f"(write e.g. 'fn+{refit}0.1')") from None
+        comp = refit
     return variant(criterion, allocation or None, comp or "same", ridge=ridge)
 
 
@@ -303,7 +311,8 @@ def get_method(name: str | Method) -> Method:
     """The :class:`Method` registered as ``name``, or the grid point a variant name denotes.
 
     A variant name is ``<criterion>[@<allocation>][+<compensation>]`` (see :func:`variant`):
-    ``"fn+static"``, ``"fn@flap+static"``, ``"random@fn"``, ``"flap+ls"``, ``"wanda-sp+ls0.1"``.
+    ``"fn+static"``, ``"fn@flap+static"``, ``"random@fn"``, ``"flap+ls"``, ``"wanda-sp+ls0.1"``,
+    ``"fn+progressive-ls"``.
 
     Raises
     ------
@@ -318,7 +327,7 @@ def get_method(name: str | Method) -> Method:
         return _parse_variant(name)
     raise ValueError(f"unknown pruning method {name!r}; accepted methods: {list(METHODS)}, or a point of the "
                      "grid '<criterion>[@<allocation>][+<compensation>]' such as 'fn@flap+static' "
-                     f"(compensations: none, static, progressive, ls)")
+                     f"(compensations: none, static, progressive, ls, progressive-ls)")
 
 
 def method_key(method: str, ratio: float, seed: int | None = None) -> str:
@@ -363,26 +372,31 @@ def resolve_allocation(method: str | Method, allocation: str | None = "per-metho
     return str(allocation), "override"
 
 
+def _with_networks(make: Callable[..., Scorer]) -> Callable[..., Scorer]:
+    """A scorer factory whose scorer needs the functional networks of stage 2."""
+    def factory(method: Method, networks: Any, seed: int) -> Scorer:
+        if networks is None:
+            raise ValueError(f"method {method.name!r} needs functional networks: pass networks= "
+                             "(FunctionalNetworks fitted in stage 2)")
+        return make(networks, **method.params)
+    return factory
+
+
+#: Scorer name -> ``factory(method, networks, seed)``; every factory passes ``Method.params`` to its scorer.
+SCORERS: dict[str, Callable[[Method, Any, int], Scorer]] = {
+    "functional_networks": _with_networks(FunctionalNetworkScorer),
+    "random": lambda method, networks, seed: RandomScorer(seed, **method.params),
+    "magnitude": lambda method, networks, seed: MagnitudeScorer(**method.params),
+    "wanda_sp": lambda method, networks, seed: WandaSpScorer(**method.params),
+    "flap": lambda method, networks, seed: FlapScorer(**{"standardize": True, **method.params}),
+    "fn_flap": _with_networks(FnFlapScorer),
+}
+
+
 def _scorer(method: Method, networks: Any, seed: int) -> Scorer:
-    if method.scorer == "functional_networks":
-        if networks is None:
-            raise ValueError(f"method {method.name!r} needs functional networks: pass networks= "
-                             "(FunctionalNetworks fitted in stage 2)")
-        return FunctionalNetworkScorer(networks)
-    if method.scorer == "random":
-        return RandomScorer(seed)
-    if method.scorer == "magnitude":
-        return MagnitudeScorer()
-    if method.scorer == "wanda_sp":
-        return WandaSpScorer()
-    if method.scorer == "flap":
-        return FlapScorer(standardize=True)
-    if method.scorer == "fn_flap":
-        if networks is None:
-            raise ValueError(f"method {method.name!r} needs functional networks: pass networks= "
-                             "(FunctionalNetworks fitted in stage 2)")
-        return FnFlapScorer(networks, **method.params)
-    raise ValueError(f"method {method.name!r} has an unknown scorer {method.scorer!r}")
+    if method.scorer not in SCORERS:
+        raise ValueError(f"method {method.name!r} has an unknown scorer {method.scorer!r}; known: {list(SCORERS)}")
+    return SCORERS[method.scorer](method, networks, seed)
 
 
 def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks: Any = None,
@@ -481,7 +495,7 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
         ``fn`` plan built as ``fn-bias``), a copy whose ``method`` is ``method`` is
         applied (``config.funcprune["methods"]`` of the pruned model records it).
     calibration : CalibrationData, optional
-        Texts for progressive compensation (needed by ``fn-bias``).
+        Texts for progressive compensation (needed by ``fn-bias`` and ``"progressive-ls"`` variants).
     stats : ChannelStatistics, optional
         Dense-model statistics for static compensation (needed by ``flap``).
     moments : DownMoments, optional
@@ -500,7 +514,7 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
         The pruned model, in eval mode.
     """
     m = get_method(method)
-    compensation: CalibrationData | ChannelStatistics | LeastSquaresCompensation | None = None
+    compensation: CalibrationData | ChannelStatistics | LeastSquaresCompensation | ProgressiveLeastSquares | None = None
     if m.compensation == "progressive":
         if calibration is None:
             raise ValueError(f"method {m.name!r} needs calibration=CalibrationData(tokenizer, texts) "
@@ -514,6 +528,11 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
     elif m.compensation == "ls":
         compensation = LeastSquaresCompensation(moments_for(moments, [i for i in plan.layers if plan.removed(i)]),
                                                 float(m.compensation_params.get("ridge", LS_RIDGE)))
+    elif m.compensation == "progressive-ls":
+        if calibration is None:
+            raise ValueError(f"method {m.name!r} needs calibration=CalibrationData(tokenizer, texts) "
+                             "for its progressive least-squares refit")
+        compensation = ProgressiveLeastSquares(calibration, float(m.compensation_params.get("ridge", LS_RIDGE)))
     if plan.method != m.name:
         plan = dataclasses.replace(plan, method=m.name)
     if isinstance(base, nn.Module):

@@ -34,6 +34,10 @@ The axes (:data:`AXES`):
     ``"rank"``: the top channels by score, the requested ratio exactly (this book);
     ``"threshold"``: the authors' rule, every channel above the threshold that the ratio
     implies (:func:`funcprune.plan.threshold_for_ratio`).
+``seed``
+    The ICA seed of the fit (FastICA's start and the SVD's test matrix): how much the method's
+    perplexity moves when nothing but the seed changes, the variation a reader would otherwise
+    assume is inside FN's intervals (they are conditional on one fit).
 
 The variants are fitted through :class:`~funcprune.store.StoreView`, so fewer tokens, no
 first token or the product voxels need no second capture. Nothing here chooses a setting for
@@ -70,11 +74,12 @@ __all__ = ["AXES", "Setting", "check_grid", "converged_share", "describe_needs",
 AXES: dict[str, Any] = {
     "n_components": int, "n_init": int, "n_groups": int, "max_tokens": int, "drop_first_token": bool,
     "voxels": ("copies", "product"), "combine": ("max", "min"), "n_seeds": int, "rule": ("rank", "threshold"),
+    "seed": int,
 }
 #: What each axis is called in tables and figures.
 AXIS_LABELS = {"n_components": "k", "n_init": "restarts", "n_groups": "groups", "max_tokens": "tokens per text",
                "drop_first_token": "first token out", "voxels": "voxels", "combine": "combine",
-               "n_seeds": "seeds", "rule": "rule"}
+               "n_seeds": "seeds", "rule": "rule", "seed": "ICA seed"}
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,9 @@ class Setting:
             elif accepted is bool:
                 if not isinstance(value, bool):
                     raise ValueError(f"{name}={value!r} must be true or false")
-            elif isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+            elif isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (name != "seed"):
+                raise ValueError(f"{name}={value!r} must be " + ("an integer >= 0" if name == "seed" else
+                                                                 "a positive integer"))
 
     @classmethod
     def of(cls, networks: FunctionalNetworks, **changes: Any) -> "Setting":

@@ -43,7 +43,7 @@ from .calibration import calibration_data, calibration_statistics, calibration_t
 from .compensation import down_input_moments, set_down_weights
 from .data import Text
 from .evaluate import count_parameters
-from .methods import METHODS, Method, build_pruned, get_method, make_plan, method_key
+from .methods import LEAST_SQUARES, METHODS, Method, build_pruned, get_method, make_plan, method_key
 from .models import LoadedModel, load_model
 from .plan import PruningPlan, model_identity
 from .prune import PLAN_FILE, prune
@@ -326,7 +326,7 @@ def _write_biases(run: RunDir, key: str, plan_sha: str, pruned: nn.Module, plan:
     from .adapters import get_adapter
 
     adapter = get_adapter(pruned)
-    refitted = get_method(plan.method).compensation == "ls"
+    refitted = get_method(plan.method).compensation in LEAST_SQUARES
     tensors = {}
     for i, layer in enumerate(adapter.get_layers(pruned)):
         bias = adapter.module(layer, "mlp.down").bias

@@ -276,7 +276,7 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     from .evaluate import count_parameters, flops_per_token
     from .methods import ALLOCATION_CHOICES
     from .plan import BASES, default_protected_layers
-    from .store import check_dtype as check_storage_dtype
+    from .store import check_storage_dtype
     from .profiles import load_profile, unknown_keys
 
     p = dict(profile) if isinstance(profile, Mapping) else load_profile(profile)

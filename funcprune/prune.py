@@ -84,6 +84,7 @@ __all__ = [
     "parameter_report",
     "prune",
     "prune_layer",
+    "prune_progressively",
     "save_pruned",
     "slice_linear",
     "verify_pruned",
@@ -358,10 +359,54 @@ def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+class _BiasStep:
+    """The authors' progressive step: ``b_down += W_down[:, R] @ mean(x_R)``, means measured on the pruned prefix."""
+
+    desc = "pruning with bias compensation"
+
+    def __init__(self) -> None:
+        self.acc = ColumnMoments()
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add one batch of the layer's down-projection inputs (tokens, width)."""
+        self.acc.update(x)
+
+    def finish(self, model: nn.Module, adapter: ArchitectureAdapter, i: int, plan: PruningPlan) -> bool:
+        """Compensate and slice layer ``i``; whether its down projection gained a bias."""
+        layer = adapter.get_layers(model)[i]
+        added = _add_compensation(adapter, layer, plan.removed(i), self.acc.result()[0])
+        prune_layer(model, i, plan.kept[i])
+        self.acc = ColumnMoments()
+        return added
+
+
 @torch.no_grad()
-def _prune_progressively(model: nn.Module, plan: PruningPlan, calib: CalibrationData,
-                         progress: bool) -> list[int]:
-    """Prune layer by layer, compensating each on the already pruned prefix; the layers that gained a bias."""
+def prune_progressively(model: nn.Module, plan: PruningPlan, calib: CalibrationData, *,
+                        step: Any = None, progress: bool = False) -> list[int]:
+    """Prune layer by layer, each layer compensated on inputs from the already pruned prefix.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Pruned in place.
+    plan : PruningPlan
+    calib : CalibrationData
+        The texts the inputs are measured on.
+    step : object, optional
+        What is done to each pruned layer: ``update(x)`` receives the layer's down-projection input
+        batch by batch (padding removed), then ``finish(model, adapter, i, plan)`` compensates and
+        slices the layer and says whether its down projection gained a bias. Default the authors'
+        bias (the mean of the removed inputs folded into the bias);
+        :class:`funcprune.compensation.ProgressiveLeastSquares` refits the kept columns instead.
+    progress : bool, default=False
+        Progress bar over layers.
+
+    Returns
+    -------
+    list of int
+        The layers whose down projection gained a bias.
+    """
+    step = _BiasStep() if step is None else step
     adapter = get_adapter(model)
     layers = adapter.get_layers(model)
     n_layers = len(layers)
@@ -402,20 +447,16 @@ def _prune_progressively(model: nn.Module, plan: PruningPlan, calib: Calibration
 
     # 2. Layer by layer: measure on the pruned prefix, compensate, prune, move on.
     added = []
-    for i in tqdm(range(n_layers), desc="pruning with bias compensation", unit="layer",
+    for i in tqdm(range(n_layers), desc=getattr(step, "desc", "pruning progressively"), unit="layer",
                   disable=not progress):
-        removed = plan.removed(i)
-        if removed:
-            acc = ColumnMoments()
+        if plan.removed(i):
             with MLPRecorder(model, kinds=("product",), layers=[i], adapter=adapter) as rec:
                 for b, (_, batch) in enumerate(batches):
                     rec.mask = batch["attention_mask"].bool()
                     run(i, b)
-                    acc.update(rec.records[(i, "product")])
-            mean = acc.result()[0]
-            if _add_compensation(adapter, layers[i], removed, mean):
+                    step.update(rec.records[(i, "product")])
+            if step.finish(model, adapter, i, plan):
                 added.append(i)
-            prune_layer(model, i, plan.kept[i])
         if i < n_layers - 1:
             hidden = [run(i, b) for b in range(len(batches))]
     return added
@@ -496,7 +537,7 @@ def prune(model: nn.Module, plan: PruningPlan, *, revision: str | None = None,
     added: list[int] = []
     try:
         if isinstance(bias_compensation, CalibrationData):
-            added = _prune_progressively(model, plan, bias_compensation, progress)
+            added = prune_progressively(model, plan, bias_compensation, progress=progress)
         elif callable(getattr(bias_compensation, "apply_to", None)):
             # a compensation object that slices and refits itself
             # (funcprune.compensation.LeastSquaresCompensation)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .workflow import REPO_ROOT
+from .provenance import REPO_ROOT
 
 __all__ = ["REFERENCE_CSV", "reference_numbers"]
 

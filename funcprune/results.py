@@ -36,9 +36,12 @@ and ``results/comparisons.csv`` (the paired headline comparisons,
 :func:`funcprune.compare.headline_comparisons`); :class:`funcprune.rundir.RunDir` names
 every path.
 
-The table is read by :mod:`funcprune.tables` (validation, seeds, significance, summaries)
-and drawn by :mod:`funcprune.figures`; :mod:`funcprune.reference` holds published numbers
+:func:`load_results` reads the table back, checked against ``results.json``; its rows are summarised
+by :mod:`funcprune.tables` (validation, seeds, significance, summaries) and drawn by :mod:`funcprune.figures`; :mod:`funcprune.reference` holds published numbers
 of *other* models and protocols, for orientation only.
+
+Why one module: the writer of ``results.csv`` and ``results.json`` and the reader that checks one against the
+other share one record format; split, a change to the record would have two places to miss.
 
 Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
 """
@@ -68,8 +71,8 @@ from .heldout import EvaluationStream, check_disjoint, evaluation_stream, ids_sh
 from .models import DEFAULT_MODEL, MODELS, LoadedModel, ensure_model, load_model, prepare_tokenizer
 from .pipeline import rebuild_pruned
 from .provenance import environment_info
-from .rundir import DENSE_KEY, RunDir
-from .tables import METRICS, TABLE_COLUMNS, table_from_parts, validate_results_table
+from .rundir import RunDir
+from .tables import DENSE_KEY, METRICS, TABLE_COLUMNS, typed_table, table_from_parts, validate_results_table
 from .tasks import ALL_TASKS, TASKS, run_zero_shot
 
 __all__ = [
@@ -77,6 +80,7 @@ __all__ = [
     "PPL_SANITY_FACTOR",
     "RESULTS_FORMAT",
     "evaluate_run",
+    "load_results",
     "perplexity_sanity",
 ]
 
@@ -462,3 +466,72 @@ def perplexity_sanity(dense_part: Mapping[str, Any], factor: float = PPL_SANITY_
                     "family expects?); check the protocol record before reading the perplexities")
     return {"flagged": bool(flagged), "ratio": ratio, "short": short, "long": long, "factor": factor,
             "message": message}
+
+
+# ----------------------------------------------------------------------------------
+# Reading the results table back
+# ----------------------------------------------------------------------------------
+_RESULTS_FIX = "delete it and re-run stage 5 (evaluate_run writes it again from its cached parts in seconds)"
+
+
+def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read ``run_dir/results/results.csv`` (written by :func:`funcprune.results.evaluate_run`), checked.
+
+    The table is compared with the record it was derived from, ``results/results.json``
+    (every model's measurements): a table cut short (at a model boundary or inside a
+    model) or edited is named as such before :func:`validate_results_table` checks it.
+    Costs one read of ``results.json`` (a few MB on the default run).
+
+    Raises
+    ------
+    FileNotFoundError
+        Stage 5 has not run for this run directory.
+    funcprune._io.ArtefactError
+        The CSV cannot be parsed, or holds other rows or values than ``results.json``
+        records, naming the file and the fix.
+    ValueError
+        The table fails :func:`validate_results_table`.
+    """
+    run = RunDir(run_dir)
+    path = run.results_csv
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run evaluate_run (stage 5) for this run_dir first")
+    try:
+        df = typed_table(pd.read_csv(path, dtype={"setting": str, "key": str, "method": str, "metric": str}))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as err:  # pandas' parser errors are ValueErrors
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise ArtefactError(path, f"cannot be read as the results table ({type(err).__name__}: {first}): "
+                                  "cut short or overwritten", _RESULTS_FIX) from None
+    if run.results_json.exists():
+        _check_against_record(df, path, read_json(run.results_json, fix=_RESULTS_FIX).get("models") or {})
+    return validate_results_table(df)
+
+
+def _check_against_record(df: pd.DataFrame, path: Path, models: Mapping[str, Any]) -> None:
+    """Refuse a table whose rows or values differ from the one its record (``results.json["models"]``) gives."""
+    if not models or DENSE_KEY not in models:
+        return
+    expected = table_from_parts(list(models.values()))
+    index = ["key", "metric", "setting"]
+    have, want = df.set_index(index)["value"], expected.set_index(index)["value"]
+    if have.index.has_duplicates:  # validate_results_table names the duplicated rows
+        return
+    lacking = want.index.difference(have.index)
+    if len(lacking):
+        keys = list(dict.fromkeys(expected["key"]))
+        missing = [k for k in keys if k not in set(df["key"])]
+        cut = [k for k in keys if k not in missing and k in set(lacking.get_level_values("key"))]
+        where = "; ".join(part for part in (f"models {missing} are missing" if missing else "",
+                                            f"{cut} lack rows (cut inside a model)" if cut else "") if part)
+        raise ArtefactError(path, f"holds {len(df)} rows of {df['key'].nunique()} models where results.json, which "
+                                  f"it was derived from, records {len(expected)} rows of {len(keys)}: {where}; the "
+                                  "file was cut short (an interrupted copy or a full disk)", _RESULTS_FIX)
+    extra = have.index.difference(want.index)
+    common = have.index.intersection(want.index)
+    a, b = have.loc[common].to_numpy(float), want.loc[common].to_numpy(float)
+    changed = [common[i] for i in np.flatnonzero(~np.isclose(a, b, rtol=1e-12, atol=0, equal_nan=True))]
+    if len(extra) or changed:
+        shown = [list(x) for x in [*extra[:3], *changed[:3]]]
+        raise ArtefactError(path, f"differs from results.json, which it was derived from ({len(extra)} rows it does "
+                                  f"not record, {len(changed)} values changed, e.g. {shown}): the file was edited or "
+                                  "belongs to another run", _RESULTS_FIX)

@@ -42,8 +42,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from ._io import read_json
+from .tables import DENSE_KEY
 
-__all__ = ["DENSE_KEY", "RunDir", "RunLockedError"]
+__all__ = ["RunDir", "RunLockedError"]
 
 #: Run directories this process holds the lock of (a nested :meth:`RunDir.locked` is a no-op).
 _HELD: set[Path] = set()
@@ -65,8 +66,6 @@ def _alive(pid: int) -> bool:
         return False
     return True
 
-#: Key of the dense model in the results (its part is ``results/parts/dense.json``); no pruned model may use it.
-DENSE_KEY = "dense"
 
 _INDEX_FIX = "delete it and re-run stage 4 (prune_all)"
 
@@ -317,7 +316,7 @@ class RunDir:
         return self._at(self.DECOMPOSITION)
 
     def index(self) -> dict[str, Any]:
-        """The pruned-model index, checked: keys unique and none equal to :data:`DENSE_KEY`.
+        """The pruned-model index, checked: keys unique and none equal to :data:`funcprune.tables.DENSE_KEY`.
 
         Returns
         -------
@@ -329,7 +328,7 @@ class RunDir:
         Raises
         ------
         ValueError
-            Duplicated keys or a key :data:`DENSE_KEY`.
+            Duplicated keys or a key :data:`funcprune.tables.DENSE_KEY`.
         funcprune._io.ArtefactError
             The index is not valid JSON.
         """
@@ -375,7 +374,7 @@ class RunDir:
 
     @property
     def results_csv(self) -> Path:
-        """``results/results.csv``: the long results table (:func:`funcprune.tables.load_results`)."""
+        """``results/results.csv``: the long results table (:func:`funcprune.results.load_results`)."""
         return self._at(self.RESULTS_CSV)
 
     @property

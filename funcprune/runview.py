@@ -28,7 +28,8 @@ import pandas as pd
 
 from ._io import ArtefactError, atomic_write_json, read_json
 from .bundle import read_bundle_manifest, run_provenance
-from .rundir import DENSE_KEY, RunDir
+from .rundir import RunDir
+from .tables import DENSE_KEY
 
 __all__ = ["SECTIONS", "RunView", "load_views", "network_summary", "read_summaries", "record_summary", "view_of_bundle",
            "view_of_run"]
@@ -106,11 +107,11 @@ def network_summary(networks: Any, widths: Mapping[int, int], *, threshold: floa
         median width), ``key_share`` (key neurons among the prunable layers' channels),
         ``split_half_median``, ``seed_median``, ``threshold``.
     """
-    from .scoring import key_neuron_scores
+    from .scoring import is_key, key_neuron_scores
 
     scores = key_neuron_scores(networks.maps_, networks.voxel_channels_, widths)
     prunable = [layer for layer in scores if layer not in set(protected)]
-    keys = sum(int((np.asarray(scores[layer]) > threshold).sum()) for layer in prunable)
+    keys = sum(int(is_key(scores[layer], threshold).sum()) for layer in prunable)
     channels = sum(int(widths[layer]) for layer in prunable)
     maps = [np.asarray(m).shape[0] for m in networks.maps_.values()]
     return {"n_layers": len(networks.maps_), "maps_per_layer": int(np.median(maps)) if maps else 0,

@@ -64,6 +64,7 @@ __all__ = [
     "FlapScorer",
     "FnFlapScorer",
     "FunctionalNetworkScorer",
+    "is_key",
     "MagnitudeScorer",
     "RandomScorer",
     "Scorer",
@@ -331,6 +332,18 @@ def channel_statistics_from_store(store: ActivationStore | str | os.PathLike[str
 # ----------------------------------------------------------------------------------
 # Scores
 # ----------------------------------------------------------------------------------
+def is_key(values: np.ndarray | Sequence[float], threshold: float) -> np.ndarray:
+    """Which entries pass the key-neuron rule: ``|value| > threshold`` (Liu et al., 2025).
+
+    The one definition of the package: a voxel belongs to a network when ``|z| > t``, and a channel is a key
+    neuron when its score ``max |z|`` exceeds ``t``.
+
+    >>> is_key([2.9, 3.0, 3.1, -4.0], 3.0).tolist()
+    [False, False, True, True]
+    """
+    return np.abs(np.asarray(values, dtype=float)) > threshold
+
+
 def key_neuron_scores(maps: Mapping[int, np.ndarray], voxel_channels: Mapping[int, np.ndarray],
                       widths: Mapping[int, int] | int) -> Scores:
     """The paper's key-neuron score: ``max |z|`` of a channel over maps, groups and voxel copies.
@@ -472,7 +485,7 @@ def fn_flap_scores(model: nn.Module, stats: ChannelStatistics, networks: Any, *,
     of ``max |z|`` so that a few extreme loadings do not decide the sum. Layers without
     fitted networks get the FLAP term alone.
 
-    With ``protect``, every key neuron (``max |z|_j >= protect``, the paper's rule) is kept
+    With ``protect``, every key neuron (``max |z|_j > protect``, the paper's rule, :func:`is_key`) is kept
     before any other channel: its score is raised by more than the span of all scores, so
     the global ranking is lexicographic (key neurons first, each group ordered by ``s_j``).
     Key neurons are pruned only when the budget cannot keep them all, lowest ``s_j`` first.
@@ -483,7 +496,7 @@ def fn_flap_scores(model: nn.Module, stats: ChannelStatistics, networks: Any, *,
     if protect is None or not mixed:
         return mixed
     span = max(float(s.max()) for s in mixed.values()) - min(float(s.min()) for s in mixed.values()) + 1.0
-    return {i: s + span * (key[i] >= protect) if i in key else s for i, s in mixed.items()}
+    return {i: s + span * is_key(key[i], protect) if i in key else s for i, s in mixed.items()}
 
 
 class RandomScorer:
@@ -573,7 +586,7 @@ class FnFlapScorer(_StatsScorer):
         Weight of the functional-network term (``0``: FLAP). Choose it on validation
         text, never on the text that is reported.
     protect : float, optional
-        Keep every key neuron (``max |z| >= protect``) before any other channel
+        Keep every key neuron (``max |z| > protect``) before any other channel
         (``fn-protect``); default none protected.
     """
 

@@ -175,8 +175,11 @@ def all_finite(block: np.ndarray) -> bool:
     return bool(block.view(signed).max() < mask and block.view(unsigned).max() < (sign | mask))
 
 
-def check_dtype(dtype: str) -> np.dtype:
-    """Return the numpy dtype for a storage dtype name, or raise a clear error."""
+def check_storage_dtype(dtype: str) -> np.dtype:
+    """Return the numpy dtype for a storage dtype name, or raise a clear error.
+
+    (:func:`funcprune.models.check_dtype` checks a model's weight dtype.)
+    """
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {list(SUPPORTED_DTYPES)}")
     return np.dtype(dtype)
@@ -226,7 +229,7 @@ class ActivationWriter:
     def __init__(self, path: str | os.PathLike[str], identity: Mapping[str, Any], *, overwrite: bool = False) -> None:
         self.path = Path(path)
         self.identity = {"format": STORE_FORMAT, **identity}
-        self.np_dtype = check_dtype(self.identity["dtype"])
+        self.np_dtype = check_storage_dtype(self.identity["dtype"])
         self.layers: list[int] = list(self.identity["layers"])
         self.kinds: list[str] = list(self.identity["kinds"])
         self.widths = {layer: int(self.identity["widths"][str(layer)]) for layer in self.layers}

@@ -3,7 +3,7 @@
 :func:`funcprune.results.evaluate_run` writes one tidy *long* table
 (``results/results.csv``): one row per model, metric and setting, with the columns
 :data:`TABLE_COLUMNS` and the metrics :data:`METRICS`. This module reads it:
-:func:`load_results` and :func:`validate_results_table`, :func:`aggregate_seeds` (mean and
+:func:`validate_results_table` (:func:`funcprune.results.load_results` reads it from a run), :func:`aggregate_seeds` (mean and
 spread over random seeds), :func:`significant_differences` (unpaired: which differences
 exceed their combined standard error; the paired tests of :mod:`funcprune.compare`
 decide smaller ones), :func:`summary_table` and :func:`efficiency_table`.
@@ -22,23 +22,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._io import ArtefactError, read_json
-from .rundir import DENSE_KEY, RunDir
 from .tasks import ALL_TASKS
 
 __all__ = [
+    "DENSE_KEY",
     "METRICS",
     "TABLE_COLUMNS",
     "aggregate_seeds",
     "efficiency_table",
-    "load_results",
     "method_labels",
     "pooled_value",
     "significant_differences",
     "summary_table",
     "table_from_parts",
+    "typed_table",
     "validate_results_table",
 ]
+
+#: Key (and method) of the dense model in the results; no pruned model may use it.
+DENSE_KEY = "dense"
 
 #: Columns of the results table, in order.
 TABLE_COLUMNS: tuple[str, ...] = ("key", "method", "seed", "ratio_requested", "ratio_reached", "ratio_basis",
@@ -120,10 +122,11 @@ def table_from_parts(parts: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """
     dense = next(p for p in parts if p["key"] == DENSE_KEY)
     rows = [r for p in parts for r in _rows_of_part(p, dense)]
-    return _typed(pd.DataFrame(rows, columns=list(TABLE_COLUMNS)))
+    return typed_table(pd.DataFrame(rows, columns=list(TABLE_COLUMNS)))
 
 
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
+def typed_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The results table with its columns' types (nullable integer seeds and counts, float values, str keys)."""
     df = df.copy()
     df["seed"] = pd.array([None if pd.isna(s) else int(s) for s in df["seed"]], dtype="Int64")
     df["n"] = pd.array([None if pd.isna(s) else int(s) for s in df["n"]], dtype="Int64")
@@ -134,72 +137,6 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df["setting"] = df["setting"].fillna("").astype(str)
     df["ratio_basis"] = df["ratio_basis"].astype(object).where(df["ratio_basis"].notna(), None)
     return df
-
-
-_RESULTS_FIX = "delete it and re-run stage 5 (evaluate_run writes it again from its cached parts in seconds)"
-
-
-def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read ``run_dir/results/results.csv`` (written by :func:`funcprune.results.evaluate_run`), checked.
-
-    The table is compared with the record it was derived from, ``results/results.json``
-    (every model's measurements): a table cut short (at a model boundary or inside a
-    model) or edited is named as such before :func:`validate_results_table` checks it.
-    Costs one read of ``results.json`` (a few MB on the default run).
-
-    Raises
-    ------
-    FileNotFoundError
-        Stage 5 has not run for this run directory.
-    funcprune._io.ArtefactError
-        The CSV cannot be parsed, or holds other rows or values than ``results.json``
-        records, naming the file and the fix.
-    ValueError
-        The table fails :func:`validate_results_table`.
-    """
-    run = RunDir(run_dir)
-    path = run.results_csv
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run evaluate_run (stage 5) for this run_dir first")
-    try:
-        df = _typed(pd.read_csv(path, dtype={"setting": str, "key": str, "method": str, "metric": str}))
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as err:  # pandas' parser errors are ValueErrors
-        first = (str(err).strip().splitlines() or [""])[0][:160]
-        raise ArtefactError(path, f"cannot be read as the results table ({type(err).__name__}: {first}): "
-                                  "cut short or overwritten", _RESULTS_FIX) from None
-    if run.results_json.exists():
-        _check_against_record(df, path, read_json(run.results_json, fix=_RESULTS_FIX).get("models") or {})
-    return validate_results_table(df)
-
-
-def _check_against_record(df: pd.DataFrame, path: Path, models: Mapping[str, Any]) -> None:
-    """Refuse a table whose rows or values differ from the one its record (``results.json["models"]``) gives."""
-    if not models or DENSE_KEY not in models:
-        return
-    expected = table_from_parts(list(models.values()))
-    index = ["key", "metric", "setting"]
-    have, want = df.set_index(index)["value"], expected.set_index(index)["value"]
-    if have.index.has_duplicates:  # validate_results_table names the duplicated rows
-        return
-    lacking = want.index.difference(have.index)
-    if len(lacking):
-        keys = list(dict.fromkeys(expected["key"]))
-        missing = [k for k in keys if k not in set(df["key"])]
-        cut = [k for k in keys if k not in missing and k in set(lacking.get_level_values("key"))]
-        where = "; ".join(part for part in (f"models {missing} are missing" if missing else "",
-                                            f"{cut} lack rows (cut inside a model)" if cut else "") if part)
-        raise ArtefactError(path, f"holds {len(df)} rows of {df['key'].nunique()} models where results.json, which "
-                                  f"it was derived from, records {len(expected)} rows of {len(keys)}: {where}; the "
-                                  "file was cut short (an interrupted copy or a full disk)", _RESULTS_FIX)
-    extra = have.index.difference(want.index)
-    common = have.index.intersection(want.index)
-    a, b = have.loc[common].to_numpy(float), want.loc[common].to_numpy(float)
-    changed = [common[i] for i in np.flatnonzero(~np.isclose(a, b, rtol=1e-12, atol=0, equal_nan=True))]
-    if len(extra) or changed:
-        shown = [list(x) for x in [*extra[:3], *changed[:3]]]
-        raise ArtefactError(path, f"differs from results.json, which it was derived from ({len(extra)} rows it does "
-                                  f"not record, {len(changed)} values changed, e.g. {shown}): the file was edited or "
-                                  "belongs to another run", _RESULTS_FIX)
 
 
 def validate_results_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -326,7 +263,7 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
     Parameters
     ----------
     df : pandas.DataFrame
-        A results table (:func:`funcprune.results.evaluate_run`, :func:`load_results`).
+        A results table (:func:`funcprune.results.evaluate_run`, :func:`funcprune.results.load_results`).
 
     Returns
     -------

@@ -28,6 +28,7 @@ import argparse
 import copy
 import re
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Literal, Sequence
 import nbformat
 
 __all__ = ["AUDIENCES", "EXERCISE_TAG", "SOLUTION_TAG", "Block", "WorkshopError", "plain_markdown",
-           "run_student_notebook", "split_exercises", "workshop_notebook", "write_workshop"]
+           "run_student_notebook", "run_students", "split_exercises", "workshop_notebook", "write_workshop"]
 
 Audience = Literal["student", "instructor"]
 AUDIENCES: tuple[Audience, ...] = ("student", "instructor")
@@ -411,18 +412,54 @@ def run_student_notebook(chapter: str | Path, profile: dict, out_dir: str | Path
     return nb
 
 
+def run_students(notebooks: str | Path, profile: dict, out_dir: str | Path) -> list[dict]:
+    """Every chapter's student notebook run top to bottom on a profile's run (:func:`run_student_notebook`).
+
+    Returns
+    -------
+    list of dict
+        Per chapter: ``notebook``, ``exercises`` (exercise cells executed, each with output) and ``seconds``.
+
+    Raises
+    ------
+    WorkshopError
+        The first notebook that fails, with its cell and error.
+    """
+    report = []
+    for chapter in sorted(Path(notebooks).glob("[0-9]*.ipynb")):
+        start = time.perf_counter()
+        nb = run_student_notebook(chapter, profile, out_dir)
+        report.append({"notebook": chapter.name, "exercises": nb.metadata["funcprune"]["exercises"],
+                       "seconds": round(time.perf_counter() - start, 1)})
+        print(f"[funcprune.workshop] {chapter.stem}-student: {report[-1]['exercises']} exercises run "
+              f"({report[-1]['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m funcprune.workshop NOTEBOOKS OUT_DIR``: write the workshop notebooks."""
+    """``python -m funcprune.workshop NOTEBOOKS OUT_DIR [--run-on PROFILE]``: write the workshop notebooks.
+
+    With ``--run-on``, every chapter's student notebook is then run top to bottom on that profile's run, as a
+    participant would (``make book PROFILE=workshop`` does this).
+    """
     parser = argparse.ArgumentParser(prog="python -m funcprune.workshop", description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", help="folder of chapter notebooks (notebooks/) or one notebook")
     parser.add_argument("out_dir", help="where the student and instructor notebooks are written")
+    parser.add_argument("--run-on", metavar="PROFILE",
+                        help="run every student notebook on this profile's run (its stages already executed)")
     args = parser.parse_args(argv)
     try:
         written = write_workshop(args.notebooks, args.out_dir)
+        print(f"[funcprune.workshop] wrote {len(written)} files to {args.out_dir}", file=sys.stderr)
+        if args.run_on:
+            from .profiles import load_profile
+
+            report = run_students(args.notebooks, load_profile(args.run_on), Path(args.out_dir) / "executed")
+            print(f"[funcprune.workshop] every student notebook ran on the {args.run_on} run: "
+                  f"{sum(r['exercises'] for r in report)} exercises in {len(report)} chapters", file=sys.stderr)
     except WorkshopError as exc:
         print(f"[funcprune.workshop] {exc}", file=sys.stderr)
         return 1
-    print(f"[funcprune.workshop] wrote {len(written)} files to {args.out_dir}", file=sys.stderr)
     return 0
 
 

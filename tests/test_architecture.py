@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "funcprune"
@@ -92,3 +93,44 @@ def test_long_modules_say_why_they_are_one_module() -> None:
         if n_lines > MAX_LINES and REASON not in docstring:
             unexplained.append(f"{path.name} ({n_lines} lines)")
     assert unexplained == [], f"split these or state '{REASON} ...' in their docstring: {unexplained}"
+
+
+ARCHITECTURE = PACKAGE.parent / "ARCHITECTURE.md"
+#: The super-layers of the table, bottom to top: the science, the run machinery, the book.
+SUPER_LAYERS = ("core", "run", "book")
+
+
+def layer_table(text: str) -> list[tuple[str, list[str]]]:
+    """The rows of ARCHITECTURE.md's layer table, bottom first: ``(layer, [modules])``."""
+    section = text.split("## Who owns what", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].split(":")[0] in SUPER_LAYERS:
+            rows.append((cells[0], re.findall(r"`([A-Za-z_]\w*)`", cells[1])))
+    return rows
+
+
+def layer_violations(graph: dict[str, set[str]], rows: list[tuple[str, list[str]]]) -> list[str]:
+    """Every import from a module to one of a later row (a lower layer importing a higher one), named."""
+    rank = {m: i for i, (_, modules) in enumerate(rows) for m in modules}
+    return [f"{a} ({rows[rank[a]][0]}) imports {b} ({rows[rank[b]][0]})"
+            for a in sorted(graph) for b in sorted(graph[a]) if a in rank and b in rank and rank[b] > rank[a]]
+
+
+def test_layer_check_finds_a_planted_upward_import() -> None:
+    rows = [("core: base", ["a"]), ("core: top", ["b"]), ("run: stages", ["c"])]
+    assert layer_violations({"a": set(), "b": {"a"}, "c": {"a", "b"}}, rows) == []
+    assert layer_violations({"a": {"c"}, "b": {"a"}, "c": set()}, rows) == ["a (core: base) imports c (run: stages)"]
+
+
+def test_the_import_graph_follows_the_documented_layers() -> None:
+    """ARCHITECTURE.md's table is the import graph: every module in one row, no import of a later row."""
+    rows = layer_table(ARCHITECTURE.read_text())
+    assert [r[0].split(":")[0] for r in rows] == sorted((r[0].split(":")[0] for r in rows), key=SUPER_LAYERS.index)
+    listed = [m for _, modules in rows for m in modules]
+    graph = import_graph()
+    assert sorted(listed) == sorted(set(graph) - {"__init__"}), "each module in exactly one row of the table"
+    assert layer_violations(graph, rows) == []
+    core = {m for layer, modules in rows if layer.startswith("core") for m in modules}
+    assert graph["__init__"] <= core, f"the package's facade imports {sorted(graph['__init__'] - core)}"

@@ -119,6 +119,9 @@ def test_registered_methods_are_points_of_the_grid() -> None:
     assert m.needs_statistics and m.needs_networks
     assert get_method("wanda-sp+ls0.1").compensation_params == {"ridge": 0.1}
     assert get_method("flap+none").compensation is None
+    m = get_method("fn+progressive-ls0.1")
+    assert (m.compensation, m.compensation_params, m.criterion) == ("progressive-ls", {"ridge": 0.1}, "fn")
+    assert m.needs_texts and get_method("fn+progressive-ls").compensation_params == {"ridge": 0.01}
 
 
 @pytest.mark.parametrize("name, match", [
@@ -128,6 +131,7 @@ def test_registered_methods_are_points_of_the_grid() -> None:
     ("fn-bias+static", "compensated variant|criterion"),
     ("bogus+ls", "unknown pruning method"),
     ("fn+lsx", "not a number"),
+    ("fn+progressive-lsx", "not a number"),
 ])
 def test_bad_grid_points_are_named(name: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):

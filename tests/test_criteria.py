@@ -72,7 +72,7 @@ def test_sweep_weight_zero_is_the_flap_model_and_deltas_are_paired() -> None:
     windows = torch.randint(0, 97, (6, 12), generator=torch.Generator().manual_seed(1))
     sweep = criterion_sweep(model, stats, fn, windows, weights=[0.0, 2.0, 0.0], protect=[2.5], ratio=0.05,
                             protected_layers=[], progress=False)
-    assert list(sweep["label"]) == ["FLAP", "w = 2", "|z| >= 2.5 kept"] and sweep["delta_vs_flap"].iloc[0] == 0.0
+    assert list(sweep["label"]) == ["FLAP", "w = 2", "|z| > 2.5 kept"] and sweep["delta_vs_flap"].iloc[0] == 0.0
     assert list(sweep["weight"]) == [0.0, 2.0, 0.0] and np.isnan(sweep["protect"].iloc[0])
     flap_plan = select_channels(FlapScorer(standardize=True)(model, stats), model, ratio=0.05,
                                 protected_layers=[])
@@ -88,7 +88,7 @@ def test_sweep_weight_zero_is_the_flap_model_and_deltas_are_paired() -> None:
     assert plan.method == "fn-protect" and plan.settings["scorer_settings"]["protect"] == 2.5
     np.testing.assert_allclose(sweep["nll"].iloc[2], window_nll(protected, windows).mean(), rtol=1e-10)
 
-    tie = pd.DataFrame({"label": ["w = 2", "FLAP", "w = 1", "|z| >= 3 kept"], "weight": [2.0, 0.0, 1.0, 0.0],
+    tie = pd.DataFrame({"label": ["w = 2", "FLAP", "w = 1", "|z| > 3 kept"], "weight": [2.0, 0.0, 1.0, 0.0],
                         "protect": [np.nan, np.nan, np.nan, 3.0], "nll": [3.0, 2.0, 3.0, 3.1]})
     # FLAP is the reference, not a candidate; ties go to the smaller weight
     assert choose_criterion(tie) == {"weight": 1.0, "protect": None}
@@ -166,7 +166,7 @@ def test_score_agreement_recovers_planted_agreement_and_disagreement(sign: float
     model, stats, _ = _inputs(4)
     flap = flap_scores(model, stats, standardize=True)
     # planted maps: |z| of each channel is a monotone function of its FLAP rank (sign -1: the reverse),
-    # from 0 to 6 in both voxel copies, so the top (or bottom) half of each layer are key neurons at |z| >= 3
+    # from 0 to 6 in both voxel copies, so the top (or bottom) half of each layer are key neurons at |z| > 3
     maps, voxels = {}, {}
     for i in range(3):
         rank = rankdata(sign * flap[i]) - 1

@@ -212,7 +212,7 @@ def _cut_lines(path: Path, keep: int) -> None:
 
 
 def test_results_csv_cut_at_a_model_boundary_is_named(results_run: Path) -> None:
-    from funcprune.tables import load_results
+    from funcprune.results import load_results
 
     table = load_results(results_run)
     assert table["key"].nunique() == 4
@@ -230,7 +230,7 @@ def test_results_csv_cut_at_a_model_boundary_is_named(results_run: Path) -> None
 
 
 def test_results_csv_cut_inside_a_model_is_named_not_blamed_on_the_protocol(results_run: Path) -> None:
-    from funcprune.tables import load_results
+    from funcprune.results import load_results
 
     csv = RunDir(results_run).results_csv
     n_lines = len(csv.read_text().splitlines())
@@ -246,7 +246,7 @@ def test_results_csv_cut_inside_a_model_is_named_not_blamed_on_the_protocol(resu
 
 
 def test_an_edited_results_value_is_named(results_run: Path) -> None:
-    from funcprune.tables import load_results
+    from funcprune.results import load_results
 
     csv = RunDir(results_run).results_csv
     csv.write_text(csv.read_text().replace("14.0,", "13.0,", 1))

@@ -96,11 +96,21 @@ def test_the_base_is_the_books_fn_method_and_the_threshold_rule_changes_nothing(
         table = needs_sweep(model, store, _windows(), base=base, ratio=0.1, protected_layers=[], progress=False,
                             fitted={base: stage2}, n_boot=500,
                             grid={"rule": ["threshold"], "n_components": [3, 4],
-                                  "combine": [{"n_seeds": 2, "combine": "min"}], "n_groups": [2]})
-    assert list(table["label"]) == ["base", "rule = threshold", "k = 3", "combine = min, seeds = 2", "groups = 2"]
-    # the base is the stage-2 fit; the threshold rule needs no fit; the two-seed row refits only its second seed
-    assert list(table["new_fits"]) == [0, 0, 1, 1, 1]
-    assert table["fit_seconds"].iloc[0] == 0.0 and (table["fit_seconds"].iloc[2:] > 0).all()
+                                  "combine": [{"n_seeds": 2, "combine": "min"}], "n_groups": [2], "seed": [1]})
+    assert list(table["label"]) == ["base", "rule = threshold", "k = 3", "combine = min, seeds = 2", "groups = 2",
+                                    "ICA seed = 1"]
+    # the base is the stage-2 fit; the threshold rule needs no fit; the two-seed row refits only its second seed,
+    # which is the ICA seed row's one fit (reused)
+    assert list(table["new_fits"]) == [0, 0, 1, 1, 1, 0]
+    # another ICA seed alone: the fit of seed 1 with the base's other settings, scored like any other row
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seed_fit = FunctionalNetworks(4, n_init=2, random_state=1, progress=False).fit(store)
+    seed_plan = make_plan("fn", model, 0.1, networks=seed_fit, protected_layers=[])
+    np.testing.assert_allclose(table.attrs["window_nll"]["ICA seed = 1"],
+                               window_nll(build_pruned("fn", model, seed_plan), _windows()), rtol=1e-12)
+    assert table["fit_seconds"].iloc[0] == 0.0 and (table["fit_seconds"].iloc[2:5] > 0).all()
+    assert table["fit_seconds"].iloc[5] == 0.0  # reused, not fitted again
     plan = make_plan("fn", model, 0.1, networks=stage2, protected_layers=[])
     reference = window_nll(build_pruned("fn", model, plan), _windows())
     np.testing.assert_allclose(table.attrs["window_nll"]["base"], reference, rtol=1e-12)
@@ -113,7 +123,7 @@ def test_the_base_is_the_books_fn_method_and_the_threshold_rule_changes_nothing(
     assert sentences[0].startswith("At 10% removed the base setting scores perplexity")
     assert any(s.startswith("FLAP at the same ratio scores") for s in sentences)
     assert "rule = threshold keeps exactly the base's channels: the same model." in sentences
-    assert any(s.startswith("Of 3 other one-axis changes") for s in sentences)
+    assert any(s.startswith("Of 4 other one-axis changes") for s in sentences)
     assert ((table["converged"] >= 0) & (table["converged"] <= 1)).all()
     fig = plot_needs(table, {"FLAP": reference})
     assert len(fig.axes[0].get_yticklabels()) == len(table) - 1
@@ -137,6 +147,7 @@ def test_stability_selection_scores_are_the_lowest_over_fits(store_and_model) ->
     ({"k": [64]}, r"unknown sweep axes \['k'\]; the axes are \['n_components'"),
     ({"voxels": ["down"]}, r"voxels='down' is not accepted; choose one of \['copies', 'product'\]"),
     ({"n_components": [0]}, "n_components=0 must be a positive integer"),
+    ({"seed": [-1]}, "seed=-1 must be an integer >= 0"),
     ({"drop_first_token": ["yes"]}, "drop_first_token='yes' must be true or false"),
     ({"n_components": 16}, r"needs_grid\['n_components'\] must be a list of values"),
     ({"combine": [{"seeds": 2}]}, r"unknown fields \['seeds'\]"),

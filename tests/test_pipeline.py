@@ -382,7 +382,7 @@ def test_grid_points_go_through_prune_all_and_rebuild_exactly(setup: dict, tmp_p
     from funcprune.compensation import down_input_moments
 
     model = setup["model"]
-    names = ["fn+static", "fn@flap+static", "flap@fn+none", "random@fn", "fn+ls0.1", "flap+ls"]
+    names = ["fn+static", "fn@flap+static", "flap@fn+none", "random@fn", "fn+ls0.1", "flap+ls", "fn+progressive-ls0.1"]
     rows = run_grid(setup, tmp_path, ["fn", "flap"] + names, [RATIO])
     assert "fn@flap+static_r0.10" in set(rows["key"]) and "random@fn-s1_r0.10" in set(rows["key"])
     plans = {k: PruningPlan.load(tmp_path / "plans" / f"{k}.json") for k in rows["key"]}
@@ -393,16 +393,24 @@ def test_grid_points_go_through_prune_all_and_rebuild_exactly(setup: dict, tmp_p
     assert plans["fn+static_r0.10"].kept == plans["fn_r0.10"].kept
     moments = down_input_moments(model, setup["tok"], TEXTS)
     stats = ChannelStatistics.load(tmp_path / "stats")
-    for key in ("fn+ls0.1_r0.10", "flap+ls_r0.10", "fn@flap+static_r0.10"):
+    from funcprune.calibration import calibration_data
+
+    calibration = calibration_data(setup["tok"], TEXTS)
+    for key in ("fn+ls0.1_r0.10", "flap+ls_r0.10", "fn@flap+static_r0.10", "fn+progressive-ls0.1_r0.10"):
         entry = rows.set_index("key").loc[key]
         rebuilt = pipeline.rebuild_pruned(tmp_path, key, model, source=None).model
-        in_memory = build_pruned(entry["method"], model, plans[key], stats=stats, moments=moments)
+        in_memory = build_pruned(entry["method"], model, plans[key], stats=stats, moments=moments,
+                                 calibration=calibration)
         torch.testing.assert_close(logits(rebuilt), logits(in_memory), rtol=0, atol=1e-6)
     assert plans["fn+ls0.1_r0.10"].settings["compensation_settings"] == {"ridge": 0.1}
     # least squares changed the kept down weights, so the rebuild must not be the static-bias model
     static = pipeline.rebuild_pruned(tmp_path, "fn+static_r0.10", model, source=None).model
     assert not torch.allclose(logits(static), logits(pipeline.rebuild_pruned(tmp_path, "fn+ls0.1_r0.10", model,
                                                                              source=None).model))
+    # measured on the pruned prefix, not on the dense model: another refit
+    assert not torch.allclose(logits(pipeline.rebuild_pruned(tmp_path, "fn+progressive-ls0.1_r0.10", model,
+                                                             source=None).model),
+                              logits(pipeline.rebuild_pruned(tmp_path, "fn+ls0.1_r0.10", model, source=None).model))
 
 
 def test_literature_table_rebuilds_models_and_pairs_them_on_consecutive_windows(default_model, tmp_path: Path) -> None:

@@ -255,6 +255,64 @@ def test_compensation_reduces_the_error_on_held_out_text(seed: int) -> None:
     assert static < 0.6 * none and progressive < 0.6 * none, (none, static, progressive)
 
 
+def test_progressive_least_squares_is_exact_when_removed_channels_copy_kept_ones() -> None:
+    """Removed channels that repeat kept ones carry no information: the refit reproduces the dense logits,
+    the authors' bias (a constant for a varying input) does not."""
+    from funcprune.compensation import ProgressiveLeastSquares
+
+    dense = llama_with_biases(2)
+    with torch.no_grad():
+        for layer in dense.model.layers:
+            for proj in (layer.mlp.gate_proj, layer.mlp.up_proj):
+                proj.weight[:8] = proj.weight[8:16]
+                proj.bias[:8] = proj.bias[8:16]
+    scores = {i: np.r_[np.zeros(8), np.ones(40)] for i in range(3)}
+    plan = select_by_threshold(scores, dense, 0.5, protected_layers=[])
+    assert all(plan.removed(i) == list(range(8)) for i in range(3))
+    reference = logits(dense)
+    calib = CalibrationData(CharTokenizer(), CALIBRATION, batch_size=4)
+    refit = prune(copy.deepcopy(dense), plan, bias_compensation=ProgressiveLeastSquares(calib, ridge=0.0))
+    torch.testing.assert_close(logits(refit), reference, rtol=0, atol=1e-4)
+    bias = prune(copy.deepcopy(dense), plan, bias_compensation=calib, progress=False)
+    assert (logits(bias) - reference).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_progressive_least_squares_refits_each_layer_on_the_pruned_prefix(model_type: str) -> None:
+    """The one-pass replay equals the definition: each layer refitted on moments of the model whose earlier
+    layers are already pruned and refitted, measured with full forward passes; and each layer's refit is at
+    least as close to the dense layer's output on its own inputs as the bias measured on the same inputs."""
+    from funcprune.compensation import (ProgressiveLeastSquares, _set_down, down_input_moments, least_squares_down,
+                                        reconstruction_error)
+
+    dense = tiny_model(model_type)
+    plan = random_plan(dense, ratio=0.2)
+    tok = CharTokenizer()
+    fast = prune(copy.deepcopy(dense), plan, bias_compensation=ProgressiveLeastSquares(
+        CalibrationData(tok, CALIBRATION, batch_size=4), ridge=0.05))
+    slow = copy.deepcopy(dense)
+    adapter = get_adapter(dense)
+    for i in plan.layers:
+        if not plan.removed(i):
+            continue
+        m = down_input_moments(slow, tok, CALIBRATION, layers=[i], batch_size=2)
+        layer = adapter.get_layers(slow)[i]
+        weight, bias = adapter.mlp_weight(layer, "mlp.down").detach().clone(), adapter.module(layer, "mlp.down").bias
+        new_w, new_b = least_squares_down(weight, bias, m.mean[i], m.cov[i], plan.kept[i], 0.05)
+        removed = plan.removed(i)
+        b0 = torch.zeros(weight.shape[0], dtype=torch.float64) if bias is None else bias.detach().double()
+        static_b = b0 + weight.double()[:, removed] @ m.mean[i][removed]
+        assert reconstruction_error(weight, bias, m.mean[i], m.cov[i], plan.kept[i], new_w, new_b) <= \
+            reconstruction_error(weight, bias, m.mean[i], m.cov[i], plan.kept[i], weight.double()[:, plan.kept[i]],
+                                 static_b) * (1 + 1e-9)
+        prune_layer(slow, i, plan.kept[i])
+        with torch.no_grad():
+            _set_down(adapter, layer, new_w, new_b)
+    for a, b in zip(adapter.get_layers(fast), adapter.get_layers(slow)):
+        torch.testing.assert_close(adapter.mlp_weight(a, "mlp.down"), adapter.mlp_weight(b, "mlp.down"),
+                                   rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("model_type", ["llama", "gemma2", "gpt2"])
 def test_progressive_compensation_measures_on_the_pruned_prefix(model_type: str) -> None:
     """The one-pass layer replay equals re-running the whole pruned prefix for every layer."""

@@ -25,9 +25,8 @@ from funcprune.evaluate import count_parameters
 from funcprune.heldout import evaluation_parts, evaluation_stream, select_windows
 from funcprune.pipeline import prune_all, read_index
 from funcprune.reference import reference_numbers
-from funcprune.results import evaluate_run
-from funcprune.rundir import DENSE_KEY
-from funcprune.tables import (TABLE_COLUMNS, aggregate_seeds, load_results, significant_differences,
+from funcprune.results import evaluate_run, load_results
+from funcprune.tables import (DENSE_KEY, TABLE_COLUMNS, aggregate_seeds, significant_differences,
                               validate_results_table)
 from funcprune.tasks import ALL_TASKS
 from funcprune.workflow import REPO_ROOT, load_profile, notebook_parameters

@@ -18,7 +18,7 @@ import nbformat
 import pytest
 
 from funcprune.workflow import REPO_ROOT
-from funcprune.workshop import (EXERCISE_TAG, SOLUTION_TAG, WorkshopError, plain_markdown, run_student_notebook,
+from funcprune.workshop import (EXERCISE_TAG, SOLUTION_TAG, WorkshopError, main, plain_markdown, run_student_notebook,
                                 split_exercises, workshop_notebook, write_workshop)
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -200,3 +200,28 @@ def test_a_failing_student_notebook_is_named_with_its_cell(tmp_path: Path) -> No
     chapter.write_text(nbformat.writes(nb))
     with pytest.raises(WorkshopError, match=r"09_broken-student.ipynb failed in cell \d+: ZeroDivisionError"):
         run_student_notebook(chapter, {"run_dir": str(tmp_path / "run")}, tmp_path / "out")
+
+
+def test_command_line_runs_every_student_notebook_on_a_profile(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--run-on PROFILE`` (what ``make book PROFILE=workshop`` runs): each chapter's student notebook, on that
+    profile's run; a chapter that fails makes the command fail, naming it."""
+    def chapter(name: str, code: str) -> None:
+        nb = nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_markdown_cell(f"# {name}\n\n## Overview\nx"),
+            nbformat.v4.new_code_cell("run_dir = 'runs/x'  # run directory", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_markdown_cell(f"## Exercises\n\n**1.** Try.\n\n```python\n{code}\n```\n\n"
+                                          ":::{admonition} Solution\n:class: dropdown\nIt works.\n:::\n"),
+            nbformat.v4.new_markdown_cell("## Summary\n- x")],
+            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+        (tmp_path / "chapters" / f"{name}.ipynb").write_text(nbformat.writes(nb))
+
+    (tmp_path / "chapters").mkdir()
+    chapter("01_fine", "print(run_dir)")
+    assert main([str(tmp_path / "chapters"), str(tmp_path / "out"), "--run-on", "tiny"]) == 0
+    err = capsys.readouterr().err
+    assert "01_fine-student: 1 exercises run" in err and "every student notebook ran on the tiny run" in err
+    executed = nbformat.read(tmp_path / "out" / "executed" / "01_fine-student-executed.ipynb", as_version=4)
+    assert any("runs/tiny" in o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    chapter("02_broken", "1 / 0")
+    assert main([str(tmp_path / "chapters"), str(tmp_path / "out"), "--run-on", "tiny"]) == 1
+    assert "02_broken-student.ipynb failed in cell" in capsys.readouterr().err
