@@ -5,7 +5,7 @@ selection and static bias compensation (:class:`~funcprune.scoring.FnFlapScorer`
 
 * ``fn-flap``: FLAP's standardised score plus ``weight`` times the standardised log
   ``max |z|`` (weight 0 is FLAP itself);
-* ``fn-protect``: FLAP's score with every key neuron (``max |z| >= protect``) ranked
+* ``fn-protect``: FLAP's score with every key neuron (``max |z| > protect``) ranked
   before any other channel, the paper's idea of preserving the networks with FLAP's
   ranking for the rest.
 
@@ -114,7 +114,7 @@ def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object
     ratio, basis, protected_layers, round_to
         The budget, as in :func:`funcprune.plan.select_channels`.
     protect : sequence of float, default=()
-        ``fn-protect`` thresholds: FLAP with the key neurons at ``|z| >=`` each kept first.
+        ``fn-protect`` thresholds: FLAP with the key neurons at ``|z| >`` each kept first.
     batch_size : int, default=4
         Windows per forward pass.
     progress : bool, default=True
@@ -285,7 +285,7 @@ def describe_criterion(sweep: pd.DataFrame, chosen: Mapping[str, Any], final: pd
     flap_ppl = float(np.exp(row["nll"] - row["delta_vs_flap"]))
     side = "below" if row["ppl"] < flap_ppl else "above"
     what = " and ".join(([f"the functional-network term at weight {weight:g}"] if weight else [])
-                        + ([f"every key neuron with max |z| >= {protect:g} kept first"] if protect is not None else []))
+                        + ([f"every key neuron with max |z| > {protect:g} kept first"] if protect is not None else []))
     n_candidates = int((sweep["label"] != FLAP).sum())
     sentences = [f"On validation text the best of {n_candidates} candidate criteria was FLAP's score with {what}, "
                  f"with perplexity {row['ppl']:.2f} at {row['ratio']:.0%} against FLAP's {flap_ppl:.2f} ({side} "
@@ -378,14 +378,14 @@ def describe_agreement(table: pd.DataFrame) -> list[str]:
     key_rate = table["key_pruned"].sum() / key if key else float("nan")
     other_rate = (table["pruned"] - table["key_pruned"]).sum() / other if other else float("nan")
     if not key:
-        return [first, f"No channel reaches |z| >= {threshold:g}, so there are no key neurons to protect."]
+        return [first, f"No channel has |z| > {threshold:g}, so there are no key neurons to protect."]
     if other_rate == 0:
         compare = "every channel it removes is a key neuron" if key_rate > 0 else "it removes none of these channels"
     else:
         times = key_rate / other_rate
         compare = ("it removes key neurons " + ("less often than" if times < 0.9 else "more often than" if times > 1.1
                                                 else "about as often as") + f" the other channels ({times:.2f} times as often)")
-    return [first, f"At {ratio:.0%} FLAP removes {key_rate:.0%} of the {key} key neurons (|z| >= {threshold:g}; "
+    return [first, f"At {ratio:.0%} FLAP removes {key_rate:.0%} of the {key} key neurons (|z| > {threshold:g}; "
                    f"{key / (key + other):.0%} of these layers' channels) and {other_rate:.0%} of the other channels: "
                    f"{compare}."]
 
@@ -442,7 +442,7 @@ def plot_agreement(table: pd.DataFrame) -> "object":
     ax.axhline(0.0, color="grey", lw=1)
     ax.set(xlabel="layer", ylabel="Spearman rho", ylim=(-1, 1), title="FLAP's score vs max |z|")
     ax = axes[1]
-    ax.plot(table["layer"], table["key_share_pruned"], "o-", label=f"key neurons (|z| >= {table.attrs['threshold']:g})")
+    ax.plot(table["layer"], table["key_share_pruned"], "o-", label=f"key neurons (|z| > {table.attrs['threshold']:g})")
     ax.plot(table["layer"], table["other_share_pruned"], "s--", label="other channels")
     ax.set(xlabel="layer", ylabel="share removed by FLAP", ylim=(-0.05, 1.05),
            title=f"FLAP at {table.attrs['ratio']:.0%} removed")

@@ -357,7 +357,8 @@ def compare_models(model: Sequence[Mapping[str, Any]], baseline: Sequence[Mappin
         labels = cluster.get(setting) if isinstance(cluster, Mapping) else cluster
         if seeds == "resample" and max(len(model), len(baseline)) > 1:
             r = hierarchical_bootstrap(np.stack([recorded_window_nll(p, setting)[0] for p in model]),
-                                       np.stack([recorded_window_nll(p, setting)[0] for p in baseline]), clusters=labels,
+                                       np.stack([recorded_window_nll(p, setting)[0] for p in baseline]),
+                                       clusters=labels,
                                        n_boot=n_boot, seed=seed, alpha=alpha)
             result = _window_result(r, alpha, ("articles" if labels is not None else "windows") + " and seeds")
         else:

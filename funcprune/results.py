@@ -37,7 +37,8 @@ and ``results/comparisons.csv`` (the paired headline comparisons,
 every path.
 
 :func:`load_results` reads the table back, checked against ``results.json``; its rows are summarised
-by :mod:`funcprune.tables` (validation, seeds, significance, summaries) and drawn by :mod:`funcprune.figures`; :mod:`funcprune.reference` holds published numbers
+by :mod:`funcprune.tables` (validation, seeds, significance, summaries) and drawn by :mod:`funcprune.figures`;
+:mod:`funcprune.reference` holds published numbers
 of *other* models and protocols, for orientation only.
 
 Why one module: the writer of ``results.csv`` and ``results.json`` and the reader that checks one against the

@@ -606,7 +606,7 @@ class FnFlapScorer(_StatsScorer):
     def settings(self) -> dict[str, Any]:
         formula = "z_layer(FLAP) + weight * z_layer(log1p(max |z|))"
         if self.protect is not None:
-            formula += "; channels with max |z| >= protect ranked first"
+            formula += "; channels with max |z| > protect ranked first"
         return {"formula": formula, "weight": self.weight, "protect": self.protect,
                 **FunctionalNetworkScorer(self.networks).settings}
 

@@ -2,8 +2,8 @@
 
 :func:`funcprune.results.evaluate_run` writes one tidy *long* table
 (``results/results.csv``): one row per model, metric and setting, with the columns
-:data:`TABLE_COLUMNS` and the metrics :data:`METRICS`. This module reads it:
-:func:`validate_results_table` (:func:`funcprune.results.load_results` reads it from a run), :func:`aggregate_seeds` (mean and
+:data:`TABLE_COLUMNS` and the metrics :data:`METRICS` (:func:`funcprune.results.load_results` reads it back
+from a run). This module checks and summarises it: :func:`validate_results_table`, :func:`aggregate_seeds` (mean and
 spread over random seeds), :func:`significant_differences` (unpaired: which differences
 exceed their combined standard error; the paired tests of :mod:`funcprune.compare`
 decide smaller ones), :func:`summary_table` and :func:`efficiency_table`.
