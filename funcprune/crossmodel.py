@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from .decompose import percent
 from .runview import FIX, RunView
 
 __all__ = [
@@ -244,10 +245,6 @@ def provenance_table(views: Sequence[RunView]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------
 # Sentences and the figure
 # ----------------------------------------------------------------------------------
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f} %"
-
-
 def describe_across(headline: pd.DataFrame, decomposition: pd.DataFrame | None = None, *,
                     labels: Mapping[str, str] | None = None) -> list[str]:
     """Where the models agree and where they differ, by stated rules.
@@ -285,7 +282,7 @@ def describe_across(headline: pd.DataFrame, decomposition: pd.DataFrame | None =
             decided = {a for a in answers.values() if a != "undecided"}
             kind = "agree" if len(set(answers.values())) == 1 else ("differ" if len(decided) > 1 else "partly")
             kinds.add(kind)
-            at.append(f"at {_pct(fraction)} of MLP parameters " + ", ".join(
+            at.append(f"at {percent(fraction)} of MLP parameters " + ", ".join(
                 f"{r.estimate:.2f}x on {r.model} ({r.verdict})" for r in g.itertuples()))
         verdict = ("the models agree" if kinds == {"agree"} else
                    "the models differ" if "differ" in kinds else
@@ -299,7 +296,7 @@ def describe_across(headline: pd.DataFrame, decomposition: pd.DataFrame | None =
     if decomposition is not None and len(decomposition):
         for gap, rows in decomposition.groupby("gap", sort=False):
             method, baseline = gap.split("/")
-            parts = [f"{r.main or 'no decided main part'} on {r.model} (at {_pct(r.mlp_removed)} of MLP parameters)"
+            parts = [f"{r.main or 'no decided main part'} on {r.model} (at {percent(r.mlp_removed)} of MLP parameters)"
                      for r in rows.itertuples()]
             same = rows["main"].nunique(dropna=False) == 1 and rows["model"].nunique() > 1
             out.append(f"The gap between {name(method)} and {name(baseline)} is "

@@ -46,6 +46,7 @@ __all__ = [
     "versus_strongest",
     "equal_footing",
     "plot_decomposition",
+    "percent",
 ]
 
 #: For each gap ``(method, baseline)``, two walks from ``method`` to ``baseline``, one axis a step:
@@ -278,7 +279,8 @@ def _share(factor: float, total: float) -> float:
     return math.log(factor) / math.log(total) if total > 0 and abs(math.log(total)) > 1e-12 else float("nan")
 
 
-def _pct(ratio: float) -> str:
+def percent(ratio: float) -> str:
+    """A fraction as a whole percentage for sentences: ``percent(0.169) == "17 %"``."""
     return f"{100 * ratio:.0f} %"
 
 
@@ -339,15 +341,15 @@ def describe_decomposition(table: pd.DataFrame, *, labels: Mapping[str, str] | N
                 f"{s.axis} {s.factor:.2f}x ({s.ci_low:.2f}-{s.ci_high:.2f}{'' if s.decided else ', undecided'})"
                 for s in steps.itertuples())
             parts.append(f"{order}: {described}")
-        out.append(f"At {_pct(ratio)}, {name(method)}'s perplexity is {first['gap_total']:.2f} times "
+        out.append(f"At {percent(ratio)}, {name(method)}'s perplexity is {first['gap_total']:.2f} times "
                    f"{name(baseline)}'s ({first['gap_ci_low']:.2f}-{first['gap_ci_high']:.2f}, {relation}, "
                    f"{verdict}); the factors of each step, in the two orders walked: " + "; ".join(parts) + ".")
         main = _main_of(rows)
         if main is not None:
-            out.append(f"At {_pct(ratio)}, the {main} is the main part of the gap between {name(method)} and "
+            out.append(f"At {percent(ratio)}, the {main} is the main part of the gap between {name(method)} and "
                        f"{name(baseline)} in both orders, and the paired test decides it.")
         else:
-            out.append(f"At {_pct(ratio)}, no single axis is the decided main part of the gap between "
+            out.append(f"At {percent(ratio)}, no single axis is the decided main part of the gap between "
                        f"{name(method)} and {name(baseline)} in both orders: the parts depend on the order, or the "
                        f"largest is not decided.")
     return out
@@ -360,7 +362,7 @@ def gap_sentences(table: pd.DataFrame, ratio: float, gap: str = "fn/flap", *,
     rows = table[(table["gap"] == gap) & (table["ratio"].sub(ratio).abs() < 1e-9)] if len(table) else table
     if rows.empty:
         method, baseline = gap.split("/")
-        return (f"This run did not take the gap between {method} and {baseline} apart at {_pct(ratio)} (no grid "
+        return (f"This run did not take the gap between {method} and {baseline} apart at {percent(ratio)} (no grid "
                 "points there).")
     return " ".join(describe_decomposition(rows, labels=labels))
 
@@ -390,9 +392,9 @@ def describe_versus(table: pd.DataFrame, *, labels: Mapping[str, str] | None = N
         span = f"{r.estimate:.2f} times ({r.ci_low:.2f}-{r.ci_high:.2f})"
         if r.decided:
             verdict = "lower: the paired test decides it" if r.estimate < 1 else "higher: the paired test decides it"
-            out.append(f"At {_pct(r.ratio)}, {a}'s perplexity is {span} {b}'s, {verdict}.")
+            out.append(f"At {percent(r.ratio)}, {a}'s perplexity is {span} {b}'s, {verdict}.")
         else:
-            out.append(f"At {_pct(r.ratio)}, {a}'s perplexity is {span} {b}'s: the paired test cannot tell them "
+            out.append(f"At {percent(r.ratio)}, {a}'s perplexity is {span} {b}'s: the paired test cannot tell them "
                        "apart.")
     return out
 
@@ -423,7 +425,7 @@ def plot_decomposition(table: pd.DataFrame, *, labels: Mapping[str, str] | None 
             names.append(f"{s.axis}: {labels.get(s.to, s.to)}")
             y += 1
         ax.text(1.0, y - 0.35, f"{labels.get(method, method)} / {labels.get(baseline, baseline)} at "
-                f"{_pct(ratio)}, {order} (gap {rows['gap_total'].iloc[0]:.2f}x)", fontsize=8,
+                f"{percent(ratio)}, {order} (gap {rows['gap_total'].iloc[0]:.2f}x)", fontsize=8,
                 transform=ax.get_yaxis_transform(), ha="right", va="bottom")
         y += 1.2
     ax.axvline(1.0, color="grey", lw=1, ls="--")

@@ -78,7 +78,7 @@ from .models import load_model
 from .plan import PruningPlan, select_channels, select_within_widths
 from .prune import CalibrationData, prune
 from .scoring import (ChannelStatistics, FlapScorer, FnFlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
-                      RandomScorer, Scorer, WandaSpScorer)
+                      RandomScorer, Scorer, Scores, WandaSpScorer)
 
 __all__ = [
     "ALLOCATION_CHOICES",
@@ -94,6 +94,7 @@ __all__ = [
     "get_method",
     "make_plan",
     "method_key",
+    "plan_from_scores",
     "resolve_allocation",
 ]
 
@@ -467,13 +468,52 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
     if m.seeded:
         recorded["seed"] = int(seed)
     recorded.update(settings or {})
+    reference = None
     if used.startswith("widths:"):
         reference = make_plan(used.split(":", 1)[1], model, ratio, networks=networks, stats=stats, basis=basis,
                               protected_layers=protected_layers, round_to=round_to, source=source)
-        return select_within_widths(scores, model, reference, method=m.name, settings=recorded, source=source)
+    return plan_from_scores(m, scores, model, ratio, allocation=used, reference=reference, basis=basis,
+                            protected_layers=protected_layers, round_to=round_to, settings=recorded, source=source)
+
+
+def plan_from_scores(method: str | Method, scores: Scores, model: nn.Module, ratio: float, *,
+                     allocation: str | None = None, reference: PruningPlan | None = None,
+                     basis: Literal["total", "mlp"] = "total", protected_layers: Sequence[int] | None = None,
+                     round_to: int = 1, settings: Mapping[str, Any] | None = None,
+                     source: Mapping[str, Any] | None = None) -> PruningPlan:
+    """The plan a method makes from channel scores already computed: its allocation applied to ``scores``.
+
+    :func:`make_plan` computes the scores with the method's scorer and calls this; a caller with scores of its
+    own (the settings sweep's refits, :mod:`funcprune.needs`) calls it directly, so a method's plan is made in
+    one place.
+
+    Parameters
+    ----------
+    method : str or Method
+    scores : dict[int, ndarray]
+        One score per channel of each prunable layer (higher: kept first).
+    model : nn.Module
+    ratio : float
+    allocation : str, optional
+        ``"global"``, ``"uniform"`` or ``"widths:<method>"``; default the method's own.
+    reference : PruningPlan, optional
+        The plan whose per-layer widths a ``"widths:<method>"`` allocation keeps (required for it).
+    basis, protected_layers, round_to, settings, source
+        As for :func:`make_plan`; ``settings`` are recorded in the plan.
+
+    Returns
+    -------
+    PruningPlan
+    """
+    m = get_method(method)
+    used = m.allocation if allocation is None else allocation
+    if used.startswith("widths:"):
+        if reference is None:
+            raise ValueError(f"allocation {used!r} needs reference= (the plan whose widths to keep)")
+        return select_within_widths(scores, model, reference, method=m.name, settings=settings, source=source)
     return select_channels(scores, model, ratio=float(ratio), basis=basis, allocation=used,
                            protected_layers=protected_layers, round_to=round_to, method=m.name,
-                           settings=recorded, source=source)
+                           settings=settings, source=source)
 
 
 def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module, plan: PruningPlan, *,

@@ -63,8 +63,8 @@ from tqdm.auto import tqdm
 
 from .compare import compare_windows
 from .ica import FunctionalNetworks, ICAConvergenceWarning
-from .methods import build_pruned
-from .plan import PruningPlan, select_by_threshold, select_channels, threshold_for_ratio
+from .methods import build_pruned, plan_from_scores
+from .plan import PruningPlan, select_by_threshold, threshold_for_ratio
 from .scoring import Scores, key_neuron_scores
 from .store import ActivationStore, StoreView, text_positions
 
@@ -223,9 +223,8 @@ def _plan(scores: Scores, dense: nn.Module, setting: Setting, ratio: float, *, b
         t = threshold_for_ratio(scores, dense, ratio, basis=basis, protected_layers=protected_layers)
         return select_by_threshold(scores, dense, t, basis=basis, protected_layers=protected_layers, method="fn",
                                    settings=recorded, source=source)
-    return select_channels(scores, dense, ratio=ratio, basis=basis, allocation="global",
-                           protected_layers=protected_layers, round_to=round_to, method="fn", settings=recorded,
-                           source=source)
+    return plan_from_scores("fn", scores, dense, ratio, basis=basis, protected_layers=protected_layers,
+                            round_to=round_to, settings=recorded, source=source)
 
 
 def _window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int) -> np.ndarray:
