@@ -520,7 +520,9 @@ def prune(model: nn.Module, plan: PruningPlan, *, revision: str | None = None,
         forward passes over the texts). A mapping ``layer -> (hidden,) tensor``: down-projection
         biases measured before (by either way), set as they are (how a stored plan is rebuilt).
         :class:`funcprune.compensation.LeastSquaresCompensation`: the kept columns of each
-        down projection and its bias refitted by least squares to the dense layer's output.
+        down projection and its bias refitted by least squares to the dense layer's output;
+        :class:`funcprune.compensation.ProgressiveLeastSquares`: the same refit measured layer by
+        layer on the already pruned network (:func:`prune_progressively`).
     progress : bool, default=True
         Progress bar for progressive compensation.
 
