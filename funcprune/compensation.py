@@ -28,10 +28,9 @@ over calibration tokens ``t`` of the dense model. With ``mu = E[x]`` and ``C = C
 ``lambda`` is relative: ``ridge * trace(C_KK) / |K|``, so one value means the same on every layer and
 model; the book chooses it on validation text (:func:`funcprune.decompose.choose_ridge`).
 
-The moments are measured on the dense model (a *static* compensation, like FLAP's bias): one forward
-pass over the calibration texts (:func:`down_input_moments`), memory ``width^2`` float64 numbers per
-layer (18 MB for a width of 1,536; 0.9 GB for LLaMA-7B's 11,008, so ``layers=`` lets a large model be
-measured a few layers at a time).
+The moments are measured on the dense model (*static*, like FLAP's bias: :func:`down_input_moments`, one forward
+pass, ``width^2`` float64 numbers per layer: 18 MB at 1,536, 0.9 GB at LLaMA-7B's 11,008, hence ``layers=``) or,
+layer by layer, on the already pruned network (*progressive*, like the authors' bias: :class:`ProgressiveLeastSquares`).
 """
 
 from __future__ import annotations
@@ -92,6 +91,27 @@ class DownMoments:
         return sorted(self.mean)
 
 
+class _GramMoments:
+    """Streaming ``E[x]`` and ``Cov(x)`` (population) of ``(tokens, width)`` blocks, in float64."""
+
+    def __init__(self, width: int) -> None:
+        self.n = 0
+        self.sum = torch.zeros(width, dtype=torch.float64)
+        self.gram = torch.zeros(width, width, dtype=torch.float64)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add the rows of one block."""
+        x = x.to("cpu", torch.float64)
+        self.sum += x.sum(dim=0)
+        self.gram += x.T @ x
+        self.n += x.shape[0]
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, cov)`` of every row added."""
+        mean = self.sum / self.n
+        return mean, self.gram / self.n - torch.outer(mean, mean)
+
+
 @torch.no_grad()
 def down_input_moments(model: nn.Module, tokenizer: Any, texts: Sequence[str], *,
                        layers: Sequence[int] | None = None, batch_size: int = 4, max_tokens: int = 512,
@@ -123,8 +143,7 @@ def down_input_moments(model: nn.Module, tokenizer: Any, texts: Sequence[str], *
     """
     widths = layer_widths(model)
     chosen = sorted(widths) if layers is None else sorted(int(i) for i in layers)
-    sums = {i: torch.zeros(widths[i], dtype=torch.float64) for i in chosen}
-    grams = {i: torch.zeros(widths[i], widths[i], dtype=torch.float64) for i in chosen}
+    acc = {i: _GramMoments(widths[i]) for i in chosen}
     batches = list(tokenize_batches(tokenizer, list(texts), batch_size=batch_size, max_tokens=max_tokens))
     if not batches:
         raise ValueError("least-squares compensation needs calibration tokens: every text is empty")
@@ -138,15 +157,13 @@ def down_input_moments(model: nn.Module, tokenizer: Any, texts: Sequence[str], *
                 rec.mask = batch["attention_mask"].bool()
                 model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
                 for i in chosen:
-                    x = rec.records[(i, "product")].to(torch.float64)
-                    sums[i] += x.sum(dim=0)
-                    grams[i] += x.T @ x
+                    acc[i].update(rec.records[(i, "product")])
                 n += int(batch["attention_mask"].sum())
     finally:
         model.train(was_training)
-    mean = {i: sums[i] / n for i in chosen}
-    cov = {i: grams[i] / n - torch.outer(mean[i], mean[i]) for i in chosen}
-    return DownMoments(mean, cov, n, {"n_texts": len(texts), "batch_size": batch_size, "max_tokens": max_tokens})
+    moments = {i: acc[i].result() for i in chosen}
+    return DownMoments({i: m for i, (m, _) in moments.items()}, {i: c for i, (_, c) in moments.items()}, n,
+                       {"n_texts": len(texts), "batch_size": batch_size, "max_tokens": max_tokens})
 
 
 def least_squares_down(weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor, cov: torch.Tensor,
@@ -263,24 +280,19 @@ class _LeastSquaresStep:
 
     def __init__(self, ridge: float) -> None:
         self.ridge = ridge
-        self._reset()
-
-    def _reset(self) -> None:
-        self.n, self.sum, self.gram = 0, None, None
+        self.acc: _GramMoments | None = None
 
     def update(self, x: torch.Tensor) -> None:
         """Add one batch of the layer's down-projection inputs (tokens, width)."""
-        x = x.to("cpu", torch.float64)
-        self.sum = x.sum(dim=0) if self.sum is None else self.sum + x.sum(dim=0)
-        self.gram = x.T @ x if self.gram is None else self.gram + x.T @ x
-        self.n += x.shape[0]
+        if self.acc is None:
+            self.acc = _GramMoments(x.shape[1])
+        self.acc.update(x)
 
     def finish(self, model: nn.Module, adapter: Any, i: int, plan: Any) -> bool:
         """Refit and slice layer ``i`` (:func:`least_squares_down`); whether its down projection gained a bias."""
-        if self.n == 0:
+        if self.acc is None or self.acc.n == 0:
             raise ValueError(f"layer {i}: no calibration token reached the layer")
-        mean = self.sum / self.n
-        cov = self.gram / self.n - torch.outer(mean, mean)
+        mean, cov = self.acc.result()
         layer = adapter.get_layers(model)[i]
         down = adapter.module(layer, "mlp.down")
         had_bias = down.bias is not None
@@ -288,7 +300,7 @@ class _LeastSquaresStep:
                                           plan.kept[i], self.ridge)
         prune_layer(model, i, plan.kept[i])
         _set_down(adapter, layer, new_w, new_b)
-        self._reset()
+        self.acc = None
         return not had_bias
 
 

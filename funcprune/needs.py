@@ -112,9 +112,11 @@ class Setting:
             elif accepted is bool:
                 if not isinstance(value, bool):
                     raise ValueError(f"{name}={value!r} must be true or false")
-            elif isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (name != "seed"):
-                raise ValueError(f"{name}={value!r} must be " + ("an integer >= 0" if name == "seed" else
-                                                                 "a positive integer"))
+            else:
+                lowest = 0 if name == "seed" else 1  # a seed may be 0; counts and sizes are positive
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+                    raise ValueError(f"{name}={value!r} must be "
+                                     + ("an integer >= 0" if lowest == 0 else "a positive integer"))
 
     @classmethod
     def of(cls, networks: FunctionalNetworks, **changes: Any) -> "Setting":

@@ -73,7 +73,7 @@ from .models import DEFAULT_MODEL, MODELS, LoadedModel, ensure_model, load_model
 from .pipeline import rebuild_pruned
 from .provenance import environment_info
 from .rundir import RunDir
-from .tables import DENSE_KEY, METRICS, TABLE_COLUMNS, typed_table, table_from_parts, validate_results_table
+from .tables import DENSE_KEY, METRICS, TABLE_COLUMNS, table_from_parts, typed_table, validate_results_table
 from .tasks import ALL_TASKS, TASKS, run_zero_shot
 
 __all__ = [

@@ -15,8 +15,6 @@ Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np

@@ -186,18 +186,23 @@ def test_print_stylesheet_hides_the_chrome_for_print_only() -> None:
     assert re.search(r"img, svg, figure[^{]*\{\s*max-width: 100% !important", body)
 
 
+def _one_exercise_chapter(path: Path, code: str) -> Path:
+    """A minimal chapter at ``path``: a parameters cell (``run_dir``) and one exercise running ``code``."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell(f"# {path.stem}\n\n## Overview\nx"),
+        nbformat.v4.new_code_cell("run_dir = 'runs/x'  # run directory", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_markdown_cell(f"## Exercises\n\n**1.** Try.\n\n```python\n{code}\n```\n\n"
+                                      ":::{admonition} Solution\n:class: dropdown\nAs shown.\n:::\n"),
+        nbformat.v4.new_markdown_cell("## Summary\n- x")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    path.write_text(nbformat.writes(nb))
+    return path
+
+
 def test_a_failing_student_notebook_is_named_with_its_cell(tmp_path: Path) -> None:
     """run_student_notebook names the notebook, the cell and the error (every chapter's student notebook is run on
     the tiny run in tests/test_notebooks.py)."""
-    chapter = tmp_path / "09_broken.ipynb"
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("# Broken\n\n## Overview\nx"),
-        nbformat.v4.new_code_cell("run_dir = 'runs/x'  # run directory", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_markdown_cell("## Exercises\n\n**1.** Try.\n\n```python\n1 / 0\n```\n\n"
-                                      ":::{admonition} Solution\n:class: dropdown\nIt fails.\n:::\n"),
-        nbformat.v4.new_markdown_cell("## Summary\n- x")],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-    chapter.write_text(nbformat.writes(nb))
+    chapter = _one_exercise_chapter(tmp_path / "09_broken.ipynb", "1 / 0")
     with pytest.raises(WorkshopError, match=r"09_broken-student.ipynb failed in cell \d+: ZeroDivisionError"):
         run_student_notebook(chapter, {"run_dir": str(tmp_path / "run")}, tmp_path / "out")
 
@@ -205,23 +210,13 @@ def test_a_failing_student_notebook_is_named_with_its_cell(tmp_path: Path) -> No
 def test_command_line_runs_every_student_notebook_on_a_profile(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``--run-on PROFILE`` (what ``make book PROFILE=workshop`` runs): each chapter's student notebook, on that
     profile's run; a chapter that fails makes the command fail, naming it."""
-    def chapter(name: str, code: str) -> None:
-        nb = nbformat.v4.new_notebook(cells=[
-            nbformat.v4.new_markdown_cell(f"# {name}\n\n## Overview\nx"),
-            nbformat.v4.new_code_cell("run_dir = 'runs/x'  # run directory", metadata={"tags": ["parameters"]}),
-            nbformat.v4.new_markdown_cell(f"## Exercises\n\n**1.** Try.\n\n```python\n{code}\n```\n\n"
-                                          ":::{admonition} Solution\n:class: dropdown\nIt works.\n:::\n"),
-            nbformat.v4.new_markdown_cell("## Summary\n- x")],
-            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-        (tmp_path / "chapters" / f"{name}.ipynb").write_text(nbformat.writes(nb))
-
     (tmp_path / "chapters").mkdir()
-    chapter("01_fine", "print(run_dir)")
+    _one_exercise_chapter(tmp_path / "chapters" / "01_fine.ipynb", "print(run_dir)")
     assert main([str(tmp_path / "chapters"), str(tmp_path / "out"), "--run-on", "tiny"]) == 0
     err = capsys.readouterr().err
     assert "01_fine-student: 1 exercises run" in err and "every student notebook ran on the tiny run" in err
     executed = nbformat.read(tmp_path / "out" / "executed" / "01_fine-student-executed.ipynb", as_version=4)
     assert any("runs/tiny" in o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
-    chapter("02_broken", "1 / 0")
+    _one_exercise_chapter(tmp_path / "chapters" / "02_broken.ipynb", "1 / 0")
     assert main([str(tmp_path / "chapters"), str(tmp_path / "out"), "--run-on", "tiny"]) == 1
     assert "02_broken-student.ipynb failed in cell" in capsys.readouterr().err
