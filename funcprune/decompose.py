@@ -15,7 +15,7 @@ FLAP's), so every gap is walked in two orders (:data:`PATHS`); a part is only ca
 orders agree. Sentences (:func:`describe_decomposition`) are computed from the table by stated rules and
 tested on contrived runs.
 
-The grid points themselves are chosen and built in stage 4 (:mod:`funcprune.grid`).
+The grid points themselves are chosen and built in stage 4 (:mod:`funcprune.run.grid`).
 
 Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
 """

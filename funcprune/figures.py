@@ -1,6 +1,6 @@
 """Figures of stage 5: the results table drawn against the pruning ratio, and per task.
 
-Every function takes the long results table (:func:`funcprune.results.load_results`) and
+Every function takes the long results table (:func:`funcprune.run.results.load_results`) and
 draws means over seeds (:func:`funcprune.tables.aggregate_seeds`) with their standard
 errors: :func:`plot_metric_vs_ratio` (and its shortcuts :func:`plot_perplexity` and
 :func:`plot_accuracy`), :func:`plot_task_bars`, and the answer's figure :func:`plot_relative_to`

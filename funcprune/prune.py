@@ -613,7 +613,7 @@ def save_pruned(model: nn.Module, tokenizer: Any, path: str | os.PathLike[str],
         Destination directory.
     plan : PruningPlan
         The plan ``model`` was pruned with (e.g. ``LoadedModel.plan`` of
-        :func:`funcprune.pipeline.rebuild_pruned`); checked against its MLP widths.
+        :func:`funcprune.run.pipeline.rebuild_pruned`); checked against its MLP widths.
     overwrite : bool, default=False
         Replace an existing directory.
     card : funcprune.hf_export.ModelCard or mapping, optional

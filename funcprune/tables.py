@@ -1,8 +1,8 @@
 """The results table of stage 5: its columns and metrics, validation, seeds, significance and summaries.
 
-:func:`funcprune.results.evaluate_run` writes one tidy *long* table
+:func:`funcprune.run.results.evaluate_run` writes one tidy *long* table
 (``results/results.csv``): one row per model, metric and setting, with the columns
-:data:`TABLE_COLUMNS` and the metrics :data:`METRICS` (:func:`funcprune.results.load_results` reads it back
+:data:`TABLE_COLUMNS` and the metrics :data:`METRICS` (:func:`funcprune.run.results.load_results` reads it back
 from a run). This module checks and summarises it: :func:`validate_results_table`, :func:`aggregate_seeds` (mean and
 spread over random seeds), :func:`significant_differences` (unpaired: which differences
 exceed their combined standard error; the paired tests of :mod:`funcprune.compare`
@@ -261,7 +261,7 @@ def aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
     Parameters
     ----------
     df : pandas.DataFrame
-        A results table (:func:`funcprune.results.evaluate_run`, :func:`funcprune.results.load_results`).
+        A results table (:func:`funcprune.run.results.evaluate_run`, :func:`funcprune.run.results.load_results`).
 
     Returns
     -------

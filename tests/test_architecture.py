@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "funcprune"
@@ -13,27 +16,47 @@ MAX_LINES = 500
 REASON = "Why one module:"
 
 
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package, by its short name (unique across the subpackages), to its file.
+
+    A subpackage's ``__init__`` is its docstring and is not a module of the table; the package's own
+    ``__init__`` (the facade) is ``"__init__"``. Files outside a package (``templates/``) are data.
+    """
+    files = [p for p in package.rglob("*.py") if p.stem != "__init__" and (p.parent / "__init__.py").exists()]
+    found = {p.stem: p for p in files}
+    assert len(found) == len(files), "two modules share a name"
+    return found | {"__init__": package / "__init__.py"}
+
+
+def _dotted(path: Path, package: Path) -> list[str]:
+    """``funcprune/run/pipeline.py`` -> ``["funcprune", "run", "pipeline"]``."""
+    parts = list(path.relative_to(package.parent).with_suffix("").parts)
+    return parts[:-1] if parts[-1] == "__init__" else parts
+
+
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """Module -> the package modules it imports at run time.
+    """Module -> the package modules it imports at run time, relative imports resolved through subpackages.
 
     Function-level imports count; ``if TYPE_CHECKING:`` blocks do not (they never run).
     """
-    modules = {p.stem for p in package.glob("*.py")}
+    files = modules(package)
+    by_dotted = {".".join(_dotted(path, package)): name for name, path in files.items() if name != "__init__"}
     graph: dict[str, set[str]] = {}
-    for path in package.glob("*.py"):
-        deps: set[str] = set()
+    for name, path in files.items():
+        here = _dotted(path, package)
+        here_pkg = here if path.stem == "__init__" else here[:-1]
         tree = ast.parse(path.read_text())
         typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
                        and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+        targets: list[str] = []
         for node in (n for n in ast.walk(tree) if id(n) not in typing_only):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("funcprune"):
-                parts = node.module.split(".")
-                deps |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+            if isinstance(node, ast.ImportFrom):
+                base = here_pkg[:len(here_pkg) - node.level + 1] if node.level else []
+                stem = ".".join(base + (node.module.split(".") if node.module else []))
+                targets += [stem] + [f"{stem}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
-                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("funcprune.")}
-        graph[path.stem] = (deps & modules) - {path.stem}
+                targets += [a.name for a in node.names]
+        graph[name] = {by_dotted[t] for t in targets if t in by_dotted} - {name}
     return graph
 
 
@@ -87,7 +110,7 @@ def test_low_modules_import_nothing_of_the_package() -> None:
 
 def test_long_modules_say_why_they_are_one_module() -> None:
     unexplained = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(modules().values()):
         n_lines = len(path.read_text().splitlines())
         docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
         if n_lines > MAX_LINES and REASON not in docstring:
@@ -134,3 +157,23 @@ def test_the_import_graph_follows_the_documented_layers() -> None:
     assert layer_violations(graph, rows) == []
     core = {m for layer, modules in rows if layer.startswith("core") for m in modules}
     assert graph["__init__"] <= core, f"the package's facade imports {sorted(graph['__init__'] - core)}"
+
+
+def test_each_layer_is_its_own_folder() -> None:
+    """The core is the package's top level; the run layer is ``funcprune/run/``, the book ``funcprune/book/``."""
+    folder = {name: path.parent.relative_to(PACKAGE).as_posix() for name, path in modules().items()}
+    misplaced = [f"{m} ({layer}) is in {folder[m]!r}" for layer, names in layer_table(ARCHITECTURE.read_text())
+                 for m in names if folder[m] != {"core": "."}.get(layer.split(":")[0], layer.split(":")[0])]
+    assert misplaced == []
+
+
+def test_the_core_imports_without_the_book_tools() -> None:
+    """Every core module imports with Jupyter, papermill, nbformat and the browser tooling made unimportable."""
+    core = [m for layer, names in layer_table(ARCHITECTURE.read_text()) if layer.startswith("core") for m in names]
+    blocked = ["papermill", "nbformat", "nbclient", "jupyter_book", "jupyter_client", "ipykernel", "playwright"]
+    script = (f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
+              f"import funcprune\nfor m in {core!r}:\n    __import__('funcprune.' + m)\n"
+              "assert not any(k.startswith(('funcprune.run', 'funcprune.book')) for k in sys.modules)\nprint('ok')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=PACKAGE.parent, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

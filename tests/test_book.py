@@ -14,7 +14,7 @@ import nbformat
 import pytest
 import yaml
 
-from funcprune.workflow import REPO_ROOT
+from funcprune.book.workflow import REPO_ROOT
 
 BOOK = REPO_ROOT / "book"
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from funcprune import bookcheck
-from funcprune.bookcheck import BrowserUnavailable, check_book, find_chromium
+from funcprune.book import bookcheck
+from funcprune.book.bookcheck import BrowserUnavailable, check_book, find_chromium
 
 # A valid 1x1 PNG.
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
@@ -153,7 +153,7 @@ def test_book_config_renders_math_offline(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from funcprune.workflow import REPO_ROOT
+    from funcprune.book.workflow import REPO_ROOT
 
     book = tmp_path / "book"
     book.mkdir()
@@ -175,7 +175,7 @@ def test_book_config_renders_math_offline(tmp_path: Path) -> None:
 def test_display_path_never_shows_the_builder_file_system(monkeypatch: pytest.MonkeyPatch,
                                                           tmp_path: Path) -> None:
     from funcprune.provenance import display_path
-    from funcprune.workflow import REPO_ROOT
+    from funcprune.book.workflow import REPO_ROOT
 
     monkeypatch.setenv("FUNCPRUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -191,7 +191,7 @@ def test_store_repr_shows_the_path_relative_to_the_repository(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
-    import funcprune.workflow
+    import funcprune.book.workflow
     from funcprune.store import ActivationWriter
 
     identity = {"model": {"name": "synthetic"}, "dataset": "planted", "text_ids": [0], "dtype": "float32",
@@ -212,7 +212,7 @@ def test_injected_parameters_folded_into_the_parameters_cell(tmp_path: Path) -> 
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    from funcprune.workflow import REPO_ROOT, fold_injected_parameters
+    from funcprune.book.workflow import REPO_ROOT, fold_injected_parameters
 
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
     source = ('run_dir = "runs/default"  # directory shared by all stages # not a second comment\n'
@@ -250,7 +250,7 @@ def test_injected_parameters_folded_into_the_parameters_cell(tmp_path: Path) -> 
 
 def test_kernels_receive_repository_paths_relative() -> None:
     """Notebooks run in the repository, so a relative run_dir is the same folder and prints no machine path."""
-    from funcprune.workflow import REPO_ROOT, _repo_relative
+    from funcprune.book.workflow import REPO_ROOT, _repo_relative
 
     assert _repo_relative(str(REPO_ROOT / "runs" / "default")) == "runs/default"
     assert (REPO_ROOT / _repo_relative(str(REPO_ROOT / "runs" / "default"))).resolve() == \

@@ -10,8 +10,8 @@ import nbformat
 import papermill
 import pytest
 
-from funcprune import buildcache
-from funcprune.workflow import run_notebooks
+from funcprune.book import buildcache
+from funcprune.book.workflow import run_notebooks
 
 
 def _notebook(path: Path, stage: str, params: dict[str, Any]) -> Path:
@@ -116,7 +116,8 @@ def test_package_digest_follows_every_module(tmp_path: Path) -> None:
     assert second != first
     (pkg / "c.py").write_text("")
     assert buildcache.package_digest(pkg) not in (first, second)
-    assert buildcache.package_digest() == buildcache.package_digest(Path(buildcache.__file__).parent)
+    package = Path(buildcache.__file__).parent.parent
+    assert package.name == "funcprune" and buildcache.package_digest() == buildcache.package_digest(package)
 
 
 def test_failed_stage_is_never_cached_and_the_build_resumes(stages: list[Path], tmp_path: Path,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from funcprune._io import ArtefactError
-from funcprune.bundle import MANIFEST, bundle_files, main, read_bundle_manifest, unpack_bundle, write_bundle
-from funcprune.workflow import REPO_ROOT, load_profile, run_notebooks
+from funcprune.run.bundle import MANIFEST, bundle_files, main, read_bundle_manifest, unpack_bundle, write_bundle
+from funcprune.book.workflow import REPO_ROOT, load_profile, run_notebooks
 
 SMALL = ["activations/manifest.json", "networks/networks.json", "networks/networks.npz", "plans/fn_r0.20.json",
          "pruned/index.json", "results/results.csv", "stats/stats.json"]
@@ -124,7 +124,7 @@ def test_chapter_3_runs_from_a_bundle_alone(tmp_path: Path) -> None:
 
 
 def test_ensure_inputs_unpacks_only_when_something_is_missing(run_dir: Path, tmp_path: Path) -> None:
-    from funcprune.bundle import ensure_inputs
+    from funcprune.run.bundle import ensure_inputs
 
     assert ensure_inputs(run_dir, [1, 2, 3, 4]) == []  # everything is there
     fresh = tmp_path / "fresh"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from funcprune import contentcheck
-from funcprune.contentcheck import check_content, check_page, glue_conflicts, page_content
+from funcprune.book import contentcheck
+from funcprune.book.contentcheck import check_content, check_page, glue_conflicts, page_content
 
 
 def _page(body: str) -> str:
@@ -113,13 +113,13 @@ def test_the_book_check_reads_pages_and_notebooks(tmp_path: Path) -> None:
     "<p>rows are checked for NaN and inf in the hook</p>",
 ])
 def test_words_about_missing_values_and_inequalities_are_not_defects(body: str) -> None:
-    from funcprune.contentcheck import check_page
+    from funcprune.book.contentcheck import check_page
 
     assert check_page("executed/01.html", f"<html><body><main>{body}</main></body></html>") == []
 
 
 def test_reference_pages_are_not_checked_as_prose() -> None:
-    from funcprune.contentcheck import check_page
+    from funcprune.book.contentcheck import check_page
 
     body = "<html><body><main><p>tokenizer (transformers tokenizer or None), default=ALL_TASKS, f()</p></main></body></html>"
     assert check_page("api.html", body) == [] and check_page("genindex.html", body) == []

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from funcprune.bundle import protocol_fingerprint, read_bundle_manifest, write_bundle
-from funcprune.crossmodel import (across_answer, describe_across, headline_across, licence_notes, networks_across,
+from funcprune.run.bundle import protocol_fingerprint, read_bundle_manifest, write_bundle
+from funcprune.book.crossmodel import (across_answer, describe_across, headline_across, licence_notes, networks_across,
                                   provenance_table)
-from funcprune.runview import RunView, load_views, network_summary, read_summaries, record_summary, view_of_bundle
+from funcprune.run.runview import RunView, load_views, network_summary, read_summaries, record_summary, view_of_bundle
 from funcprune.provenance import __version__
 
 PROTOCOL = {"eval_dataset": {"name": "wiki", "file": "wiki.txt", "sha256": "ab" * 32, "split": "test", "n_words": 10},
@@ -211,7 +211,7 @@ def test_a_tampered_bundle_member_is_named(tmp_path: Path) -> None:
 
 
 def test_chapter_7_runs_again_when_a_bundle_is_added_or_replaced(tmp_path: Path) -> None:
-    from funcprune.workflow import _read_inputs
+    from funcprune.book.workflow import _read_inputs
 
     params = {"run_dir": "runs/x", "bundles_dir": str(tmp_path / "bundles")}
     empty = _read_inputs(params)
@@ -224,7 +224,7 @@ def test_chapter_7_runs_again_when_a_bundle_is_added_or_replaced(tmp_path: Path)
 
 
 def test_the_comparison_bundle_holds_what_chapter_7_reads_and_no_bulk(tmp_path: Path) -> None:
-    from funcprune.bundle import COMPARISON, bundle_files
+    from funcprune.run.bundle import COMPARISON, bundle_files
 
     run = _run(tmp_path, "other")
     for bulky in ("networks/networks.npz", "plans/fn_r0.20.json", "stats/stats.npz"):

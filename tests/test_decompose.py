@@ -110,7 +110,7 @@ def test_choose_ridge_picks_the_lowest_validation_perplexity() -> None:
     import torch
 
     from funcprune.compensation import down_input_moments
-    from funcprune.grid import choose_ridge
+    from funcprune.run.grid import choose_ridge
     from funcprune.methods import make_plan
     from tiny_models import TEXTS, CharTokenizer, tiny_model
 
@@ -147,7 +147,7 @@ def test_choose_baseline_takes_the_lowest_validation_perplexity_and_reuses_known
     import torch
 
     from funcprune.compensation import down_input_moments
-    from funcprune.grid import choose_baseline
+    from funcprune.run.grid import choose_baseline
     from funcprune.scoring import channel_statistics
     from tiny_models import TEXTS, CharTokenizer, tiny_model
 

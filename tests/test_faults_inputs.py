@@ -22,10 +22,11 @@ import torch
 import transformers as tf
 from tiny_models import tiny_config
 
-from funcprune import load_model, preflight
+from funcprune import load_model
+from funcprune.run import preflight
 from funcprune._io import ArtefactError, canonical_safetensors
-from funcprune.profiles import declared_parameters, load_profile
-from funcprune.rundir import RunDir, RunLockedError
+from funcprune.run.profiles import declared_parameters, load_profile
+from funcprune.run.rundir import RunDir, RunLockedError
 
 
 def _snapshot(path: Path) -> dict[str, bytes]:
@@ -161,7 +162,7 @@ def test_safetensors_metadata_order_does_not_change_the_bytes() -> None:
 
 
 def test_bias_files_are_canonical_and_reproducible(tmp_path: Path) -> None:
-    from funcprune.pipeline import _write_biases
+    from funcprune.run.pipeline import _write_biases
     from funcprune.plan import select_channels
     from funcprune.scoring import random_scores
 
@@ -212,7 +213,7 @@ def _cut_lines(path: Path, keep: int) -> None:
 
 
 def test_results_csv_cut_at_a_model_boundary_is_named(results_run: Path) -> None:
-    from funcprune.results import load_results
+    from funcprune.run.results import load_results
 
     table = load_results(results_run)
     assert table["key"].nunique() == 4
@@ -230,7 +231,7 @@ def test_results_csv_cut_at_a_model_boundary_is_named(results_run: Path) -> None
 
 
 def test_results_csv_cut_inside_a_model_is_named_not_blamed_on_the_protocol(results_run: Path) -> None:
-    from funcprune.results import load_results
+    from funcprune.run.results import load_results
 
     csv = RunDir(results_run).results_csv
     n_lines = len(csv.read_text().splitlines())
@@ -246,7 +247,7 @@ def test_results_csv_cut_inside_a_model_is_named_not_blamed_on_the_protocol(resu
 
 
 def test_an_edited_results_value_is_named(results_run: Path) -> None:
-    from funcprune.results import load_results
+    from funcprune.run.results import load_results
 
     csv = RunDir(results_run).results_csv
     csv.write_text(csv.read_text().replace("14.0,", "13.0,", 1))
@@ -279,7 +280,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Pat
         assert f"is being written by pid {holder.pid} on {socket.gethostname()}" in message
         assert "make book" in message and "choose another run_dir" in message and f"kill {holder.pid}" in message
         assert _snapshot(tmp_path / "run") == before  # the holder's lock and the run's files untouched
-        from funcprune.workflow import run_notebooks
+        from funcprune.book.workflow import run_notebooks
 
         notebook = sorted((Path(__file__).parent.parent / "notebooks").glob("01_*.ipynb"))
         with pytest.raises(RunLockedError):

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from funcprune import models, preflight, setup_assets, workflow
+from funcprune import models
+from funcprune.run import preflight, setup_assets
+from funcprune.book import workflow
 from funcprune.assets import AssetChecksumError, MissingAssetError
-from funcprune.profiles import load_profile
+from funcprune.run.profiles import load_profile
 
 ALIAS = "gemma3-270m"
 SPEC = models.MODELS[ALIAS]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from funcprune.grid import describe_native, native_arm, native_windows
+from funcprune.run.grid import describe_native, native_arm, native_windows
 
 
 def test_native_windows_are_random_positions_of_the_calibration_stream(default_model) -> None:
@@ -86,7 +86,7 @@ def test_the_chosen_criterion_is_compared_with_a_scored_model_on_the_same_window
 
 
 def test_ridge_sentence_warns_at_the_edge_of_the_grid() -> None:
-    from funcprune.grid import ridge_sentence
+    from funcprune.run.grid import ridge_sentence
 
     table = pd.DataFrame({"ridge": [0.1, 1.0, 10.0], "ppl": [50.0, 45.0, 44.0], "chosen": [False, False, True]})
     assert "largest value tried" in ridge_sentence(table)
@@ -96,7 +96,7 @@ def test_ridge_sentence_warns_at_the_edge_of_the_grid() -> None:
 
 
 def test_describe_literature_says_when_the_protocols_coincide() -> None:
-    from funcprune.grid import describe_literature
+    from funcprune.run.grid import describe_literature
 
     table = pd.DataFrame({"method": ["dense", "FN", "FLAP"], "ppl": [30.0, 60.0, 29.0],
                           "ppl (book's windows)": [30.0, 60.0, 29.0], "estimate": [1.03, 2.07, np.nan],

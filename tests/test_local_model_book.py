@@ -2,7 +2,7 @@
 
 The profile is derived as ``--model`` derives it (its run directory inside the repository, as
 ``make book`` puts it), preflighted, and every chapter runs; then every output of every chapter is
-searched for what the browser check (:mod:`funcprune.bookcheck`) refuses on a page: an absolute path
+searched for what the browser check (:mod:`funcprune.book.bookcheck`) refuses on a page: an absolute path
 of this machine, such as the local model folder. Then the site is built from those chapters as
 ``make book`` builds it (strict Jupyter Book build, the HTML check, the content check and the browser
 check), so a reader's own model cannot fail where the default passes.
@@ -21,12 +21,12 @@ import pytest
 import torch
 import transformers as tf
 
-from funcprune.bookcheck import GENERIC_PATH, find_chromium, machine_paths
+from funcprune.book.bookcheck import GENERIC_PATH, find_chromium, machine_paths
 from funcprune.models import ensure_model
-from funcprune.preflight import check_profile, derive_profile
-from funcprune.profiles import load_profile
+from funcprune.run.preflight import check_profile, derive_profile
+from funcprune.run.profiles import load_profile
 from funcprune.provenance import REPO_ROOT
-from funcprune.workflow import find_errors, run_notebooks
+from funcprune.book.workflow import find_errors, run_notebooks
 
 
 def _tiny_local_model(folder: Path) -> Path:
@@ -88,9 +88,9 @@ def _build_and_check_site(tmp_path: Path, executed: Path) -> None:
     bin_dir = Path(sys.executable).parent
     html = book / "_build" / "html"
     steps = [[str(bin_dir / "jupyter-book"), "build", str(book), "--warningiserror", "--keep-going"],
-             [sys.executable, "-m", "funcprune.workflow", "check-html", str(html)],
-             [sys.executable, "-m", "funcprune.contentcheck", str(html), "--executed", str(book / "executed")],
-             [sys.executable, "-m", "funcprune.bookcheck", str(html), "--no-screenshots",
+             [sys.executable, "-m", "funcprune.book.workflow", "check-html", str(html)],
+             [sys.executable, "-m", "funcprune.book.contentcheck", str(html), "--executed", str(book / "executed")],
+             [sys.executable, "-m", "funcprune.book.bookcheck", str(html), "--no-screenshots",
               *(["--require-browser"] if find_chromium() else [])]]
     for step in steps:
         done = subprocess.run(step, cwd=REPO_ROOT, capture_output=True, text=True)

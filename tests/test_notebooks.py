@@ -7,8 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from funcprune.workflow import REPO_ROOT, find_errors, load_profile, notebook_parameters, run_notebooks
-from funcprune.workshop import EXERCISE_TAG, run_student_notebook
+from funcprune.book.workflow import REPO_ROOT, find_errors, load_profile, notebook_parameters, run_notebooks
+from funcprune.book.workshop import EXERCISE_TAG, run_student_notebook
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
 

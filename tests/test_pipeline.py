@@ -13,14 +13,15 @@ import transformers as tf
 from tiny_models import CharTokenizer
 from tiny_models import tiny_config
 
-from funcprune import calibration, capture_activations, pipeline
+from funcprune import capture_activations
+from funcprune.run import calibration, pipeline
 from funcprune.adapters import layer_widths
 from funcprune.data import dataset_info, load_texts
 from funcprune.evaluate import count_parameters
 from funcprune.ica import FunctionalNetworks
-from funcprune.calibration import calibration_data, calibration_statistics, calibration_texts
+from funcprune.run.calibration import calibration_data, calibration_statistics, calibration_texts
 from funcprune.methods import METHODS, build_pruned, get_method, make_plan, method_key
-from funcprune.pipeline import prune_all, read_index
+from funcprune.run.pipeline import prune_all, read_index
 from funcprune.plan import PruningPlan, channel_parameters
 from funcprune._io import ArtefactError
 from funcprune.prune import CalibrationData, PlanMismatchError, load_pruned, save_pruned
@@ -393,7 +394,7 @@ def test_grid_points_go_through_prune_all_and_rebuild_exactly(setup: dict, tmp_p
     assert plans["fn+static_r0.10"].kept == plans["fn_r0.10"].kept
     moments = down_input_moments(model, setup["tok"], TEXTS)
     stats = ChannelStatistics.load(tmp_path / "stats")
-    from funcprune.calibration import calibration_data
+    from funcprune.run.calibration import calibration_data
 
     calibration = calibration_data(setup["tok"], TEXTS)
     for key in ("fn+ls0.1_r0.10", "flap+ls_r0.10", "fn@flap+static_r0.10", "fn+progressive-ls0.1_r0.10"):
@@ -414,7 +415,7 @@ def test_grid_points_go_through_prune_all_and_rebuild_exactly(setup: dict, tmp_p
 
 
 def test_literature_table_rebuilds_models_and_pairs_them_on_consecutive_windows(default_model, tmp_path: Path) -> None:
-    from funcprune.grid import literature_table
+    from funcprune.run.grid import literature_table
     from funcprune.heldout import evaluation_stream, literature_perplexity
 
     model, tok = default_model

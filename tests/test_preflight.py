@@ -1,4 +1,4 @@
-"""Preflight (funcprune.preflight): a whole profile checked from the model's config, every problem at once."""
+"""Preflight (funcprune.run.preflight): a whole profile checked from the model's config, every problem at once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 import transformers as tf
 import yaml
 
-from funcprune import preflight, workflow
+from funcprune.run import preflight
+from funcprune.book import workflow
 from funcprune.evaluate import count_parameters
 from funcprune.plan import select_channels
 from tiny_models import tiny_config
@@ -125,7 +126,7 @@ def test_command_line_preflight_exit_codes(tmp_path: Path, capsys: pytest.Captur
 
 def test_vicuna_profile_offers_only_sensible_ratios(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The paper's profile on a config of Vicuna-7B's shape (Llama 2 7B): every ratio reachable, none near-total."""
-    from funcprune.workflow import REPO_ROOT, notebook_parameters
+    from funcprune.book.workflow import REPO_ROOT, notebook_parameters
 
     profile = workflow.load_profile("vicuna-7b")
     declared = set().union(*(notebook_parameters(p) for p in sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))))

@@ -19,17 +19,18 @@ import torch
 import torch.nn.functional as F
 import transformers as tf
 
-from funcprune import capture_activations, figures, heldout, results, tables
+from funcprune import capture_activations, figures, heldout, tables
+from funcprune.run import results
 from funcprune.data import dataset_info, load_texts
 from funcprune.evaluate import count_parameters
 from funcprune.heldout import evaluation_parts, evaluation_stream, select_windows
-from funcprune.pipeline import prune_all, read_index
+from funcprune.run.pipeline import prune_all, read_index
 from funcprune.reference import reference_numbers
-from funcprune.results import evaluate_run, load_results
+from funcprune.run.results import evaluate_run, load_results
 from funcprune.tables import (DENSE_KEY, TABLE_COLUMNS, aggregate_seeds, significant_differences,
                               validate_results_table)
 from funcprune.tasks import ALL_TASKS
-from funcprune.workflow import REPO_ROOT, load_profile, notebook_parameters
+from funcprune.book.workflow import REPO_ROOT, load_profile, notebook_parameters
 
 matplotlib.use("Agg")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from funcprune import setupcheck
+from funcprune.run import setupcheck
 
 
 def test_quick_checks_without_the_model(tmp_path: Path) -> None:

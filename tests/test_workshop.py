@@ -1,4 +1,4 @@
-"""Student and instructor notebooks made from the chapters (funcprune/workshop.py, book/_ext/workshop_notebooks.py).
+"""Student and instructor notebooks made from the chapters (funcprune/book/workshop.py, book/_ext/workshop_notebooks.py).
 
 The transformation is checked on every chapter; every chapter's student notebook is run top to bottom on the tiny
 run, with every exercise cell executed, in tests/test_notebooks.py (beside the run the chapters make).
@@ -17,8 +17,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from funcprune.workflow import REPO_ROOT
-from funcprune.workshop import (EXERCISE_TAG, SOLUTION_TAG, WorkshopError, main, plain_markdown, run_student_notebook,
+from funcprune.book.workflow import REPO_ROOT
+from funcprune.book.workshop import (EXERCISE_TAG, SOLUTION_TAG, WorkshopError, main, plain_markdown, run_student_notebook,
                                 split_exercises, workshop_notebook, write_workshop)
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb"))
@@ -140,7 +140,7 @@ def test_write_workshop_is_reproducible(tmp_path: Path) -> None:
 
 
 def test_command_line_writes_the_notebooks(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "funcprune.workshop", str(NOTEBOOKS[0]), str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "funcprune.book.workshop", str(NOTEBOOKS[0]), str(tmp_path)],
                           capture_output=True, text=True, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / f"{NOTEBOOKS[0].stem}-student.ipynb").is_file()

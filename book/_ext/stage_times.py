@@ -1,7 +1,7 @@
 """Sphinx extension: the runtime of each stage, one definition for every page.
 
 A stage's runtime is what this build's record of it says (``book/executed/<notebook>.stage.json``,
-written by :func:`funcprune.buildcache.stage_times` when the stage ran, kept while it is reused).
+written by :func:`funcprune.book.buildcache.stage_times` when the stage ran, kept while it is reused).
 Chapters and the teaching page print it with
 
 * the role ``{stage-time}`01_capture_activations``` (e.g. "41 s", "2 min 19 s"), and
@@ -25,7 +25,7 @@ def format_seconds(seconds: float) -> str:
 
 
 def _times(app: Any) -> dict[str, float]:
-    from funcprune.buildcache import stage_times
+    from funcprune.book.buildcache import stage_times
 
     executed = Path(app.srcdir) / "executed"
     return {Path(name).stem: s for name, s in stage_times(executed).items()} if executed.is_dir() else {}

@@ -1,6 +1,6 @@
 """Sphinx extension: the student and instructor notebooks of every chapter, written into the built site.
 
-At the start of an HTML build, :func:`funcprune.workshop.write_workshop` turns every chapter of
+At the start of an HTML build, :func:`funcprune.book.workshop.write_workshop` turns every chapter of
 ``notebooks/`` (read only) into ``_build/html/downloads/<chapter>-student.ipynb`` (exercises as runnable
 cells tagged ``exercise``, no solutions, no outputs) and ``<chapter>-instructor.ipynb`` (the solutions after
 their exercises), with a zip file of each set; the executed notebook of this build is copied beside them as
@@ -18,7 +18,7 @@ from typing import Any
 
 import nbformat
 
-from funcprune.workshop import AUDIENCES, ZIP_NAME, write_workshop
+from funcprune.book.workshop import AUDIENCES, ZIP_NAME, write_workshop
 
 DOWNLOADS = "downloads"
 EXECUTED = "executed"

@@ -2,9 +2,9 @@
 
 The methods themselves (scorers, allocations, compensation; :func:`~funcprune.methods.make_plan`
 and :func:`~funcprune.methods.build_pruned`) are defined in :mod:`funcprune.methods`, the
-calibration texts and statistics in :mod:`funcprune.calibration`. :func:`prune_all` runs
+calibration texts and statistics in :mod:`funcprune.run.calibration`. :func:`prune_all` runs
 a grid of methods, ratios and seeds over one run directory (its layout:
-:class:`funcprune.rundir.RunDir`): it reads the stage-1 manifest (which calibration
+:class:`funcprune.run.rundir.RunDir`): it reads the stage-1 manifest (which calibration
 texts), the functional networks of stage 2 and the cached activation statistics, and
 writes one plan per ``(method, ratio[, seed])``, the compensation biases of ``fn-bias``
 and ``flap`` (safetensors and a record) and the index of what was made (ratios,
@@ -36,17 +36,17 @@ from typing import Any, Literal, Mapping, Sequence
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import (ArtefactError, atomic_open, atomic_write_json, canonical_safetensors, file_record, json_round_trip,
+from .._io import (ArtefactError, atomic_open, atomic_write_json, canonical_safetensors, file_record, json_round_trip,
                   json_sha256, read_json, verify_file)
-from .adapters import layer_widths
+from ..adapters import layer_widths
 from .calibration import calibration_data, calibration_statistics, calibration_texts, texts_record
-from .compensation import down_input_moments, set_down_weights
-from .data import Text
-from .evaluate import count_parameters
-from .methods import LEAST_SQUARES, METHODS, Method, build_pruned, get_method, make_plan, method_key
-from .models import LoadedModel, load_model
-from .plan import PruningPlan, model_identity
-from .prune import PLAN_FILE, prune
+from ..compensation import down_input_moments, set_down_weights
+from ..data import Text
+from ..evaluate import count_parameters
+from ..methods import LEAST_SQUARES, METHODS, Method, build_pruned, get_method, make_plan, method_key
+from ..models import LoadedModel, load_model
+from ..plan import PruningPlan, model_identity
+from ..prune import PLAN_FILE, prune
 from .rundir import RunDir
 
 __all__ = [
@@ -149,7 +149,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         Seeds of the ``random`` method (one model per seed).
     texts : sequence of str or Text, optional
         Calibration texts for statistics and progressive compensation; default the
-        texts of stage 1 (:func:`funcprune.calibration.calibration_texts`).
+        texts of stage 1 (:func:`funcprune.run.calibration.calibration_texts`).
     tokenizer : transformers tokenizer, optional
         Needed when ``model`` is a module and a method uses texts.
     networks : FunctionalNetworks, optional
@@ -201,7 +201,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         Functional networks or the stage-1 manifest are needed but missing.
     """
     import pandas as pd
-    from .ica import FunctionalNetworks
+    from ..ica import FunctionalNetworks
 
     resolved = _check_grid(methods, ratios, seeds)
     run = RunDir(run_dir)
@@ -323,7 +323,7 @@ def _write_biases(run: RunDir, key: str, plan_sha: str, pruned: nn.Module, plan:
     """Save the down-projection biases of the layers a compensated plan prunes; return their record."""
     from safetensors.torch import save
 
-    from .adapters import get_adapter
+    from ..adapters import get_adapter
 
     adapter = get_adapter(pruned)
     refitted = get_method(plan.method).compensation in LEAST_SQUARES

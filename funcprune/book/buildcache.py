@@ -32,9 +32,9 @@ newly installed Chromium all rebuild the site.
 
 Command line::
 
-    python -m funcprune.buildcache times book/executed   # seconds per stage, from the records
-    python -m funcprune.buildcache site-fresh book       # exit 0 when the built site can be reused
-    python -m funcprune.buildcache site-record book      # after a strict build and its checks passed
+    python -m funcprune.book.buildcache times book/executed   # seconds per stage, from the records
+    python -m funcprune.book.buildcache site-fresh book       # exit 0 when the built site can be reused
+    python -m funcprune.book.buildcache site-record book      # after a strict build and its checks passed
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
+from .._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
 
 __all__ = ["SITE_RECORD", "STAGE_SUFFIX", "StageOutcome", "package_digest", "record_site", "run_stage", "site_key",
            "site_reason", "stage_key", "stage_times", "tree_fingerprint"]
@@ -64,7 +64,7 @@ KEY_LIBRARIES = ("torch", "transformers", "numpy", "scipy", "scikit-learn", "nil
 SITE_LIBRARIES = ("jupyter-book", "sphinx", "myst-nb", "sphinx-book-theme", "sphinx-mathjax-offline", "playwright")
 #: Record of the last strict, checked build, inside the build folder (``rm -rf book/_build`` removes it too).
 SITE_RECORD = Path("_build") / "site.json"
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _FORMAT = 1
 
 
@@ -241,7 +241,7 @@ def site_key(book_dir: str | Path, *, package: str | None = None, browser: bool 
     package : str, optional
         :func:`package_digest` (computed when omitted): autodoc renders the docstrings.
     browser : bool, optional
-        Whether the browser check can run here (default: :func:`funcprune.bookcheck.find_chromium`
+        Whether the browser check can run here (default: :func:`funcprune.book.bookcheck.find_chromium`
         finds one); a site built where the check was skipped is not reused once it can run.
 
     Returns
@@ -337,7 +337,7 @@ def stage_times(executed_dir: str | Path) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m funcprune.buildcache")
+    parser = argparse.ArgumentParser(prog="python -m funcprune.book.buildcache")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("times", help="seconds per stage from the records in DIR").add_argument("dir")
     sub.add_parser("site-fresh", help="exit 0 when the built site of BOOK can be reused").add_argument("book")

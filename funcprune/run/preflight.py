@@ -5,7 +5,7 @@ model on the ``meta`` device (shapes only, no memory) and checks every setting a
 it and against the machine:
 
 * every key of the profile is a parameter of some notebook (a misspelt one is named with
-  the closest declared name: :func:`funcprune.profiles.unknown_keys`);
+  the closest declared name: :func:`funcprune.run.profiles.unknown_keys`);
 * the model resolves (alias, local directory, hub id) and funcprune has an adapter for
   its family; ``model_dtype`` and ``device`` are valid and available here (the
   validators of :mod:`funcprune.models`, the ones :func:`funcprune.load_model` uses);
@@ -23,7 +23,7 @@ it and against the machine:
 * the disk the run will write fits in the free space, and a rough runtime.
 
 Every problem is listed at once in one :class:`PreflightError`. ``python -m
-funcprune.workflow run`` calls it before stage 1; ``make preflight PROFILE=...`` runs
+funcprune.book.workflow run`` calls it before stage 1; ``make preflight PROFILE=...`` runs
 it alone.
 
 Why one module: :func:`check_profile` gathers the problems of every stage's keys into
@@ -146,7 +146,7 @@ def empty_model(config: Any) -> nn.Module:
     Tied embeddings are tied, so parameter counts equal the real model's
     (:func:`funcprune.models.meta_model`).
     """
-    from .models import meta_model
+    from ..models import meta_model
 
     return meta_model(config)
 
@@ -169,9 +169,9 @@ def max_ratio(model: nn.Module, basis: str = "total", protected_layers: Sequence
     min_width, round_to : int
         As for :func:`funcprune.plan.select_channels`.
     """
-    from .adapters import layer_widths
-    from .evaluate import count_parameters
-    from .plan import channel_parameters, default_protected_layers, kept_sizes
+    from ..adapters import layer_widths
+    from ..evaluate import count_parameters
+    from ..plan import channel_parameters, default_protected_layers, kept_sizes
 
     widths = layer_widths(model)
     cost = channel_parameters(model)
@@ -206,7 +206,7 @@ def _ratio_problems(ratios: Sequence[Any], basis: str, limits: Mapping[str, Mapp
                      f"parameters; largest reachable {limits[other]['protected']:.4f})" if
                      limits[other]["protected"] >= r else None,
                      f"lower the ratios to at most {int(limit * 100) / 100:.2f}",
-                     f"protect fewer layers (protected_layers= of funcprune.pipeline.prune_all; "
+                     f"protect fewer layers (protected_layers= of funcprune.run.pipeline.prune_all; "
                      f"with none protected the largest is {limits[basis]['unprotected']:.4f})"]
             problems.append(f"ratio {r} of {basis} parameters cannot be reached: the largest with protected layers "
                             f"{protected} is {limit:.4f}; fix: " + "; or ".join(f for f in fixes if f))
@@ -217,7 +217,7 @@ def _ratio_problems(ratios: Sequence[Any], basis: str, limits: Mapping[str, Mapp
 
 
 def _n_models(methods: Sequence[str], ratios: Sequence[Any], seeds: Sequence[Any]) -> int:
-    from .methods import METHODS
+    from ..methods import METHODS
 
     per_ratio = sum(len(seeds) if METHODS[m].seeded else 1 for m in methods if m in METHODS)
     return per_ratio * len(ratios)
@@ -272,11 +272,11 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     PreflightError
         Listing every problem, each with its fix (``strict=True``).
     """
-    from . import data, models, tasks
-    from .evaluate import count_parameters, flops_per_token
-    from .methods import ALLOCATION_CHOICES
-    from .plan import BASES, default_protected_layers
-    from .store import check_storage_dtype
+    from .. import data, models, tasks
+    from ..evaluate import count_parameters, flops_per_token
+    from ..methods import ALLOCATION_CHOICES
+    from ..plan import BASES, default_protected_layers
+    from ..store import check_storage_dtype
     from .profiles import load_profile, unknown_keys
 
     p = dict(profile) if isinstance(profile, Mapping) else load_profile(profile)
@@ -310,7 +310,7 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
             _check(problems, data.check_dataset, p[key])
     if p.get("dataset") in data.DATASETS and isinstance(p.get("n_texts"), int):  # offline corpora: cheap to parse
         _check(problems, lambda: data.load_texts(p["dataset"], "calibration", n_texts=p["n_texts"]))
-    from .methods import get_method
+    from ..methods import get_method
 
     for m in p.get("methods", []):
         _check(problems, get_method, m)
@@ -329,7 +329,7 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
 
     grid = p.get("needs_grid")
     if grid and isinstance(k, int) and n_tokens:
-        from .needs import Setting, check_grid
+        from ..needs import Setting, check_grid
 
         base = _check(problems, lambda: Setting(n_components=k, n_init=p.get("needs_n_init", 1), n_groups=groups))
         for s in (_check(problems, check_grid, grid, base) or []) if base else []:
@@ -366,7 +366,7 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     if model is None:
         return _finish(report, strict)
 
-    from .adapters import get_adapter, layer_widths
+    from ..adapters import get_adapter, layer_widths
 
     widths = layer_widths(model)
     counts = count_parameters(model)
@@ -461,7 +461,7 @@ def derive_profile(base: Mapping[str, Any], model: str) -> tuple[dict[str, Any],
     Parameters
     ----------
     base : dict
-        A loaded profile (:func:`funcprune.profiles.load_profile`).
+        A loaded profile (:func:`funcprune.run.profiles.load_profile`).
     model : str
         Registry alias, local checkpoint directory or hub id.
 
@@ -475,10 +475,10 @@ def derive_profile(base: Mapping[str, Any], model: str) -> tuple[dict[str, Any],
     funcprune.models.ModelNotFoundError, UnsupportedArchitectureError
         As :func:`funcprune.models.model_config`.
     """
-    from . import models
-    from .adapters import layer_widths
-    from .plan import default_protected_layers
-    from .provenance import REPO_ROOT
+    from .. import models
+    from ..adapters import layer_widths
+    from ..plan import default_protected_layers
+    from ..provenance import REPO_ROOT
 
     config, _, _ = models.model_config(model)
     empty = empty_model(config)

@@ -16,7 +16,7 @@ participant runs top to bottom in Jupyter:
 The source notebooks are only read. ``make book`` writes the notebooks into the built site
 (``book/_ext/workshop_notebooks.py``: ``_build/html/downloads/``); by hand::
 
-    python -m funcprune.workshop notebooks/ OUT_DIR
+    python -m funcprune.book.workshop notebooks/ OUT_DIR
 
 writes ``OUT_DIR/<chapter>-student.ipynb`` and ``<chapter>-instructor.ipynb`` for every chapter, and two zip files
 with all of them.
@@ -375,7 +375,7 @@ def run_student_notebook(chapter: str | Path, profile: dict, out_dir: str | Path
     chapter : str or path
         The source chapter (``notebooks/NN_*.ipynb``).
     profile : dict
-        A loaded profile (:func:`funcprune.profiles.load_profile`); the parameters the notebook declares are
+        A loaded profile (:func:`funcprune.run.profiles.load_profile`); the parameters the notebook declares are
         passed, ``run_dir`` included.
     out_dir : str or path
         Where the student notebook and its executed copy are written.
@@ -431,18 +431,18 @@ def run_students(notebooks: str | Path, profile: dict, out_dir: str | Path) -> l
         nb = run_student_notebook(chapter, profile, out_dir)
         report.append({"notebook": chapter.name, "exercises": nb.metadata["funcprune"]["exercises"],
                        "seconds": round(time.perf_counter() - start, 1)})
-        print(f"[funcprune.workshop] {chapter.stem}-student: {report[-1]['exercises']} exercises run "
+        print(f"[funcprune.book.workshop] {chapter.stem}-student: {report[-1]['exercises']} exercises run "
               f"({report[-1]['seconds']:.0f} s)", file=sys.stderr, flush=True)
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m funcprune.workshop NOTEBOOKS OUT_DIR [--run-on PROFILE]``: write the workshop notebooks.
+    """``python -m funcprune.book.workshop NOTEBOOKS OUT_DIR [--run-on PROFILE]``: write the workshop notebooks.
 
     With ``--run-on``, every chapter's student notebook is then run top to bottom on that profile's run, as a
     participant would (``make book PROFILE=workshop`` does this).
     """
-    parser = argparse.ArgumentParser(prog="python -m funcprune.workshop", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m funcprune.book.workshop", description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", help="folder of chapter notebooks (notebooks/) or one notebook")
     parser.add_argument("out_dir", help="where the student and instructor notebooks are written")
     parser.add_argument("--run-on", metavar="PROFILE",
@@ -450,15 +450,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = write_workshop(args.notebooks, args.out_dir)
-        print(f"[funcprune.workshop] wrote {len(written)} files to {args.out_dir}", file=sys.stderr)
+        print(f"[funcprune.book.workshop] wrote {len(written)} files to {args.out_dir}", file=sys.stderr)
         if args.run_on:
-            from .profiles import load_profile
+            from ..run.profiles import load_profile
 
             report = run_students(args.notebooks, load_profile(args.run_on), Path(args.out_dir) / "executed")
-            print(f"[funcprune.workshop] every student notebook ran on the {args.run_on} run: "
+            print(f"[funcprune.book.workshop] every student notebook ran on the {args.run_on} run: "
                   f"{sum(r['exercises'] for r in report)} exercises in {len(report)} chapters", file=sys.stderr)
     except WorkshopError as exc:
-        print(f"[funcprune.workshop] {exc}", file=sys.stderr)
+        print(f"[funcprune.book.workshop] {exc}", file=sys.stderr)
         return 1
     return 0
 

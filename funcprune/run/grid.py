@@ -2,7 +2,7 @@
 
 Chapter 5 takes the gap between two methods apart (:mod:`funcprune.decompose`) through grid points such as
 ``"fn@flap+static"`` (:func:`funcprune.methods.variant`). This module builds them through
-:func:`funcprune.pipeline.prune_all` (plans, stored compensation, index: stage 5 then scores them on the test
+:func:`funcprune.run.pipeline.prune_all` (plans, stored compensation, index: stage 5 then scores them on the test
 windows like any other model) after two choices made on **validation** windows, never the test windows:
 
 * the relative ridge of least-squares reconstruction (:func:`choose_ridge`, tried on FLAP's plan);
@@ -30,8 +30,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_write_json, read_json
-from .decompose import _with_ridge, check_same_windows, decomposition_methods
+from .._io import atomic_write_json, read_json
+from ..decompose import _with_ridge, check_same_windows, decomposition_methods
 
 __all__ = [
     "BASELINE_CANDIDATES",
@@ -98,9 +98,9 @@ def choose_ridge(dense: Any, plan: Any, moments: Any, windows: Any, *, grid: Seq
     """
     import copy
 
-    from .evaluate import window_nll
-    from .compensation import LeastSquaresCompensation
-    from .prune import prune
+    from ..evaluate import window_nll
+    from ..compensation import LeastSquaresCompensation
+    from ..prune import prune
 
     grid = [float(r) for r in grid]
     if not grid or any(not r >= 0 for r in grid):
@@ -126,7 +126,7 @@ def ridge_sentence(table: pd.DataFrame) -> str:
     if len(ridges) > 1 and chosen["ridge"] in (ridges[0], ridges[-1]):
         side = "largest" if chosen["ridge"] == ridges[-1] else "smallest"
         text += (f" It is the {side} value tried, so a value beyond the grid may do better: pass a wider grid "
-                 "to funcprune.grid.build_grid_points to look.")
+                 "to funcprune.run.grid.build_grid_points to look.")
     return text
 
 
@@ -157,8 +157,8 @@ def choose_baseline(dense: Any, windows: Any, ratio: float, *, stats: Any, momen
     (table, name) : tuple
         ``table``: ``method``, ``label``, ``ppl`` and ``chosen``; ``name``: the lowest validation perplexity.
     """
-    from .evaluate import window_nll
-    from .methods import build_pruned, get_method, make_plan
+    from ..evaluate import window_nll
+    from ..methods import build_pruned, get_method, make_plan
 
     revision = (source or {}).get("revision")
     rows = []
@@ -184,7 +184,7 @@ def build_grid_points(model: Any, run_dir: Any, ratios: Sequence[float], seeds: 
                       **prune_kwargs: Any) -> dict[str, Any]:
     """Stage 4 for the decomposition: choose the least-squares ridge on validation text, then plan, build and
     store every grid point :func:`decomposition_methods` names, at ``ratios``, through
-    :func:`funcprune.pipeline.prune_all` (so stage 5 scores them on the test windows like every other model).
+    :func:`funcprune.run.pipeline.prune_all` (so stage 5 scores them on the test windows like every other model).
 
     Parameters
     ----------
@@ -215,12 +215,12 @@ def build_grid_points(model: Any, run_dir: Any, ratios: Sequence[float], seeds: 
     -------
     dict
         ``ridge`` (chosen), ``ridge_table`` (:func:`choose_ridge`), ``methods`` (the grid points built) and
-        ``rows`` (:func:`funcprune.pipeline.prune_all`'s table).
+        ``rows`` (:func:`funcprune.run.pipeline.prune_all`'s table).
     """
     from .calibration import calibration_statistics, calibration_texts
-    from .compensation import down_input_moments
-    from .heldout import heldout_windows
-    from .methods import make_plan
+    from ..compensation import down_input_moments
+    from ..heldout import heldout_windows
+    from ..methods import make_plan
     from .pipeline import prune_all
     from .rundir import RunDir
 
@@ -289,7 +289,7 @@ def native_windows(tokenizer: Any, dataset: str, n_windows: int, *, seq_len: int
     """
     import torch
 
-    from .data import load_texts
+    from ..data import load_texts
 
     if n_windows < 1:
         raise ValueError(f"n_windows {n_windows!r} must be >= 1")
@@ -345,10 +345,10 @@ def native_arm(dense: Any, tokenizer: Any, parts: Mapping[str, Mapping[str, Any]
     ValueError
         Test windows that are not the records' windows.
     """
-    from .evaluate import window_nll
-    from .compare import compare_windows, method_groups, recorded_window_nll
-    from .methods import build_pruned, make_plan
-    from .scoring import channel_statistics
+    from ..evaluate import window_nll
+    from ..compare import compare_windows, method_groups, recorded_window_nll
+    from ..methods import build_pruned, make_plan
+    from ..scoring import channel_statistics
 
     counts = {m: c for m, (_, c) in NATIVE_CALIBRATION.items()} | dict(n_windows or {})
     corpus_of = {m: d for m, (d, _) in NATIVE_CALIBRATION.items()} | dict(corpora or {})
@@ -420,7 +420,7 @@ def literature_table(dense: Any, tokenizer: Any, run_dir: Any, keys: Sequence[st
     dense : nn.Module
     tokenizer : transformers tokenizer
     run_dir : str or path-like
-        The run (models are rebuilt from its plans: :func:`funcprune.pipeline.rebuild_pruned`).
+        The run (models are rebuilt from its plans: :func:`funcprune.run.pipeline.rebuild_pruned`).
     keys : sequence of str
         Keys of the run's index (``"fn_r0.20"``); the dense model is always scored first.
     eval_dataset, seq_len, max_tokens
@@ -435,8 +435,8 @@ def literature_table(dense: Any, tokenizer: Any, run_dir: Any, keys: Sequence[st
         One row per model: ``key``, ``ppl`` (literature protocol), ``windows``, ``tokens``; with ``baseline``
         also ``estimate``, ``ci_low``, ``ci_high`` and ``decided`` against it. ``attrs["rule"]`` states the protocol.
     """
-    from .compare import compare_windows
-    from .heldout import LITERATURE_RULE, evaluation_stream, literature_perplexity
+    from ..compare import compare_windows
+    from ..heldout import LITERATURE_RULE, evaluation_stream, literature_perplexity
     from .pipeline import rebuild_pruned
 
     stream = evaluation_stream(tokenizer, eval_dataset, "test")

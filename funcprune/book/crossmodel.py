@@ -1,7 +1,7 @@
 """Does the answer hold on another model? Runs on several models set side by side, from their bundles.
 
 Every number of chapters 1 to 6 comes from one model. This module reads runs on other models,
-each from its **bundle** (:mod:`funcprune.bundle`: the small artefacts of a run and where it came
+each from its **bundle** (:mod:`funcprune.run.bundle`: the small artefacts of a run and where it came
 from), next to this build's own run, and puts the same questions to each:
 
 * the headline comparisons (the paper's method against FLAP, Wanda-sp and random) with their paired
@@ -10,12 +10,12 @@ from), next to this build's own run, and puts the same questions to each:
 * how each gap splits into selection, allocation and compensation (:func:`funcprune.decompose.main_parts`)
   and what each compensation does to the paper's channels (:data:`COMPENSATION_PAIRS`);
 * the functional networks themselves (sparsity, stability, key neurons) and the lesion verdict, from
-  the summaries chapters 2, 4 and 6 record (:func:`funcprune.runview.record_summary`).
+  the summaries chapters 2, 4 and 6 record (:func:`funcprune.run.runview.record_summary`).
 
 A bundle measured another way than this build (another protocol fingerprint or funcprune version) is
 listed as **stale**, with the fix, and none of its numbers enters a table or a sentence. Sentences
 (:func:`describe_across`) are computed by stated rules and tested on contrived runs. What is read of each
-run, and how a bundle is found stale, is :mod:`funcprune.runview`.
+run, and how a bundle is found stale, is :mod:`funcprune.run.runview`.
 
 Used in the chapter :doc:`/executed/07_across_models`.
 """
@@ -27,8 +27,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .decompose import percent
-from .runview import FIX, RunView
+from ..decompose import percent
+from ..run.runview import FIX, RunView
 
 __all__ = [
     "COMPENSATION_PAIRS",
@@ -126,8 +126,8 @@ def decomposition_across(views: Sequence[RunView], *, n_boot: int = 10_000) -> p
         ``model``, ``ratio``, ``mlp_removed``, ``gap``, ``gap_total``, ``gap_ci_low``, ``gap_ci_high``,
         ``gap_decided``, ``main`` (None: no decided main part in both orders).
     """
-    from .compare import article_clusters
-    from .decompose import decompose, main_parts, ridge_of, split_parts
+    from ..compare import article_clusters
+    from ..decompose import decompose, main_parts, ridge_of, split_parts
 
     tables = []
     for view in _fresh(views):
@@ -155,8 +155,8 @@ def compensation_across(views: Sequence[RunView], *, n_boot: int = 10_000) -> pd
         ``model``, ``ratio``, ``mlp_removed``, ``what``, ``estimate`` (perplexity with over without,
         below 1 when the compensation helps), ``ci_low``, ``ci_high``, ``decided``, ``verdict``.
     """
-    from .compare import article_clusters
-    from .decompose import equal_footing, ridge_of, split_parts
+    from ..compare import article_clusters
+    from ..decompose import equal_footing, ridge_of, split_parts
 
     rows = []
     for view in _fresh(views):

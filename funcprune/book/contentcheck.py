@@ -22,13 +22,13 @@ notebooks, and reports:
 
 Prose is the text of a page outside code, cell inputs, cell outputs, math and scripts; glued
 values are part of it. Tables wider than the page and pages that overflow a 390-pixel screen
-need a layout engine: :mod:`funcprune.bookcheck` measures them in Chromium (``wide-table``,
+need a layout engine: :mod:`funcprune.book.bookcheck` measures them in Chromium (``wide-table``,
 ``phone-overflow``). Figures with an empty axis are refused where they are drawn
 (:func:`funcprune.figures.require_data`).
 
 Command line (``make book`` runs it beside the browser check)::
 
-    python -m funcprune.contentcheck book/_build/html --executed book/executed
+    python -m funcprune.book.contentcheck book/_build/html --executed book/executed
 """
 
 from __future__ import annotations
@@ -336,7 +336,7 @@ def check_content(html_dir: str | Path, executed: str | Path | None = None) -> l
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: print every problem, exit 1 when there is one."""
-    parser = argparse.ArgumentParser(prog="python -m funcprune.contentcheck", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m funcprune.book.contentcheck", description=__doc__.split("\n")[0])
     parser.add_argument("html_dir", nargs="?", default="book/_build/html")
     parser.add_argument("--executed", default=None, help="folder of executed notebooks (glue checked across them)")
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """Stage 5: evaluate the dense model and every pruned model under one protocol.
 
 :func:`evaluate_run` loads the dense model once and rebuilds each pruned model listed in
-the run's index (``pruned/index.json``, written by :func:`funcprune.pipeline.prune_all`)
-from its plan and biases (:func:`funcprune.pipeline.rebuild_pruned`, seconds per model),
+the run's index (``pruned/index.json``, written by :func:`funcprune.run.pipeline.prune_all`)
+from its plan and biases (:func:`funcprune.run.pipeline.rebuild_pruned`, seconds per model),
 and measures all of them the same way:
 
 * **perplexity** on held-out text (:mod:`funcprune.heldout`: the ``"evaluation"`` split of
@@ -33,7 +33,7 @@ results are written atomically to ``results/results.csv`` (one tidy *long* table
 :mod:`funcprune.tables`), ``results/results.json`` (every setting, version, data id and
 checksum, the per-model records and a perplexity sanity check, :func:`perplexity_sanity`)
 and ``results/comparisons.csv`` (the paired headline comparisons,
-:func:`funcprune.compare.headline_comparisons`); :class:`funcprune.rundir.RunDir` names
+:func:`funcprune.compare.headline_comparisons`); :class:`funcprune.run.rundir.RunDir` names
 every path.
 
 :func:`load_results` reads the table back, checked against ``results.json``; its rows are summarised
@@ -63,18 +63,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ._io import ArtefactError, atomic_write_json, atomic_write_text, json_round_trip, json_sha256, read_json
+from .._io import ArtefactError, atomic_write_json, atomic_write_text, json_round_trip, json_sha256, read_json
 from .calibration import calibration_record
-from .compare import article_clusters, headline_comparisons
-from .intervals import add_holm
-from .evaluate import count_parameters, flops_per_token, max_positions, perplexity
-from .heldout import EvaluationStream, check_disjoint, evaluation_stream, ids_sha256, select_windows
-from .models import DEFAULT_MODEL, MODELS, LoadedModel, ensure_model, load_model, prepare_tokenizer
+from ..compare import article_clusters, headline_comparisons
+from ..intervals import add_holm
+from ..evaluate import count_parameters, flops_per_token, max_positions, perplexity
+from ..heldout import EvaluationStream, check_disjoint, evaluation_stream, ids_sha256, select_windows
+from ..models import DEFAULT_MODEL, MODELS, LoadedModel, ensure_model, load_model, prepare_tokenizer
 from .pipeline import rebuild_pruned
-from .provenance import environment_info
+from ..provenance import environment_info
 from .rundir import RunDir
-from .tables import DENSE_KEY, METRICS, TABLE_COLUMNS, table_from_parts, typed_table, validate_results_table
-from .tasks import ALL_TASKS, TASKS, run_zero_shot
+from ..tables import DENSE_KEY, METRICS, TABLE_COLUMNS, table_from_parts, typed_table, validate_results_table
+from ..tasks import ALL_TASKS, TASKS, run_zero_shot
 
 __all__ = [
     "PART_FORMAT",
@@ -193,7 +193,7 @@ def _efficiency(model: torch.nn.Module) -> dict[str, int]:
 
 def _registered(method: str) -> bool:
     """A registered method (``fn``, ``flap`` ...), not a grid point of the decomposition (``fn@flap+static``)."""
-    from .methods import METHODS
+    from ..methods import METHODS
 
     return method in METHODS
 
@@ -253,7 +253,7 @@ def evaluate_run(
     ----------
     run_dir : str or path-like
         Run directory; pruned models are read from ``run_dir/pruned/index.json``
-        (:func:`funcprune.pipeline.prune_all`), results written to ``run_dir/results``.
+        (:func:`funcprune.run.pipeline.prune_all`), results written to ``run_dir/results``.
     model : str, optional
         The dense model (registry alias, local directory or hub id). Default: the
         index's ``base_model`` name, which only works for registry aliases and hub ids
@@ -476,7 +476,7 @@ _RESULTS_FIX = "delete it and re-run stage 5 (evaluate_run writes it again from 
 
 
 def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read ``run_dir/results/results.csv`` (written by :func:`funcprune.results.evaluate_run`), checked.
+    """Read ``run_dir/results/results.csv`` (written by :func:`funcprune.run.results.evaluate_run`), checked.
 
     The table is compared with the record it was derived from, ``results/results.json``
     (every model's measurements): a table cut short (at a model boundary or inside a

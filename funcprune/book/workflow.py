@@ -6,18 +6,18 @@ papermill, passing each one only the profile values its ``parameters`` cell
 declares, into executed copies (``book/executed/`` for the book). Every stage
 reads what earlier stages wrote to the profile's run directory. A stage whose notebook,
 parameters, ``funcprune`` source and earlier stages are unchanged is not run again: its
-executed copy is reused (:mod:`funcprune.buildcache`; ``--no-cache`` runs everything).
+executed copy is reused (:mod:`funcprune.book.buildcache`; ``--no-cache`` runs everything).
 
 Command line::
 
-    python -m funcprune.workflow run --profile default [--model ID_OR_PATH] [--out book/executed] [--skip-preflight]
+    python -m funcprune.book.workflow run --profile default [--model ID_OR_PATH] [--out book/executed] [--skip-preflight]
         [--no-cache]
-    python -m funcprune.workflow preflight --profile default [--model ID_OR_PATH]
-    python -m funcprune.workflow check-html book/_build/html
+    python -m funcprune.book.workflow preflight --profile default [--model ID_OR_PATH]
+    python -m funcprune.book.workflow check-html book/_build/html
 
-``run`` checks the whole profile first (:func:`funcprune.preflight.check_profile`, seconds)
+``run`` checks the whole profile first (:func:`funcprune.run.preflight.check_profile`, seconds)
 and stops with every problem listed; ``--model`` derives the profile for another model
-(:func:`funcprune.preflight.derive_profile`, each change printed).
+(:func:`funcprune.run.preflight.derive_profile`, each change printed).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from .profiles import load_profile
-from .provenance import REPO_ROOT, display_path
-from .rundir import RunDir
+from ..run.profiles import load_profile
+from ..provenance import REPO_ROOT, display_path
+from ..run.rundir import RunDir
 
 __all__ = ["REPO_ROOT", "find_errors", "fold_injected_parameters", "load_profile", "notebook_parameters",
            "run_notebooks"]
@@ -64,7 +64,7 @@ def run_notebooks(profile: str | Path | dict[str, Any], out_dir: str | Path, *,
         Stream cell output to the log while running.
     use_cache : bool, default=True
         Reuse an executed notebook whose notebook, parameters, ``funcprune`` source and upstream
-        stages are unchanged (:mod:`funcprune.buildcache`); False runs every stage.
+        stages are unchanged (:mod:`funcprune.book.buildcache`); False runs every stage.
 
     Returns
     -------
@@ -76,8 +76,8 @@ def run_notebooks(profile: str | Path | dict[str, Any], out_dir: str | Path, *,
     ------
     ValueError
         If the profile sets a parameter no notebook declares (a typo would otherwise be ignored).
-    funcprune.rundir.RunLockedError
-        Another live run writes the same ``run_dir`` (its lock, :meth:`funcprune.rundir.RunDir.locked`,
+    funcprune.run.rundir.RunLockedError
+        Another live run writes the same ``run_dir`` (its lock, :meth:`funcprune.run.rundir.RunDir.locked`,
         is held for the whole run; a stale one is taken over with a warning).
     """
     prof = profile if isinstance(profile, dict) else load_profile(profile)
@@ -89,7 +89,7 @@ def run_notebooks(profile: str | Path | dict[str, Any], out_dir: str | Path, *,
         raise ValueError(f"profile sets {unknown}, which no notebook declares; declared: {sorted(known)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with RunDir(prof["run_dir"]).locked(f"funcprune.workflow run, profile {prof.get('profile')!r}"):
+    with RunDir(prof["run_dir"]).locked(f"funcprune.book.workflow run, profile {prof.get('profile')!r}"):
         return _run_all(paths, declared, prof, out, kernel_name, log_output, use_cache)
 
 
@@ -115,7 +115,7 @@ def _run_all(paths: list[Path], declared: dict[Path, dict[str, Any]], prof: dict
 
 def _run_cached(path: Path, executed: Path, params: dict[str, Any], execute: Callable[[], None],
                 earlier: list[dict[str, Any]], run_dir: str, use_cache: bool) -> dict[str, Any]:
-    """Run one stage through :mod:`funcprune.buildcache` and return its report entry.
+    """Run one stage through :mod:`funcprune.book.buildcache` and return its report entry.
 
     A stage runs when its inputs changed, when an earlier stage of this build ran, or when
     ``use_cache`` is False; otherwise its executed notebook is reused.
@@ -138,7 +138,7 @@ def _run_cached(path: Path, executed: Path, params: dict[str, Any], execute: Cal
 def _read_inputs(params: dict[str, Any]) -> dict[str, Any]:
     """What a stage reads besides its parameters and the run directory, by content, for its cache key: the
     bundles a ``bundles_dir`` parameter names (chapter 7), so that adding or replacing one runs it again."""
-    from ._io import file_digest
+    from .._io import file_digest
 
     if "bundles_dir" not in params:
         return {}
@@ -190,8 +190,8 @@ def fold_injected_parameters(notebook: str | Path, params: dict[str, Any], *,
     import nbformat
     from papermill.translators import PythonTranslator
 
-    from ._io import atomic_write_text
-    from .provenance import display_path
+    from .._io import atomic_write_text
+    from ..provenance import display_path
 
     path = Path(notebook)
     nb = nbformat.read(path, as_version=4)
@@ -256,10 +256,10 @@ def _preflight(profile: str, model: str | None, *, check: bool = True) -> dict[s
 
     Raises
     ------
-    funcprune.preflight.PreflightError
+    funcprune.run.preflight.PreflightError
         Listing every problem of the profile, each with its fix.
     """
-    from .preflight import PreflightError, check_profile, derive_profile
+    from ..run.preflight import PreflightError, check_profile, derive_profile
 
     prof = load_profile(profile)
     if model:
@@ -270,7 +270,7 @@ def _preflight(profile: str, model: str | None, *, check: bool = True) -> dict[s
         kept = {k: v for k, v in prof.items() if k not in ("profile", "run_dir")}
         header = f"# derived from profile {profile!r} for model {display_path(model)!r} by `--model`\n"
         run = RunDir(prof["run_dir"])
-        with run.locked(f"funcprune.workflow, writing {run.PROFILE}"):  # never under a run writing it now
+        with run.locked(f"funcprune.book.workflow, writing {run.PROFILE}"):  # never under a run writing it now
             run.profile.write_text(header + yaml.safe_dump(kept, sort_keys=False))
     if check:
         report = check_profile(prof, strict=False)
@@ -282,7 +282,7 @@ def _preflight(profile: str, model: str | None, *, check: bool = True) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m funcprune.workflow")
+    parser = argparse.ArgumentParser(prog="python -m funcprune.book.workflow")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebooks with a profile")
     run.add_argument("--profile", default="default")
@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("paths", nargs="+")
     args = parser.parse_args(argv)
     if args.command in ("run", "preflight"):
-        from .preflight import PreflightError
+        from ..run.preflight import PreflightError
 
         try:
             prof = _preflight(args.profile, args.model,

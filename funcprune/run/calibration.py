@@ -1,7 +1,7 @@
 """The calibration texts of a run: which texts stage 1 read, and what stages 4 and 5 make of them.
 
 Stage 1 records its texts in the activation manifest (``run_dir/activations/manifest.json``,
-see :class:`funcprune.rundir.RunDir`). Stage 4 reloads them (:func:`calibration_texts`) for
+see :class:`funcprune.run.rundir.RunDir`). Stage 4 reloads them (:func:`calibration_texts`) for
 the activation statistics of ``wanda-sp`` and ``flap`` (:func:`calibration_statistics`,
 cached in ``run_dir/stats``) and for progressive bias compensation
 (:func:`calibration_data`); every plan made with texts records their checksum
@@ -20,12 +20,12 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from ._io import json_round_trip, read_json
-from .data import DATASETS, HUB_DATASETS, Text, check_dataset, dataset_info, load_texts
-from .plan import model_identity
-from .prune import CalibrationData
+from .._io import json_round_trip, read_json
+from ..data import DATASETS, HUB_DATASETS, Text, check_dataset, dataset_info, load_texts
+from ..plan import model_identity
+from ..prune import CalibrationData
 from .rundir import RunDir
-from .scoring import ChannelStatistics, channel_statistics
+from ..scoring import ChannelStatistics, channel_statistics
 
 __all__ = [
     "calibration_data",

@@ -24,7 +24,7 @@ browser download), waits for MathJax to typeset, and reports:
   sticks out (content inside a box that scrolls on its own, such as code, is exempt).
 
 What the prose says (placeholders, empty glued values, package paths, one value per glue
-key) is checked without a browser by :mod:`funcprune.contentcheck`.
+key) is checked without a browser by :mod:`funcprune.book.contentcheck`.
 
 A redirect page (``<meta http-equiv="refresh">``, Jupyter Book's ``index.html``) is
 not opened: its target is checked as an internal link.
@@ -33,7 +33,7 @@ Screenshots of every page at a desktop and a phone width are written for a perso
 to look at, except Sphinx's highlighted source listings (``_modules/``: checked like every
 page, not photographed; they are most of the pages and half the check's time). Command line (``make check-book``)::
 
-    python -m funcprune.bookcheck book/_build/html [--screenshots book/_build/screenshots]
+    python -m funcprune.book.bookcheck book/_build/html [--screenshots book/_build/screenshots]
 
 Used by ``make book``; see the README for its cost.
 """
@@ -206,7 +206,7 @@ def machine_paths(extra: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
     list of str
         Longest first, so that a match names the most specific folder.
     """
-    from .provenance import REPO_ROOT
+    from ..provenance import REPO_ROOT
 
     candidates = [REPO_ROOT, Path.cwd(), Path.home(), sys.prefix, sys.base_prefix,
                   tempfile.gettempdir(), *extra]
@@ -445,7 +445,7 @@ def check_book(html_dir: str | os.PathLike[str], *, screenshots: str | os.PathLi
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: exit 1 on problems, 0 when clean or when no browser exists (with a message)."""
-    parser = argparse.ArgumentParser(prog="python -m funcprune.bookcheck", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m funcprune.book.bookcheck", description=__doc__.split("\n")[0])
     parser.add_argument("html_dir", nargs="?", default="book/_build/html")
     parser.add_argument("--screenshots", default=None,
                         help="folder for screenshots (default: screenshots/ next to the HTML folder)")

@@ -4,7 +4,7 @@ Every path of a run directory is spelled here, and nowhere else; the stages and 
 notebooks ask a :class:`RunDir` for them::
 
     run_dir/.funcprune.lock                    held by the run that writes the directory (pid, host; RunDir.locked)
-    run_dir/profile.yaml                       the profile the workflow ran (funcprune.workflow)
+    run_dir/profile.yaml                       the profile the workflow ran (funcprune.book.workflow)
     run_dir/activations/                       stage 1: the activation store (funcprune.store)
     run_dir/activations/manifest.json          which model, texts and settings (read by calibration_texts)
     run_dir/networks/                          stage 2: FunctionalNetworks.save (networks.json and arrays)
@@ -21,7 +21,7 @@ notebooks ask a :class:`RunDir` for them::
 The file names inside a store, a networks folder or a statistics folder belong to
 their writers (:mod:`funcprune.store`, :mod:`funcprune.ica`, :mod:`funcprune.scoring`);
 only the stage-1 manifest and ``networks/networks.json`` are named here, because other
-stages and :mod:`funcprune.bundle` look for them.
+stages and :mod:`funcprune.run.bundle` look for them.
 
 >>> run = RunDir("runs/demo")
 >>> run.plan_path("fn_r0.20").as_posix()
@@ -41,8 +41,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from ._io import read_json
-from .tables import DENSE_KEY
+from .._io import read_json
+from ..tables import DENSE_KEY
 
 __all__ = ["RunDir", "RunLockedError"]
 
@@ -94,7 +94,7 @@ class RunDir:
     Notes
     -----
     The class attributes in capitals are the layout, as POSIX paths relative to the run
-    directory (what :mod:`funcprune.bundle` and the pruned-model index record); the
+    directory (what :mod:`funcprune.run.bundle` and the pruned-model index record); the
     properties of the same names in lower case are those paths inside :attr:`path`.
     """
 
@@ -127,7 +127,7 @@ class RunDir:
         return str(self.path)
 
     def __repr__(self) -> str:
-        from .provenance import display_path  # as a page may show it: never the builder's file system
+        from ..provenance import display_path  # as a page may show it: never the builder's file system
 
         return f"RunDir({display_path(self.path)!r})"
 
@@ -283,7 +283,7 @@ class RunDir:
     # ---- stages 3 and 4 ------------------------------------------------------------------
     @property
     def stats(self) -> Path:
-        """``stats/``: cached statistics of the dense model (:func:`funcprune.calibration.calibration_statistics`)."""
+        """``stats/``: cached statistics of the dense model (:func:`funcprune.run.calibration.calibration_statistics`)."""
         return self._at(self.STATS)
 
     @property
@@ -321,7 +321,7 @@ class RunDir:
         Returns
         -------
         dict
-            The index as written by :func:`funcprune.pipeline.prune_all` (``format``,
+            The index as written by :func:`funcprune.run.pipeline.prune_all` (``format``,
             ``base_model``, ``base_widths``, ``entries``); ``{"entries": []}`` when
             nothing was pruned yet.
 
@@ -374,7 +374,7 @@ class RunDir:
 
     @property
     def results_csv(self) -> Path:
-        """``results/results.csv``: the long results table (:func:`funcprune.results.load_results`)."""
+        """``results/results.csv``: the long results table (:func:`funcprune.run.results.load_results`)."""
         return self._at(self.RESULTS_CSV)
 
     @property
@@ -389,7 +389,7 @@ class RunDir:
 
     def summary_path(self, section: str) -> Path:
         """``summary/<section>.json``: a chapter's headline statistics for the comparison across models
-        (:func:`funcprune.crossmodel.record_summary`)."""
+        (:func:`funcprune.book.crossmodel.record_summary`)."""
         return self._at(self.SUMMARY) / f"{section}.json"
 
     def results_record(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ directory (:func:`view_of_run`) or from a bundle, verified member by member, wit
 (:func:`view_of_bundle`). :func:`load_views` reads this build's run and every bundle of a folder and
 marks a bundle measured another way (another protocol fingerprint or funcprune version) as stale.
 
-Used by :mod:`funcprune.crossmodel` and the chapters :doc:`/executed/02_functional_networks`,
+Used by :mod:`funcprune.book.crossmodel` and the chapters :doc:`/executed/02_functional_networks`,
 :doc:`/executed/04_structured_pruning`, :doc:`/executed/06_ablations` and :doc:`/executed/07_across_models`.
 """
 
@@ -26,10 +26,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._io import ArtefactError, atomic_write_json, read_json
+from .._io import ArtefactError, atomic_write_json, read_json
 from .bundle import read_bundle_manifest, run_provenance
 from .rundir import RunDir
-from .tables import DENSE_KEY
+from ..tables import DENSE_KEY
 
 __all__ = ["SECTIONS", "RunView", "load_views", "network_summary", "read_summaries", "record_summary", "view_of_bundle",
            "view_of_run"]
@@ -107,7 +107,7 @@ def network_summary(networks: Any, widths: Mapping[int, int], *, threshold: floa
         median width), ``key_share`` (key neurons among the prunable layers' channels),
         ``split_half_median``, ``seed_median``, ``threshold``.
     """
-    from .scoring import is_key, key_neuron_scores
+    from ..scoring import is_key, key_neuron_scores
 
     scores = key_neuron_scores(networks.maps_, networks.voxel_channels_, widths)
     prunable = [layer for layer in scores if layer not in set(protected)]
@@ -133,7 +133,7 @@ class RunView:
     origin : str
         ``"this build"`` or the bundle's file name.
     provenance : dict
-        :func:`funcprune.bundle.run_provenance` (plus ``funcprune``, the version that wrote the bundle).
+        :func:`funcprune.run.bundle.run_provenance` (plus ``funcprune``, the version that wrote the bundle).
     record : dict
         ``results/results.json``.
     comparisons : pandas.DataFrame
@@ -188,7 +188,7 @@ def view_of_run(run_dir: str | os.PathLike[str]) -> RunView:
     provenance = run_provenance(run)
     if provenance is None:
         raise ArtefactError(run.results_json, "does not exist", "run chapter 5 first (make notebooks)")
-    from .provenance import __version__
+    from ..provenance import __version__
 
     choices = read_json(run.decomposition_record) if run.decomposition_record.exists() else None
     return RunView(_label(provenance), "this build", {**provenance, "funcprune": __version__},

@@ -14,12 +14,12 @@ that starts with ``ensure_inputs(run_dir, [2], bundle=...)`` runs from a bundle 
 
 Command line::
 
-    python -m funcprune.bundle write --profile default [--out bundles/default.tar.gz]
-    python -m funcprune.bundle unpack bundles/default.tar.gz runs/default
+    python -m funcprune.run.bundle write --profile default [--out bundles/default.tar.gz]
+    python -m funcprune.run.bundle unpack bundles/default.tar.gz runs/default
 
 A bundle's manifest also records where the run came from (:func:`run_provenance`: model, revision,
 licence, data, the model-independent :func:`protocol_fingerprint`, commit, date, machine): the
-chapter that sets models side by side (:mod:`funcprune.crossmodel`) reads every bundle of
+chapter that sets models side by side (:mod:`funcprune.book.crossmodel`) reads every bundle of
 ``bundles/`` and marks one measured another way as stale.
 """
 
@@ -35,7 +35,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
-from ._io import ArtefactError, file_record, json_sha256, verify_file
+from .._io import ArtefactError, file_record, json_sha256, verify_file
 from .rundir import RunDir
 
 __all__ = ["COMPARISON", "MANIFEST", "STAGE_OUTPUTS", "bundle_files", "ensure_inputs", "protocol_fingerprint", "read_bundle_manifest",
@@ -124,7 +124,7 @@ def run_provenance(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         shows it), ``data`` (the held-out corpus, its file and SHA-256), ``protocol`` (:func:`protocol_fingerprint`),
         ``results_funcprune`` and ``commit`` (what evaluated), ``evaluated`` (the results' date), ``machine``.
     """
-    from .provenance import display_path
+    from ..provenance import display_path
 
     run = RunDir(run_dir)
     if not run.results_json.exists():
@@ -163,7 +163,7 @@ def write_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *
     dict
         The manifest (also the bundle's first member).
     """
-    from .provenance import __version__, display_path
+    from ..provenance import __version__, display_path
 
     root = Path(run_dir)
     files = bundle_files(root, only)
@@ -308,7 +308,7 @@ def ensure_inputs(run_dir: str | os.PathLike[str], stages: Sequence[int], *,
     if not gaps:
         return []
     fix = (f"run chapters {gaps} first with the same run_dir, or unpack a bundle of a run: "
-           f"python -m funcprune.bundle unpack <bundle.tar.gz> {root}")
+           f"python -m funcprune.run.bundle unpack <bundle.tar.gz> {root}")
     if bundle is None:
         raise ArtefactError(root, f"lacks the outputs of stage(s) {gaps}", fix)
     manifest = read_bundle_manifest(bundle)
@@ -322,9 +322,9 @@ def ensure_inputs(run_dir: str | os.PathLike[str], stages: Sequence[int], *,
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
     from .profiles import load_profile
-    from .provenance import REPO_ROOT
+    from ..provenance import REPO_ROOT
 
-    parser = argparse.ArgumentParser(prog="python -m funcprune.bundle")
+    parser = argparse.ArgumentParser(prog="python -m funcprune.run.bundle")
     sub = parser.add_subparsers(dest="command", required=True)
     write = sub.add_parser("write", help="bundle the run directory of a profile")
     write.add_argument("--profile", default="default")

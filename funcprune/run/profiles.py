@@ -1,7 +1,7 @@
 """Run profiles: ``params/<name>.yaml`` files naming a model, data and every stage's settings.
 
-:func:`load_profile` is the one reader; :mod:`funcprune.workflow` runs the notebooks with a
-profile, :mod:`funcprune.preflight` checks one against the model's config. :func:`unknown_keys`
+:func:`load_profile` is the one reader; :mod:`funcprune.book.workflow` runs the notebooks with a
+profile, :mod:`funcprune.run.preflight` checks one against the model's config. :func:`unknown_keys`
 names a key no notebook declares (a typo) with the closest declared name, for the preflight to
 report before stage 1.
 """
@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from .provenance import REPO_ROOT
+from ..provenance import REPO_ROOT
 
 __all__ = ["declared_parameters", "load_profile", "unknown_keys"]
 
@@ -53,7 +53,7 @@ def load_profile(name_or_path: str | Path) -> dict[str, Any]:
 def declared_parameters(notebooks: Iterable[str | Path] | None = None) -> set[str]:
     """Names assigned in the ``parameters`` cells of the stage notebooks, read with :mod:`ast` (milliseconds).
 
-    The same names papermill injects (:func:`funcprune.workflow.notebook_parameters` asks
+    The same names papermill injects (:func:`funcprune.book.workflow.notebook_parameters` asks
     papermill, which needs its import and a kernel spec); empty when no notebook is found
     (an installed package without the repository).
 
@@ -82,7 +82,7 @@ def unknown_keys(profile: Mapping[str, Any], declared: set[str] | None = None) -
     """One problem per profile key that no notebook declares, with the closest declared name.
 
     A misspelt key would otherwise be passed to no notebook and its setting silently not
-    used (:func:`funcprune.workflow.run_notebooks` refuses it too, but only after the
+    used (:func:`funcprune.book.workflow.run_notebooks` refuses it too, but only after the
     preflight said "ok").
 
     Returns
