@@ -13,12 +13,13 @@ The public surface follows the stages: :func:`load_model`, :func:`capture_activa
 
 from .adapters import ArchitectureAdapter, UnsupportedArchitectureError, get_adapter, register_adapter
 from .capture import MLPRecorder, capture_activations
+from .checkpoint import load_pruned, save_pruned
 from .evaluate import perplexity
 from .ica import FunctionalNetworks
 from .models import DEFAULT_MODEL, describe_model, load_model
 from .plan import PruningPlan, select_channels
 from .provenance import __version__, environment_info
-from .prune import load_pruned, prune, save_pruned
+from .prune import prune
 from .scoring import key_neuron_scores
 from .store import ActivationStore
 from .tasks import run_zero_shot

@@ -1,6 +1,6 @@
 """A pruned checkpoint anyone can load: plain ``from_pretrained``, a model card, and the artefacts people reuse.
 
-:func:`funcprune.prune.save_pruned` writes the weights and config with ``save_pretrained``; this module
+:func:`funcprune.checkpoint.save_pruned` writes the weights and config with ``save_pretrained``; this module
 finishes the directory so that transformers alone loads it, in any process, with no funcprune installed::
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -171,7 +171,7 @@ def base_config(path: str | os.PathLike[str]) -> Any:
     """The config of an exported checkpoint as its base family's transformers config (no remote code run).
 
     A checkpoint with ``modeling_funcprune.py`` records the model type ``funcprune_<family>``; funcprune's
-    own loader (:func:`funcprune.prune.load_pruned`) builds it from the family's config class instead.
+    own loader (:func:`funcprune.checkpoint.load_pruned`) builds it from the family's config class instead.
 
     Returns
     -------
@@ -281,7 +281,7 @@ def _card_text(model: nn.Module, plan: PruningPlan, card: ModelCard, remote: boo
         f"| base model revision | {plan.model.get('revision') or 'unknown'} |", "",
         f"MLP widths per layer: {widths}.", "",
         "## Perplexity", "",
-        f"| dense | pruned |", "|---|---|", f"| {_fmt(card.dense_ppl)} | {_fmt(card.pruned_ppl)} |", "",
+        "| dense | pruned |", "|---|---|", f"| {_fmt(card.dense_ppl)} | {_fmt(card.pruned_ppl)} |", "",
         card.ppl_protocol or "Same held-out text for both, measured by funcprune.", "",
         "## Files", "",
         *[f"- `{name}`: {_FILE_NOTES[name]}" for name in files if name in _FILE_NOTES], "",
@@ -309,7 +309,7 @@ def finish_export(path: str | os.PathLike[str], model: nn.Module, plan: PruningP
                   card: ModelCard | Mapping[str, Any] | None = None, networks: Any = None) -> list[str]:
     """Make a ``save_pretrained`` directory of a pruned model loadable by transformers alone, and document it.
 
-    Called by :func:`funcprune.prune.save_pruned` before it records the files; see the module notes for
+    Called by :func:`funcprune.checkpoint.save_pruned` before it records the files; see the module notes for
     every file written.
 
     Parameters

@@ -868,7 +868,7 @@ class LoadedModel:
         ``revision`` (``None`` when unknown), ``model_type``, ``dtype`` and, by source,
         ``path``, ``device``, ``devices``, ``package``, ``license``, ``notes``.
     plan : PruningPlan, optional
-        The plan of a pruned checkpoint (:func:`funcprune.prune.load_pruned`).
+        The plan of a pruned checkpoint (:func:`funcprune.checkpoint.load_pruned`).
     """
 
     model: torch.nn.Module

@@ -329,7 +329,8 @@ def test_plan_file_truncated_deleted_or_for_another_model(tmp_path: Path) -> Non
 # ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clean_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from funcprune.prune import prune, save_pruned
+    from funcprune.prune import prune
+    from funcprune.checkpoint import save_pruned
 
     model = tiny_model("llama")
     plan = _plan(model)
@@ -352,7 +353,7 @@ def checkpoint_copy(clean_checkpoint: Path, tmp_path: Path) -> Path:
      r"model.safetensors: has changed"),
 ])
 def test_checkpoint_faults_are_named(checkpoint_copy: Path, fault, match: str) -> None:  # type: ignore[no-untyped-def]
-    from funcprune.prune import load_pruned
+    from funcprune.checkpoint import load_pruned
 
     fault(checkpoint_copy)
     with pytest.raises(ArtefactError, match=rf"{match}.*delete .*pruned and re-run stage 4"):
@@ -360,7 +361,8 @@ def test_checkpoint_faults_are_named(checkpoint_copy: Path, fault, match: str) -
 
 
 def test_checkpoint_swapped_weights_are_refused(checkpoint_copy: Path, tmp_path: Path) -> None:
-    from funcprune.prune import load_pruned, prune, save_pruned
+    from funcprune.prune import prune
+    from funcprune.checkpoint import load_pruned, save_pruned
 
     model = tiny_model("llama")
     plan = _plan(model, seed=1)
@@ -374,7 +376,7 @@ def test_checkpoint_swapped_weights_are_refused(checkpoint_copy: Path, tmp_path:
 def test_checkpoint_truncated_safetensors_named_even_when_recorded(checkpoint_copy: Path) -> None:
     from test_prune import rerecord
 
-    from funcprune.prune import load_pruned
+    from funcprune.checkpoint import load_pruned
 
     _truncate(checkpoint_copy / "model.safetensors", 1000)
     rerecord(checkpoint_copy)
@@ -387,7 +389,7 @@ def test_checkpoint_config_widths_disagreeing_with_weights_give_one_line(checkpo
 
     from test_prune import rerecord
 
-    from funcprune.prune import load_pruned
+    from funcprune.checkpoint import load_pruned
 
     config = json.loads((checkpoint_copy / "config.json").read_text())
     config["funcprune"]["mlp_widths"]["1"] -= 2
@@ -405,7 +407,7 @@ def test_checkpoint_config_widths_disagreeing_with_weights_give_one_line(checkpo
 def test_checkpoint_with_the_plan_of_another_pruning_is_refused(checkpoint_copy: Path) -> None:
     from test_prune import rerecord
 
-    from funcprune.prune import PLAN_FILE, load_pruned
+    from funcprune.checkpoint import PLAN_FILE, load_pruned
 
     _plan(tiny_model("llama"), seed=1, ratio=0.3).save(checkpoint_copy / PLAN_FILE)
     rerecord(checkpoint_copy, PLAN_FILE)
@@ -415,7 +417,7 @@ def test_checkpoint_with_the_plan_of_another_pruning_is_refused(checkpoint_copy:
 
 def test_checkpoint_verify_false_checks_sizes_only(checkpoint_copy: Path) -> None:
     """The documented cost trade-off: without digests a flipped bit passes, a truncation does not."""
-    from funcprune.prune import load_pruned, verify_pruned
+    from funcprune.checkpoint import load_pruned, verify_pruned
 
     _flip_bit(checkpoint_copy / "model.safetensors")
     verify_pruned(checkpoint_copy, digest=False)

@@ -154,7 +154,8 @@ def test_perplexity_statistics_and_pruning_on_cuda(cuda_model, default_model) ->
 @needs_cuda
 def test_pruned_checkpoint_reloads_on_cuda(cuda_model, tmp_path: Path) -> None:
     from funcprune.methods import make_plan
-    from funcprune.prune import load_pruned, prune, save_pruned
+    from funcprune.prune import prune
+    from funcprune.checkpoint import load_pruned, save_pruned
 
     model, tokenizer = dense = load_model(models.DEFAULT_MODEL, device_map="cuda")
     plan = make_plan("magnitude", model, 0.1, source=dense.source)

@@ -23,7 +23,8 @@ from tiny_models import FAMILIES, tiny_config, tiny_model
 from funcprune.adapters import get_adapter, layer_widths
 from funcprune.hf_export import CHANNELS_FILE, MODELING_FILE, ModelCard, export_gains, needs_remote_code
 from funcprune.plan import PruningPlan, select_channels
-from funcprune.prune import load_pruned, prune, save_pruned, verify_pruned
+from funcprune.prune import prune
+from funcprune.checkpoint import load_pruned, save_pruned, verify_pruned
 from funcprune.scoring import random_scores
 
 #: Every family the adapters support (tiny_models.FAMILIES, plus Qwen3 with its q/k norms).

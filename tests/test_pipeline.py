@@ -24,7 +24,8 @@ from funcprune.methods import METHODS, build_pruned, get_method, make_plan, meth
 from funcprune.run.pipeline import prune_all, read_index
 from funcprune.plan import PruningPlan, channel_parameters
 from funcprune._io import ArtefactError
-from funcprune.prune import CalibrationData, PlanMismatchError, load_pruned, save_pruned
+from funcprune.prune import CalibrationData, PlanMismatchError
+from funcprune.checkpoint import load_pruned, save_pruned
 from funcprune.scoring import (ChannelStatistics, channel_statistics, flap_scores, fn_flap_scores, key_neuron_scores,
                                magnitude_scores, random_scores, wanda_sp_scores)
 

@@ -18,8 +18,9 @@ from transformers.pytorch_utils import Conv1D
 from funcprune import get_adapter
 from funcprune._io import ArtefactError, file_record
 from funcprune.plan import PruningPlan, select_by_threshold, select_channels
-from funcprune.prune import (CHECKPOINT_MANIFEST, CalibrationData, PlanMismatchError, check_plan, compensate_bias,
-                             load_pruned, parameter_report, prune, prune_layer, save_pruned, slice_linear)
+from funcprune.checkpoint import CHECKPOINT_MANIFEST, load_pruned, save_pruned
+from funcprune.prune import (CalibrationData, PlanMismatchError, check_plan, compensate_bias, parameter_report, prune,
+                             prune_layer, slice_linear)
 from funcprune.adapters import layer_widths
 from funcprune.scoring import channel_statistics, random_scores
 

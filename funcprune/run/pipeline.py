@@ -13,7 +13,7 @@ parameters, widths, digests, seconds).
 Plans, not checkpoints: a plan is a few kB, the biases of one compensated model a few
 hundred kB, where a checkpoint is the whole model. :func:`rebuild_pruned` turns the dense
 model, a plan and its biases back into the pruned model in seconds (equal to what
-:func:`~funcprune.methods.build_pruned` gave); :func:`funcprune.prune.save_pruned` exports one as an HF
+:func:`~funcprune.methods.build_pruned` gave); :func:`funcprune.checkpoint.save_pruned` exports one as an HF
 checkpoint when wanted.
 
 Keys read ``fn_r0.20`` or ``random-s1_r0.10``. Work already done is reused: a plan on
@@ -40,13 +40,14 @@ from .._io import (ArtefactError, atomic_open, atomic_write_json, canonical_safe
                   json_sha256, read_json, verify_file)
 from ..adapters import layer_widths
 from .calibration import calibration_data, calibration_statistics, calibration_texts, texts_record
+from ..checkpoint import PLAN_FILE
 from ..compensation import down_input_moments, set_down_weights
 from ..data import Text
 from ..evaluate import count_parameters
 from ..methods import LEAST_SQUARES, METHODS, Method, build_pruned, get_method, make_plan, method_key
 from ..models import LoadedModel, load_model
 from ..plan import PruningPlan, model_identity
-from ..prune import PLAN_FILE, prune
+from ..prune import prune
 from .rundir import RunDir
 
 __all__ = [
@@ -397,7 +398,7 @@ def rebuild_pruned(run_dir: str | os.PathLike[str], key: str, dense: nn.Module, 
     This deep-copies ``dense``, sets the saved down-projection biases and slices the
     channels the plan drops (:func:`funcprune.prune.prune`): the result equals what
     :func:`~funcprune.methods.build_pruned` gave when the plan was made. Export it as an HF checkpoint
-    with :func:`funcprune.prune.save_pruned`.
+    with :func:`funcprune.checkpoint.save_pruned`.
 
     Parameters
     ----------
