@@ -16,7 +16,8 @@ from .capture import MLPRecorder, capture_activations
 from .checkpoint import load_pruned, save_pruned
 from .evaluate import perplexity
 from .ica import FunctionalNetworks
-from .models import DEFAULT_MODEL, describe_model, load_model
+from .model_assets import DEFAULT_MODEL
+from .models import describe_model, load_model
 from .plan import PruningPlan, select_channels
 from .provenance import __version__, environment_info
 from .prune import prune

@@ -120,7 +120,7 @@ def network_connectivity(fn: FunctionalNetworks, store: ActivationStore, layer: 
     """
     from nilearn.connectome import ConnectivityMeasure
 
-    courses = fn.transform(np.asarray(store.layer(layer), dtype=np.float64), layer)
+    courses = fn.time_courses(np.asarray(store.layer(layer), dtype=np.float64), layer)
     return ConnectivityMeasure(kind=kind, standardize="zscore_sample").fit_transform([courses])[0]
 
 

@@ -26,11 +26,17 @@ warning, and ``n_groups_used_`` counts the groups that remain.
 :meth:`FunctionalNetworks.load` checks both (one read of a file of a few MB) and names
 a damaged file with the fix.
 
+On a 2-D array :class:`FunctionalNetworks` is a scikit-learn transformer (input checked by
+scikit-learn, ``n_features_in_``, ``transform(X)``, ``fit_transform``, ``set_output``; its
+estimator checks run in ``tests/test_ica_estimator.py``); the maps of one layer of a store
+(or of one group) are projected with :meth:`FunctionalNetworks.time_courses`.
+
 Used in the chapter :doc:`/executed/02_functional_networks`.
 
-Why one module: :class:`FunctionalNetworks` is one estimator whose numerics (z-scoring,
-whitening, restarts, converged-first selection), input handling and persistence are read top to
-bottom by someone checking the method; the agreement measures live in
+Why one module: :class:`FunctionalNetworks` is one estimator whose fitting (groups, seeds,
+converged-first selection among restarts), input handling and persistence are read top to bottom
+by someone checking the method; the numerical steps it calls (z-scoring, randomized SVD,
+whitening, one FastICA restart) live in :mod:`funcprune._fastica`, the agreement measures in
 :mod:`funcprune.agreement`.
 """
 
@@ -44,16 +50,16 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from joblib import Parallel, delayed
-from sklearn.base import BaseEstimator
-from sklearn.decomposition import FastICA
+from scipy.sparse import issparse
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
+from sklearn.utils import Tags, check_random_state
 from sklearn.utils.extmath import randomized_svd
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
+from ._fastica import _fastica_restart, _numerical_rank, _randomized_svd_torch, _whiten, zscore_time_in_place
 from ._io import ArtefactError, atomic_open, atomic_write_json, file_record, read_json, verify_file
 from .agreement import match_maps, top_overlap
 from .store import ActivationStore, StoreView
@@ -65,9 +71,6 @@ MANIFEST_NAME = "networks.json"
 ARRAYS_NAME = "networks.npz"
 MODES = ("layer", "window")
 DEVICES = ("cpu", "cuda")
-#: A voxel whose standard deviation over time is below this (relative to its mean,
-#: or absolute when the mean is below 1) is treated as constant and set to zero.
-CONSTANT_RTOL = 1e-12
 #: Below this ratio of smallest to largest singular value of the centred spatial
 #: components, whitening amplifies noise: warned about and recorded.
 WHITENING_MIN_CONDITION = 1e-2
@@ -75,158 +78,6 @@ WHITENING_MIN_CONDITION = 1e-2
 
 class ICAConvergenceWarning(ConvergenceWarning):
     """FastICA did not converge, overflowed or produced NaN, or the data's rank is below ``k``."""
-
-
-def _numerical_rank(X: np.ndarray, spatial: np.ndarray) -> int:
-    """How many of the spatial singular vectors carry signal: ``||X v_i||`` above numpy's rank tolerance.
-
-    ``||X v_i||`` is the i-th singular value; the tolerance is ``matrix_rank``'s,
-    ``s_max * max(X.shape) * eps``. Vectors found past the rank of ``X`` span noise.
-    """
-    singular = np.linalg.norm(X @ spatial, axis=0)
-    top = float(singular.max()) if singular.size else 0.0
-    return int(np.sum(singular > top * max(X.shape) * np.finfo(np.float64).eps)) if top > 0 else 0
-
-
-# ----------------------------------------------------------------------------------
-# Numerical building blocks
-# ----------------------------------------------------------------------------------
-def zscore_time_in_place(X: np.ndarray) -> np.ndarray:
-    """z-score every column of ``X`` over its rows, in place (no copy of a large block); constant columns become 0.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_tokens, n_voxels), float64
-        Activations; modified in place. The standard deviation uses ``ddof=0``.
-
-    Returns
-    -------
-    ndarray of bool, shape (n_voxels,)
-        The constant voxels (set to zero instead of NaN).
-    """
-    n_tokens = X.shape[0]
-    mean = X.mean(axis=0)
-    X -= mean
-    std = np.sqrt(np.einsum("ij,ij->j", X, X) / n_tokens)  # no (T, V) temporary
-    constant = std <= CONSTANT_RTOL * np.maximum(np.abs(mean), 1.0)
-    std[constant] = 1.0
-    X /= std
-    X[:, constant] = 0.0
-    return constant
-
-
-def _randomized_svd_torch(X: np.ndarray, n_components: int, n_iter: int | str, seed: int,
-                          device: str, n_oversamples: int = 10) -> np.ndarray:
-    """Right singular vectors of ``X`` by a randomized SVD in torch (float64).
-
-    Halko et al.'s range finder with a QR after every power iteration; the test
-    matrix is drawn from ``numpy.random.RandomState(seed)``, so the result does not
-    depend on torch's global generator.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_tokens, n_voxels)
-    n_components : int
-    n_iter : int or "auto"
-        Power iterations; ``"auto"`` follows scikit-learn (7 if ``n_components`` is
-        below 10% of the smaller dimension, else 4).
-    seed : int
-    device : str
-        Torch device, e.g. ``"cuda"`` or ``"cpu"``.
-    n_oversamples : int, default=10
-
-    Returns
-    -------
-    ndarray of shape (n_voxels, n_components)
-        Spatial singular vectors, sign-flipped so each column's largest ``|value|``
-        is positive.
-    """
-    import torch  # imported here: the CPU path never needs torch
-
-    if n_iter == "auto":
-        n_iter = 7 if n_components < 0.1 * min(X.shape) else 4
-    size = n_components + n_oversamples
-    omega = np.random.RandomState(seed).normal(size=(X.shape[1], size))
-    A = torch.from_numpy(np.ascontiguousarray(X)).to(device=device, dtype=torch.float64)
-    Q = torch.linalg.qr(A @ torch.from_numpy(omega).to(A))[0]
-    for _ in range(int(n_iter)):
-        Q = torch.linalg.qr(A.T @ Q)[0]
-        Q = torch.linalg.qr(A @ Q)[0]
-    B = Q.T @ A  # (size, n_voxels)
-    _, _, Vh = torch.linalg.svd(B, full_matrices=False)
-    V = Vh[:n_components].T.cpu().numpy()
-    peaks = V[np.abs(V).argmax(axis=0), np.arange(V.shape[1])]
-    return V * np.where(peaks < 0, -1.0, 1.0)
-
-
-def _whiten(spatial: np.ndarray) -> tuple[np.ndarray, float]:
-    """Centre the voxels' loadings and whiten them (PCA whitening, unit variance).
-
-    Same transform as ``FastICA(whiten="unit-variance")``, done here because
-    scikit-learn fixes the sign of the whitening basis with ``np.sign(u[0])``,
-    which zeroes a whole direction when ``u[0, j]`` is exactly 0. That happens with
-    CanICA's input: orthonormal singular vectors have a degenerate covariance, so
-    the basis is arbitrary and LAPACK may return exact zeros; one component is
-    then lost (seen with ``whiten_solver="eigh"`` on planted data).
-
-    Parameters
-    ----------
-    spatial : ndarray of shape (n_voxels, n_components)
-
-    Returns
-    -------
-    white : ndarray of shape (n_voxels, n_components)
-        Centred, decorrelated columns of unit variance.
-    condition : float
-        Smallest over largest singular value of the centred input (near 0: the
-        centring removed a direction, e.g. a map constant over voxels).
-    """
-    centred = spatial - spatial.mean(axis=0)
-    P, sv, _ = np.linalg.svd(centred, full_matrices=False)
-    return P * np.sqrt(spatial.shape[0]), float(sv[-1] / sv[0]) if sv[0] > 0 else 0.0
-
-
-def _cube(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The cube non-linearity for FastICA: ``g(x) = x**3`` and the mean of ``g'(x) = 3 x**2``.
-
-    Same values as scikit-learn's ``fun="cube"``, written with multiplications:
-    ``x ** 3`` calls ``pow`` per element and made each FastICA iteration ~20x slower
-    (measured in ``benchmarks/bench_ica.py``).
-    """
-    x2 = x * x
-    return x2 * x, 3.0 * x2.mean(axis=-1)
-
-
-def _fastica_restart(white: np.ndarray, seed: int, max_iter: int, tol: float) -> dict[str, Any]:
-    """One FastICA run on whitened spatial loadings; warnings are captured, not lost.
-
-    Parameters
-    ----------
-    white : ndarray of shape (n_voxels, n_components)
-        Output of :func:`_whiten`.
-    seed, max_iter, tol : see :class:`FunctionalNetworks`
-
-    Returns
-    -------
-    dict
-        ``sources`` (ndarray of shape (n_voxels, n_components), unit variance),
-        ``n_iter``, ``converged``, ``finite``, ``sparsity`` (max over components of
-        the L1 norm, ``inf`` if not finite) and ``warnings`` (messages).
-    """
-    ica = FastICA(fun=_cube, whiten=False, max_iter=max_iter, tol=tol, random_state=int(seed))
-    errstate = np.errstate(over="warn", divide="warn", invalid="warn", under="ignore")
-    # Matrices of n_components x n_voxels are too small to gain from BLAS threads, and
-    # threads busy-waiting on a loaded machine slowed FastICA several-fold.
-    with warnings.catch_warnings(record=True) as caught, errstate, threadpool_limits(1):
-        warnings.simplefilter("always")
-        sources = ica.fit_transform(white)
-        sources = sources / sources.std(axis=0)  # unit variance, as whiten="unit-variance"
-    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    finite = bool(np.isfinite(sources).all())
-    sparsity = float(np.abs(sources).sum(axis=0).max()) if finite else float("inf")
-    messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
-    return {"sources": sources, "n_iter": int(ica.n_iter_), "converged": converged,
-            "finite": finite, "sparsity": sparsity, "warnings": messages}
 
 
 def convergence_check(networks: "FunctionalNetworks", X: Any, layers: Sequence[int] | None = None, *,
@@ -330,6 +181,13 @@ class _Source:
     description: dict[str, Any] = field(default_factory=dict)
 
 
+def _is_array(X: Any) -> bool:
+    """Whether ``X`` is an array-like (scikit-learn's input), not a store, its path or a mapping of layers."""
+    if isinstance(X, (str, os.PathLike, ActivationStore, StoreView)):
+        return False
+    return issparse(X) or not isinstance(X, Mapping)  # a dok sparse matrix is a dict
+
+
 def _as_source(X: Any, doc_ids: np.ndarray | None) -> _Source:
     if isinstance(X, (str, os.PathLike)):
         X = ActivationStore(X)
@@ -420,7 +278,7 @@ def _split_groups(n_rows: int, doc_ids: np.ndarray | None, n_groups: int
 # ----------------------------------------------------------------------------------
 # The estimator
 # ----------------------------------------------------------------------------------
-class FunctionalNetworks(BaseEstimator):
+class FunctionalNetworks(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Spatial group ICA of MLP activations (CanICA-style functional networks).
 
     Parameters
@@ -507,6 +365,14 @@ class FunctionalNetworks(BaseEstimator):
     warnings_ : list of str
         One sentence per fit that warned (layer, group, status and what went wrong),
         for a chapter to show; empty when every fit is clean.
+    n_iter_ : int
+        Most FastICA iterations among the restarts whose maps were kept (``max_iter``
+        when one of them was stopped); per restart in ``convergence_``.
+    n_features_in_ : int
+        Voxels of ``X`` when ``fit`` was given a 2-D array (scikit-learn's contract);
+        not set for a mapping or a store, whose layers have their own widths.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of ``X`` when ``fit`` was given a DataFrame with string column names.
 
     Notes
     -----
@@ -530,8 +396,8 @@ class FunctionalNetworks(BaseEstimator):
     >>> import numpy as np
     >>> X = np.random.default_rng(0).laplace(size=(200, 300))
     >>> fn = FunctionalNetworks(4, n_init=2, random_state=0, progress=False).fit(X)
-    >>> fn.maps_[0].shape, fn.transform(X).shape
-    ((4, 300), (200, 4))
+    >>> fn.maps_[0].shape, fn.transform(X).shape, fn.n_features_in_
+    ((4, 300), (200, 4), 300)
     """
 
     def __init__(self, n_components: int = 32, *, n_groups: int = 1,
@@ -594,8 +460,10 @@ class FunctionalNetworks(BaseEstimator):
         ----------
         X : ndarray of shape (n_tokens, n_voxels), mapping of int to such arrays, \
                 ActivationStore or path of a store
-            Activations. An array is layer 0; a mapping's keys are layers; a store
-            is read one layer (and one group) at a time from its memory maps.
+            Activations. An array is layer 0, checked by scikit-learn (dense,
+            numeric, at least 2 tokens and 2 voxels; sets ``n_features_in_``); a
+            mapping's keys are layers; a store is read one layer (and one group) at a
+            time from its memory maps.
         y : None
             Ignored (scikit-learn convention).
         doc_ids : ndarray of shape (n_tokens,), optional
@@ -609,6 +477,12 @@ class FunctionalNetworks(BaseEstimator):
         """
         del y
         self._check_params()
+        if _is_array(X):  # an accepted array is passed on as it is (no copy, same dtype); NaN is named below
+            X = validate_data(self, X, dtype="numeric", ensure_min_samples=2, ensure_min_features=2,
+                              ensure_all_finite=False)
+        else:
+            for name in ("n_features_in_", "feature_names_in_"):  # they describe a 2-D array's columns
+                self.__dict__.pop(name, None)
         source = _as_source(X, doc_ids)
         layers = self._select_layers(source)
         group_rows, self.groups_ = _split_groups(source.n_rows, source.doc_ids, self.n_groups)
@@ -810,9 +684,57 @@ class FunctionalNetworks(BaseEstimator):
     def _fitted_maps(self) -> dict[int, np.ndarray]:
         return self.maps_ if self.mode == "layer" else self.window_maps_
 
-    def transform(self, X: np.ndarray, layer: int | None = None, *, group: int | None = None
-                  ) -> np.ndarray:
-        """Time courses of the networks: least squares of z-scored ``X`` onto the maps.
+    @property
+    def n_iter_(self) -> int:
+        """Most FastICA iterations among the kept restarts (scikit-learn's ``n_iter_``)."""
+        check_is_fitted(self)
+        return max((r["n_iter"][r["selected"]] for r in self.convergence_ if r["selected"] is not None), default=0)
+
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of ``transform(X)``, for ``get_feature_names_out`` and ``set_output``."""
+        return len(self._fitted_maps[self._only_key()])
+
+    def _only_key(self) -> int:
+        keys = sorted(self._fitted_maps)
+        if len(keys) != 1:
+            raise ValueError(f"several layers (or windows) were fitted ({keys}): pass one, as in "
+                             "time_courses(X, layer); transform(X) needs a fit of one")
+        return keys[0]
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False  # fit and transform reject NaN and inf
+        tags.input_tags.sparse = False  # z-scoring over tokens makes every voxel dense
+        tags.transformer_tags.preserves_dtype = ["float64"]  # time courses are float64 whatever the input
+        return tags
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Time courses of the networks of a one-layer fit (scikit-learn's ``transform``).
+
+        The same as :meth:`time_courses` of the fitted layer (or window); after a fit on
+        a 2-D array, ``X`` is checked by scikit-learn against ``n_features_in_`` (and
+        ``feature_names_in_``). For a fit of several layers, call :meth:`time_courses`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_tokens, n_voxels)
+            Activations, z-scored here over the tokens given: each row's time course
+            depends on the other rows, so transform whole texts, not one token at a time.
+
+        Returns
+        -------
+        ndarray of shape (n_tokens, n_maps)
+            Time course of each of the layer's maps.
+        """
+        check_is_fitted(self)
+        key = self._only_key()
+        if hasattr(self, "n_features_in_"):
+            X = validate_data(self, X, reset=False, dtype="numeric")
+        return self.time_courses(X, key)
+
+    def time_courses(self, X: Any, layer: int | None = None, *, group: int | None = None) -> np.ndarray:
+        """Time courses of the networks of one layer: least squares of z-scored ``X`` onto the maps.
 
         As nilearn's maps maskers: solve ``maps.T @ C.T ~= X_z.T`` for ``C``. Feed the
         result to :class:`nilearn.connectome.ConnectivityMeasure` for functional
@@ -820,8 +742,9 @@ class FunctionalNetworks(BaseEstimator):
 
         Parameters
         ----------
-        X : ndarray of shape (n_tokens, n_voxels)
-            Activations of one layer (or of a window's layers concatenated).
+        X : array-like of shape (n_tokens, n_voxels)
+            Activations of one layer (or of a window's layers concatenated), z-scored
+            here over the tokens given.
         layer : int, optional
             Layer (``mode="layer"``) or window start (``mode="window"``); may be
             omitted when only one was fitted.
@@ -836,9 +759,7 @@ class FunctionalNetworks(BaseEstimator):
         check_is_fitted(self)
         maps_by_key = self._fitted_maps
         if layer is None:
-            if len(maps_by_key) != 1:
-                raise ValueError(f"several keys were fitted ({sorted(maps_by_key)}); pass layer=")
-            layer = next(iter(maps_by_key))
+            layer = self._only_key()
         if layer not in maps_by_key:
             raise KeyError(f"{layer} was not fitted; fitted: {sorted(maps_by_key)}")
         maps = maps_by_key[layer].astype(np.float64)
@@ -847,11 +768,10 @@ class FunctionalNetworks(BaseEstimator):
                 raise KeyError(f"group {group} has no maps for {layer}; groups used: "
                                f"{sorted(set(self.map_groups_[layer].tolist()))}")
             maps = maps[self.map_groups_[layer] == group]
-        X = np.array(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != maps.shape[1]:
-            raise ValueError(f"X has shape {X.shape}; expected (n_tokens, {maps.shape[1]})")
-        if not np.isfinite(X).all():
-            raise ValueError("X contains NaN or inf")
+        X = np.array(check_array(X, dtype="numeric", estimator=self), dtype=np.float64)
+        if X.shape[1] != maps.shape[1]:
+            raise ValueError(f"X has {X.shape[1]} features, but the maps of {layer} have {maps.shape[1]} "
+                             f"voxels: expected shape (n_tokens, {maps.shape[1]})")
         zscore_time_in_place(X)
         return np.linalg.lstsq(maps.T, X.T, rcond=None)[0].T
 

@@ -117,7 +117,7 @@ def _time_courses(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tenso
     courses = {}
     for layer in layers:
         X = np.concatenate(rows[layer]).astype(np.float64)
-        tc = fn.transform(X, layer).reshape(n, length, -1)
+        tc = fn.time_courses(X, layer).reshape(n, length, -1)
         courses[layer] = tc[:, :-1]  # the activity at position i shapes the prediction of token i + 1
     return courses
 

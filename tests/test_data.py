@@ -285,7 +285,7 @@ def test_wikitext2_provenance_digests_the_split(fake_wikitext) -> None:
 def test_wikitext2_perplexity_stream(fake_wikitext) -> None:
     from transformers import AutoTokenizer
 
-    from funcprune.models import cache_dir
+    from funcprune.assets import cache_dir
     from funcprune.heldout import evaluation_stream
 
     path = cache_dir() / "models" / "smollm2-135m-instruct"

@@ -52,7 +52,7 @@ def test_torch_pin_is_the_local_cpu_wheel() -> None:
 
 def test_asset_packages_agree_between_makefile_and_registries() -> None:
     from funcprune.data import DATASETS
-    from funcprune.models import MODELS
+    from funcprune.model_assets import MODELS
 
     makefile = (ROOT / "Makefile").read_text()
     for spec in [*MODELS.values(), *DATASETS.values()]:

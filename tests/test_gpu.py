@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from funcprune import capture_activations, load_model, models
+from funcprune.model_assets import DEFAULT_MODEL
 from funcprune.data import load_texts
 from funcprune.evaluate import perplexity
 from tiny_models import tiny_model
@@ -93,7 +94,7 @@ def test_perplexity_of_an_offloaded_model(offloaded) -> None:
 def test_auto_device_map_loads_and_runs_like_the_cpu_model(default_model, tmp_path: Path) -> None:
     """``device: auto`` (accelerate) works end to end; on a CPU-only machine it keeps every module on the CPU."""
     dense, tokenizer = default_model
-    record = load_model(models.DEFAULT_MODEL, device_map="auto")
+    record = load_model(DEFAULT_MODEL, device_map="auto")
     sharded = record.model
     device_map = getattr(sharded, "hf_device_map", None)  # transformers sets none when all is on one device
     if device_map:
@@ -115,7 +116,7 @@ def test_auto_device_map_loads_and_runs_like_the_cpu_model(default_model, tmp_pa
 # ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cuda_model():
-    return load_model(models.DEFAULT_MODEL, dtype="float32", device_map="cuda")
+    return load_model(DEFAULT_MODEL, dtype="float32", device_map="cuda")
 
 
 @needs_cuda
@@ -157,7 +158,7 @@ def test_pruned_checkpoint_reloads_on_cuda(cuda_model, tmp_path: Path) -> None:
     from funcprune.prune import prune
     from funcprune.checkpoint import load_pruned, save_pruned
 
-    model, tokenizer = dense = load_model(models.DEFAULT_MODEL, device_map="cuda")
+    model, tokenizer = dense = load_model(DEFAULT_MODEL, device_map="cuda")
     plan = make_plan("magnitude", model, 0.1, source=dense.source)
     prune(model, plan, revision=dense.source["revision"])
     save_pruned(model, tokenizer, tmp_path / "pruned", plan=plan)

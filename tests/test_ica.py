@@ -7,9 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
+from funcprune._fastica import _randomized_svd_torch
 from funcprune._io import ArtefactError
 from funcprune.agreement import match_maps
-from funcprune.ica import FunctionalNetworks, ICAConvergenceWarning, _randomized_svd_torch, zscore_time_in_place
+from funcprune.ica import FunctionalNetworks, ICAConvergenceWarning, zscore_time_in_place
 from funcprune.store import ActivationStore, ActivationWriter
 
 N_SOURCES, N_VOXELS, N_TOKENS = 5, 2000, 300
@@ -208,10 +209,10 @@ def test_non_convergence_warns_and_is_recorded(planted_data):
 
 
 def test_nan_run_is_discarded_and_counted(planted_data, monkeypatch):
-    import funcprune.ica as ica_module
+    import funcprune._fastica as fastica_module
 
     calls = {"n": 0}
-    real = ica_module.FastICA
+    real = fastica_module.FastICA
 
     class FirstGroupDiverges(real):  # every restart of group 0 returns NaN
         def fit_transform(self, X, y=None):
@@ -219,7 +220,7 @@ def test_nan_run_is_discarded_and_counted(planted_data, monkeypatch):
             out = super().fit_transform(X)
             return np.full_like(out, np.nan) if calls["n"] <= 2 else out
 
-    monkeypatch.setattr(ica_module, "FastICA", FirstGroupDiverges)
+    monkeypatch.setattr(fastica_module, "FastICA", FirstGroupDiverges)
     fn = FunctionalNetworks(N_SOURCES, n_groups=2, n_init=2, random_state=0, progress=False)
     with pytest.warns(ICAConvergenceWarning, match=r"layer 0, group 0: every FastICA restart"):
         fn.fit(planted_data[0])
@@ -301,7 +302,7 @@ def test_save_load_round_trip(store, tmp_path):
     assert back.n_groups_used_ == fn.n_groups_used_ and back.groups_ == fn.groups_
     assert back.convergence_ == fn.convergence_
     X = np.asarray(store.layer(1))
-    np.testing.assert_array_equal(back.transform(X, 1), fn.transform(X, 1))
+    np.testing.assert_array_equal(back.time_courses(X, 1), fn.time_courses(X, 1))
     (tmp_path / "networks" / "networks.npz").write_bytes(b"damaged")
     with pytest.raises(ArtefactError, match=r"networks.npz: has 7 bytes where \d+ were written.*re-run stage 2"):
         FunctionalNetworks.load(tmp_path / "networks")
@@ -337,7 +338,7 @@ def test_fast_cube_equals_sklearn_cube() -> None:
     """Our multiplication-based cube gives scikit-learn's fun="cube" result."""
     from sklearn.decomposition import FastICA
 
-    from funcprune.ica import _cube, _whiten
+    from funcprune._fastica import _cube, _whiten
 
     X, *_ = planted(seed=3)
     white, _ = _whiten(np.linalg.svd(X - X.mean(0), full_matrices=False)[2][:N_SOURCES].T)

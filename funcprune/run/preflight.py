@@ -272,7 +272,7 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     PreflightError
         Listing every problem, each with its fix (``strict=True``).
     """
-    from .. import data, models, tasks
+    from .. import data, model_assets, models, tasks
     from ..evaluate import count_parameters, flops_per_token
     from ..methods import ALLOCATION_CHOICES
     from ..plan import BASES, default_protected_layers
@@ -293,7 +293,7 @@ def check_profile(profile: str | os.PathLike[str] | Mapping[str, Any], *, strict
     if dtype in (torch.float16, torch.bfloat16) and device_map is None and len(problems) == n_problems:
         notes.append(f"model_dtype {p.get('model_dtype')} on the CPU is slow on most processors; "
                      "float32 is the default")
-    found = _check(problems, models.model_config, p.get("model", models.DEFAULT_MODEL))
+    found = _check(problems, models.model_config, p.get("model", model_assets.DEFAULT_MODEL))
     model = None
     if found is not None:
         config, path, source = found

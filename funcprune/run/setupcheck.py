@@ -75,7 +75,8 @@ def _model_and_speed() -> list[Check]:
     try:
         import torch
 
-        from ..models import DEFAULT_MODEL, load_model
+        from ..model_assets import DEFAULT_MODEL
+        from ..models import load_model
     except ImportError as exc:
         return [Check("model files", "FAIL", f"cannot import the package ({exc})")]
     try:
