@@ -22,9 +22,9 @@ are recorded in ``convergence_`` (``status`` other than ``"ok"``) and listed in
 ``warnings_``; a group whose every restart produced NaN is discarded, with a
 warning, and ``n_groups_used_`` counts the groups that remain.
 
-:meth:`FunctionalNetworks.save` records the size and SHA-256 of the arrays file;
-:meth:`FunctionalNetworks.load` checks both (one read of a file of a few MB) and names
-a damaged file with the fix.
+A fit is plain data (:meth:`FunctionalNetworks.to_dict`, :meth:`FunctionalNetworks.arrays`,
+:meth:`FunctionalNetworks.from_record`); writing it to a run and checking it when read back is
+the run layer's (:func:`funcprune.run.artefacts.save_networks` and ``load_networks``).
 
 On a 2-D array :class:`FunctionalNetworks` is a scikit-learn transformer (input checked by
 scikit-learn, ``n_features_in_``, ``transform(X)``, ``fit_transform``, ``set_output``; its
@@ -34,7 +34,7 @@ estimator checks run in ``tests/test_ica_estimator.py``); the maps of one layer 
 Used in the chapter :doc:`/executed/02_functional_networks`.
 
 Why one module: :class:`FunctionalNetworks` is one estimator whose fitting (groups, seeds,
-converged-first selection among restarts), input handling and persistence are read top to bottom
+converged-first selection among restarts), input handling and record are read top to bottom
 by someone checking the method; the numerical steps it calls (z-scoring, randomized SVD,
 whitening, one FastICA restart) live in :mod:`funcprune._fastica`, the agreement measures in
 :mod:`funcprune.agreement`.
@@ -46,7 +46,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -60,15 +59,12 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from ._fastica import _fastica_restart, _numerical_rank, _randomized_svd_torch, _whiten, zscore_time_in_place
-from ._io import ArtefactError, atomic_open, atomic_write_json, file_record, read_json, verify_file
 from .agreement import match_maps, top_overlap
 from .store import ActivationStore, StoreView
 
 __all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "convergence_check", "zscore_time_in_place"]
 
 NETWORKS_FORMAT = "funcprune-networks/1"
-MANIFEST_NAME = "networks.json"
-ARRAYS_NAME = "networks.npz"
 MODES = ("layer", "window")
 DEVICES = ("cpu", "cuda")
 #: Below this ratio of smallest to largest singular value of the centred spatial
@@ -779,8 +775,7 @@ class FunctionalNetworks(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary of the fit: parameters and every fitted record.
 
-        Arrays (maps, channels, ...) are not included; :meth:`save` writes them to an
-        ``.npz`` next to this summary.
+        Arrays (maps, channels, ...) are not included: :meth:`arrays` gives them.
 
         Returns
         -------
@@ -805,94 +800,46 @@ class FunctionalNetworks(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
             "input_": self.input_,
         }
 
-    def _arrays(self) -> dict[str, np.ndarray]:
-        arrays: dict[str, np.ndarray] = {}
-        for name in ("maps_", "window_maps_", "map_groups_", "explained_variance_",
-                     "voxel_channels_", "window_voxel_layers_", "window_voxel_channels_"):
-            for key, value in getattr(self, name).items():
-                arrays[f"{name}{key}"] = value
-        return arrays
+    _ARRAY_FIELDS = ("maps_", "window_maps_", "map_groups_", "explained_variance_",
+                     "voxel_channels_", "window_voxel_layers_", "window_voxel_channels_")
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the fit to a directory: ``networks.npz`` then ``networks.json``.
-
-        Both are written atomically; the JSON manifest, written last, records the
-        size and SHA-256 of the arrays file, which :meth:`load` checks.
-
-        Parameters
-        ----------
-        path : str or path-like
-            Directory (created if needed).
-
-        Returns
-        -------
-        pathlib.Path
-            The directory.
-        """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path / ARRAYS_NAME) as fh:
-            np.savez(fh, **self._arrays())
-        manifest = self.to_dict()
-        manifest["arrays"] = {"file": ARRAYS_NAME, **file_record(path / ARRAYS_NAME)}
-        atomic_write_json(path / MANIFEST_NAME, manifest)
-        return path
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every fitted array by name (``maps_3``, ``voxel_channels_3``, ...): the rest of the fit beside :meth:`to_dict`."""
+        check_is_fitted(self)
+        return {f"{name}{key}": value for name in self._ARRAY_FIELDS for key, value in getattr(self, name).items()}
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "FunctionalNetworks":
-        """Read a fit written by :meth:`save`.
+    def from_record(cls, record: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> "FunctionalNetworks":
+        """The fit that :meth:`to_dict` and :meth:`arrays` describe (the inverse of the two).
 
         Parameters
         ----------
-        path : str or path-like
-            Directory holding ``networks.json`` and ``networks.npz``.
+        record : mapping
+            :meth:`to_dict`'s summary (extra keys, such as a file record, are ignored).
+        arrays : mapping of str to ndarray
+            :meth:`arrays`'s arrays.
 
         Returns
         -------
         FunctionalNetworks
             A fitted estimator (``random_state`` is None if it was not an int).
-
-        Raises
-        ------
-        FileNotFoundError
-            No ``networks.json`` in ``path``.
-        funcprune._io.ArtefactError
-            The manifest is corrupt or of another format, or the arrays file is missing,
-            truncated or changed (size and SHA-256 are compared), naming the file and the fix.
         """
-        path = Path(path)
-        fix = f"delete {path} and re-run stage 2 (notebooks/02_functional_networks.ipynb) to fit the networks again"
-        if not (path / MANIFEST_NAME).exists():
-            raise FileNotFoundError(f"{path / MANIFEST_NAME} does not exist: no networks saved there; run stage 2 "
-                                    "(notebooks/02_functional_networks.ipynb) first")
-        manifest = read_json(path / MANIFEST_NAME, fix=fix)
-        if manifest.get("format") != NETWORKS_FORMAT:
-            raise ArtefactError(path / MANIFEST_NAME, f"has format {manifest.get('format')!r}, expected "
-                                                      f"{NETWORKS_FORMAT!r} (another version of funcprune)", fix)
-        if "size" not in manifest.get("arrays", {}):
-            raise ArtefactError(path / MANIFEST_NAME, "records no size for the arrays file (written by an "
-                                                      "older funcprune)", fix)
-        arrays_path = path / manifest["arrays"]["file"]
-        verify_file(arrays_path, manifest["arrays"], digest=True, fix=fix)
-        params = dict(manifest["params"])
+        params = dict(record["params"])
         if isinstance(params["random_state"], str):
             params["random_state"] = None
         est = cls(**params)
-        est.seed_ = manifest["seed_"]
-        est.layers_ = manifest["layers_"]
-        est.keys_ = manifest["keys_"]
-        est.window_layers_ = {int(k): v for k, v in manifest["window_layers_"].items()}
-        est.n_groups_used_ = {int(k): v for k, v in manifest["n_groups_used_"].items()}
-        est.groups_ = manifest["groups_"]
-        est.convergence_ = manifest["convergence_"]
-        est.input_ = manifest["input_"]
-        names = ("maps_", "window_maps_", "map_groups_", "explained_variance_",
-                 "voxel_channels_", "window_voxel_layers_", "window_voxel_channels_")
-        for name in names:
+        est.seed_ = record["seed_"]
+        est.layers_ = record["layers_"]
+        est.keys_ = record["keys_"]
+        est.window_layers_ = {int(k): v for k, v in record["window_layers_"].items()}
+        est.n_groups_used_ = {int(k): v for k, v in record["n_groups_used_"].items()}
+        est.groups_ = record["groups_"]
+        est.convergence_ = record["convergence_"]
+        est.input_ = record["input_"]
+        for name in cls._ARRAY_FIELDS:
             setattr(est, name, {})
-        with np.load(arrays_path) as npz:
-            for stored in npz.files:
-                name = next(n for n in sorted(names, key=len, reverse=True)
-                            if stored.startswith(n) and stored[len(n):].lstrip("-").isdigit())
-                getattr(est, name)[int(stored[len(name):])] = npz[stored]
+        for stored, value in arrays.items():
+            name = next(n for n in sorted(cls._ARRAY_FIELDS, key=len, reverse=True)
+                        if stored.startswith(n) and stored[len(n):].lstrip("-").isdigit())
+            getattr(est, name)[int(stored[len(name):])] = value
         return est

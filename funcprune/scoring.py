@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -52,7 +51,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import ArtefactError, atomic_open, atomic_write_json, file_record, read_json, verify_file
 from .adapters import get_adapter, layer_widths
 from .capture import MLPRecorder, tokenize_batches
 from .models import input_device
@@ -95,8 +93,6 @@ class Scorer(Protocol):
 # ----------------------------------------------------------------------------------
 # Activation statistics
 # ----------------------------------------------------------------------------------
-#: Format of the ``stats.json`` record written by :meth:`ChannelStatistics.save`.
-STATS_FORMAT = "funcprune-stats/1"
 
 
 @dataclass
@@ -143,44 +139,6 @@ class ChannelStatistics:
         if bad:
             raise ValueError(f"statistics widths differ from the model's (layer: (stats, model)): {bad}; "
                              "were they measured on another (or an unpruned) model?")
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``stats.npz``, then ``stats.json`` (with the size and SHA-256 of ``stats.npz``), into ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        arrays = {f"{name}_{i}": getattr(self, name)[i] for name in ("mean", "var", "sq_norm")
-                  for i in self.layers}
-        with atomic_open(path / "stats.npz") as fh:
-            np.savez(fh, **arrays)
-        atomic_write_json(path / "stats.json", {"format": STATS_FORMAT, "layers": self.layers,
-                                                "n_tokens": self.n_tokens, "source": self.source,
-                                                "arrays": {"file": "stats.npz", **file_record(path / "stats.npz")}})
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "ChannelStatistics":
-        """Read statistics written by :meth:`save`, checking ``stats.npz``'s size and SHA-256 (a few MB).
-
-        Raises
-        ------
-        FileNotFoundError
-            No ``stats.json`` in ``path``.
-        funcprune._io.ArtefactError
-            ``stats.json`` is corrupt or of another format, or ``stats.npz`` is missing,
-            truncated or changed, naming the file and the fix.
-        """
-        path = Path(path)
-        fix = (f"delete {path} and re-run the stage that measured them (stage 3, notebooks/03_key_neurons.ipynb, "
-               "or channel_statistics)")
-        meta = read_json(path / "stats.json", fix=fix)
-        if not isinstance(meta, dict) or meta.get("format") != STATS_FORMAT or "arrays" not in meta:
-            raise ArtefactError(path / "stats.json", f"is not a {STATS_FORMAT!r} record with the size and digest "
-                                                     "of stats.npz (written by another version of funcprune)", fix)
-        verify_file(path / meta["arrays"]["file"], meta["arrays"], digest=True, fix=fix)
-        with np.load(path / meta["arrays"]["file"]) as data:
-            parts = {name: {int(i): data[f"{name}_{i}"] for i in meta["layers"]}
-                     for name in ("mean", "var", "sq_norm")}
-        return cls(**parts, n_tokens=int(meta["n_tokens"]), source=meta["source"])
 
 
 class ColumnMoments:

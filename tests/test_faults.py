@@ -19,6 +19,7 @@ from tiny_models import TEXTS, CharTokenizer, tiny_model
 
 from funcprune import capture_activations
 from funcprune._io import ArtefactError
+from funcprune.run.artefacts import load_networks, load_statistics, save_networks, save_statistics
 from funcprune.store import ActivationStore, ActivationWriter, IncompatibleStoreError
 
 CAPTURE_TEXTS = [t * 2 for t in TEXTS if t] * 2  # 8 texts
@@ -174,7 +175,7 @@ def clean_networks(clean_store: Path, tmp_path_factory: pytest.TempPathFactory) 
     from funcprune.ica import FunctionalNetworks
 
     path = tmp_path_factory.mktemp("networks") / "networks"
-    FunctionalNetworks(3, n_init=2, random_state=0, progress=False).fit(clean_store).save(path)
+    save_networks(FunctionalNetworks(3, n_init=2, random_state=0, progress=False).fit(clean_store), path)
     return path
 
 
@@ -194,24 +195,22 @@ def networks_copy(clean_networks: Path, tmp_path: Path) -> Path:
         "funcprune-networks/1", "funcprune-networks/0")), r"networks.json: has format 'funcprune-networks/0'"),
 ])
 def test_networks_faults_are_named(networks_copy: Path, fault, match: str) -> None:  # type: ignore[no-untyped-def]
-    from funcprune.ica import FunctionalNetworks
-
     fault(networks_copy)
     with pytest.raises(ArtefactError, match=match):
-        FunctionalNetworks.load(networks_copy)
+        load_networks(networks_copy)
 
 
 def test_networks_swapped_with_another_fit_are_refused(clean_store: Path, networks_copy: Path,
                                                         tmp_path: Path) -> None:
     from funcprune.ica import FunctionalNetworks
 
-    other = FunctionalNetworks(3, n_init=2, random_state=1, progress=False).fit(clean_store).save(tmp_path / "o")
+    other = save_networks(FunctionalNetworks(3, n_init=2, random_state=1, progress=False).fit(clean_store), tmp_path / "o")
     shutil.copy(other / "networks.npz", networks_copy / "networks.npz")
     with pytest.raises(ArtefactError, match="networks.npz: has"):
-        FunctionalNetworks.load(networks_copy)
+        load_networks(networks_copy)
     (networks_copy / "networks.json").unlink()
     with pytest.raises(FileNotFoundError, match="networks.json does not exist.*run stage 2"):
-        FunctionalNetworks.load(networks_copy)
+        load_networks(networks_copy)
 
 
 # ----------------------------------------------------------------------------------
@@ -222,7 +221,7 @@ def clean_stats(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from funcprune.scoring import channel_statistics
 
     path = tmp_path_factory.mktemp("stats") / "stats"
-    channel_statistics(tiny_model("llama"), CharTokenizer(), CAPTURE_TEXTS, progress=False).save(path)
+    save_statistics(channel_statistics(tiny_model("llama"), CharTokenizer(), CAPTURE_TEXTS, progress=False), path)
     return path
 
 
@@ -233,31 +232,29 @@ def clean_stats(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (lambda p: (p / "stats.npz").unlink(), r"stats.npz: is missing"),
     (lambda p: (p / "stats.json").write_text((p / "stats.json").read_text()[:50]), r"stats.json: not valid JSON"),
     (lambda p: (p / "stats.json").write_text((p / "stats.json").read_text().replace("funcprune-stats/1", "x")),
-     r"stats.json: is not a 'funcprune-stats/1' record"),
+     r"stats.json: has format 'x', expected 'funcprune-stats/1'"),
 ])
 def test_statistics_faults_are_named(clean_stats: Path, tmp_path: Path, fault,  # type: ignore[no-untyped-def]
                                      match: str) -> None:
-    from funcprune.scoring import ChannelStatistics
-
     path = Path(shutil.copytree(clean_stats, tmp_path / "stats"))
     fault(path)
     with pytest.raises(ArtefactError, match=match):
-        ChannelStatistics.load(path)
+        load_statistics(path)
 
 
 def test_statistics_swapped_and_stale_are_refused(clean_stats: Path, tmp_path: Path) -> None:
     from funcprune.prune import prune
-    from funcprune.scoring import ChannelStatistics, channel_statistics
+    from funcprune.scoring import channel_statistics
 
     path = Path(shutil.copytree(clean_stats, tmp_path / "stats"))
     other = channel_statistics(tiny_model("llama", seed=1), CharTokenizer(), CAPTURE_TEXTS[:3], progress=False)
-    other.save(tmp_path / "other")
+    save_statistics(other, tmp_path / "other")
     shutil.copy(tmp_path / "other" / "stats.npz", path / "stats.npz")  # another model's statistics, same layout
     with pytest.raises(ArtefactError, match="stats.npz: has changed"):
-        ChannelStatistics.load(path)
+        load_statistics(path)
     pruned = prune(tiny_model("llama"), _plan(tiny_model("llama")))
     with pytest.raises(ValueError, match="statistics widths differ from the model's"):
-        ChannelStatistics.load(clean_stats).check_model(pruned)
+        load_statistics(clean_stats).check_model(pruned)
 
 
 # ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from funcprune._fastica import _randomized_svd_torch
 from funcprune._io import ArtefactError
 from funcprune.agreement import match_maps
 from funcprune.ica import FunctionalNetworks, ICAConvergenceWarning, zscore_time_in_place
+from funcprune.run.artefacts import load_networks, save_networks
 from funcprune.store import ActivationStore, ActivationWriter
 
 N_SOURCES, N_VOXELS, N_TOKENS = 5, 2000, 300
@@ -293,8 +294,8 @@ def test_store_window_mode(store):
 
 def test_save_load_round_trip(store, tmp_path):
     fn = FunctionalNetworks(3, n_groups=2, n_init=2, random_state=0, progress=False).fit(store)
-    fn.save(tmp_path / "networks")
-    back = FunctionalNetworks.load(tmp_path / "networks")
+    save_networks(fn, tmp_path / "networks")
+    back = load_networks(tmp_path / "networks")
     assert back.get_params() == fn.get_params()
     for name in ("maps_", "voxel_channels_", "map_groups_", "explained_variance_"):
         a, b = getattr(fn, name), getattr(back, name)
@@ -305,7 +306,7 @@ def test_save_load_round_trip(store, tmp_path):
     np.testing.assert_array_equal(back.time_courses(X, 1), fn.time_courses(X, 1))
     (tmp_path / "networks" / "networks.npz").write_bytes(b"damaged")
     with pytest.raises(ArtefactError, match=r"networks.npz: has 7 bytes where \d+ were written.*re-run stage 2"):
-        FunctionalNetworks.load(tmp_path / "networks")
+        load_networks(tmp_path / "networks")
 
 
 def test_rank_deficiency_is_a_warning_and_a_status(planted_fit):

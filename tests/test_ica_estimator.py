@@ -8,6 +8,7 @@ from sklearn.utils import get_tags
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from funcprune.ica import FunctionalNetworks
+from funcprune.run.artefacts import load_networks, save_networks
 
 #: Every check this estimator is expected to fail, and why; all others must pass (xfail_strict: a check
 #: listed here that starts passing fails the test, so the list cannot go stale).
@@ -100,6 +101,6 @@ def test_several_layers_are_projected_one_at_a_time(X) -> None:
 
 def test_loaded_fit_transforms_as_the_fit(X, tmp_path) -> None:
     fn = small().fit(X)
-    back = FunctionalNetworks.load(fn.save(tmp_path / "networks"))
+    back = load_networks(save_networks(fn, tmp_path / "networks"))
     np.testing.assert_array_equal(back.transform(X), fn.transform(X))
     assert back.n_iter_ == fn.n_iter_

@@ -26,7 +26,8 @@ from funcprune.plan import PruningPlan, channel_parameters
 from funcprune._io import ArtefactError
 from funcprune.prune import CalibrationData, PlanMismatchError
 from funcprune.checkpoint import load_pruned, save_pruned
-from funcprune.scoring import (ChannelStatistics, channel_statistics, flap_scores, fn_flap_scores, key_neuron_scores,
+from funcprune.run.artefacts import load_statistics
+from funcprune.scoring import (channel_statistics, flap_scores, fn_flap_scores, key_neuron_scores,
                                magnitude_scores, random_scores, wanda_sp_scores)
 
 TEXTS = ["the cat sat on the mat and looked at the dog", "functional networks in a digital brain",
@@ -201,7 +202,7 @@ def test_prune_all_writes_plans_biases_and_an_index_that_rebuild(setup: dict, tm
     assert not list(tmp_path.rglob("model.safetensors")) and not list(tmp_path.rglob("config.json"))
     total, mlp = count_parameters(model)["total"], count_parameters(model)["mlp"]
     calibration = calibration_data(setup["tok"], TEXTS)
-    stats = ChannelStatistics.load(tmp_path / "stats")
+    stats = load_statistics(tmp_path / "stats")
     for entry in index["entries"]:
         plan = PruningPlan.load(tmp_path / entry["plan"])
         assert plan.protected_layers == entry["protected_layers"] == PROTECTED
@@ -264,7 +265,7 @@ def test_a_corrupt_bias_file_is_named_with_its_fix_and_recomputed(setup: dict, t
     path.write_bytes(bytes(data))
     with pytest.raises(ArtefactError, match=r"flap_r0\.10\.safetensors: has changed since it was written.*re-run stage 4"):
         pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model, source=None)
-    with pytest.warns(UserWarning, match=r"recomputing the biases of flap_r0\.10: .*flap_r0\.10\.safetensors"):
+    with pytest.warns(UserWarning, match=r"building compensation biases again: .*flap_r0\.10\.safetensors"):
         rows = run_grid(setup, tmp_path, ["flap"], [RATIO])
     assert rows["status"].tolist() == ["built"]
     pipeline.rebuild_pruned(tmp_path, "flap_r0.10", model, source=None)  # intact again
@@ -394,7 +395,7 @@ def test_grid_points_go_through_prune_all_and_rebuild_exactly(setup: dict, tmp_p
     assert widths(plans["random@fn-s0_r0.10"]) == widths(plans["fn_r0.10"])
     assert plans["fn+static_r0.10"].kept == plans["fn_r0.10"].kept
     moments = down_input_moments(model, setup["tok"], TEXTS)
-    stats = ChannelStatistics.load(tmp_path / "stats")
+    stats = load_statistics(tmp_path / "stats")
     from funcprune.run.calibration import calibration_data
 
     calibration = calibration_data(setup["tok"], TEXTS)

@@ -16,6 +16,7 @@ from funcprune.scoring import (ChannelStatistics, FlapScorer, FunctionalNetworkS
                                channel_statistics_from_store, flap_scores, key_neuron_scores,
                                magnitude_scores, random_scores, wanda_sp_scores)
 from funcprune.adapters import layer_widths
+from funcprune.run.artefacts import load_statistics, save_statistics
 
 TEXTS = ["the cat sat on the mat", "functional networks in a digital brain", "ab",
          "tokens are time points and channels are voxels", "pruning keeps the key neurons"]
@@ -187,7 +188,7 @@ def test_streaming_variance_is_stable_with_a_large_offset() -> None:
 
 def test_channel_statistics_round_trip(tmp_path: Path) -> None:
     stats = channel_statistics(tiny_model("llama"), CharTokenizer(), TEXTS, progress=False)
-    loaded = ChannelStatistics.load(stats.save(tmp_path / "stats"))
+    loaded = load_statistics(save_statistics(stats, tmp_path / "stats"))
     assert loaded.n_tokens == stats.n_tokens and loaded.layers == stats.layers
     for i in stats.layers:
         np.testing.assert_array_equal(loaded.var[i], stats.var[i])

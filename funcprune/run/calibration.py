@@ -20,12 +20,13 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from .._io import json_round_trip, read_json
+from .._io import read_json
 from ..data import DATASETS, HUB_DATASETS, Text, check_dataset, dataset_info, load_texts
 from ..plan import model_identity
 from ..prune import CalibrationData
-from .rundir import RunDir
 from ..scoring import ChannelStatistics, channel_statistics
+from .artefacts import load_statistics, save_statistics
+from .rundir import RunDir
 
 __all__ = [
     "calibration_data",
@@ -162,15 +163,14 @@ def calibration_statistics(run_dir: str | os.PathLike[str], model: nn.Module, to
     key = {"model": {k: ident[k] for k in ("name", "model_type", "revision")},
            "calibration": texts_record(texts, batch_size, max_tokens)}
     key["calibration"].pop("batch_size")  # padding is excluded: the batch size does not matter
-    if (path / "stats.json").exists():
-        cached = ChannelStatistics.load(path)
-        if {k: cached.source.get(k) for k in key} == json_round_trip(key):
-            cached.check_model(model)
-            return cached
+    cached = load_statistics(path, inputs=key)
+    if cached is not None:
+        cached.check_model(model)
+        return cached
     stats = channel_statistics(model, tokenizer, _by_length(texts), batch_size=batch_size,
                                max_tokens=max_tokens, progress=progress)
     stats.source.update(key)
-    stats.save(path)
+    save_statistics(stats, path, inputs=key)
     return stats
 
 

@@ -29,17 +29,15 @@ import copy
 import gc
 import os
 import time
-import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._io import (ArtefactError, atomic_open, atomic_write_json, canonical_safetensors, file_record, json_round_trip,
-                  json_sha256, read_json, verify_file)
+from .._io import ArtefactError, atomic_write_json, canonical_safetensors, json_round_trip, json_sha256, verify_file
 from ..adapters import layer_widths
-from .calibration import calibration_data, calibration_statistics, calibration_texts, texts_record
 from ..checkpoint import PLAN_FILE
 from ..compensation import down_input_moments, set_down_weights
 from ..data import Text
@@ -48,6 +46,8 @@ from ..methods import LEAST_SQUARES, METHODS, Method, build_pruned, get_method, 
 from ..models import LoadedModel, load_model
 from ..plan import PruningPlan, model_identity
 from ..prune import prune
+from .artefacts import BIASES, load_networks
+from .calibration import calibration_data, calibration_statistics, calibration_texts, texts_record
 from .rundir import RunDir
 
 __all__ = [
@@ -58,7 +58,8 @@ __all__ = [
 ]
 
 INDEX_FORMAT = "funcprune-pruned-index/1"
-BIASES_FORMAT = "funcprune-biases/1"
+#: The ``format`` in a bias file's own (safetensors) metadata.
+BIASES_FILE_FORMAT = "funcprune-biases/1"
 
 
 # ----------------------------------------------------------------------------------
@@ -202,8 +203,6 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         Functional networks or the stage-1 manifest are needed but missing.
     """
     import pandas as pd
-    from ..ica import FunctionalNetworks
-
     resolved = _check_grid(methods, ratios, seeds)
     run = RunDir(run_dir)
     if isinstance(model, nn.Module):
@@ -221,7 +220,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
             raise FileNotFoundError(f"{net_dir} does not exist: methods "
                                     f"{[m.name for m in resolved if m.needs_networks]} need the functional "
                                     "networks of stage 2 (notebooks/02_*.ipynb)")
-        networks = FunctionalNetworks.load(net_dir)
+        networks = load_networks(net_dir)
     calib_texts: list[str] = []
     calibration = None
     stats = None
@@ -312,7 +311,6 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
 # ----------------------------------------------------------------------------------
 # Plans and biases on disk; rebuilding a pruned model
 # ----------------------------------------------------------------------------------
-_BIAS_FIX = "delete it and re-run stage 4 (prune_all recomputes the biases)"
 
 
 def _count_after(model: nn.Module) -> dict[str, int]:
@@ -321,7 +319,11 @@ def _count_after(model: nn.Module) -> dict[str, int]:
 
 
 def _write_biases(run: RunDir, key: str, plan_sha: str, pruned: nn.Module, plan: PruningPlan) -> dict[str, Any]:
-    """Save the down-projection biases of the layers a compensated plan prunes; return their record."""
+    """Save the down-projection biases (and refitted weights) of the layers a compensated plan prunes.
+
+    The file and its record are a :data:`~funcprune.run.artefacts.BIASES` artefact made from the plan
+    (``inputs``: its SHA-256); the index's record of them is returned.
+    """
     from safetensors.torch import save
 
     from ..adapters import get_adapter
@@ -337,30 +339,26 @@ def _write_biases(run: RunDir, key: str, plan_sha: str, pruned: nn.Module, plan:
             weight = adapter.mlp_weight(layer, "mlp.down")
             tensors[f"layers.{i}.mlp.down.weight"] = weight.detach().to("cpu").contiguous().clone()
     path, sidecar = run.bias_paths(key)
-    with atomic_open(path) as fh:
-        # bytes that depend only on the content: safetensors writes the metadata in a random order
-        fh.write(canonical_safetensors(save(tensors, metadata={"format": BIASES_FORMAT, "plan_sha256": plan_sha})))
-    record = {"path": run.relative(path), **file_record(path), "plan_sha256": plan_sha,
-              "layers": sorted(int(k.split(".")[1]) for k in tensors)}
-    atomic_write_json(sidecar, {"format": BIASES_FORMAT, **record})
-    return record
+    # bytes that depend only on the content: safetensors writes the metadata in a random order
+    raw = canonical_safetensors(save(tensors, metadata={"format": BIASES_FILE_FORMAT, "plan_sha256": plan_sha}))
+    record = BIASES.write(sidecar, {"biases": (path.name, lambda fh: fh.write(raw))},
+                          {"layers": sorted(int(k.split(".")[1]) for k in tensors)}, inputs={"plan_sha256": plan_sha})
+    return _index_record(run, sidecar, record)
+
+
+def _index_record(run: RunDir, sidecar: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The index's record of a model's biases: the file's path in the run, size, digest, plan and layers."""
+    entry = dict(record["biases"])
+    path = sidecar.parent / entry.pop("file")
+    return {"path": run.relative(path), **entry, "plan_sha256": record["inputs"]["plan_sha256"],
+            "layers": record["layers"]}
 
 
 def _saved_biases(run: RunDir, key: str, plan_sha: str) -> dict[str, Any] | None:
-    """The record of biases saved for this plan, if their file is intact; else ``None`` (a warning names a bad file)."""
-    path, sidecar = run.bias_paths(key)
-    if not sidecar.exists():
-        return None
-    try:
-        record = read_json(sidecar, fix=_BIAS_FIX)
-        if record.get("plan_sha256") != plan_sha:
-            return None
-        verify_file(path, record, digest=True, fix=_BIAS_FIX)
-    except ArtefactError as exc:
-        warnings.warn(f"recomputing the biases of {key}: {exc}", stacklevel=3)
-        return None
-    record.pop("format", None)
-    return record
+    """The index's record of biases saved for this plan, if intact (:meth:`~funcprune.run.artefacts.Artefact.current`)."""
+    sidecar = run.bias_paths(key)[1]
+    found = BIASES.current(sidecar, ["biases"], {"plan_sha256": plan_sha})
+    return None if found is None else _index_record(run, sidecar, found[0])
 
 
 def _read_biases(run: RunDir, key: str, record: Mapping[str, Any] | None) -> dict[int, Any]:
@@ -370,11 +368,11 @@ def _read_biases(run: RunDir, key: str, record: Mapping[str, Any] | None) -> dic
     from safetensors.torch import load_file
 
     path = run.resolve(record["path"])
-    verify_file(path, record, digest=True, fix=_BIAS_FIX)
+    verify_file(path, record, digest=True, fix=BIASES.fix)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise ArtefactError(path, f"cannot be read ({exc})", _BIAS_FIX) from None
+        raise ArtefactError(path, f"cannot be read ({exc})", BIASES.fix) from None
     return dict(tensors)
 
 

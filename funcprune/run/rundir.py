@@ -7,7 +7,7 @@ notebooks ask a :class:`RunDir` for them::
     run_dir/profile.yaml                       the profile the workflow ran (funcprune.book.workflow)
     run_dir/activations/                       stage 1: the activation store (funcprune.store)
     run_dir/activations/manifest.json          which model, texts and settings (read by calibration_texts)
-    run_dir/networks/                          stage 2: FunctionalNetworks.save (networks.json and arrays)
+    run_dir/networks/                          stage 2: run.artefacts.save_networks (networks.json and arrays)
     run_dir/networks_other_seed/               stage 2: the same fit with another seed (stability)
     run_dir/stats/                             activation statistics for wanda-sp and flap (cached)
     run_dir/plans/<key>.json                   stages 3 and 4: one plan per (method, ratio[, seed])
@@ -272,7 +272,7 @@ class RunDir:
     # ---- stage 2 -------------------------------------------------------------------------
     @property
     def networks(self) -> Path:
-        """``networks/``: the functional networks of stage 2 (:meth:`funcprune.ica.FunctionalNetworks.save`)."""
+        """``networks/``: the functional networks of stage 2 (:func:`funcprune.run.artefacts.save_networks`)."""
         return self._at(self.NETWORKS)
 
     @property
