@@ -81,3 +81,13 @@ def test_statistics_round_trip_and_are_reused_only_for_their_inputs(tmp_path: Pa
             for layer in (0, 2):
                 np.testing.assert_array_equal(getattr(loaded, name)[layer], getattr(stats, name)[layer])
     assert load_statistics(tmp_path, inputs={"model": "m", "texts": "other"}) is None
+
+
+def test_stale_says_why_an_artefact_is_not_reused(tmp_path: Path) -> None:
+    record_path = tmp_path / "thing.json"
+    assert THING.stale(record_path, ["data"], {"key": "a"}) == "no record of things"
+    _write(tmp_path, inputs={"key": "a"})
+    assert THING.stale(record_path, ["data"], {"key": "a"}) is None
+    assert THING.stale(record_path, ["data"], {"key": "b"}) == "things made from other inputs"
+    (tmp_path / "thing.bin").write_bytes(b"")
+    assert THING.stale(record_path, ["data"], {"key": "a"}).startswith("things unusable (")

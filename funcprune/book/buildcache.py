@@ -13,9 +13,11 @@ A stage (one notebook) is executed again only when one of its inputs changed:
 or when an earlier stage of the same build ran again, or when the run directory lost
 an entry that existed after the stage ran (for example after ``rm -rf runs/default/networks``).
 
-The key and a record of the executed notebook (size, SHA-256) are written atomically
-beside it, as ``<notebook>.stage.json``, only after a successful execution: a failed or
-interrupted stage leaves no record and runs again next time, while the stages that
+The executed notebook is an artefact of the run layer's one contract
+(:class:`funcprune.run.artefacts.Artefact`): its record, ``<notebook>.stage.json``, holds the key as
+its inputs and the notebook's size and SHA-256, and is written atomically only after a successful
+execution; the stage is reused by the contract's one rule (:meth:`~funcprune.run.artefacts.Artefact.stale`).
+A failed or interrupted stage leaves no record and runs again next time, while the stages that
 finished before it are reused (the build resumes).
 
 The HTML build and the browser check are cached as one whole, never page by page: an
@@ -50,7 +52,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .._io import ArtefactError, atomic_write_json, file_record, read_json, verify_file
+from .._io import ArtefactError, atomic_write_json, read_json
+from ..run.artefacts import Artefact
 
 __all__ = ["SITE_RECORD", "STAGE_SUFFIX", "StageOutcome", "package_digest", "record_site", "run_stage", "site_key",
            "site_reason", "stage_key", "stage_times", "tree_fingerprint"]
@@ -167,21 +170,17 @@ class StageOutcome:
     reason: str
 
 
-def _cached_reason(record_path: Path, executed: Path, key: str, run_dir: str | Path | None) -> str | None:
-    """None when the executed notebook can be reused, else why it cannot."""
-    if not record_path.exists():
-        return "no record of a successful run"
-    try:
-        record = read_json(record_path)
-        if record.get("key") != key:
-            return "its notebook, parameters, the funcprune source or the environment changed"
-        verify_file(executed, record["notebook"], digest=True)
-    except (ArtefactError, KeyError, AttributeError) as exc:
-        return f"cached copy unusable ({exc})"
-    missing = sorted(set(record.get("run_dir_entries", [])) - set(_run_dir_entries(run_dir)))
-    if missing:
-        return f"run directory lost {missing}"
-    return None
+#: An executed notebook and its record: an artefact made from its stage key (:func:`stage_key`).
+STAGE = Artefact("funcprune-stage/2", "this stage's executed notebook", "run make book again (the stage runs again)")
+
+
+def _cached_reason(record_path: Path, key: str, run_dir: str | Path | None) -> str | None:
+    """None when the executed notebook can be reused (the one reuse rule, and no run-directory entry lost)."""
+    reason = STAGE.stale(record_path, ["notebook"], {"key": key})
+    if reason is not None:
+        return reason
+    missing = sorted(set(read_json(record_path).get("run_dir_entries", [])) - set(_run_dir_entries(run_dir)))
+    return f"run directory lost {missing}" if missing else None
 
 
 def run_stage(notebook: str | Path, executed: str | Path, parameters: dict[str, Any],
@@ -217,16 +216,15 @@ def run_stage(notebook: str | Path, executed: str | Path, parameters: dict[str, 
     executed = Path(executed)
     record_path = executed.with_name(executed.name + STAGE_SUFFIX)
     key = stage_key(notebook, parameters, upstream=upstream, package=package)
-    reason = force or _cached_reason(record_path, executed, key, run_dir)
+    reason = force or _cached_reason(record_path, key, run_dir)
     if reason is None:
         return StageOutcome(key, False, float(read_json(record_path).get("seconds", 0.0)), "cached")
     record_path.unlink(missing_ok=True)  # a failed or interrupted run must leave no record
     start = time.perf_counter()
     execute()
     seconds = round(time.perf_counter() - start, 1)
-    atomic_write_json(record_path, {"format": _FORMAT, "key": key, "notebook": file_record(executed),
-                                    "source": Path(notebook).name, "parameters": parameters,
-                                    "seconds": seconds, "run_dir_entries": _run_dir_entries(run_dir)})
+    STAGE.record(record_path, {"notebook": executed.name}, {"source": Path(notebook).name, "parameters": parameters,
+                 "seconds": seconds, "run_dir_entries": _run_dir_entries(run_dir)}, inputs={"key": key})
     return StageOutcome(key, True, seconds, reason)
 
 

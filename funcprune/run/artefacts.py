@@ -7,10 +7,10 @@ SHA-256 (:func:`funcprune._io.file_record`). Every file is written atomically, s
 interrupted stage leaves the old artefact or none, never half of one.
 
 :meth:`Artefact.read` checks the record's format and every file's size and digest, and names a
-bad file with the fix. :meth:`Artefact.current` is **the one reuse rule** of the run layer: an
-artefact is reused when its record is of this format, records exactly these inputs and every
-file matches its record; a missing one is built, and a corrupt one is built again with a
-warning naming the file.
+bad file with the fix. :meth:`Artefact.stale` is **the one reuse rule** of the run and book layers:
+an artefact is reused when its record is of this format, records exactly these inputs and every
+file matches its record; a missing one is built, and a damaged one is built again
+(:meth:`Artefact.current` warns, naming the file).
 
 The artefacts of a run that follow the contract: the functional networks of stage 2
 (:func:`save_networks`, :func:`load_networks`), the dense model's channel statistics
@@ -18,7 +18,9 @@ The artefacts of a run that follow the contract: the functional networks of stag
 calibration_statistics`) and the compensation of each pruned model (:data:`BIASES`, in
 :mod:`funcprune.run.pipeline`). The core objects only turn themselves into plain data and back
 (:meth:`funcprune.ica.FunctionalNetworks.to_dict`, ``arrays`` and ``from_record``; the fields of
-:class:`funcprune.scoring.ChannelStatistics`): they know no file, digest or reuse rule.
+:class:`funcprune.scoring.ChannelStatistics`): they know no file, digest or reuse rule. The stage
+runner of the book, :func:`funcprune.book.buildcache.run_stage`, records each executed notebook
+as an artefact made from its stage key, and reuses it by the same rule.
 """
 
 from __future__ import annotations
@@ -82,11 +84,27 @@ class Artefact:
         """
         record_path = Path(record_path)
         record_path.parent.mkdir(parents=True, exist_ok=True)
-        entries = {}
-        for role, (name, writer) in files.items():
+        for name, writer in files.values():
             with atomic_open(record_path.parent / name) as fh:
                 writer(fh)
-            entries[role] = {"file": name, **file_record(record_path.parent / name)}
+        return self.record(record_path, {role: name for role, (name, _) in files.items()}, fields, inputs)
+
+    def record(self, record_path: str | os.PathLike[str], files: Mapping[str, str], fields: Mapping[str, Any],
+               inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Record data files already written beside ``record_path`` (atomically, e.g. by papermill); see :meth:`write`.
+
+        Parameters
+        ----------
+        files : mapping of str to str
+            ``role -> file name`` (in the record's folder).
+
+        Returns
+        -------
+        dict
+            The record as written (atomically, after the files).
+        """
+        record_path = Path(record_path)
+        entries = {role: {"file": name, **file_record(record_path.parent / name)} for role, name in files.items()}
         record = {"format": self.format, **fields, **({} if inputs is None else {"inputs": json_round_trip(inputs)}),
                   **entries}
         atomic_write_json(record_path, record)
@@ -121,21 +139,36 @@ class Artefact:
             verify_file(paths[role], entry, digest=True, fix=self.fix)
         return record, paths
 
+    def stale(self, record_path: str | os.PathLike[str], roles: Sequence[str], inputs: Mapping[str, Any]) -> str | None:
+        """The one reuse rule: ``None`` when the artefact was made from exactly ``inputs`` and is intact, else why not.
+
+        The reasons: no record (never built, or its build was interrupted), a record made from other
+        inputs, or a damaged or foreign artefact (the :class:`~funcprune._io.ArtefactError`, naming the file).
+        """
+        return self._check(record_path, roles, inputs)[1]
+
     def current(self, record_path: str | os.PathLike[str], roles: Sequence[str],
                 inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Path]] | None:
-        """The one reuse rule: the checked artefact if it was made from exactly ``inputs``, else ``None``.
+        """The checked artefact if :meth:`stale` finds nothing against it, else ``None`` (build it).
 
-        ``None`` when there is no record or it records other inputs (build it); a damaged
-        artefact also gives ``None``, with a warning that names the file (build it again).
+        A damaged artefact also gives ``None``, with a warning that names the file (build it again).
         """
+        found, _, damage = self._check(record_path, roles, inputs)
+        if damage is not None:
+            warnings.warn(f"building {self.what} again: {damage}", stacklevel=2)
+        return found
+
+    def _check(self, record_path: str | os.PathLike[str], roles: Sequence[str], inputs: Mapping[str, Any]
+               ) -> tuple[tuple[dict[str, Any], dict[str, Path]] | None, str | None, ArtefactError | None]:
         if not Path(record_path).exists():
-            return None
+            return None, f"no record of {self.what}", None
         try:
             record, paths = self.read(record_path, roles)
         except ArtefactError as exc:
-            warnings.warn(f"building {self.what} again: {exc}", stacklevel=2)
-            return None
-        return (record, paths) if record.get("inputs") == json_round_trip(inputs) else None
+            return None, f"{self.what} unusable ({exc})", exc
+        if record.get("inputs") != json_round_trip(inputs):
+            return None, f"{self.what} made from other inputs", None
+        return (record, paths), None, None
 
 
 def _npz(arrays: Mapping[str, np.ndarray]) -> Writer:
