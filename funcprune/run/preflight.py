@@ -86,7 +86,9 @@ class PreflightReport:
         Bytes the run will write, by artefact, plus ``"total"``, ``"existing"`` (already
         in ``run_dir``) and ``"free"``.
     runtime : dict
-        Rough seconds per stage and ``"total"`` (within a factor of about three).
+        Rough seconds per stage and ``"total"`` (within a factor of about three) for the profile's grid of
+        methods, ratios and seeds; chapter 5's decomposition and literature protocol and chapter 6's studies are
+        not counted (the printed line says so).
     problems : list of str
         What stops the run, each with its fix.
     notes : list of str
@@ -123,7 +125,8 @@ class PreflightReport:
                          f"already in run_dir; {_gb(self.disk['free'])} free")
         if self.runtime:
             stages = ", ".join(f"{k} {_duration(v)}" for k, v in self.runtime.items() if k != "total")
-            lines.append(f"  rough runtime: {_duration(self.runtime['total'])} ({stages})")
+            lines.append(f"  rough runtime: {_duration(self.runtime['total'])} ({stages}); the profile's grid only: "
+                         "chapter 5's decomposition and literature protocol and chapter 6's studies come on top")
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  PROBLEM: {p}" for p in self.problems]
         return "\n".join(lines)
