@@ -3,8 +3,9 @@
 An artefact of a run is one or more data files and a JSON record beside them, written after
 them, that holds the artefact's ``format``, its own fields, the ``inputs`` it was made from
 (digests and settings, when it is reused by them) and, for each data file, its name, size and
-SHA-256 (:func:`funcprune._io.file_record`). Every file is written atomically, so an
-interrupted stage leaves the old artefact or none, never half of one.
+SHA-256 (:func:`funcprune._io.file_record`). Every file is written atomically and the record
+last, so an interrupted write leaves whole files, and a record that no longer matches its files is
+refused when read: half an artefact is never used.
 
 :meth:`Artefact.read` checks the record's format and every file's size and digest, and names a
 bad file with the fix. :meth:`Artefact.stale` is **the one reuse rule** of the run and book layers:
@@ -14,9 +15,9 @@ file matches its record; a missing one is built, and a damaged one is built agai
 
 The artefacts of a run that follow the contract: the functional networks of stage 2
 (:func:`save_networks`, :func:`load_networks`), the dense model's channel statistics
-(:func:`save_statistics`, :func:`load_statistics`, reused by :func:`funcprune.run.calibration.
-calibration_statistics`) and the compensation of each pruned model (:data:`BIASES`, in
-:mod:`funcprune.run.pipeline`). The core objects only turn themselves into plain data and back
+(:func:`save_statistics`, :func:`load_statistics`, reused by
+:func:`funcprune.run.calibration.calibration_statistics`) and the compensation of each pruned
+model (:data:`BIASES`, in :mod:`funcprune.run.pipeline`). The core objects only turn themselves into plain data and back
 (:meth:`funcprune.ica.FunctionalNetworks.to_dict`, ``arrays`` and ``from_record``; the fields of
 :class:`funcprune.scoring.ChannelStatistics`): they know no file, digest or reuse rule. The stage
 runner of the book, :func:`funcprune.book.buildcache.run_stage`, records each executed notebook
