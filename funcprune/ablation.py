@@ -13,7 +13,8 @@ selection and static bias compensation (:class:`~funcprune.scoring.FnFlapScorer`
 plus FLAP, and scores each on the same validation windows; :func:`choose_criterion`
 picks the candidate with the lowest mean validation NLL; :func:`compare_with_flap` then
 builds it at every ratio and compares it with FLAP on the separate test windows (paired,
-in :mod:`funcprune.compare`).
+in :mod:`funcprune.compare`), and :func:`versus_strongest_part` with the strongest baseline variant chapter 5
+scored on the same windows.
 
 Used in the chapter :doc:`/executed/06_ablations`.
 """
@@ -35,9 +36,10 @@ from .methods import Method, build_pruned, get_method, make_plan
 from .plan import PruningPlan
 from .scoring import ChannelStatistics, FunctionalNetworkScorer, flap_scores, is_key
 
-__all__ = ["FLAP", "build_fn_flap", "choose_criterion", "compare_with_flap", "criterion_label", "criterion_method",
-           "criterion_sweep", "describe_agreement", "describe_criterion", "plot_agreement", "plot_comparison_to_flap",
-           "score_agreement", "versus_part", "window_nll"]
+__all__ = ["FLAP", "build_fn_flap", "candidate_nll", "choose_criterion", "compare_with_flap", "criterion_label",
+           "criterion_method", "criterion_sweep", "describe_agreement", "describe_criterion", "plot_agreement",
+           "plot_comparison_to_flap", "score_agreement", "versus_part", "versus_strongest_part",
+           "window_nll"]
 
 #: Label of the reference candidate: FLAP itself (weight 0, nothing protected).
 FLAP = "FLAP"
@@ -92,6 +94,19 @@ def build_fn_flap(dense: nn.Module, stats: ChannelStatistics, networks: object, 
     return build_pruned(method, dense, plan, stats=stats, revision=(source or {}).get("revision")), plan
 
 
+def candidate_nll(dense: nn.Module, stats: ChannelStatistics, networks: object, windows: torch.Tensor, ratio: float,
+                  *, weight: float = 0.0, protect: float | None = None, basis: Literal["total", "mlp"] = "total",
+                  protected_layers: Sequence[int] | None = None, round_to: int = 1, batch_size: int = 4,
+                  source: Mapping[str, Any] | None = None) -> tuple[np.ndarray, PruningPlan]:
+    """Per-window NLL (:func:`window_nll`) of one candidate's pruned model (:func:`build_fn_flap`; FLAP itself at
+    the defaults), and its plan; the model is dropped once scored."""
+    model, plan = build_fn_flap(dense, stats, networks, ratio, weight=weight, protect=protect, basis=basis,
+                                protected_layers=protected_layers, round_to=round_to, source=source)
+    nll = window_nll(model, windows, batch_size=batch_size)
+    del model
+    return nll, plan
+
+
 def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object, windows: torch.Tensor, *,
                     weights: Sequence[float], ratio: float, protect: Sequence[float] = (),
                     basis: Literal["total", "mlp"] = "total", protected_layers: Sequence[int] | None = None,
@@ -144,10 +159,9 @@ def criterion_sweep(dense: nn.Module, stats: ChannelStatistics, networks: object
     per_window: dict[str, np.ndarray] = {}
     rows = []
     for w, t in tqdm(candidates, desc=f"criterion sweep at {ratio:.0%}", unit="criterion", disable=not progress):
-        model, plan = build_fn_flap(dense, stats, networks, ratio, weight=w, protect=t, basis=basis,
-                                    protected_layers=protected_layers, round_to=round_to, source=source)
-        nll = window_nll(model, windows, batch_size=batch_size)
-        del model
+        nll, plan = candidate_nll(dense, stats, networks, windows, ratio, weight=w, protect=t, basis=basis,
+                                  protected_layers=protected_layers, round_to=round_to, batch_size=batch_size,
+                                  source=source)
         label = criterion_label(w, t)
         per_window[label] = nll
         rows.append({"label": label, "weight": w, "protect": float("nan") if t is None else t, "ratio": ratio,
@@ -215,10 +229,9 @@ def compare_with_flap(dense: nn.Module, stats: ChannelStatistics, networks: obje
         for w, t in ((0.0, None), chosen):
             if (w, t) in results:
                 continue
-            model, plan = build_fn_flap(dense, stats, networks, ratio, weight=w, protect=t, basis=basis,
-                                        protected_layers=protected_layers, round_to=round_to, source=source)
-            results[(w, t)] = (window_nll(model, windows, batch_size=batch_size), plan)
-            del model
+            results[(w, t)] = candidate_nll(dense, stats, networks, windows, ratio, weight=w, protect=t, basis=basis,
+                                            protected_layers=protected_layers, round_to=round_to,
+                                            batch_size=batch_size, source=source)
         (flap_nll, flap_plan), (nll, plan) = results[(0.0, None)], results[chosen]
         removed = {i: set(flap_plan.removed(i)) for i in flap_plan.kept}
         changed = sum(len(removed[i] - set(plan.removed(i))) for i in removed)
@@ -266,6 +279,27 @@ def versus_part(final: pd.DataFrame, parts: Mapping[str, Mapping[str, Any]], bas
         rows.append({"ratio": float(r.ratio), "baseline": get_method(baseline).name, "ppl": float(np.exp(nll.mean())),
                      "ppl_baseline": float(np.exp(base.mean())), **compare_windows(nll, base, n_boot=n_boot)})
     return pd.DataFrame(rows)
+
+
+def versus_strongest_part(final: pd.DataFrame, parts: Mapping[str, Mapping[str, Any]],
+                          choices: Mapping[str, Any] | None, *, tokenizer: Any, windows: torch.Tensor, setting: str,
+                          label: str, n_boot: int = 10_000) -> pd.DataFrame | None:
+    """The chosen criterion (``final``, named ``label`` in a ``model`` column) against the strongest baseline
+    variant stage 4 chose (``choices``: :func:`funcprune.run.grid.read_choices`), by :func:`versus_part`.
+
+    ``None`` when nothing was chosen, the variant was not scored at the choice's first ratio, or chapter 5
+    scored it on other windows than ``windows`` (``tokenizer`` and ``setting`` as for :func:`versus_part`).
+    """
+    from .decompose import keys_at, windows_match
+
+    if not choices:
+        return None
+    strongest = choices["strongest_baseline"]
+    shared = keys_at(parts, [strongest], float(choices["ratios"][0]))
+    if not shared or not windows_match(tokenizer, windows, parts[shared[0]], setting):
+        return None
+    return versus_part(final, parts, strongest, tokenizer=tokenizer, windows=windows, setting=setting,
+                       n_boot=n_boot).assign(model=label)
 
 
 def describe_criterion(sweep: pd.DataFrame, chosen: Mapping[str, Any], final: pd.DataFrame) -> list[str]:

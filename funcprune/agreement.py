@@ -3,21 +3,22 @@
 Functions on fitted :class:`~funcprune.ica.FunctionalNetworks` (two seeds, two halves of
 the text, a fit and a longer run of it) that say how much of what a fit found is stable:
 :func:`match_maps` pairs maps one to one, :func:`top_overlap` counts shared key neurons,
-:func:`seed_agreement` puts the layers whose runs converged beside those that stopped.
+:func:`seed_agreement` puts the layers whose runs converged beside those that stopped, and
+:func:`convergence_facts` states what the two tables and the fit's convergence record say.
 :func:`funcprune.ica.convergence_check` (which reruns FastICA) and
 :func:`funcprune.atlas.stability` build on them. Used in :doc:`/executed/02_functional_networks`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:
     from .ica import FunctionalNetworks
 
-__all__ = ["match_maps", "seed_agreement", "top_overlap"]
+__all__ = ["convergence_facts", "match_maps", "seed_agreement", "top_overlap"]
 
 
 def match_maps(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,3 +103,48 @@ def seed_agreement(fn_a: "FunctionalNetworks", fn_b: "FunctionalNetworks", fract
                      "key_overlap": top_overlap(score_a, score_b, fraction)})
     return pd.DataFrame(rows, columns=["layer", "converged", "restarts_converged", "map_corr_median",
                                        "map_corr_min", "key_overlap"])
+
+
+def convergence_facts(agreement: Any, longer: Any, convergence: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What chapter 2 says of the fits that did not converge, by the name it glues each value under.
+
+    Parameters
+    ----------
+    agreement : pandas.DataFrame
+        :func:`seed_agreement` of the fit and another seed.
+    longer : pandas.DataFrame
+        :func:`funcprune.ica.convergence_check` of the fit (may be empty).
+    convergence : sequence of dict
+        The fit's ``convergence_`` record (``converged``: one bool per restart of a layer and group).
+
+    Returns
+    -------
+    dict
+        ``conv_overlap_ok``, ``conv_overlap_stopped``, ``conv_corr_ok`` and ``conv_corr_stopped`` (medians of
+        ``key_overlap`` and ``map_corr_median`` over converged and stopped layers, two decimals, or
+        ``"n/a (no such layer checked)"``), ``conv_restart_share`` (percentage of all restarts that converged),
+        ``conv_no_restart`` (layer-and-group fits where no restart converged), ``conv_n_longer`` and
+        ``conv_n_longer_converged`` (fits run longer, and how many then converged), ``conv_longer_corr``,
+        ``conv_longer_corr_min`` and ``conv_longer_overlap`` (median, minimum and median of the longer runs'
+        agreement, or ``"n/a"``) and ``conv_longer_seconds``.
+    """
+    by_status = agreement.groupby("converged")[["map_corr_median", "key_overlap"]].median()
+    restarts = [c for record in convergence for c in record["converged"]]
+
+    def by(converged: bool, column: str) -> str:
+        if converged not in by_status.index:
+            return "n/a (no such layer checked)"
+        return f"{by_status.loc[converged, column]:.2f}"
+
+    def of_longer(column: str, stat: str) -> str:
+        return f"{getattr(longer[column], stat)():.2f}" if len(longer) else "n/a"
+
+    return {"conv_overlap_ok": by(True, "key_overlap"), "conv_overlap_stopped": by(False, "key_overlap"),
+            "conv_corr_ok": by(True, "map_corr_median"), "conv_corr_stopped": by(False, "map_corr_median"),
+            "conv_restart_share": f"{100 * np.mean(restarts):.0f}",
+            "conv_no_restart": sum(not any(record["converged"]) for record in convergence),
+            "conv_n_longer": len(longer), "conv_n_longer_converged": int(longer["converged_longer"].sum()),
+            "conv_longer_corr": of_longer("map_corr_median", "median"),
+            "conv_longer_corr_min": of_longer("map_corr_min", "min"),
+            "conv_longer_overlap": of_longer("key_overlap", "median"),
+            "conv_longer_seconds": f"{longer['seconds'].sum():.0f}"}

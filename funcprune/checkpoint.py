@@ -9,7 +9,8 @@ config's widths and the weights' shapes agree, and that the attached plan descri
 loaded model. It runs no checkpoint code: it builds the architecture at the global width,
 slices the MLPs to the saved widths (:func:`funcprune.prune.read_width_config`, the rule
 :func:`funcprune.prune.prune` wrote) and loads the weights strictly. Every failure names the
-file and the fix (delete the checkpoint and re-run stage 4).
+file and the fix (delete the checkpoint and re-run stage 4). :func:`export_round_trip` saves a model and
+loads it back both ways (:func:`load_pruned`, and transformers alone), each compared with the model saved.
 
 Used in the chapter :doc:`/executed/04_structured_pruning`.
 """
@@ -17,6 +18,7 @@ Used in the chapter :doc:`/executed/04_structured_pruning`.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,7 +32,8 @@ from .models import LoadedModel, check_dtype, prepare_tokenizer
 from .plan import PlanMismatchError, PruningPlan
 from .prune import PRUNED_FORMAT, global_width, layer_width, prune_layer, read_width_config, write_width_config
 
-__all__ = ["CHECKPOINT_MANIFEST", "PLAN_FILE", "load_pruned", "save_pruned", "verify_pruned"]
+__all__ = ["CHECKPOINT_MANIFEST", "PLAN_FILE", "ExportCheck", "export_round_trip", "load_pruned", "save_pruned",
+           "verify_pruned"]
 
 #: File name of the plan inside a saved pruned checkpoint.
 PLAN_FILE = "pruning_plan.json"
@@ -310,3 +313,90 @@ def load_pruned(path: str | os.PathLike[str], *, dtype: torch.dtype | str = torc
     if (path / "tokenizer_config.json").exists():
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path, config=config))  # no remote code
     return LoadedModel(model, tokenizer, source, plan)
+
+
+@dataclass
+class ExportCheck:
+    """A checkpoint :func:`export_round_trip` wrote, and how its two reloads compare with the model saved.
+
+    Attributes
+    ----------
+    path : Path
+        The checkpoint directory.
+    plain : nn.Module
+        The checkpoint loaded by transformers alone (``AutoModelForCausalLM.from_pretrained``).
+    rows : dict
+        ``"<name> (exported)"`` (:func:`load_pruned`) and ``"<name> (plain)"`` -> ``check`` and
+        ``max |logit difference|`` against the model saved.
+    files : list of str
+        The names in the directory, sorted.
+    mb : float
+        Size of every file, in MB.
+    same_tokens : bool
+        Whether the saved tokenizer, loaded by transformers alone, gives the prompt's tokens.
+    """
+
+    path: Path
+    plain: nn.Module
+    rows: dict[str, dict[str, Any]]
+    files: list[str]
+    mb: float
+    same_tokens: bool
+
+    def facts(self, rows: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
+        """What chapter 4 says of the export, by the name it glues each value under.
+
+        ``round_trip_max`` is the largest difference of ``rows`` (default: this export's own rows).
+        """
+        rows = self.rows if rows is None else rows
+        return {"plain_class": type(self.plain).__name__, "export_files": ", ".join(self.files),
+                "same_tokens": "the same" if self.same_tokens else "NOT the same", "export_mb": f"{self.mb:.0f}",
+                "round_trip_max": f"{max(r['max |logit difference|'] for r in rows.values()):.3g}"}
+
+
+def export_round_trip(record: LoadedModel, tokenizer: Any, path: str | os.PathLike[str], input_ids: torch.Tensor, *,
+                      prompt: str, card: ModelCard | Mapping[str, Any] | None = None, networks: Any = None,
+                      dtype: torch.dtype | str = "float32") -> ExportCheck:
+    """Save a pruned model (:func:`save_pruned`) and load it back both ways, each compared with the model saved.
+
+    Parameters
+    ----------
+    record : funcprune.models.LoadedModel
+        The pruned model and its plan (e.g. :func:`funcprune.run.pipeline.rebuild_pruned`).
+    tokenizer : transformers tokenizer
+        Saved with it.
+    path : str or path-like
+        The new checkpoint directory; its name names the rows.
+    input_ids : LongTensor of shape (batch, seq_len)
+        The tokens every model reads (on the model's input device).
+    prompt : str
+        A text both tokenizers (this one and the one saved) tokenise, compared.
+    card, networks
+        As for :func:`save_pruned`.
+    dtype : torch.dtype or str, default="float32"
+        Of both reloads, on the model's input device.
+
+    Returns
+    -------
+    ExportCheck
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluate import max_logit_difference
+    from .models import input_device
+
+    device = input_device(record.model)
+    path = save_pruned(record.model, tokenizer, path, plan=record.plan, card=card, networks=networks)
+    mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+    files = sorted(f.name for f in path.iterdir())
+    reloaded = load_pruned(path, dtype=dtype, device=str(device)).model
+    plain = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True,
+                                                 dtype=check_dtype(dtype)).to(device).eval()
+    same_tokens = AutoTokenizer.from_pretrained(path, trust_remote_code=True)(prompt)["input_ids"] == \
+        tokenizer(prompt)["input_ids"]
+    rows = {f"{path.name} (exported)": {"check": "save_pruned + load_pruned vs rebuilt",
+                                        "max |logit difference|": max_logit_difference(record.model, reloaded,
+                                                                                       input_ids)},
+            f"{path.name} (plain)": {"check": "save_pruned + AutoModelForCausalLM.from_pretrained vs rebuilt",
+                                     "max |logit difference|": max_logit_difference(record.model, plain, input_ids)}}
+    return ExportCheck(path, plain, rows, files, mb, bool(same_tokens))

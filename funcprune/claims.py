@@ -17,9 +17,15 @@ parenthesis, and tested on contrived inputs (``tests/test_claims.py``):
 * **better / worse** (:func:`comparison_claim`): only when the paired test decides it
   (``decided``); otherwise "cannot be told apart on this run".
 
+* **precise enough for a figure** (:func:`zero_shot_facts`): the dense model's mean zero-shot
+  accuracy has a standard error of at most :data:`PRECISE_SE`; otherwise zero-shot is a table only.
+
 The answer on page one is made here too: :func:`relative_to_baseline` (every method's
 perplexity relative to one baseline with paired intervals, at each ratio),
-:func:`plain_answer` (the plain-words answer) and :func:`rank_deficient_sentence`.
+:func:`plain_answer` (the plain-words answer, with what the run did not measure: :func:`not_measured`),
+:func:`headline_facts` (the numbers beside it) and :func:`rank_deficient_sentence`. The ``*_facts`` functions
+return a chapter's values by the names the chapter glues them under (:func:`lesion_facts` and
+:func:`versus_facts`: chapter 6).
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["ALPHA", "PARTLY_R", "SPARSE_SHARE", "STABLE_R", "Claim", "activity_depth_sentence",
-           "comparison_claim", "depth_trend", "necessity_claim", "network_claims_sentence", "plain_answer",
-           "rank_deficient_sentence", "relative_to_baseline", "sparsity_claim", "stability_claim", "tier_sentence"]
+__all__ = ["ALPHA", "PARTLY_R", "PRECISE_SE", "SPARSE_SHARE", "STABLE_R", "Claim", "activity_depth_sentence",
+           "comparison_claim", "depth_trend", "headline_facts", "lesion_facts", "necessity_claim",
+           "network_claims_sentence", "not_measured", "plain_answer", "rank_deficient_sentence",
+           "relative_to_baseline", "sparsity_claim", "stability_claim", "tier_sentence", "versus_facts",
+           "zero_shot_facts"]
 
 #: Median split-half map correlation at or above which the networks are called stable.
 STABLE_R = 0.8
@@ -43,6 +51,8 @@ PARTLY_R = 0.5
 SPARSE_SHARE = 0.1
 #: Level of every test a claim rests on.
 ALPHA = 0.05
+#: Largest standard error of the dense model's mean zero-shot accuracy at which accuracies are drawn as a figure.
+PRECISE_SE = 0.02
 
 
 @dataclass(frozen=True)
@@ -355,3 +365,132 @@ def plain_answer(comparisons: pd.DataFrame, *, dense_ppl: float, metric: str, me
     if not_measured:
         text += " Not measured by this run: " + "; ".join(not_measured) + "."
     return text
+
+
+def not_measured(full_ratios: Sequence[float] | None, zero_shot_limit: int | None) -> list[str]:
+    """What a run of this book does not measure, one phrase each (for :func:`plain_answer`)."""
+    return ["WikiText-2 perplexity (offline text: not comparable with published numbers)", "the paper's 7B model",
+            "zero-shot accuracy of the pruned models" if not full_ratios else
+            f"zero-shot accuracy beyond {zero_shot_limit} items per task", "speed on a GPU"]
+
+
+def headline_facts(comparisons: pd.DataFrame, ranked: pd.DataFrame, dense: Mapping[str, Any], *, ratio: float,
+                   metric: str, methods: Sequence[str], labels: Mapping[str, str],
+                   not_measured: Sequence[str] = ()) -> dict[str, Any]:
+    """The headline of chapter 5 at one ratio, by the name the chapter glues each value under.
+
+    Parameters
+    ----------
+    comparisons : pandas.DataFrame
+        :func:`funcprune.compare.headline_comparisons`.
+    ranked : pandas.DataFrame
+        :func:`funcprune.compare.ranked_table` on ``metric``.
+    dense : dict
+        The dense model's record (its per-window NLLs at ``metric``'s window length).
+    ratio : float
+        The ratio of the detailed comparisons.
+    metric : str
+        ``"ppl@<window>"``.
+    methods : sequence of str
+        The run's methods: the paper's is ``fn``, else ``fn-bias``.
+    labels : dict
+        Display names.
+    not_measured : sequence of str
+        For :func:`plain_answer`.
+
+    Returns
+    -------
+    dict
+        ``h_flap``, ``h_random`` and ``h_wanda_sp`` (the paper's method against each baseline: the perplexity
+        ratio with its interval and whether the paired test decides it, or ``"not in this run"``), ``h_ratio``,
+        ``h_best`` (the best method there), ``h_metric``, ``h_dense`` (the dense model's perplexity) and
+        ``answer_text`` (:func:`plain_answer`).
+    """
+    method = next((m for m in ("fn", "fn-bias") if m in methods), None)
+    out: dict[str, Any] = {}
+    for base in ("flap", "random", "wanda-sp"):
+        rows = comparisons[(comparisons["ratio"] == ratio) & (comparisons["method"] == method)
+                           & (comparisons["baseline"] == base) & (comparisons["metric"] == metric)]
+        r = rows.iloc[0] if method and len(rows) else None
+        out[f"h_{base.replace('-', '_')}"] = "not in this run" if r is None else \
+            (f"{r['estimate']:.2f}x (95 % CI {r['ci_low']:.2f}-{r['ci_high']:.2f}, "
+             f"{'decided' if r['decided'] else 'not decided'} by the paired test)")
+    best = ranked[(ranked["ratio"] == ratio) & (ranked["rank"] == 1)]
+    dense_ppl = math.exp(np.mean(dense["perplexity"][metric.removeprefix("ppl@")]["window_nll"]))
+    return out | {"h_ratio": f"{100 * ratio:g}", "h_best": labels.get(best["method"].iloc[0]) if len(best) else "-",
+                  "h_metric": metric, "h_dense": f"{dense_ppl:.1f}",
+                  "answer_text": plain_answer(comparisons, dense_ppl=dense_ppl, metric=metric, labels=labels,
+                                              not_measured=not_measured)}
+
+
+def zero_shot_facts(zero_shot: Mapping[str, Any] | None, mean_acc_stderr: float | None,
+                    limit: int | None) -> dict[str, Any]:
+    """What chapter 5 says of the zero-shot tasks, by the name it glues each value under (``"-"`` for every value
+    when ``zero_shot`` is ``None``: no task was run).
+
+    Parameters
+    ----------
+    zero_shot : dict or None
+        The dense model's zero-shot record (:func:`funcprune.tasks.run_zero_shot`).
+    mean_acc_stderr : float or None
+        The standard error of its mean accuracy.
+    limit : int or None
+        Items scored per task (``None``: every item).
+
+    Returns
+    -------
+    dict
+        ``n_tasks``, ``zs_limit_text``, ``zs_items``, ``harness_version``, ``dense_mean_acc_se`` and
+        ``zs_verdict`` (precise enough for a figure, by :data:`PRECISE_SE`, or not).
+    """
+    names = ("n_tasks", "zs_limit_text", "zs_items", "harness_version", "dense_mean_acc_se", "zs_verdict")
+    if zero_shot is None or mean_acc_stderr is None:
+        return dict.fromkeys(names, "-")
+    verdict = ("That is precise enough for the accuracy figure below." if mean_acc_stderr <= PRECISE_SE else
+               f"That is above {PRECISE_SE:g}, too imprecise to draw accuracies as findings: zero-shot is shown below "
+               "as a table with standard errors and chance levels, and no figure (raise zero_shot_limit for more "
+               "items).")
+    return dict(zip(names, (len(zero_shot["tasks"]),
+                            f"the first {limit} items of each task" if limit else "every item of each task",
+                            sum(t["n"] for t in zero_shot["tasks"].values()), zero_shot["harness"]["version"],
+                            f"{mean_acc_stderr:.3f}", verdict)))
+
+
+def lesion_facts(verdict: Mapping[str, Any], scope: Sequence[str]) -> dict[str, str]:
+    """What chapter 6 says of the lesion test, by the name it glues each value under.
+
+    Parameters
+    ----------
+    verdict : dict
+        :func:`funcprune.lesion.lesion_verdict` (its two ``sentences`` and ``n_networks``).
+    scope : sequence of str
+        :func:`funcprune.lesion.lesion_scope`'s sentences.
+    """
+    return {"lesion_harm": verdict["sentences"][0], "lesion_specificity": verdict["sentences"][1],
+            "lesion_n": str(verdict["n_networks"]), "lesion_scope": " ".join(scope)}
+
+
+def versus_facts(versus: pd.DataFrame | None, strongest: str | None) -> dict[str, str]:
+    """What chapter 6 says of :func:`funcprune.ablation.versus_strongest_part`, by the name it glues each value under.
+
+    Returns
+    -------
+    dict
+        ``strongest_label6`` (the variant's display name) and ``versus_strongest_text`` (one sentence per ratio,
+        :func:`funcprune.decompose.describe_versus`, or why nothing was measured).
+    """
+    from .decompose import describe_versus
+    from .tables import method_labels
+
+    if strongest is None:
+        return {"strongest_label6": "not chosen in this run",
+                "versus_strongest_text": "not measured in this run (no grid points)."}
+    names = method_labels([strongest])
+    if versus is None:
+        return {"strongest_label6": names[strongest],
+                "versus_strongest_text": "not measured here: chapter 5 scored that variant on other windows than this "
+                                         "chapter's test windows (set test_windows x seq_len to chapter 5's first "
+                                         "window budget)."}
+    return {"strongest_label6": names[strongest],
+            "versus_strongest_text": " ".join(describe_versus(versus, labels=names)) or
+            "the strongest variant was not scored at the ratios of this chapter."}

@@ -12,8 +12,8 @@ exactly to the whole gap, and each says whether the paired test decides it.
 
 The order of the steps matters when the axes interact (FLAP's bias may help FN's channels less than
 FLAP's), so every gap is walked in two orders (:data:`PATHS`); a part is only called the cause when both
-orders agree. Sentences (:func:`describe_decomposition`) are computed from the table by stated rules and
-tested on contrived runs.
+orders agree. Sentences (:func:`describe_decomposition`, :func:`decomposition_facts`) are computed from the
+table by stated rules and tested on contrived runs.
 
 The grid points themselves are chosen and built in stage 4 (:mod:`funcprune.run.grid`).
 
@@ -39,6 +39,7 @@ __all__ = [
     "ridge_of",
     "split_parts",
     "describe_decomposition",
+    "decomposition_facts",
     "main_parts",
     "gap_sentences",
     "keys_at",
@@ -365,6 +366,25 @@ def gap_sentences(table: pd.DataFrame, ratio: float, gap: str = "fn/flap", *,
         return (f"This run did not take the gap between {method} and {baseline} apart at {percent(ratio)} (no grid "
                 "points there).")
     return " ".join(describe_decomposition(rows, labels=labels))
+
+
+def decomposition_facts(table: pd.DataFrame, ratio: float, *, ridge: float | None,
+                        labels: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What chapter 5 says of the decomposition, by the name it glues each value under.
+
+    Returns
+    -------
+    dict
+        ``decomp_answer`` (:func:`gap_sentences` at ``ratio``), ``ls_ridge`` (the least-squares ridge, or
+        ``"(not built in this run)"``) and ``decomp_text`` (:func:`describe_decomposition`, or a sentence saying
+        the run built no grid points).
+    """
+    sentences = describe_decomposition(table, labels=labels)
+    return {"decomp_answer": gap_sentences(table, ratio, labels=labels),
+            "ls_ridge": "(not built in this run)" if ridge is None else f"{ridge:g}",
+            "decomp_text": " ".join(sentences) if sentences else
+            "This run built no grid points (the profile's decompose_ratios is empty), so the gap is not taken apart "
+            "here."}
 
 
 #: The paper's method and its variants held to the strongest baseline (``"+ls"`` takes the run's ridge).

@@ -17,9 +17,12 @@ sums of log-likelihoods are accumulated in float64.
 * :func:`flops_per_token` -- forward FLOPs per token, ``2 x`` the parameters
   that take part in a matrix multiply, plus an optional attention term.
 * :func:`measure_latency` -- prefill time, decode time per token and peak memory.
+* :func:`max_logit_difference` -- the largest logit difference of two models on the same tokens (a rebuilt or
+  reloaded model against the one it should equal), and :func:`greedy_continuation` -- a prompt's greedy
+  continuation, the text a reader compares by eye.
 
 Zero-shot task accuracy lives in :mod:`funcprune.tasks`.
-Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
+Used in the chapters :doc:`/executed/04_structured_pruning` and :doc:`/executed/05_evaluate_benchmarks`.
 
 Why one module: perplexity, parameter and FLOP counts and latency are the three measurements
 chapter 5 takes of every model, each a few dozen lines sharing the input-device and position
@@ -45,8 +48,8 @@ from tqdm.auto import tqdm
 from .adapters import CANONICAL_ATTN, get_adapter
 from .models import input_device
 
-__all__ = ["bos_token_id", "count_parameters", "flops_per_token", "max_positions", "measure_latency", "perplexity",
-           "token_nll", "window_nll"]
+__all__ = ["bos_token_id", "count_parameters", "flops_per_token", "greedy_continuation", "max_logit_difference",
+           "max_positions", "measure_latency", "perplexity", "token_nll", "window_nll"]
 
 #: Config attributes that may hold a model's maximum sequence length.
 _MAX_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
@@ -345,6 +348,60 @@ def token_nll(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -
     finally:
         model.train(was_training)
     return np.concatenate(out)
+
+
+def max_logit_difference(model: nn.Module, other: nn.Module, input_ids: torch.Tensor) -> float:
+    """The largest absolute difference of two models' logits (in float32) on the same tokens.
+
+    Zero (or rounding) when ``other`` is ``model`` rebuilt, exported and reloaded, or pruned another way that
+    should give the same network.
+
+    Parameters
+    ----------
+    model, other : nn.Module
+        Causal LMs returning ``logits`` of the same vocabulary.
+    input_ids : LongTensor of shape (batch, seq_len)
+        On the models' input device.
+
+    Returns
+    -------
+    float
+    """
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids).logits.float()
+        return (logits - other(input_ids=input_ids).logits.float()).abs().max().item()
+
+
+def greedy_continuation(model: nn.Module, tokenizer: Any, prompt: str, *, max_new_tokens: int = 30) -> str:
+    """The text a model generates after ``prompt``, greedily (no sampling), without the prompt.
+
+    Runs on one CPU thread for the duration (one token at a time: tiny operations, which extra threads only
+    slow down on a busy CPU); the thread count is restored afterwards.
+
+    Parameters
+    ----------
+    model : transformers causal LM
+        On any device (the prompt goes to :func:`funcprune.models.input_device`).
+    tokenizer : transformers tokenizer
+        With a ``pad_token_id`` (:func:`funcprune.models.prepare_tokenizer`).
+    prompt : str
+    max_new_tokens : int, default=30
+
+    Returns
+    -------
+    str
+        The new tokens decoded, special tokens skipped.
+    """
+    inputs = tokenizer(prompt, return_tensors="pt").to(input_device(model))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+    finally:
+        torch.set_num_threads(threads)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def _embedding_params(model: nn.Module) -> set[int]:

@@ -5,18 +5,20 @@ draws means over seeds (:func:`funcprune.tables.aggregate_seeds`) with their sta
 errors: :func:`plot_metric_vs_ratio` (and its shortcuts :func:`plot_perplexity` and
 :func:`plot_accuracy`), :func:`plot_task_bars`, and the answer's figure :func:`plot_relative_to`
 (every method's perplexity relative to one baseline, with paired intervals). Beside a table cut to what a
-reader needs, :func:`csv_download` puts the full one a click away.
+reader needs, :func:`csv_download` puts the full one a click away. Chapter 4's plans are drawn by
+:func:`plot_kept_widths` (every method, one panel per ratio) and :func:`plot_width_profiles` (one method's
+plans under several allocations).
 
 Two rules hold for every figure of the package: an axis without data is refused
 (:func:`require_data` raises instead of drawing an empty panel), and legends sit outside
 the data (:func:`legend_outside`), below the axes, where they read on a phone too.
 
-Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
+Used in the chapters :doc:`/executed/04_structured_pruning` and :doc:`/executed/05_evaluate_benchmarks`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,8 +26,9 @@ import pandas as pd
 from .tables import DENSE_KEY, aggregate_seeds, method_labels
 from .tasks import TASKS
 
-__all__ = ["CsvDownload", "EmptyAxisError", "csv_download", "legend_outside", "plot_accuracy", "plot_metric_vs_ratio", "plot_perplexity",
-           "plot_perplexity_panels", "plot_relative_to", "plot_task_bars", "require_data"]
+__all__ = ["CsvDownload", "EmptyAxisError", "csv_download", "legend_outside", "plot_accuracy", "plot_kept_widths",
+           "plot_metric_vs_ratio", "plot_perplexity", "plot_perplexity_panels", "plot_relative_to", "plot_task_bars",
+           "plot_width_profiles", "require_data"]
 
 
 class EmptyAxisError(ValueError):
@@ -310,6 +313,79 @@ def plot_perplexity_panels(df: pd.DataFrame, windows: dict[int, str] | None = No
         ax.set_title((windows or {}).get(n, f"windows of {n} tokens"))
     fig.tight_layout()
     return fig, left_out
+
+
+def plot_kept_widths(index: pd.DataFrame, methods: Sequence[str], ratios: Sequence[float], *, basis: str,
+                     colors: Mapping[str, str], labels: Mapping[str, str]) -> Any:
+    """The MLP channels every layer keeps under each method, one panel per ratio (chapter 4).
+
+    ``fn-bias`` has ``fn``'s plan: it is drawn in ``fn``'s colour, dashed; the random seeds are drawn thin.
+    The protected layers are shaded.
+
+    Parameters
+    ----------
+    index : pandas.DataFrame
+        The index of stage 4 (:func:`funcprune.run.pipeline.prune_all`: ``method``, ``ratio_requested``,
+        ``widths`` and ``protected_layers`` per model).
+    methods : sequence of str
+        The methods drawn, in the legend's order.
+    ratios : sequence of float
+        One panel each.
+    basis : str
+        What a ratio counts (``"total"`` or ``"mlp"``), for the titles.
+    colors, labels : dict
+        Colour and display name of each method.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    protected = index["protected_layers"].iloc[0]
+    fig, axes = plt.subplots(1, len(ratios), figsize=(max(6.5, 4.2 * len(ratios)), 3.6), sharey=True, squeeze=False)
+    for ax, ratio in zip(axes[0], ratios):
+        for name in methods:
+            rows = index[(index["method"] == name) & (index["ratio_requested"] == ratio)]
+            color = colors["fn" if name == "fn-bias" else name]
+            for k, row in enumerate(rows.itertuples()):
+                ax.plot(row.widths, color=color, ls="--" if name == "fn-bias" else "-",
+                        lw=0.8 if name == "random" else 1.6, alpha=0.7 if name == "random" else 1.0,
+                        label=labels[name] if k == 0 else None)
+        for layer in protected:
+            ax.axvspan(layer - 0.5, layer + 0.5, color="0.9", zorder=0)
+        ax.set_title(f"{100 * ratio:.0f}% of {basis} parameters removed")
+        ax.set_xlabel("layer")
+    axes[0][0].set_ylabel("MLP channels kept")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names) if len(ratios) > 1 else 3, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 if len(ratios) > 1 else 0.14, 1, 1))
+    return fig
+
+
+def plot_width_profiles(widths: Mapping[str, Mapping[int, int]], *, color: str, title: str) -> Any:
+    """One method's kept MLP channels per layer under several plans: the first solid, the others dashed.
+
+    Parameters
+    ----------
+    widths : dict
+        Legend label (e.g. the allocation) -> layer -> channels kept (``PruningPlan.pruned_widths``), in
+        layer order.
+    color, title : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for k, (name, kept) in enumerate(widths.items()):
+        ax.plot(list(kept.values()), "-" if k == 0 else "--", color=color, label=f"{name}")
+    ax.set(xlabel="layer", ylabel="MLP channels kept", title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 class CsvDownload:

@@ -12,7 +12,8 @@ gives those windows to analyses that need per-token losses (chapter 6), and
 unit of the cluster bootstrap of :mod:`funcprune.compare`). :func:`literature_perplexity`
 scores a second, labelled setting: the literature's protocol (FLAP's and Wanda's code),
 consecutive windows of the stream tokenised once, with no BOS per window
-(:func:`literature_windows`).
+(:func:`literature_windows`). :func:`window_table` and :func:`protocol_facts` read back from a run's
+results what was scored: the windows of each length, the stream, the BOS rule and the disjointness check.
 
 Used by :func:`funcprune.run.results.evaluate_run` (chapter :doc:`/executed/05_evaluate_benchmarks`) and
 in the chapter :doc:`/executed/06_ablations`.
@@ -24,7 +25,7 @@ import hashlib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +44,9 @@ __all__ = [
     "LITERATURE_RULE",
     "literature_perplexity",
     "literature_windows",
+    "protocol_facts",
     "select_windows",
+    "window_table",
 ]
 
 
@@ -412,3 +415,75 @@ def literature_perplexity(model: Any, stream: EvaluationStream, *, seq_len: int 
             "seq_len": int(seq_len), "n_windows": int(window_nll.size), "n_tokens_scored": int(nll.size),
             "window_starts": starts, "window_nll": window_nll.tolist(), "tokens_sha256": ids_sha256(windows.numpy()),
             "bos_token_id": None, "window_articles": articles, "protocol": "literature", "rule": LITERATURE_RULE}
+
+
+def window_table(settings: Sequence[Mapping[str, Any]], parts: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The windows of each perplexity setting a run scored, and whether every model read the same ones.
+
+    Parameters
+    ----------
+    settings : sequence of dict
+        The dense model's perplexity records (``results.json["models"]["dense"]["perplexity"]`` values), one per
+        window length.
+    parts : dict
+        Every model's record, for how many were scored at each length and on which tokens.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``window requested``; ``window used``, ``windows``, ``tokens scored``, ``texts touched``,
+        ``tokens sha256`` (first 16 hex digits), ``models`` and ``same windows for every model``.
+    """
+    import pandas as pd
+
+    rows = []
+    for p in settings:
+        setting = str(p["seq_len_requested"])
+        scored = [q["perplexity"][setting] for q in parts.values() if setting in q["perplexity"]]
+        rows.append({"window requested": p["seq_len_requested"], "window used": p["seq_len"],
+                     "windows": p["n_windows"], "tokens scored": p["n_tokens_scored"],
+                     "texts touched": len(p["text_ids"]), "tokens sha256": p["tokens_sha256"][:16],
+                     "models": len(scored),
+                     "same windows for every model": len({q["tokens_sha256"] for q in scored}) == 1})
+    return pd.DataFrame(rows).set_index("window requested")
+
+
+def protocol_facts(record: Mapping[str, Any], settings: Sequence[Mapping[str, Any]], *, dataset: str,
+                   eval_max_tokens: int | None | Sequence[int | None], ppl_seq_lens: Sequence[int]) -> dict[str, Any]:
+    """What chapter 5 says of its held-out text and windows, by the name it glues each value under.
+
+    Parameters
+    ----------
+    record : dict
+        The run's results record (``results.json``: ``protocol``, ``calibration``, ``disjointness``,
+        ``eval_text_ids``, ``sanity``).
+    settings : sequence of dict
+        The dense model's perplexity records, one per window length (as for :func:`window_table`).
+    dataset : str
+        The held-out corpus (its ``"evaluation"`` split is counted).
+    eval_max_tokens, ppl_seq_lens
+        The tokens budgeted per window length (one for all, or one each; ``None``: every window) and the lengths.
+
+    Returns
+    -------
+    dict
+        ``eval_corpus``, ``eval_sha``, ``n_eval_texts``, ``n_held_out_texts``, ``eval_part``, ``bos_text``,
+        ``sanity_text``, ``stream_tokens``, ``windows_text``, ``eval_max_tokens``, ``n_calibration_texts``,
+        ``n_overlap`` (held-out texts also used for calibration: 0 for a valid run) and ``disjoint_checked``.
+    """
+    protocol = record["protocol"]
+    calibration = record["calibration"] or {"ids": []}
+    eval_ids = record["eval_text_ids"]
+    bos = protocol["bos"]["token_id"]
+    budgets = eval_max_tokens if isinstance(eval_max_tokens, list) else [eval_max_tokens] * len(ppl_seq_lens)
+    windows = " and ".join(f"{p['n_windows']} window{'s' if p['n_windows'] != 1 else ''} of {p['seq_len']} tokens"
+                           for p in settings)
+    return {"eval_corpus": protocol["eval_dataset"]["name"], "eval_sha": protocol["eval_dataset"]["sha256"][:16],
+            "n_eval_texts": len(eval_ids), "n_held_out_texts": len(load_texts(dataset, "evaluation")),
+            "eval_part": protocol["eval_dataset"]["part"],
+            "bos_text": "no BOS token (this tokenizer adds none)" if bos is None else f"the BOS token (id {bos}) first",
+            "sanity_text": record["sanity"]["message"], "stream_tokens": f"{protocol['eval_stream']['n_tokens']:,}",
+            "windows_text": windows,
+            "eval_max_tokens": " and ".join("every" if b is None else f"{b:,}" for b in budgets),
+            "n_calibration_texts": len(calibration["ids"]), "n_overlap": len(set(calibration["ids"]) & set(eval_ids)),
+            "disjoint_checked": "checked" if record["disjointness"].get("checked") else "could not be checked"}

@@ -51,7 +51,8 @@ Any other allocation is an ablation: ``allocation="global"`` or ``"uniform"`` pa
 ``allocation`` and ``settings["allocation_source"]``: ``"method"`` or ``"override"``).
 
 Keys read ``fn_r0.20`` or ``random-s1_r0.10`` (:func:`method_key`).
-:mod:`funcprune.run.pipeline` runs a grid of these methods over a run directory.
+:mod:`funcprune.run.pipeline` runs a grid of these methods over a run directory. Chapter 4 checks what it
+stored with :mod:`funcprune.run.checks`.
 
 Used in the chapters :doc:`/executed/03_key_neurons`, :doc:`/executed/04_structured_pruning` and
 :doc:`/executed/06_ablations`.

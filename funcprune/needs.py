@@ -41,8 +41,8 @@ The axes (:data:`AXES`):
 
 The variants are fitted through :class:`~funcprune.store.StoreView`, so fewer tokens, no
 first token or the product voxels need no second capture. Nothing here chooses a setting for
-the reported results: the chapter runs the sweep on validation windows and says so; a setting
-adopted from it would have to be tested again on test text.
+the reported results: the chapter runs the sweep on validation windows and says so (:func:`needs_facts`); a
+setting adopted from it would have to be tested again on test text.
 
 Used in the chapter :doc:`/executed/06_ablations`.
 """
@@ -68,7 +68,8 @@ from .plan import PruningPlan, select_by_threshold, threshold_for_ratio
 from .scoring import Scores, key_neuron_scores
 from .store import ActivationStore, StoreView, text_positions
 
-__all__ = ["AXES", "Setting", "check_grid", "converged_share", "describe_needs", "fit_setting", "needs_sweep", "plot_needs", "setting_scores"]
+__all__ = ["AXES", "Setting", "check_grid", "converged_share", "describe_needs", "fit_setting", "needs_facts",
+           "needs_sweep", "plot_needs", "setting_scores"]
 
 #: The axes a sweep may vary, each with the values it accepts (a type, or the allowed strings).
 AXES: dict[str, Any] = {
@@ -428,6 +429,27 @@ def describe_needs(table: pd.DataFrame, references: Mapping[str, np.ndarray] | N
                    + ("no single change here closes the gap to it." if best_cmp["better"] == "model" else
                       "the best single change here is not worse than it on these windows."))
     return out
+
+
+def needs_facts(table: pd.DataFrame | None, references: Mapping[str, np.ndarray] | None = None, *, base: Setting,
+                ratio: float, grid: Mapping[str, Sequence[Any]]) -> dict[str, str]:
+    """What chapter 6 says of the sweep, by the name it glues each value under.
+
+    ``table`` is :func:`needs_sweep`'s (``None``: not run, because ``grid`` is empty or the run holds no
+    activations); ``references`` as for :func:`describe_needs`. Returns ``needs_fit_text``, ``needs_ratio``,
+    ``needs_n_init`` (the base's restarts), ``needs_base`` and ``needs_sentences``.
+    """
+    if table is None:
+        fit_text = "No setting was refitted."
+        sentences = ["This run's profile sweeps no setting (needs_grid is empty; the sweep profile, params/sweep.yaml, "
+                     "runs it)." if not grid else "The activations of stage 1 are not in this run directory (a bundle "
+                     "holds none), so no setting can be refitted: run chapter 1 with the same run_dir to fill it."]
+    else:
+        fit_text = f"The refitted rows took {table['fit_seconds'].sum() / 60:.1f} minutes of ICA."
+        sentences = describe_needs(table, references)
+    return {"needs_fit_text": fit_text, "needs_ratio": f"{ratio:.0%}", "needs_n_init": str(base.n_init),
+            "needs_base": f"k = {base.n_components}, {base.n_groups} group(s), every stored token, both voxel copies",
+            "needs_sentences": " ".join(sentences)}
 
 
 def plot_needs(table: pd.DataFrame, references: Mapping[str, np.ndarray] | None = None) -> Any:

@@ -6,7 +6,9 @@
 from a run). This module checks and summarises it: :func:`validate_results_table`, :func:`aggregate_seeds` (mean and
 spread over random seeds), :func:`significant_differences` (unpaired: which differences
 exceed their combined standard error; the paired tests of :mod:`funcprune.compare`
-decide smaller ones), :func:`summary_table` and :func:`efficiency_table`.
+decide smaller ones), :func:`summary_table` and :func:`efficiency_table`; :func:`table_contents`,
+:func:`timing_table` and :func:`evaluation_facts` say what a run evaluated and how long it took;
+:func:`with_interval` writes a table's interval bounds as one column.
 :mod:`funcprune.figures` draws it.
 
 Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
@@ -28,13 +30,17 @@ __all__ = [
     "TABLE_COLUMNS",
     "aggregate_seeds",
     "efficiency_table",
+    "evaluation_facts",
     "method_labels",
     "pooled_value",
     "significant_differences",
     "summary_table",
+    "table_contents",
     "table_from_parts",
+    "timing_table",
     "typed_table",
     "validate_results_table",
+    "with_interval",
 ]
 
 #: Key (and method) of the dense model in the results; no pruned model may use it.
@@ -430,3 +436,50 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
     table = table.rename(columns={"ratio_requested": "ratio"}).set_index(["method", "ratio"])
     table.columns.name = None
     return table
+
+
+# ----------------------------------------------------------------------------------
+# What a run evaluated
+# ----------------------------------------------------------------------------------
+def table_contents(df: pd.DataFrame) -> tuple[list[str], list[float], bool]:
+    """The pruning methods of a results table (in order of appearance), their ratios (sorted), and whether any
+    zero-shot task was scored."""
+    methods = [m for m in dict.fromkeys(df["method"]) if m != DENSE_KEY]
+    ratios = sorted(set(df.loc[df["method"] != DENSE_KEY, "ratio_requested"]))
+    return methods, ratios, bool((df["metric"] == "acc").any())
+
+
+def timing_table(parts: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per model of a run (``results.json["models"]``): method, seed, ratio, tier (``"full"`` unless
+    recorded) and the seconds of each part of its evaluation (``"<part> s"``)."""
+    return pd.DataFrame({key: {"method": p["entry"]["method"], "seed": p["entry"]["seed"],
+                               "ratio": p["entry"]["ratio_requested"], "tier": p.get("tier", "full"),
+                               **{f"{k} s": v for k, v in p["seconds"].items()}}
+                         for key, p in parts.items()}).T
+
+
+def evaluation_facts(parts: Mapping[str, Mapping[str, Any]], methods: Sequence[str],
+                     ratios: Sequence[float]) -> dict[str, Any]:
+    """What chapter 5 says of the models it evaluated, by the name it glues each value under.
+
+    Returns
+    -------
+    dict
+        ``n_models`` (the dense one included), ``n_pruned``, ``n_methods``, ``ratios`` (``"0.1, 0.2"``),
+        ``stage_minutes`` (every model's seconds, in minutes, one decimal) and ``per_model_seconds`` (median).
+    """
+    seconds = [p["seconds"]["total"] for p in parts.values()]
+    return {"n_models": len(parts), "n_pruned": len(parts) - 1, "n_methods": len(methods),
+            "ratios": ", ".join(f"{r:g}" for r in ratios), "stage_minutes": f"{sum(seconds) / 60:.1f}",
+            "per_model_seconds": f"{np.median(seconds):.0f}"}
+
+
+def with_interval(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with an ``interval`` column, its ``ci_low`` and ``ci_high`` as text: ``"0.91-1.05"``.
+
+    Examples
+    --------
+    >>> with_interval(pd.DataFrame({"ci_low": [0.912], "ci_high": [1.0449]}))["interval"].tolist()
+    ['0.91-1.04']
+    """
+    return df.assign(interval=[f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(df["ci_low"], df["ci_high"])])

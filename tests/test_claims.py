@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from funcprune import claims
-from funcprune.claims import (activity_depth_sentence, comparison_claim, depth_trend, necessity_claim,
-                              network_claims_sentence, plain_answer, rank_deficient_sentence,
-                              relative_to_baseline, sparsity_claim, stability_claim)
+from funcprune.claims import (activity_depth_sentence, comparison_claim, depth_trend, headline_facts, lesion_facts,
+                              necessity_claim, network_claims_sentence, not_measured, plain_answer,
+                              rank_deficient_sentence, relative_to_baseline, sparsity_claim, stability_claim,
+                              versus_facts, zero_shot_facts)
 
 matplotlib.use("Agg")
 
@@ -93,6 +94,73 @@ def test_plain_answer_in_words() -> None:
     assert "Not measured by this run: WikiText-2 perplexity." in text
     assert "no answer" in plain_answer(_comparisons().iloc[:0], dense_ppl=1.0, metric="ppl@128")
 
+
+def test_headline_facts_state_the_paper_method_against_each_baseline() -> None:
+    labels = {"fn": "FN", "flap": "FLAP", "wanda-sp": "Wanda-sp", "random": "random"}
+    ranked = pd.DataFrame({"ratio": [0.2, 0.2, 0.3], "rank": [2, 1, 1], "method": ["fn", "flap", "random"]})
+    dense = {"perplexity": {"128": {"window_nll": [math.log(10.0), math.log(40.0)]}}}
+    comparisons = _comparisons()
+    facts = headline_facts(comparisons, ranked, dense, ratio=0.2, metric="ppl@128", methods=["fn", "flap"],
+                           labels=labels, not_measured=["speed"])
+    assert facts == {
+        "h_flap": "2.00x (95 % CI 1.80-2.20, decided by the paired test)",
+        "h_random": "0.20x (95 % CI 0.18-0.22, decided by the paired test)",
+        "h_wanda_sp": "2.10x (95 % CI 1.89-2.31, decided by the paired test)",
+        "h_ratio": "20", "h_best": "FLAP", "h_metric": "ppl@128", "h_dense": "20.0",
+        "answer_text": plain_answer(comparisons, dense_ppl=20.0, metric="ppl@128", labels=labels,
+                                    not_measured=["speed"])}
+    assert facts["answer_text"].endswith("Not measured by this run: speed.")
+    at_30 = headline_facts(comparisons, ranked, dense, ratio=0.3, metric="ppl@128", methods=["fn"], labels=labels)
+    assert at_30["h_random"] == "0.90x (95 % CI 0.81-0.99, not decided by the paired test)"
+    assert at_30["h_best"] == "random"
+    alone = headline_facts(comparisons, ranked.iloc[:0], dense, ratio=0.2, metric="ppl@128", methods=["flap"],
+                           labels=labels)
+    assert alone["h_flap"] == alone["h_random"] == alone["h_wanda_sp"] == "not in this run" and alone["h_best"] == "-"
+
+
+def test_not_measured_names_the_zero_shot_tier() -> None:
+    assert not_measured([], 5)[2] == "zero-shot accuracy of the pruned models"
+    assert not_measured([0.2], 5) == ["WikiText-2 perplexity (offline text: not comparable with published numbers)",
+                                      "the paper's 7B model", "zero-shot accuracy beyond 5 items per task",
+                                      "speed on a GPU"]
+
+
+def test_zero_shot_facts_call_a_figure_precise_only_below_the_stated_error() -> None:
+    zero_shot = {"tasks": {"boolq": {"n": 5}, "piqa": {"n": 7}}, "harness": {"version": "0.4.13"}}
+    facts = zero_shot_facts(zero_shot, 0.0123, 5)
+    assert facts == {"n_tasks": 2, "zs_limit_text": "the first 5 items of each task", "zs_items": 12,
+                     "harness_version": "0.4.13", "dense_mean_acc_se": "0.012",
+                     "zs_verdict": "That is precise enough for the accuracy figure below."}
+    vague = zero_shot_facts(zero_shot, claims.PRECISE_SE + 0.001, None)
+    assert vague["zs_limit_text"] == "every item of each task"
+    assert vague["zs_verdict"] == ("That is above 0.02, too imprecise to draw accuracies as findings: zero-shot is "
+                                   "shown below as a table with standard errors and chance levels, and no figure "
+                                   "(raise zero_shot_limit for more items).")
+    assert set(zero_shot_facts(None, None, 5).values()) == {"-"} and len(zero_shot_facts(None, None, 5)) == 6
+
+
+def test_lesion_facts_by_hand() -> None:
+    verdict = {"sentences": ["Harm.", "Specific."], "n_networks": 7}
+    assert lesion_facts(verdict, ["Layers 3 and 4.", "Two maps each."]) == {
+        "lesion_harm": "Harm.", "lesion_specificity": "Specific.", "lesion_n": "7",
+        "lesion_scope": "Layers 3 and 4. Two maps each."}
+
+
+def test_versus_facts_say_why_nothing_was_measured() -> None:
+    from funcprune.decompose import describe_versus
+    from funcprune.tables import method_labels
+
+    versus = pd.DataFrame([{"ratio": 0.2, "model": "chosen", "baseline": "flap+ls", "estimate": 0.9, "ci_low": 0.85,
+                            "ci_high": 0.95, "decided": True}])
+    label = method_labels(["flap+ls"])["flap+ls"]
+    assert versus_facts(versus, "flap+ls") == {
+        "strongest_label6": label,
+        "versus_strongest_text": " ".join(describe_versus(versus, labels=method_labels(["flap+ls"])))}
+    assert versus_facts(versus.iloc[:0], "flap+ls")["versus_strongest_text"] == \
+        "the strongest variant was not scored at the ratios of this chapter."
+    assert versus_facts(None, "flap+ls")["versus_strongest_text"].startswith("not measured here: chapter 5 scored")
+    assert versus_facts(None, None) == {"strongest_label6": "not chosen in this run",
+                                        "versus_strongest_text": "not measured in this run (no grid points)."}
 
 def _part(key: str, method: str, ratio: float, nll: list[float]) -> dict:
     return {"key": key, "entry": {"method": method, "ratio_requested": ratio},

@@ -100,6 +100,57 @@ def test_sweep_weight_zero_is_the_flap_model_and_deltas_are_paired() -> None:
         criterion_sweep(model, stats, fn, windows, weights=[], ratio=0.05, progress=False)
 
 
+def test_candidate_nll_is_flap_by_default_and_scores_the_candidates_model() -> None:
+    import copy
+
+    import torch
+
+    from funcprune.ablation import build_fn_flap, candidate_nll, window_nll
+    from funcprune.prune import prune
+
+    model, stats, fn = _inputs(2)
+    windows = torch.randint(0, 97, (6, 12), generator=torch.Generator().manual_seed(1))
+    nll, plan = candidate_nll(model, stats, fn, windows, 0.05, protected_layers=[])
+    flap_model = copy.deepcopy(model)
+    prune(flap_model, select_channels(FlapScorer(standardize=True)(model, stats), model, ratio=0.05,
+                                      protected_layers=[]), bias_compensation=stats)
+    np.testing.assert_array_equal(nll, window_nll(flap_model, windows))
+    assert plan.method == "fn-flap" and plan.settings["scorer_settings"]["weight"] == 0.0
+    nll, plan = candidate_nll(model, stats, fn, windows, 0.05, weight=0.0, protect=2.5, protected_layers=[])
+    protected, same_plan = build_fn_flap(model, stats, fn, 0.05, weight=0.0, protect=2.5, protected_layers=[])
+    np.testing.assert_array_equal(nll, window_nll(protected, windows))
+    assert plan.kept == same_plan.kept and plan.method == "fn-protect"
+
+
+def test_the_strongest_variant_is_paired_only_on_the_same_windows() -> None:
+    import pandas as pd
+    import torch
+
+    from funcprune.ablation import versus_part, versus_strongest_part
+    from funcprune.heldout import ids_sha256
+
+    windows = torch.arange(40).reshape(4, 10)
+    base = 3 + np.random.default_rng(0).normal(0, 0.2, 4)
+
+    def part(method: str, ratio: float, nll: np.ndarray) -> dict:
+        digest = ids_sha256(windows.reshape(-1).numpy())
+        return {"key": f"{method}_r{ratio}", "entry": {"method": method, "ratio_requested": ratio, "seed": None},
+                "perplexity": {"10": {"window_nll": nll.tolist(), "tokens_sha256": digest}}}
+
+    parts = {"a": part("flap+ls0.1", 0.2, base + 0.1)}
+    final = pd.DataFrame([{"ratio": 0.2, "window_nll": base.tolist()}])
+    choices = {"strongest_baseline": "flap+ls0.1", "ratios": [0.2]}
+    out = versus_strongest_part(final, parts, choices, tokenizer=None, windows=windows, setting="10", label="chosen",
+                                n_boot=500)
+    want = versus_part(final, parts, "flap+ls0.1", tokenizer=None, windows=windows, setting="10", n_boot=500)
+    pd.testing.assert_frame_equal(out, want.assign(model="chosen"))
+    assert versus_strongest_part(final, parts, None, tokenizer=None, windows=windows, setting="10", label="x") is None
+    elsewhere = dict(choices, ratios=[0.3])  # not scored at the choice's ratio
+    assert versus_strongest_part(final, parts, elsewhere, tokenizer=None, windows=windows, setting="10",
+                                 label="x") is None
+    assert versus_strongest_part(final, parts, choices, tokenizer=None, windows=windows + 1, setting="10",
+                                 label="x") is None  # other windows: not paired, not refused
+
 def test_protect_keeps_every_key_neuron_first_and_ranks_the_rest_as_flap() -> None:
     model, stats, fn = _inputs(3)
     key = FunctionalNetworkScorer(fn)(model)

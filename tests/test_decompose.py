@@ -199,3 +199,16 @@ def test_keys_at_takes_the_first_seed_and_skips_missing_methods() -> None:
     assert [parts[k]["entry"]["method"] for k in keys] == ["fn", "random", "flap"]
     assert parts[keys[1]]["entry"]["seed"] == 0
     assert keys_at(parts, ["fn"], 0.3) == []
+
+
+def test_decomposition_facts_by_hand_and_for_a_run_without_grid_points() -> None:
+    from funcprune.decompose import decomposition_facts, gap_sentences
+
+    table = decompose(_run("compensation"), n_boot=500)
+    facts = decomposition_facts(table, 0.2, ridge=0.1, labels={"fn": "FN"})
+    assert facts == {"decomp_answer": gap_sentences(table, 0.2, labels={"fn": "FN"}), "ls_ridge": "0.1",
+                     "decomp_text": " ".join(describe_decomposition(table, labels={"fn": "FN"}))}
+    empty = decomposition_facts(table.iloc[:0], 0.2, ridge=None)
+    assert empty["ls_ridge"] == "(not built in this run)"
+    assert empty["decomp_text"].startswith("This run built no grid points (the profile's decompose_ratios is empty)")
+    assert empty["decomp_answer"].startswith("This run did not take the gap between fn and flap apart at 20 %")

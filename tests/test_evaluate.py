@@ -24,6 +24,8 @@ from funcprune.evaluate import (  # noqa: E402
     bos_token_id,
     count_parameters,
     flops_per_token,
+    greedy_continuation,
+    max_logit_difference,
     measure_latency,
     perplexity,
 )
@@ -220,6 +222,34 @@ def test_flops_per_token(llama):
     gpt2 = tiny_gpt2()
     assert flops_per_token(gpt2, 8) - flops_per_token(gpt2) == 4 * L * 8 * H
 
+
+def test_max_logit_difference_is_zero_for_a_copy_and_the_largest_change_otherwise(llama, stream) -> None:
+    import copy
+
+    ids = stream[:24].unsqueeze(0)
+    assert max_logit_difference(llama, copy.deepcopy(llama), ids) == 0.0
+    other = copy.deepcopy(llama)
+    with torch.no_grad():
+        other.lm_head.weight[7] += 0.5  # moves the logit of token 7 only
+        want = (llama(input_ids=ids).logits - other(input_ids=ids).logits).abs().max().item()
+        only = (llama(input_ids=ids).logits - other(input_ids=ids).logits).abs().amax(dim=(0, 1))
+    assert max_logit_difference(llama, other, ids) == want > 0
+    assert only.nonzero().flatten().tolist() == [7]
+
+
+def test_greedy_continuation_is_the_argmax_path_and_restores_the_threads() -> None:
+    tok = bpe_tokenizer(adds_bos=False)
+    tok.pad_token = tok.eos_token
+    model = tiny_llama(vocab=len(tok))
+    threads = torch.get_num_threads()
+    text = greedy_continuation(model, tok, "Functional networks", max_new_tokens=5)
+    assert torch.get_num_threads() == threads
+    ids = torch.tensor([tok("Functional networks")["input_ids"]])
+    with torch.no_grad():
+        for _ in range(5):
+            ids = torch.cat([ids, model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    prompt_len = len(tok("Functional networks")["input_ids"])
+    assert text == tok.decode(ids[0, prompt_len:], skip_special_tokens=True)
 
 def test_measure_latency(llama):
     res = measure_latency(llama, prefill_len=8, decode_steps=3, repeats=2, batch_size=2)

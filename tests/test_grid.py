@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from funcprune.run.grid import describe_native, native_arm, native_windows
+from funcprune.run.grid import describe_native, native_arm, native_text, native_windows
 
 
 def test_native_windows_are_random_positions_of_the_calibration_stream(default_model) -> None:
@@ -61,6 +61,14 @@ def test_describe_native_states_decisions_and_ranking_changes() -> None:
     assert "0.80 times" in text[0] and "lower, decided" in text[0] and "does not change" in text[0]
     assert "not decided" in text[1] and "changes with the baseline's calibration" in text[1]
 
+
+def test_native_text_joins_the_sentences_or_says_why_there_are_none() -> None:
+    row = {"method": "flap", "ratio": 0.2, "corpus": "wiki", "windows": 2, "tokens": 256, "ppl_native": 20.0,
+           "ppl_shared": 25.0, "estimate": 0.8, "ci_low": 0.7, "ci_high": 0.9, "p_value": 0.001, "decided": True}
+    table = pd.DataFrame([row, dict(row, ratio=0.3)])
+    assert native_text(table, labels={"flap": "FLAP"}) == " ".join(describe_native(table, labels={"flap": "FLAP"}))
+    assert native_text(table.iloc[:0]) == "Neither baseline was in this run at the ratios asked for."
+    assert native_text(None) == "This profile does not run them (native_flap_windows and native_wanda_windows are 0)."
 
 def test_the_chosen_criterion_is_compared_with_a_scored_model_on_the_same_windows() -> None:
     from funcprune.ablation import versus_part

@@ -282,3 +282,27 @@ def loglikelihood(model: torch.nn.Module, tokenizer, context: str, continuation:
     whole = (ctx + cont)[-(max_length + 1):]
     logp = model(input_ids=torch.tensor([whole[:-1]])).logits.log_softmax(-1)[0, -len(cont):]
     return logp.gather(-1, torch.tensor(whole[-len(cont):])[:, None]).sum().item()
+
+
+def test_export_round_trip_reloads_both_ways_and_says_so(tmp_path: Path) -> None:
+    """funcprune.checkpoint.export_round_trip: save, reload with load_pruned and with transformers alone, compare."""
+    from types import SimpleNamespace
+
+    from funcprune.checkpoint import export_round_trip
+
+    model, plan = pruned("llama", biases=True)
+    check = export_round_trip(SimpleNamespace(model=model, plan=plan), char_tokenizer(), tmp_path / "fn_r0.20", IDS,
+                              prompt="Functional networks.", card=ModelCard(base_model="tiny-llama"))
+    files = sorted(p.name for p in check.path.iterdir())
+    assert check.path.name == "fn_r0.20" and check.files == files and {"README.md", MODELING_FILE} <= set(files)
+    assert check.mb == pytest.approx(sum(p.stat().st_size for p in check.path.rglob("*") if p.is_file()) / 1e6)
+    assert list(check.rows) == ["fn_r0.20 (exported)", "fn_r0.20 (plain)"]
+    assert check.rows["fn_r0.20 (exported)"] == {"check": "save_pruned + load_pruned vs rebuilt",
+                                                 "max |logit difference|": 0.0}
+    plain_diff = (check.plain(input_ids=IDS).logits - model(input_ids=IDS).logits).abs().max().item()
+    assert check.rows["fn_r0.20 (plain)"]["max |logit difference|"] == plain_diff <= 1e-5
+    assert check.same_tokens is True and type(check.plain) is not type(model)  # the checkpoint's own class
+    assert check.facts() == {"plain_class": type(check.plain).__name__, "export_files": ", ".join(files),
+                             "same_tokens": "the same", "export_mb": f"{check.mb:.0f}",
+                             "round_trip_max": f"{plain_diff:.3g}"}
+    assert check.facts({**check.rows, "x": {"max |logit difference|": 0.25}})["round_trip_max"] == "0.25"

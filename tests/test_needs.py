@@ -15,7 +15,7 @@ from funcprune import capture_activations
 from funcprune.ablation import window_nll
 from funcprune.ica import FunctionalNetworks
 from funcprune.methods import build_pruned, make_plan
-from funcprune.needs import Setting, describe_needs, needs_sweep, plot_needs, setting_scores
+from funcprune.needs import Setting, describe_needs, needs_facts, needs_sweep, plot_needs, setting_scores
 from funcprune.store import StoreView, text_positions
 
 TEXTS = ["the cat sat on the mat and looked at the dog", "functional networks in a digital brain",
@@ -167,3 +167,26 @@ def test_a_store_without_first_tokens_cannot_drop_them_again(tmp_path: Path, sto
         needs_sweep(model, dropped, _windows(), base=Setting(n_components=3), ratio=0.1, protected_layers=[],
                     grid={"drop_first_token": [True]}, progress=False)
     assert dataclasses.replace(Setting(), rule="threshold").fit_key == Setting()
+
+
+def test_needs_facts_state_the_sweep_or_why_it_did_not_run() -> None:
+    import pandas as pd
+
+    nll = {"base": np.array([3.0, 3.2, 2.9, 3.1]), "k = 3": np.array([3.1, 3.3, 3.0, 3.2])}
+    table = pd.DataFrame([
+        {"axis": "base", "label": "base", "new_fits": 0, "fit_seconds": 0.0, "converged": 1.0, "ppl": 21.0,
+         "channels_changed": 0.0, "estimate": 1.0, "ci_low": 1.0, "ci_high": 1.0, "better": "base"},
+        {"axis": "n_components", "label": "k = 3", "new_fits": 1, "fit_seconds": 90.0, "converged": 0.5, "ppl": 23.0,
+         "channels_changed": 0.2, "estimate": 1.105, "ci_low": 1.1, "ci_high": 1.11, "better": "baseline"}])
+    table.attrs.update({"ratio": 0.2, "window_nll": nll})
+    base = Setting(n_components=4, n_init=2)
+    references = {"FLAP": nll["base"] - 0.05}
+    assert needs_facts(table, references, base=base, ratio=0.2, grid={"n_components": [3]}) == {
+        "needs_fit_text": "The refitted rows took 1.5 minutes of ICA.", "needs_ratio": "20%", "needs_n_init": "2",
+        "needs_base": "k = 4, 1 group(s), every stored token, both voxel copies",
+        "needs_sentences": " ".join(describe_needs(table, references))}
+    assert needs_facts(None, base=base, ratio=0.2, grid={})["needs_sentences"] == (
+        "This run's profile sweeps no setting (needs_grid is empty; the sweep profile, params/sweep.yaml, runs it).")
+    missing = needs_facts(None, base=base, ratio=0.2, grid={"n_components": [3]})
+    assert missing["needs_fit_text"] == "No setting was refitted."
+    assert missing["needs_sentences"].startswith("The activations of stage 1 are not in this run directory")

@@ -45,6 +45,7 @@ __all__ = [
     "describe_literature",
     "literature_table",
     "native_arm",
+    "native_text",
     "native_windows",
     "read_choices",
     "ridge_sentence",
@@ -408,6 +409,15 @@ def describe_native(table: pd.DataFrame, *, labels: Mapping[str, str] | None = N
                         "the paired verdict between them changes with the baseline's calibration."))
         out.append(text)
     return out
+
+
+def native_text(table: pd.DataFrame | None, *, labels: Mapping[str, str] | None = None) -> str:
+    """:func:`describe_native`'s sentences as one text, or why there are none (``table`` ``None``: the profile
+    does not run the arm)."""
+    if table is None:
+        return "This profile does not run them (native_flap_windows and native_wanda_windows are 0)."
+    sentences = describe_native(table, labels=labels)
+    return " ".join(sentences) or "Neither baseline was in this run at the ratios asked for."
 
 
 def literature_table(dense: Any, tokenizer: Any, run_dir: Any, keys: Sequence[str], *, eval_dataset: str = "wiki",
