@@ -367,7 +367,7 @@ class FunctionalNetworks(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
     n_features_in_ : int
         Voxels of ``X`` when ``fit`` was given a 2-D array (scikit-learn's contract);
         not set for a mapping or a store, whose layers have their own widths.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_voxels,)
         Column names of ``X`` when ``fit`` was given a DataFrame with string column names.
 
     Notes
