@@ -474,12 +474,15 @@ def evaluation_facts(parts: Mapping[str, Mapping[str, Any]], methods: Sequence[s
             "per_model_seconds": f"{np.median(seconds):.0f}"}
 
 
-def with_interval(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with an ``interval`` column, its ``ci_low`` and ``ci_high`` as text: ``"0.91-1.05"``.
+def with_interval(df: pd.DataFrame, low: str = "ci_low", high: str = "ci_high") -> pd.DataFrame:
+    """``df`` with an ``interval`` column, its ``low`` and ``high`` columns as text: ``"0.91-1.05"``.
 
     Examples
     --------
     >>> with_interval(pd.DataFrame({"ci_low": [0.912], "ci_high": [1.0449]}))["interval"].tolist()
     ['0.91-1.04']
+    >>> gaps = pd.DataFrame({"gap_ci_low": [1.5], "gap_ci_high": [2.0]})
+    >>> with_interval(gaps, "gap_ci_low", "gap_ci_high")["interval"].tolist()
+    ['1.50-2.00']
     """
-    return df.assign(interval=[f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(df["ci_low"], df["ci_high"])])
+    return df.assign(interval=[f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(df[low], df[high])])
