@@ -21,7 +21,6 @@ Used in the chapter :doc:`/executed/06_ablations`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Literal, Mapping, Sequence
 
@@ -52,7 +51,7 @@ def criterion_method(weight: float = 0.0, protect: float | None = None) -> Metho
     """
     name = "fn-flap" if protect is None else "fn-protect"
     params = {"weight": float(weight), **({} if protect is None else {"protect": float(protect)})}
-    return dataclasses.replace(get_method(name), params=params)
+    return get_method(name).with_params(**params)
 
 
 def criterion_label(weight: float = 0.0, protect: float | None = None) -> str:

@@ -165,10 +165,10 @@ def ridge_of(parts: Mapping[str, Mapping[str, Any]]) -> float | None:
     ValueError
         When they were built with different ridges (two stage-4 runs mixed in one run directory).
     """
-    from .methods import LEAST_SQUARES, get_method
+    from .methods import get_method
 
-    ridges = {float(get_method(p["entry"]["method"]).compensation_params["ridge"]) for p in parts.values()
-              if p["entry"]["method"] != "dense" and get_method(p["entry"]["method"]).compensation in LEAST_SQUARES}
+    methods = [get_method(p["entry"]["method"]) for p in parts.values() if p["entry"]["method"] != "dense"]
+    ridges = {float(m.compensation_params["ridge"]) for m in methods if m.compensation and m.compensation.refits}
     if len(ridges) > 1:
         raise ValueError(f"the run holds least-squares models with ridges {sorted(ridges)}; rebuild stage 4 "
                          "(make book NOCACHE=1) so that one ridge, chosen on validation text, is used")

@@ -1,11 +1,10 @@
 """Stage 4: one definition of every pruning method, and one way to plan and apply each.
 
-A *method* is a scorer plus a way to apply its plan. Every method goes through the
-same code: :func:`make_plan` ranks the channels with the method's scorer and selects
-them with :func:`funcprune.plan.select_channels` (same budget, same protected layers,
-same ``round_to``), and :func:`build_pruned` slices a fresh copy of the dense model
-with :func:`funcprune.prune.prune`. Methods differ only in the score and the bias
-compensation:
+A *method* is one point on each axis of :mod:`funcprune.axes`: a criterion (which channels), an allocation
+(how many per layer) and a compensation (how the removed ones are made up for). Every method goes through
+the same code: :func:`make_plan` scores the channels with the criterion and lets the allocation select them
+(same budget, same protected layers, same ``round_to``), and :func:`build_pruned` slices a fresh copy of the
+dense model with :func:`funcprune.prune.prune`, applying the compensation:
 
 ===========  ================================================  ==========  ===========================
 method       score (larger = keep)                             allocation  bias compensation
@@ -30,21 +29,13 @@ fn-protect   FLAP's z-scored metric, every key neuron          global      stati
 
 Each method carries the allocation its authors use (``Method.allocation``):
 
-* ``fn``: one global ranking by ``max |z|``, the paper's rule (a channel is key if its
-  ``|z|`` exceeds one threshold in any map of any layer).
-* ``flap``: its metric standardised within each layer, then ranked globally, as FLAP's
-  adaptive structure search does (An et al., 2024); without the standardisation the raw
-  fluctuation metric, which grows with depth, would empty the first prunable layers.
-* ``wanda-sp``: the same share of every prunable layer, as FLAP's paper defines and
-  reports Wanda-sp; raw Wanda scores grow with depth, so a global ranking empties early
-  layers (at 30 % of SmolLM2-135M: perplexity in the thousands).
-* ``magnitude``: the same share of every layer, like Wanda-sp and LLM-Pruner's
-  magnitude criteria: weight norms are not comparable across layers (their scale changes
-  with depth), so a global ranking would measure layer scale, not channel importance.
-* ``random``: the same share of every layer, the lesion-study control ("remove as many
-  random units"): a global ranking of i.i.d. scores spreads the removal evenly only in
-  expectation, so uniform removes layer-share noise between seeds without changing what
-  random pruning means.
+* ``fn``: one global ranking by ``max |z|``, the paper's rule.
+* ``flap``: its metric standardised within each layer, then ranked globally (FLAP's adaptive structure search,
+  An et al., 2024); the raw metric grows with depth and would empty the first prunable layers.
+* ``wanda-sp``, ``magnitude``: the same share of every prunable layer, as FLAP's paper runs Wanda-sp and
+  LLM-Pruner its magnitude criteria: raw scores and weight norms change scale with depth, so a global ranking
+  would measure layer scale (Wanda-sp at 30 % of SmolLM2-135M: perplexity in the thousands).
+* ``random``: the same share of every layer, the lesion-study control ("remove as many random units").
 
 Any other allocation is an ablation: ``allocation="global"`` or ``"uniform"`` passed to
 :func:`make_plan` or :func:`funcprune.run.pipeline.prune_all` overrides every method's own (the plan records
@@ -56,11 +47,6 @@ stored with :mod:`funcprune.run.checks`.
 
 Used in the chapters :doc:`/executed/03_key_neurons`, :doc:`/executed/04_structured_pruning` and
 :doc:`/executed/06_ablations`.
-
-Why one module: a method *is* its point on the grid (criterion, allocation, compensation). The registry,
-the names of the other points (``"fn@flap+static"``) and the two functions that turn a point into a plan
-and a model read the same three fields; split, a new allocation or compensation would have to be taught to
-a parser, a planner and a builder in different files that must never drift apart.
 """
 
 from __future__ import annotations
@@ -69,27 +55,23 @@ import copy
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
 
 from torch import nn
 
-from .compensation import DownMoments, LeastSquaresCompensation, ProgressiveLeastSquares, moments_for
+from .axes import (ALLOCATIONS, COMPENSATIONS, CRITERIA, GLOBAL, LS_RIDGE, UNIFORM, Allocation, Compensation,
+                   Criterion, ProgressiveBias, StaticBias, WidthsOf)
+from .compensation import DownMoments
 from .models import load_model
-from .plan import PruningPlan, select_channels, select_within_widths
+from .plan import PruningPlan
 from .prune import CalibrationData, prune
-from .scoring import (ChannelStatistics, FlapScorer, FnFlapScorer, FunctionalNetworkScorer, MagnitudeScorer,
-                      RandomScorer, Scorer, Scores, WandaSpScorer)
+from .scoring import ChannelStatistics, Scores
 
 __all__ = [
     "ALLOCATION_CHOICES",
-    "COMPENSATIONS",
-    "LEAST_SQUARES",
-    "LS_RIDGE",
     "METHODS",
-    "SCORERS",
     "Method",
-    "criterion_of",
     "variant",
     "build_pruned",
     "get_method",
@@ -105,122 +87,98 @@ __all__ = [
 # ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Method:
-    """A pruning method: a scorer and how its plan is applied.
+    """A pruning method: one point on each of the three axes of :mod:`funcprune.axes`.
 
     Attributes
     ----------
     name : str
-        Registry key (``"fn"``, ``"fn-bias"``, ...).
+        Registry key (``"fn"``, ``"fn-bias"``, ...) or a variant's name (``"fn@flap+static"``).
     label : str
         Name for tables and figures.
-    scorer : {"functional_networks", "random", "magnitude", "wanda_sp", "flap", "fn_flap"}
-        Importance criterion (see :mod:`funcprune.scoring`; :data:`SCORERS` builds it with ``params``).
-    compensation : {None, "progressive", "static", "ls", "progressive-ls"}
-        Compensation at pruning time: none; a bias measured layer by layer on the
-        network whose earlier layers are already pruned
-        (:class:`funcprune.prune.CalibrationData`); a bias from statistics of the dense
-        model (:class:`funcprune.scoring.ChannelStatistics`, FLAP's); or the down
-        projection's kept columns and bias refitted by least squares to the dense layer's
-        output on the dense model's inputs (:mod:`funcprune.compensation`), or on the inputs of the
-        progressively pruned network (``"progressive-ls"``,
-        :class:`funcprune.compensation.ProgressiveLeastSquares`).
-    allocation : {"global", "uniform"} or "widths:<method>"
-        How the budget is spread over layers (see the module notes): one ranking across
-        layers, the same share of every prunable layer, or the per-layer widths that
-        another (unseeded) method's plan chose at the same ratio.
-    needs_networks : bool
-        The score needs fitted functional networks (stage 2).
-    needs_statistics : bool
-        The score or the compensation needs activation statistics of the dense model.
-    seeded : bool
-        The score is random; run several seeds.
-    params : dict
-        Keyword arguments of the scorer (``{"weight": 1.0}`` for ``fn-flap``, ``{"weight": 0.0,
-        "protect": 3.0}`` for ``fn-protect``); another
-        setting is another :class:`Method` (``dataclasses.replace(method, params=...)``),
-        recorded in each plan's ``scorer_settings``.
+    criterion : funcprune.axes.Criterion
+        Which channels: the score (its scorer, parameters and needs).
+    allocation : funcprune.axes.Allocation
+        How many per layer: :data:`funcprune.axes.GLOBAL`, :data:`funcprune.axes.UNIFORM` or
+        :class:`funcprune.axes.WidthsOf` another (unseeded) method.
+    compensation : funcprune.axes.Compensation or None
+        How the removed channels are made up for when the model is sliced; ``None``: not at all.
     description : str
         One line for readers.
-    compensation_params : dict
-        Settings of the compensation (``{"ridge": 0.01}`` for ``"ls"``: the relative ridge strength
-        of :func:`funcprune.compensation.least_squares_down`).
     """
 
     name: str
     label: str
-    scorer: str
-    compensation: Literal["progressive", "static", "ls", "progressive-ls"] | None = None
-    allocation: str = "global"
-    needs_networks: bool = False
-    needs_statistics: bool = False
-    seeded: bool = False
-    params: Mapping[str, Any] = field(default_factory=dict)
+    criterion: Criterion
+    allocation: Allocation = GLOBAL
+    compensation: Compensation | None = None
     description: str = ""
-    compensation_params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        """Every keyword argument of the scorer (the criterion's ``params``); recorded via ``scorer_settings``."""
+        return self.criterion.params
+
+    @property
+    def seeded(self) -> bool:
+        """The score is random; run several seeds."""
+        return self.criterion.seeded
+
+    @property
+    def compensation_params(self) -> dict[str, Any]:
+        """Settings of the compensation (``{"ridge": 0.01}`` for a least-squares refit; else empty)."""
+        return self.compensation.settings if self.compensation else {}
+
+    @property
+    def needs_networks(self) -> bool:
+        """The score, or the method whose widths are kept, needs fitted functional networks (stage 2)."""
+        return self.criterion.needs_networks or self.allocation.needs_networks
+
+    @property
+    def needs_statistics(self) -> bool:
+        """The score, the compensation or the widths' method needs activation statistics of the dense model."""
+        return (self.criterion.needs_statistics or self.allocation.needs_statistics
+                or bool(self.compensation and self.compensation.needs_statistics))
 
     @property
     def needs_texts(self) -> bool:
         """Calibration texts are needed (statistics, progressive or least-squares compensation)."""
-        return self.needs_statistics or self.compensation in ("progressive", *LEAST_SQUARES)
-
-    @property
-    def criterion(self) -> str:
-        """The registered method whose score this method ranks channels by (``"fn"`` for ``fn-bias``)."""
-        return criterion_of(self)
+        return self.needs_statistics or bool(self.compensation and self.compensation.needs_texts)
 
     @property
     def widths_from(self) -> str | None:
-        """The method whose per-layer widths this one keeps (allocation ``"widths:<method>"``), or ``None``."""
-        return self.allocation.split(":", 1)[1] if self.allocation.startswith("widths:") else None
+        """The method whose per-layer widths this one keeps, or ``None``."""
+        return self.allocation.widths_from
+
+    def with_params(self, **params: Any) -> Method:
+        """This method with its scorer given ``params`` instead (a setting recorded in each plan)."""
+        return dataclasses.replace(self, criterion=dataclasses.replace(self.criterion, params=dict(params)))
 
 
+_C = CRITERIA
 #: The registry, in the order tables and figures show the methods.
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("fn", "FN", "functional_networks", needs_networks=True,
+    Method("fn", "FN", _C["fn"],
            description="functional networks: keep the key neurons, max |z| over ICA maps (Liu et al., 2025)"),
-    Method("fn-bias", "FN + bias", "functional_networks", compensation="progressive", needs_networks=True,
+    Method("fn-bias", "FN + bias", _C["fn"], compensation=ProgressiveBias(),
            description="the fn plan, then bias compensation measured on the progressively pruned network"),
-    Method("random", "random", "random", allocation="uniform", seeded=True,
+    Method("random", "random", _C["random"], UNIFORM,
            description="uniform random scores, seeded; the same share of every layer"),
-    Method("magnitude", "magnitude", "magnitude", allocation="uniform",
+    Method("magnitude", "magnitude", _C["magnitude"], UNIFORM,
            description="L2 norm of the weights a channel owns (gate and up rows, down column); "
                        "the same share of every layer"),
-    Method("wanda-sp", "Wanda-sp", "wanda_sp", allocation="uniform", needs_statistics=True,
+    Method("wanda-sp", "Wanda-sp", _C["wanda-sp"], UNIFORM,
            description="|W_down| column sum times the channel's activation norm; the same share of every "
                        "layer, as FLAP's paper runs it (An et al., 2024)"),
-    Method("flap", "FLAP", "flap", compensation="static", needs_statistics=True,
+    Method("flap", "FLAP", _C["flap"], compensation=StaticBias(),
            description="fluctuation metric standardised per layer, and bias compensation from dense "
                        "statistics (An et al., 2024)"),
-    Method("fn-flap", "FN in FLAP", "fn_flap", compensation="static", needs_networks=True, needs_statistics=True,
-           params={"weight": 1.0},
+    Method("fn-flap", "FN in FLAP", _C["fn-flap"], compensation=StaticBias(),
            description="FLAP's standardised fluctuation plus a weighted standardised log max |z| (this book's "
                        "criterion, chapter 6); FLAP's allocation and compensation; weight 0 is FLAP"),
-    Method("fn-protect", "FLAP + key neurons", "fn_flap", compensation="static", needs_networks=True,
-           needs_statistics=True, params={"weight": 0.0, "protect": 3.0},
+    Method("fn-protect", "FLAP + key neurons", _C["fn-protect"], compensation=StaticBias(),
            description="FLAP's criterion, allocation and compensation, with every key neuron (max |z| > 3, the "
                        "paper's threshold) kept before any other channel (chapter 6)"),
 )}
-
-
-#: The compensations of the method grid (``None`` is written ``none`` in a variant's name).
-COMPENSATIONS: tuple[str | None, ...] = (None, "static", "progressive", "ls", "progressive-ls")
-#: The compensations that refit the down projection by least squares (they take a ``ridge``).
-LEAST_SQUARES: tuple[str, ...] = ("ls", "progressive-ls")
-#: Relative ridge strength of least-squares compensation when none is given (see :mod:`funcprune.compensation`).
-LS_RIDGE = 0.01
-_COMP_LABELS = {None: "no compensation", "static": "static bias", "progressive": "progressive bias",
-                "ls": "least squares", "progressive-ls": "progressive least squares"}
-
-
-def criterion_of(method: Method) -> str:
-    """The registered method that defines ``method``'s channel score: the first with its scorer and settings.
-
-    ``fn-bias`` and ``"fn@flap+static"`` rank by ``fn``'s score; ``fn-protect`` is a criterion of its own.
-    """
-    for name, m in METHODS.items():
-        if m.scorer == method.scorer and dict(m.params) == dict(method.params):
-            return name
-    return method.name
 
 
 def variant(criterion: str, allocation: str | None = None, compensation: str | None = "same",
@@ -237,7 +195,7 @@ def variant(criterion: str, allocation: str | None = None, compensation: str | N
     compensation : {"same", "none", "static", "progressive", "ls", "progressive-ls"}
         ``"same"``: the criterion's own.
     ridge : float, optional
-        Relative ridge strength of ``"ls"`` and ``"progressive-ls"`` (default :data:`LS_RIDGE`).
+        Relative ridge strength of ``"ls"`` and ``"progressive-ls"`` (default :data:`funcprune.axes.LS_RIDGE`).
 
     Returns
     -------
@@ -253,44 +211,41 @@ def variant(criterion: str, allocation: str | None = None, compensation: str | N
         from a seeded method.
     """
     base = get_method(criterion)
-    if base.name != criterion_of(base):
+    if base.name != base.criterion.name:
         raise ValueError(f"criterion {criterion!r} is a compensated variant; name the criterion "
-                         f"{criterion_of(base)!r} and compensation={base.compensation!r}")
-    if allocation is None or allocation == base.allocation:
-        used, alloc_tag, alloc_label = base.allocation, "", ""
-    elif allocation in ("global", "uniform"):
-        used, alloc_tag, alloc_label = allocation, f"@{allocation}", f"{allocation} allocation"
+                         f"{base.criterion.name!r} and compensation={base.compensation and base.compensation.name!r}")
+    if allocation is None or allocation == base.allocation.name:
+        alloc = base.allocation
+    elif allocation in ALLOCATIONS:
+        alloc = ALLOCATIONS[allocation]
     elif allocation in METHODS:
-        ref = METHODS[allocation]
-        if ref.seeded:
-            raise ValueError(f"widths from {allocation!r} would depend on its seed; use allocation='uniform'")
-        used, alloc_tag, alloc_label = f"widths:{allocation}", f"@{allocation}", f"{ref.label}'s widths"
+        alloc = WidthsOf(METHODS[allocation])
     else:
         raise ValueError(f"allocation {allocation!r} invalid; choose 'global', 'uniform' or a method whose "
                          f"widths to keep: {[n for n, m in METHODS.items() if not m.seeded]}")
-    comp = base.compensation if compensation == "same" else (None if compensation in (None, "none") else compensation)
-    if comp not in COMPENSATIONS:
-        raise ValueError(f"compensation {compensation!r} invalid; choose one of "
-                         f"{['same', 'none'] + [c for c in COMPENSATIONS if c]}")
-    comp_params = {"ridge": float(LS_RIDGE if ridge is None else ridge)} if comp in LEAST_SQUARES else {}
+    if compensation == "same":
+        comp = base.compensation
+    elif (compensation or "none") in COMPENSATIONS:
+        comp = COMPENSATIONS[compensation or "none"]
+    else:
+        raise ValueError(f"compensation {compensation!r} invalid; choose one of {['same', *COMPENSATIONS]}")
+    if comp is not None and comp.refits:
+        comp = dataclasses.replace(comp, ridge=float(LS_RIDGE if ridge is None else ridge))
     for m in METHODS.values():  # a registered point keeps its name
-        if (m.scorer, dict(m.params), m.allocation, m.compensation) == (base.scorer, dict(base.params), used, comp) \
-                and not comp_params:
+        if (m.criterion, m.allocation, m.compensation) == (base.criterion, alloc, comp):
             return m
-    comp_tag = "" if comp == base.compensation else f"+{comp or 'none'}"
-    if comp in LEAST_SQUARES and ridge is not None:
-        comp_tag = f"+{comp}{float(ridge):g}"
-    name = f"{base.name}{alloc_tag}{comp_tag}"
-    comp_label = _COMP_LABELS[comp] + (f", ridge {comp_params['ridge']:g}" if comp in LEAST_SQUARES else "")
-    parts = [p for p in (alloc_label, comp_label if comp != base.compensation else "") if p]
-    label = f"{base.label} ({', '.join(parts)})" if parts else base.label
-    widths_of = METHODS[allocation] if used.startswith("widths:") else None  # the method whose plan sets the widths
+    alloc_tag, alloc_label = ("", "") if alloc == base.allocation else (f"@{allocation}", alloc.label)
+    comp_tag = "" if comp == base.compensation else f"+{comp.name if comp else 'none'}"
+    if comp is not None and comp.refits and ridge is not None:
+        comp_tag = f"+{comp.name}{float(ridge):g}"
+    comp_words = comp.label if comp else "no compensation"
+    ridge_words = f", ridge {comp.ridge:g}" if comp is not None and comp.refits else ""  # type: ignore[attr-defined]
+    parts = [p for p in (alloc_label, comp_words + ridge_words if comp != base.compensation else "") if p]
     return dataclasses.replace(
-        base, name=name, label=label, allocation=used, compensation=comp, compensation_params=comp_params,
-        needs_statistics=base.needs_statistics or comp == "static" or bool(widths_of and widths_of.needs_statistics),
-        needs_networks=base.needs_networks or bool(widths_of and widths_of.needs_networks),
+        base, name=f"{base.name}{alloc_tag}{comp_tag}", allocation=alloc, compensation=comp,
+        label=f"{base.label} ({', '.join(parts)})" if parts else base.label,
         description=f"{base.label}'s score" + (f", {alloc_label}" if alloc_label else "")
-                    + f", {_COMP_LABELS[comp]} (a point of the method grid)")
+                    + f", {comp_words} (a point of the method grid)")
 
 
 def _parse_variant(name: str) -> Method:
@@ -298,7 +253,8 @@ def _parse_variant(name: str) -> Method:
     rest, _, comp = name.partition("+")
     criterion, _, allocation = rest.partition("@")
     ridge = None
-    refit = next((c for c in sorted(LEAST_SQUARES, key=len, reverse=True) if comp.startswith(c)), None)
+    refit = next((c for c in sorted(COMPENSATIONS, key=len, reverse=True)
+                  if COMPENSATIONS[c] is not None and COMPENSATIONS[c].refits and comp.startswith(c)), None)
     if refit is not None and comp != refit:
         try:
             ridge = float(comp[len(refit):])
@@ -329,7 +285,7 @@ def get_method(name: str | Method) -> Method:
         return _parse_variant(name)
     raise ValueError(f"unknown pruning method {name!r}; accepted methods: {list(METHODS)}, or a point of the "
                      "grid '<criterion>[@<allocation>][+<compensation>]' such as 'fn@flap+static' "
-                     f"(compensations: none, static, progressive, ls, progressive-ls)")
+                     f"(compensations: {', '.join(COMPENSATIONS)})")
 
 
 def method_key(method: str, ratio: float, seed: int | None = None) -> str:
@@ -368,37 +324,10 @@ def resolve_allocation(method: str | Method, allocation: str | None = "per-metho
     """
     m = get_method(method)
     if allocation is None or allocation == "per-method":
-        return m.allocation, "method"
+        return m.allocation.name, "method"
     if allocation not in ALLOCATION_CHOICES:
         raise ValueError(f"allocation {allocation!r} invalid; choose one of {list(ALLOCATION_CHOICES)}")
     return str(allocation), "override"
-
-
-def _with_networks(make: Callable[..., Scorer]) -> Callable[..., Scorer]:
-    """A scorer factory whose scorer needs the functional networks of stage 2."""
-    def factory(method: Method, networks: Any, seed: int) -> Scorer:
-        if networks is None:
-            raise ValueError(f"method {method.name!r} needs functional networks: pass networks= "
-                             "(FunctionalNetworks fitted in stage 2)")
-        return make(networks, **method.params)
-    return factory
-
-
-#: Scorer name -> ``factory(method, networks, seed)``; every factory passes ``Method.params`` to its scorer.
-SCORERS: dict[str, Callable[[Method, Any, int], Scorer]] = {
-    "functional_networks": _with_networks(FunctionalNetworkScorer),
-    "random": lambda method, networks, seed: RandomScorer(seed, **method.params),
-    "magnitude": lambda method, networks, seed: MagnitudeScorer(**method.params),
-    "wanda_sp": lambda method, networks, seed: WandaSpScorer(**method.params),
-    "flap": lambda method, networks, seed: FlapScorer(**{"standardize": True, **method.params}),
-    "fn_flap": _with_networks(FnFlapScorer),
-}
-
-
-def _scorer(method: Method, networks: Any, seed: int) -> Scorer:
-    if method.scorer not in SCORERS:
-        raise ValueError(f"method {method.name!r} has an unknown scorer {method.scorer!r}; known: {list(SCORERS)}")
-    return SCORERS[method.scorer](method, networks, seed)
 
 
 def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks: Any = None,
@@ -459,26 +388,30 @@ def make_plan(method: str | Method, model: nn.Module, ratio: float, *, networks:
         raise ValueError(f"ratio {ratio!r} must be a number in (0, 1) (a fraction of {basis} parameters "
                          "to remove; the largest reachable one depends on the protected layers)")
     used, allocation_source = resolve_allocation(m, allocation)
-    scorer = _scorer(m, networks, seed)
+    if m.criterion.needs_networks and networks is None:
+        raise ValueError(f"method {m.name!r} needs functional networks: pass networks= "
+                         "(FunctionalNetworks fitted in stage 2)")
+    scorer = m.criterion.scorer_for(networks, seed)
     scores = scorer(model, stats)
     recorded = {"scorer": scorer.name, "scorer_settings": dict(getattr(scorer, "settings", {})),
-                "bias_compensation": m.compensation, "allocation_source": allocation_source,
-                "criterion": m.criterion}
+                "bias_compensation": m.compensation.name if m.compensation else None,
+                "allocation_source": allocation_source, "criterion": m.criterion.name}
     if m.compensation_params:
         recorded["compensation_settings"] = dict(m.compensation_params)
     if m.seeded:
         recorded["seed"] = int(seed)
     recorded.update(settings or {})
+    alloc = m.allocation if allocation_source == "method" else ALLOCATIONS[used]
     reference = None
-    if used.startswith("widths:"):
-        reference = make_plan(used.split(":", 1)[1], model, ratio, networks=networks, stats=stats, basis=basis,
+    if alloc.widths_from is not None:
+        reference = make_plan(alloc.widths_from, model, ratio, networks=networks, stats=stats, basis=basis,
                               protected_layers=protected_layers, round_to=round_to, source=source)
-    return plan_from_scores(m, scores, model, ratio, allocation=used, reference=reference, basis=basis,
+    return plan_from_scores(m, scores, model, ratio, allocation=alloc, reference=reference, basis=basis,
                             protected_layers=protected_layers, round_to=round_to, settings=recorded, source=source)
 
 
 def plan_from_scores(method: str | Method, scores: Scores, model: nn.Module, ratio: float, *,
-                     allocation: str | None = None, reference: PruningPlan | None = None,
+                     allocation: Allocation | None = None, reference: PruningPlan | None = None,
                      basis: Literal["total", "mlp"] = "total", protected_layers: Sequence[int] | None = None,
                      round_to: int = 1, settings: Mapping[str, Any] | None = None,
                      source: Mapping[str, Any] | None = None) -> PruningPlan:
@@ -495,8 +428,8 @@ def plan_from_scores(method: str | Method, scores: Scores, model: nn.Module, rat
         One score per channel of each prunable layer (higher: kept first).
     model : nn.Module
     ratio : float
-    allocation : str, optional
-        ``"global"``, ``"uniform"`` or ``"widths:<method>"``; default the method's own.
+    allocation : funcprune.axes.Allocation, optional
+        Default the method's own.
     reference : PruningPlan, optional
         The plan whose per-layer widths a ``"widths:<method>"`` allocation keeps (required for it).
     basis, protected_layers, round_to, settings, source
@@ -507,14 +440,9 @@ def plan_from_scores(method: str | Method, scores: Scores, model: nn.Module, rat
     PruningPlan
     """
     m = get_method(method)
-    used = m.allocation if allocation is None else allocation
-    if used.startswith("widths:"):
-        if reference is None:
-            raise ValueError(f"allocation {used!r} needs reference= (the plan whose widths to keep)")
-        return select_within_widths(scores, model, reference, method=m.name, settings=settings, source=source)
-    return select_channels(scores, model, ratio=float(ratio), basis=basis, allocation=used,
-                           protected_layers=protected_layers, round_to=round_to, method=m.name,
-                           settings=settings, source=source)
+    return (m.allocation if allocation is None else allocation).select(
+        scores, model, ratio, reference=reference, method=m.name, basis=basis, protected_layers=protected_layers,
+        round_to=round_to, settings=settings, source=source)
 
 
 def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module, plan: PruningPlan, *,
@@ -555,25 +483,8 @@ def build_pruned(method: str | Method, base: str | os.PathLike[str] | nn.Module,
         The pruned model, in eval mode.
     """
     m = get_method(method)
-    compensation: CalibrationData | ChannelStatistics | LeastSquaresCompensation | ProgressiveLeastSquares | None = None
-    if m.compensation == "progressive":
-        if calibration is None:
-            raise ValueError(f"method {m.name!r} needs calibration=CalibrationData(tokenizer, texts) "
-                             "for its bias compensation")
-        compensation = calibration
-    elif m.compensation == "static":
-        if stats is None:
-            raise ValueError(f"method {m.name!r} needs stats= (ChannelStatistics of the dense model) "
-                             "for its bias compensation")
-        compensation = stats
-    elif m.compensation == "ls":
-        compensation = LeastSquaresCompensation(moments_for(moments, [i for i in plan.layers if plan.removed(i)]),
-                                                float(m.compensation_params.get("ridge", LS_RIDGE)))
-    elif m.compensation == "progressive-ls":
-        if calibration is None:
-            raise ValueError(f"method {m.name!r} needs calibration=CalibrationData(tokenizer, texts) "
-                             "for its progressive least-squares refit")
-        compensation = ProgressiveLeastSquares(calibration, float(m.compensation_params.get("ridge", LS_RIDGE)))
+    compensation = None if m.compensation is None else m.compensation.for_plan(
+        plan, method=m.name, calibration=calibration, stats=stats, moments=moments)
     if plan.method != m.name:
         plan = dataclasses.replace(plan, method=m.name)
     if isinstance(base, nn.Module):

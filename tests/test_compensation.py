@@ -112,15 +112,17 @@ def test_registered_methods_are_points_of_the_grid() -> None:
     assert get_method("flap+static") is METHODS["flap"]
     assert get_method("random@uniform") is METHODS["random"]
     for name, m in METHODS.items():
-        assert m.criterion in METHODS
-    assert METHODS["fn-bias"].criterion == "fn"
+        assert m.criterion.name in METHODS
+    assert METHODS["fn-bias"].criterion is METHODS["fn"].criterion
     m = get_method("fn@flap+static")
-    assert (m.name, m.criterion, m.allocation, m.compensation) == ("fn@flap+static", "fn", "widths:flap", "static")
+    assert (m.name, m.criterion.name, m.allocation.name, m.compensation.name) == (
+        "fn@flap+static", "fn", "widths:flap", "static")
+    assert m.allocation.reference is METHODS["flap"] and m.compensation == METHODS["flap"].compensation
     assert m.needs_statistics and m.needs_networks
     assert get_method("wanda-sp+ls0.1").compensation_params == {"ridge": 0.1}
     assert get_method("flap+none").compensation is None
     m = get_method("fn+progressive-ls0.1")
-    assert (m.compensation, m.compensation_params, m.criterion) == ("progressive-ls", {"ridge": 0.1}, "fn")
+    assert (m.compensation.name, m.compensation_params, m.criterion.name) == ("progressive-ls", {"ridge": 0.1}, "fn")
     assert m.needs_texts and get_method("fn+progressive-ls").compensation_params == {"ridge": 0.01}
 
 

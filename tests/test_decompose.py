@@ -24,10 +24,10 @@ def _part(name: str, ratio: float, nll: np.ndarray, seed: int | None = None) -> 
 def _axes(name: str) -> tuple[str, str, str]:
     """(criterion, widths, compensation) of a grid point: what the planted NLL depends on."""
     m = get_method(name)
-    widths = m.widths_from or {"global": m.criterion, "uniform": "uniform"}[m.allocation]
+    widths = m.widths_from or {"global": m.criterion.name, "uniform": "uniform"}[m.allocation.name]
     if widths == "random":
         widths = "uniform"
-    return m.criterion, widths, str(m.compensation)
+    return m.criterion.name, widths, str(m.compensation and m.compensation.name)
 
 
 def _run(effect: str, size: float = 0.4, ratio: float = 0.2) -> dict:

@@ -72,7 +72,8 @@ def reference_scores(name: str, setup: dict, seed: int) -> dict[int, np.ndarray]
             "random": lambda: random_scores(model, seed), "magnitude": lambda: magnitude_scores(model),
             "wanda_sp": lambda: wanda_sp_scores(model, stats),
             "flap": lambda: flap_scores(model, stats, standardize=True),
-            "fn_flap": lambda: fn_flap_scores(model, stats, fn, **get_method(name).params)}[get_method(name).scorer]()
+            "fn_flap": lambda: fn_flap_scores(model, stats, fn, **get_method(name).params)
+            }[get_method(name).criterion.scorer.name]()
 
 
 # -- plans --------------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def test_each_method_uses_its_authors_allocation_unless_overridden(setup: dict) 
     model = setup["model"]
     expected = {"fn": "global", "fn-bias": "global", "flap": "global", "fn-flap": "global", "fn-protect": "global",
                 "wanda-sp": "uniform", "magnitude": "uniform", "random": "uniform"}
-    assert {name: m.allocation for name, m in METHODS.items()} == expected
+    assert {name: m.allocation.name for name, m in METHODS.items()} == expected
     for name, allocation in expected.items():
         plan = make_plan(name, model, RATIO, networks=setup["networks"], stats=setup["stats"])
         assert plan.allocation == allocation and plan.settings["allocation_source"] == "method"
@@ -206,7 +207,7 @@ def test_prune_all_writes_plans_biases_and_an_index_that_rebuild(setup: dict, tm
     for entry in index["entries"]:
         plan = PruningPlan.load(tmp_path / entry["plan"])
         assert plan.protected_layers == entry["protected_layers"] == PROTECTED
-        assert entry["allocation"] == plan.allocation == METHODS[entry["method"]].allocation
+        assert entry["allocation"] == plan.allocation == METHODS[entry["method"]].allocation.name
         assert entry["ratio_reached"] == plan.ratio_reached
         assert abs(entry["ratio_reached"] - entry["ratio_requested"]) <= channel_parameters(model)[3] / 2 / total
         assert entry["status"] == "built" and entry["seconds"] > 0

@@ -42,7 +42,7 @@ from ..checkpoint import PLAN_FILE
 from ..compensation import down_input_moments, set_down_weights
 from ..data import Text
 from ..evaluate import count_parameters
-from ..methods import LEAST_SQUARES, METHODS, Method, build_pruned, get_method, make_plan, method_key
+from ..methods import METHODS, Method, build_pruned, get_method, make_plan, method_key
 from ..models import LoadedModel, load_model
 from ..plan import PruningPlan, model_identity
 from ..prune import prune
@@ -233,7 +233,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
     if any(m.needs_statistics for m in resolved):
         stats = calibration_statistics(run, dense, tokenizer, calib_texts, batch_size=batch_size,
                                        max_tokens=max_tokens, progress=progress, source=source)
-    if moments is None and any(m.compensation == "ls" for m in resolved):
+    if moments is None and any(m.compensation and m.compensation.needs_moments for m in resolved):
         moments = down_input_moments(dense, tokenizer, calib_texts, batch_size=batch_size, max_tokens=max_tokens,
                                      progress=progress)
     record = texts_record(calib_texts, batch_size, max_tokens) if calib_texts else None
@@ -329,7 +329,8 @@ def _write_biases(run: RunDir, key: str, plan_sha: str, pruned: nn.Module, plan:
     from ..adapters import get_adapter
 
     adapter = get_adapter(pruned)
-    refitted = get_method(plan.method).compensation in LEAST_SQUARES
+    comp = get_method(plan.method).compensation
+    refitted = bool(comp and comp.refits)
     tensors = {}
     for i, layer in enumerate(adapter.get_layers(pruned)):
         bias = adapter.module(layer, "mlp.down").bias
