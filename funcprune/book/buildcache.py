@@ -174,13 +174,14 @@ class StageOutcome:
 STAGE = Artefact("funcprune-stage/2", "this stage's executed notebook", "run make book again (the stage runs again)")
 
 
-def _cached_reason(record_path: Path, key: str, run_dir: str | Path | None) -> str | None:
-    """None when the executed notebook can be reused (the one reuse rule, and no run-directory entry lost)."""
-    reason = STAGE.stale(record_path, ["notebook"], {"key": key})
-    if reason is not None:
-        return reason
-    missing = sorted(set(read_json(record_path).get("run_dir_entries", [])) - set(_run_dir_entries(run_dir)))
-    return f"run directory lost {missing}" if missing else None
+def _cached(record_path: Path, key: str, run_dir: str | Path | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The executed notebook's record if it can be reused (the one reuse rule, and no run-directory entry lost),
+    else ``(None, why not)``; the record is read once."""
+    record, reason = STAGE.reusable(record_path, ["notebook"], {"key": key})
+    if record is None:
+        return None, reason
+    missing = sorted(set(record.get("run_dir_entries", [])) - set(_run_dir_entries(run_dir)))
+    return (None, f"run directory lost {missing}") if missing else (record, None)
 
 
 def run_stage(notebook: str | Path, executed: str | Path, parameters: dict[str, Any],
@@ -216,9 +217,9 @@ def run_stage(notebook: str | Path, executed: str | Path, parameters: dict[str, 
     executed = Path(executed)
     record_path = executed.with_name(executed.name + STAGE_SUFFIX)
     key = stage_key(notebook, parameters, upstream=upstream, package=package)
-    reason = force or _cached_reason(record_path, key, run_dir)
-    if reason is None:
-        return StageOutcome(key, False, float(read_json(record_path).get("seconds", 0.0)), "cached")
+    record, reason = (None, force) if force else _cached(record_path, key, run_dir)
+    if record is not None:
+        return StageOutcome(key, False, float(record.get("seconds", 0.0)), "cached")
     record_path.unlink(missing_ok=True)  # a failed or interrupted run must leave no record
     start = time.perf_counter()
     execute()

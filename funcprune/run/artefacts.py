@@ -30,7 +30,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Sequence, overload
 
 import numpy as np
 
@@ -148,6 +148,12 @@ class Artefact:
         """
         return self._check(record_path, roles, inputs)[1]
 
+    def reusable(self, record_path: str | os.PathLike[str], roles: Sequence[str],
+                 inputs: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """:meth:`stale` and the checked record in one reading: ``(record, None)`` or ``(None, reason)``."""
+        found, reason, _ = self._check(record_path, roles, inputs)
+        return (found[0] if found else None), reason
+
     def current(self, record_path: str | os.PathLike[str], roles: Sequence[str],
                 inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Path]] | None:
         """The checked artefact if :meth:`stale` finds nothing against it, else ``None`` (build it).
@@ -240,6 +246,14 @@ def save_statistics(stats: ChannelStatistics, path: str | os.PathLike[str],
     STATISTICS.write(Path(path) / STATISTICS_RECORD, {"arrays": (STATISTICS_ARRAYS, _npz(arrays))},
                      {"layers": stats.layers, "n_tokens": stats.n_tokens, "source": stats.source}, inputs)
     return Path(path)
+
+
+@overload
+def load_statistics(path: str | os.PathLike[str]) -> ChannelStatistics: ...
+
+
+@overload
+def load_statistics(path: str | os.PathLike[str], inputs: Mapping[str, Any]) -> ChannelStatistics | None: ...
 
 
 def load_statistics(path: str | os.PathLike[str], inputs: Mapping[str, Any] | None = None) -> ChannelStatistics | None:

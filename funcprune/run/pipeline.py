@@ -212,8 +212,66 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         dense, source = loaded.model, loaded.source
         tokenizer = tokenizer if tokenizer is not None else loaded.tokenizer
     dense.eval()
-    revision = (source or {}).get("revision")
+    inputs = _stage_inputs(run, dense, resolved, texts=texts, tokenizer=tokenizer, networks=networks,
+                           batch_size=batch_size, max_tokens=max_tokens, progress=progress, source=source,
+                           moments=moments)
+    jobs = [_Job(method_key(m.name, r, s if m.seeded else None), m, float(r), s if m.seeded else None)
+            for r in ratios for m in resolved for s in (seeds if m.seeded else [None])]
+    for job in jobs:  # every plan first, so that a bad ratio fails before any work
+        extra = {"calibration": inputs.record} if job.method.needs_texts else {}
+        job.plan = make_plan(job.method, dense, job.ratio, networks=inputs.networks, stats=inputs.stats,
+                             seed=job.seed or 0, basis=basis, allocation=allocation,
+                             protected_layers=protected_layers, round_to=round_to, settings=extra,
+                             source=source)
 
+    previous = run.entries()
+    before = count_parameters(dense)
+    base_widths = layer_widths(dense)
+    entries: dict[str, dict[str, Any]] = {} if replace else {k: e for k, e in previous.items()
+                                                             if run.resolve(e["plan"]).exists()}
+    rows = []
+    bar = tqdm(jobs, desc="pruning", unit="model", disable=not progress)
+    for job in bar:
+        bar.set_postfix_str(job.key)
+        plan = job.plan
+        assert plan is not None
+        report, biases, seconds, status = _build_or_reuse(run, job, dense, inputs, previous.get(job.key),
+                                                          (source or {}).get("revision"))
+        entry = {
+            "key": job.key, "method": job.method.name, "seed": job.seed,
+            "ratio_requested": job.ratio, "ratio_reached": plan.ratio_reached, "ratio_basis": plan.ratio_basis,
+            "allocation": plan.allocation, "allocation_source": plan.settings.get("allocation_source"),
+            "protected_layers": plan.protected_layers,
+            "params_total_before": before["total"], "params_mlp_before": before["mlp"], **report,
+            "ratio_total": (before["total"] - report["params_total_after"]) / before["total"],
+            "ratio_mlp": (before["mlp"] - report["params_mlp_after"]) / before["mlp"],
+            "widths": [len(plan.kept[i]) for i in sorted(base_widths)],
+            "plan": run.plan_ref(job.key), "plan_sha256": _plan_sha(plan), "biases": biases,
+            "seconds": seconds, "status": status,
+        }
+        entries[job.key] = entry
+        rows.append(entry)
+        _write_index(run, dense, source, entries)
+    bar.close()
+    _remove_legacy_checkpoints(run, [job.key for job in jobs])
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class _Inputs:
+    """What stage 4's methods read besides the dense model (each ``None`` when no method asked for it)."""
+
+    networks: Any
+    calibration: Any
+    stats: Any
+    moments: Any
+    record: dict[str, Any] | None  # the calibration texts' record, kept in each plan that used them
+
+
+def _stage_inputs(run: RunDir, dense: nn.Module, resolved: Sequence[Method], *, texts: Sequence[str | Text] | None,
+                  tokenizer: Any, networks: Any, batch_size: int, max_tokens: int, progress: bool,
+                  source: Mapping[str, Any] | None, moments: Any) -> _Inputs:
+    """Load or measure what the methods need: networks, calibration texts, statistics, down-projection moments."""
     if networks is None and any(m.needs_networks for m in resolved):
         net_dir = run.networks
         if not net_dir.exists():
@@ -237,75 +295,42 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         moments = down_input_moments(dense, tokenizer, calib_texts, batch_size=batch_size, max_tokens=max_tokens,
                                      progress=progress)
     record = texts_record(calib_texts, batch_size, max_tokens) if calib_texts else None
+    return _Inputs(networks, calibration, stats, moments, record)
 
-    jobs = [_Job(method_key(m.name, r, s if m.seeded else None), m, float(r), s if m.seeded else None)
-            for r in ratios for m in resolved for s in (seeds if m.seeded else [None])]
-    for job in jobs:
-        extra = {"calibration": record} if job.method.needs_texts else {}
-        job.plan = make_plan(job.method, dense, job.ratio, networks=networks, stats=stats,
-                             seed=job.seed or 0, basis=basis, allocation=allocation,
-                             protected_layers=protected_layers, round_to=round_to, settings=extra,
-                             source=source)
 
-    previous = run.entries()
-    before = count_parameters(dense)
-    base_widths = layer_widths(dense)
-    entries: dict[str, dict[str, Any]] = {} if replace else {k: e for k, e in previous.items()
-                                                             if run.resolve(e["plan"]).exists()}
-    rows = []
-    bar = tqdm(jobs, desc="pruning", unit="model", disable=not progress)
-    for job in bar:
-        bar.set_postfix_str(job.key)
-        plan = job.plan
-        assert plan is not None
-        plan_path = run.plan_path(job.key)
-        plan_on_disk = plan_path.exists() and _plan_content(PruningPlan.load(plan_path)) == _plan_content(plan)
-        if not plan_on_disk:
-            plan.save(plan_path)
-        sha = _plan_sha(plan)
-        start = time.perf_counter()
-        old = previous.get(job.key)
-        biases = _saved_biases(run, job.key, sha) if job.method.compensation else None
-        reused = plan_on_disk and (job.method.compensation is None or biases is not None)
-        if reused:
-            status = "reused"
-            same = old is not None and old.get("plan_sha256") == sha and (
-                biases is None or (old.get("biases") or {}).get("sha256") == biases["sha256"])
-            if same:
-                report = {k: old[k] for k in ("params_total_after", "params_mlp_after")}
-                seconds = old.get("seconds")
-            else:
-                report = _count_after(_apply(dense, plan, _read_biases(run, job.key, biases), revision))
-                seconds = None
-        else:
-            status = "built"
-            pruned = build_pruned(job.method, dense, plan, calibration=calibration, stats=stats, moments=moments,
-                                  revision=revision)
-            report = _count_after(pruned)
-            if job.method.compensation:
-                biases = _write_biases(run, job.key, sha, pruned, plan)
-            del pruned
-            gc.collect()
-            seconds = round(time.perf_counter() - start, 2)
-        entry = {
-            "key": job.key, "method": job.method.name, "seed": job.seed,
-            "ratio_requested": job.ratio, "ratio_reached": plan.ratio_reached, "ratio_basis": plan.ratio_basis,
-            "allocation": plan.allocation, "allocation_source": plan.settings.get("allocation_source"),
-            "protected_layers": plan.protected_layers,
-            "params_total_before": before["total"], "params_mlp_before": before["mlp"], **report,
-            "ratio_total": (before["total"] - report["params_total_after"]) / before["total"],
-            "ratio_mlp": (before["mlp"] - report["params_mlp_after"]) / before["mlp"],
-            "widths": [len(plan.kept[i]) for i in sorted(base_widths)],
-            "plan": run.plan_ref(job.key), "plan_sha256": sha, "biases": biases,
-            "seconds": seconds, "status": status,
-        }
-        entries[job.key] = entry
-        rows.append(entry)
-        _write_index(run, dense, source, entries)
-    bar.close()
-    _remove_legacy_checkpoints(run, [job.key for job in jobs])
-    return pd.DataFrame(rows)
+def _build_or_reuse(run: RunDir, job: _Job, dense: nn.Module, inputs: _Inputs, old: Mapping[str, Any] | None,
+                    revision: str | None) -> tuple[dict[str, int], dict[str, Any] | None, float | None, str]:
+    """Write the job's plan unless the same plan is on disk, and build its model unless it can be reused.
 
+    Reused: the same plan (provenance aside) is on disk and, for a compensated method, its biases are a current
+    :data:`~funcprune.run.artefacts.BIASES` artefact made from that plan. Returns the parameter counts after
+    pruning, the biases' record (or ``None``), the build's seconds and ``"built"`` or ``"reused"``.
+    """
+    plan = job.plan
+    assert plan is not None
+    plan_path = run.plan_path(job.key)
+    plan_on_disk = plan_path.exists() and _plan_content(PruningPlan.load(plan_path)) == _plan_content(plan)
+    if not plan_on_disk:
+        plan.save(plan_path)
+    sha = _plan_sha(plan)
+    biases = _saved_biases(run, job.key, sha) if job.method.compensation else None
+    if plan_on_disk and (job.method.compensation is None or biases is not None):
+        same = old is not None and old.get("plan_sha256") == sha and (
+            biases is None or (old.get("biases") or {}).get("sha256") == biases["sha256"])
+        if same:  # the index already holds the counts
+            counts = {k: old[k] for k in ("params_total_after", "params_mlp_after")}
+            return counts, biases, old.get("seconds"), "reused"
+        counts = _count_after(_apply(dense, plan, _read_biases(run, job.key, biases), revision))
+        return counts, biases, None, "reused"
+    start = time.perf_counter()
+    pruned = build_pruned(job.method, dense, plan, calibration=inputs.calibration, stats=inputs.stats,
+                          moments=inputs.moments, revision=revision)
+    report = _count_after(pruned)
+    if job.method.compensation:
+        biases = _write_biases(run, job.key, sha, pruned, plan)
+    del pruned
+    gc.collect()
+    return report, biases, round(time.perf_counter() - start, 2), "built"
 
 
 # ----------------------------------------------------------------------------------

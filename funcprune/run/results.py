@@ -229,6 +229,64 @@ def _evaluate_model(lm: LoadedModel, tokenizer: Any, stream: EvaluationStream, s
 # ----------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------
+def _protocol(stream: EvaluationStream, seq_lens: list[int], eval_max_tokens: Any, budgets: list[int | None],
+              full_ratios: list[float] | None, tasks: list[str], zero_shot_limit: int | None, offline: bool,
+              zero_shot_seed: int, dtype_name: str) -> dict[str, Any]:
+    """Everything that makes two evaluations comparable: its fingerprint keys every cached part."""
+    harness_version = None
+    if tasks:
+        from importlib.metadata import version
+
+        harness_version = version("lm_eval")
+    return {
+        "eval_dataset": {k: stream.dataset[k] for k in ("name", "package", "package_version", "file", "sha256",
+                                                         "split", "part", "part_rule", "n_texts", "n_words")},
+        "eval_text_ids_sha256": hashlib.sha256("\n".join(stream.dataset["ids"]).encode()).hexdigest(),
+        "eval_stream": {"n_tokens": stream.n_tokens, "sha256": stream.sha256, "joiner": "\\n\\n",
+                        "add_special_tokens": False},
+        "bos": {"token_id": stream.bos_token_id,
+                "rule": "every window starts with the BOS token when the tokenizer puts one in front of a text; "
+                        "a window then holds seq_len - 1 tokens of text, all scored (else seq_len tokens, the "
+                        "last seq_len - 1 scored)"},
+        "ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "eval_budgets": budgets,
+        "tiers": {"full_ratios": full_ratios,
+                  "rule": "the dense model and registered methods' models at full_ratios (all when None): every "
+                          "window length and zero-shot; the others (grid points of the decomposition included): the "
+                          "shortest window length only"},
+        "window_selection": "evenly spread subset of the non-overlapping grid (select_windows)",
+        "zero_shot": {"tasks": tasks, "limit": zero_shot_limit, "harness": "lm-eval",
+                      "harness_version": harness_version, "offline": offline, "seed": zero_shot_seed,
+                      "num_fewshot": 0},
+        "dtype": dtype_name,
+    }
+
+
+def _evaluate_part(start: float, run: RunDir, job: Mapping[str, Any], dense: LoadedModel, tokenizer: Any,
+                   stream: EvaluationStream, settings: dict[str, Any], stamp: Mapping[str, Any]) -> dict[str, Any]:
+    """Score one model of the run (the dense one, or a pruned one rebuilt from its plan) and write its part.
+
+    ``start`` is when loading began (the dense model may have been loaded for this part); ``stamp`` holds the
+    ``protocol_id``, ``identity`` and ``tier`` the part is cached under.
+    """
+    key = job["key"]
+    lm = dense if key == DENSE_KEY else rebuild_pruned(run, key, dense.model, source=dense.source)
+    loaded = round(time.perf_counter() - start, 2)
+    measured = _evaluate_model(lm, tokenizer, stream, settings, progress=False)
+    measured["seconds"]["load"] = loaded
+    measured["seconds"]["total"] = round(time.perf_counter() - start, 2)
+    part = {"format": PART_FORMAT, "key": key, **stamp,
+            "entry": {k: job.get(k) for k in ("method", "seed", "ratio_requested", "ratio_reached",
+                                              "ratio_basis", "allocation", "plan_sha256")},
+            "model": dict(lm.source), **measured}
+    if lm is not dense:
+        del lm
+        _free_memory()
+    part = json_round_trip(part, default=str)
+    part["sha256"] = _part_digest(part)
+    atomic_write_json(run.part_path(key), part)
+    return part
+
+
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     *,
@@ -329,32 +387,8 @@ def evaluate_run(
     calibration = calibration_record(run)
     disjoint = check_disjoint(stream, calibration)
 
-    harness_version = None
-    if tasks:
-        from importlib.metadata import version
-
-        harness_version = version("lm_eval")
-    protocol = {
-        "eval_dataset": {k: stream.dataset[k] for k in ("name", "package", "package_version", "file", "sha256",
-                                                         "split", "part", "part_rule", "n_texts", "n_words")},
-        "eval_text_ids_sha256": hashlib.sha256("\n".join(stream.dataset["ids"]).encode()).hexdigest(),
-        "eval_stream": {"n_tokens": stream.n_tokens, "sha256": stream.sha256, "joiner": "\\n\\n",
-                        "add_special_tokens": False},
-        "bos": {"token_id": stream.bos_token_id,
-                "rule": "every window starts with the BOS token when the tokenizer puts one in front of a text; "
-                        "a window then holds seq_len - 1 tokens of text, all scored (else seq_len tokens, the "
-                        "last seq_len - 1 scored)"},
-        "ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "eval_budgets": budgets,
-        "tiers": {"full_ratios": full_ratios,
-                  "rule": "the dense model and registered methods' models at full_ratios (all when None): every "
-                          "window length and zero-shot; the others (grid points of the decomposition included): the "
-                          "shortest window length only"},
-        "window_selection": "evenly spread subset of the non-overlapping grid (select_windows)",
-        "zero_shot": {"tasks": tasks, "limit": zero_shot_limit, "harness": "lm-eval",
-                      "harness_version": harness_version, "offline": offline, "seed": zero_shot_seed,
-                      "num_fewshot": 0},
-        "dtype": dtype_name,
-    }
+    protocol = _protocol(stream, seq_lens, eval_max_tokens, budgets, full_ratios, tasks, zero_shot_limit, offline,
+                         zero_shot_seed, dtype_name)
     protocol_id = _fingerprint(protocol)
     settings = {"ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "eval_budgets": budgets,
                 "zero_shot_tasks": tasks, "zero_shot_limit": zero_shot_limit, "batch_size": batch_size,
@@ -387,24 +421,8 @@ def evaluate_run(
         start = time.perf_counter()
         if dense is None:
             dense = _load_dense(model_name, dense_revision, base, dtype, device)
-        if key == DENSE_KEY:
-            lm = dense
-        else:
-            lm = rebuild_pruned(run, key, dense.model, source=dense.source)
-        loaded = round(time.perf_counter() - start, 2)
-        measured = _evaluate_model(lm, tokenizer, stream, settings if tier == "full" else screen, progress=False)
-        measured["seconds"]["load"] = loaded
-        measured["seconds"]["total"] = round(time.perf_counter() - start, 2)
-        part = {"format": PART_FORMAT, "key": key, "protocol_id": protocol_id, "identity": identity, "tier": tier,
-                "entry": {k: job.get(k) for k in ("method", "seed", "ratio_requested", "ratio_reached",
-                                                  "ratio_basis", "allocation", "plan_sha256")},
-                "model": dict(lm.source), **measured}
-        if lm is not dense:
-            del lm
-            _free_memory()
-        part = json_round_trip(part, default=str)
-        part["sha256"] = _part_digest(part)
-        atomic_write_json(part_path, part)
+        part = _evaluate_part(start, run, job, dense, tokenizer, stream, settings if tier == "full" else screen,
+                              {"protocol_id": protocol_id, "identity": identity, "tier": tier})
         parts[key] = part
     bar.close()
     del dense
