@@ -52,7 +52,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .._io import ArtefactError, atomic_write_json, read_json
+from .._io import read_json
 from ..run.artefacts import Artefact
 
 __all__ = ["SITE_RECORD", "STAGE_SUFFIX", "StageOutcome", "package_digest", "record_site", "run_stage", "site_key",
@@ -280,6 +280,11 @@ def _site_paths(book_dir: str | Path) -> tuple[Path, Path]:
     return root / SITE_RECORD, root / "_build" / "html"
 
 
+#: The built site, strict and checked: an artefact made from its site key (:func:`site_key`); its HTML folder is
+#: checked by a cheap fingerprint of paths, sizes and times (:func:`tree_fingerprint`), not file by file.
+SITE = Artefact("funcprune-site/2", "a strict, checked build", "run make book (the site is built and checked again)")
+
+
 def site_reason(book_dir: str | Path, *, key: str | None = None) -> str | None:
     """None when the built site of ``book_dir`` can be reused as it is, else why it cannot.
 
@@ -291,17 +296,12 @@ def site_reason(book_dir: str | Path, *, key: str | None = None) -> str | None:
         :func:`site_key` (computed when omitted).
     """
     record_path, html = _site_paths(book_dir)
-    if not record_path.exists() or not html.is_dir():
-        return "no record of a strict, checked build"
-    try:
-        record = read_json(record_path)
-        if record.get("key") != (key or site_key(book_dir)):
-            return "a page, an executed notebook, the funcprune source, a book tool or the browser changed"
-        if record.get("html") != tree_fingerprint(html):
-            return "the built HTML folder changed since it was checked"
-    except (ArtefactError, AttributeError) as exc:
-        return f"site record unusable ({exc})"
-    return None
+    if not html.is_dir():
+        return "no built HTML folder"
+    record, reason = SITE.reusable(record_path, [], {"key": key or site_key(book_dir)})
+    if record is None:
+        return reason
+    return None if record.get("html") == tree_fingerprint(html) else "the built HTML folder changed since it was checked"
 
 
 def record_site(book_dir: str | Path, *, key: str | None = None) -> Path:
@@ -315,8 +315,9 @@ def record_site(book_dir: str | Path, *, key: str | None = None) -> Path:
     record_path, html = _site_paths(book_dir)
     if not html.is_dir():
         raise FileNotFoundError(f"{html} does not exist: build the book before recording it")
-    return atomic_write_json(record_path, {"format": _FORMAT, "key": key or site_key(book_dir),
-                                           "html": tree_fingerprint(html), "recorded": time.time()})
+    SITE.record(record_path, {}, {"html": tree_fingerprint(html), "recorded": time.time()},
+                inputs={"key": key or site_key(book_dir)})
+    return record_path
 
 
 def stage_times(executed_dir: str | Path) -> dict[str, float]:

@@ -17,7 +17,9 @@ The artefacts of a run that follow the contract: the functional networks of stag
 (:func:`save_networks`, :func:`load_networks`), the dense model's channel statistics
 (:func:`save_statistics`, :func:`load_statistics`, reused by
 :func:`funcprune.run.calibration.calibration_statistics`) and the compensation of each pruned
-model (:data:`BIASES`, in :mod:`funcprune.run.pipeline`). The core objects only turn themselves into plain data and back
+model (:data:`BIASES`, in :mod:`funcprune.run.pipeline`) and each model's measurements of stage 5
+(:func:`save_part`, :func:`load_part`, reused by :func:`funcprune.run.results.evaluate_run` for the same
+protocol, model and tier). The core objects only turn themselves into plain data and back
 (:meth:`funcprune.ica.FunctionalNetworks.to_dict`, ``arrays`` and ``from_record``; the fields of
 :class:`funcprune.scoring.ChannelStatistics`): they know no file, digest or reuse rule. The stage
 runner of the book, :func:`funcprune.book.buildcache.run_stage`, records each executed notebook
@@ -26,6 +28,7 @@ as an artefact made from its stage key, and reuses it by the same rule.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -38,8 +41,8 @@ from .._io import ArtefactError, atomic_open, atomic_write_json, file_record, js
 from ..ica import NETWORKS_FORMAT, FunctionalNetworks
 from ..scoring import ChannelStatistics
 
-__all__ = ["Artefact", "BIASES", "NETWORKS", "STATISTICS", "load_networks", "load_statistics", "save_networks",
-           "save_statistics"]
+__all__ = ["Artefact", "BIASES", "NETWORKS", "PART", "STATISTICS", "load_networks", "load_part", "load_statistics",
+           "part_record", "save_networks", "save_part", "save_statistics"]
 
 #: Writes one data file's bytes to an open binary file.
 Writer = Callable[[BinaryIO], None]
@@ -291,3 +294,34 @@ def load_statistics(path: str | os.PathLike[str], inputs: Mapping[str, Any] | No
 #: A bias file's record (version 2: the file's record and the plan it was made from, as for every artefact).
 BIASES = Artefact("funcprune-biases/2", "compensation biases",
                   "delete it and re-run stage 4 (prune_all recomputes the biases)")
+
+
+# ----------------------------------------------------------------------------------
+# One model's measurements (stage 5)
+# ----------------------------------------------------------------------------------
+#: A results part's record: the part file, made from the evaluation protocol, the model's identity and its tier.
+PART = Artefact("funcprune-part-record/1", "results of this model",
+                "run stage 5 again (evaluate_run evaluates the model again)")
+
+
+def part_record(path: str | os.PathLike[str]) -> Path:
+    """The record of the part ``results/parts/<key>.json``: ``results/parts/<key>.record.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.record.json")
+
+
+def save_part(path: str | os.PathLike[str], part: Mapping[str, Any], inputs: Mapping[str, Any]) -> Path:
+    """Write one model's part (indented JSON, as it is copied into ``results.json``), then its record."""
+    data = (json.dumps(part, indent=2, sort_keys=True) + "\n").encode()
+    PART.write(part_record(path), {"part": (Path(path).name, lambda fh: fh.write(data))}, {"key": part.get("key")},
+               inputs)
+    return Path(path)
+
+
+def load_part(path: str | os.PathLike[str], inputs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The part at ``path`` if it was made from exactly ``inputs`` and is intact (the reuse rule), else ``None``.
+
+    A damaged part (edited, truncated, or its record lost its file) is named in a warning and evaluated again.
+    """
+    found = PART.current(part_record(path), ["part"], inputs)
+    return None if found is None else read_json(found[1]["part"])

@@ -64,6 +64,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._io import ArtefactError, atomic_write_json, atomic_write_text, json_round_trip, json_sha256, read_json
+from .artefacts import load_part, save_part
 from .calibration import calibration_record
 from ..compare import article_clusters, headline_comparisons
 from ..intervals import add_holm
@@ -103,30 +104,6 @@ def _load_tokenizer(model: str) -> Any:
 def _part_digest(part: Mapping[str, Any]) -> str:
     """SHA-256 of a part's content (every key but ``sha256``), as JSON with sorted keys."""
     return json_sha256({k: v for k, v in part.items() if k != "sha256"}, default=str)
-
-
-def _cached_part(path: Path, protocol_id: str, identity: Mapping[str, Any], tier: str) -> dict[str, Any] | None:
-    """A finished part for this protocol, model and tier whose content matches its digest; else ``None``.
-
-    A part that is not valid JSON or whose content no longer matches its digest is
-    re-evaluated, with a warning naming it.
-    """
-    if not path.exists():
-        return None
-    try:
-        cached = read_json(path)
-    except ArtefactError as exc:
-        warnings.warn(f"re-evaluating: {exc}", stacklevel=3)
-        return None
-    same_identity = cached.get("identity") == json_round_trip(identity, default=str)
-    if not (cached.get("protocol_id") == protocol_id and same_identity
-            and cached.get("tier", "full") == tier):
-        return None
-    if cached.get("sha256") != _part_digest(cached):
-        warnings.warn(f"re-evaluating {cached.get('key')!r}: {path} does not match its digest (edited, truncated "
-                      "or from an older version)", stacklevel=3)
-        return None
-    return cached
 
 
 def _load_dense(model_name: str, revision: str | None, base: Mapping[str, Any], dtype: Any,
@@ -282,8 +259,8 @@ def _evaluate_part(start: float, run: RunDir, job: Mapping[str, Any], dense: Loa
         del lm
         _free_memory()
     part = json_round_trip(part, default=str)
-    part["sha256"] = _part_digest(part)
-    atomic_write_json(run.part_path(key), part)
+    part["sha256"] = _part_digest(part)  # results.json and the bundles carry the part with its own digest
+    save_part(run.part_path(key), part, stamp)
     return part
 
 
@@ -413,8 +390,8 @@ def evaluate_run(
                      "biases_sha256": (job.get("biases") or {}).get("sha256")})
         tier = "full" if (key == DENSE_KEY or (_registered(job["method"]) and (full_ratios is None or any(
             math.isclose(float(job["ratio_requested"]), r) for r in full_ratios)))) else "screen"
-        part_path = run.part_path(key)
-        cached = _cached_part(part_path, protocol_id, identity, tier)
+        stamp = {"protocol_id": protocol_id, "identity": identity, "tier": tier}  # what the part is made from
+        cached = load_part(run.part_path(key), stamp)
         if cached is not None:
             parts[key] = cached
             continue
@@ -422,7 +399,7 @@ def evaluate_run(
         if dense is None:
             dense = _load_dense(model_name, dense_revision, base, dtype, device)
         part = _evaluate_part(start, run, job, dense, tokenizer, stream, settings if tier == "full" else screen,
-                              {"protocol_id": protocol_id, "identity": identity, "tier": tier})
+                              stamp)
         parts[key] = part
     bar.close()
     del dense

@@ -13,7 +13,7 @@ notebooks ask a :class:`RunDir` for them::
     run_dir/plans/<key>.json                   stages 3 and 4: one plan per (method, ratio[, seed])
     run_dir/pruned/index.json                  stage 4: what was made (ratios, parameters, widths, digests)
     run_dir/pruned/biases/<key>.safetensors    stage 4: compensation biases (fn-bias, flap), and <key>.json
-    run_dir/results/parts/<key>.json           stage 5: one model's measurements (a cache)
+    run_dir/results/parts/<key>.json           stage 5: one model's measurements, and <key>.record.json
     run_dir/results/results.csv                stage 5: the long results table
     run_dir/results/results.json               stage 5: protocol, records, checks
     run_dir/results/comparisons.csv            stage 5: the paired headline comparisons
