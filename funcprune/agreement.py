@@ -5,20 +5,25 @@ the text, a fit and a longer run of it) that say how much of what a fit found is
 :func:`match_maps` pairs maps one to one, :func:`top_overlap` counts shared key neurons,
 :func:`seed_agreement` puts the layers whose runs converged beside those that stopped, and
 :func:`convergence_facts` states what the two tables and the fit's convergence record say.
-:func:`funcprune.ica.convergence_check` (which reruns FastICA) and
-:func:`funcprune.atlas.stability` build on them. Used in :doc:`/executed/02_functional_networks`.
+:func:`convergence_check` reruns a fit's selected FastICA restart for longer and compares;
+:func:`funcprune.atlas.stability` builds on them. Used in :doc:`/executed/02_functional_networks`.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+from ._fastica import _fastica_restart, _whiten, zscore_time_in_place
+from ._ica_input import _as_source, _split_groups
 
 if TYPE_CHECKING:
     from .ica import FunctionalNetworks
 
-__all__ = ["convergence_facts", "match_maps", "seed_agreement", "top_overlap"]
+__all__ = ["convergence_check", "convergence_facts", "match_maps", "seed_agreement", "top_overlap"]
 
 
 def match_maps(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +118,7 @@ def convergence_facts(agreement: Any, longer: Any, convergence: Sequence[Mapping
     agreement : pandas.DataFrame
         :func:`seed_agreement` of the fit and another seed.
     longer : pandas.DataFrame
-        :func:`funcprune.ica.convergence_check` of the fit (may be empty).
+        :func:`convergence_check` of the fit (may be empty).
     convergence : sequence of dict
         The fit's ``convergence_`` record (``converged``: one bool per restart of a layer and group).
 
@@ -148,3 +153,89 @@ def convergence_facts(agreement: Any, longer: Any, convergence: Sequence[Mapping
             "conv_longer_corr_min": of_longer("map_corr_min", "min"),
             "conv_longer_overlap": of_longer("key_overlap", "median"),
             "conv_longer_seconds": f"{longer['seconds'].sum():.0f}"}
+
+
+def convergence_check(networks: "FunctionalNetworks", X: Any, layers: Sequence[int] | None = None, *,
+                      factor: int = 10, max_fits: int = 3, fraction: float = 0.2) -> "Any":
+    """Would a longer FastICA run change the maps, or the key neurons drawn from them?
+
+    FastICA is deterministic given its seed, so running the *selected* restart of a
+    fit again from the same seed with ``factor * max_iter`` iterations continues the
+    very run that produced the maps. Comparing the two says whether a run stopped by
+    ``max_iter`` ("not converged") holds maps that mean anything: if they match the
+    longer run as closely as two fits that converged would, the stop was a matter of
+    the tolerance, not of the maps.
+
+    Parameters
+    ----------
+    networks : FunctionalNetworks
+        A fit with ``mode="layer"``.
+    X : ActivationStore, path, array or mapping of arrays
+        The input it was fitted on.
+    layers : sequence of int, optional
+        Layers to check. Default: up to ``max_fits`` layer-and-group fits whose
+        selected restart did not converge, spread over depth.
+    factor : int, default=10
+        The longer run has ``factor * networks.max_iter`` iterations.
+    max_fits : int, default=3
+        Fits checked when ``layers`` is not given.
+    fraction : float, default=0.2
+        Share of channels counted as key neurons for :func:`~funcprune.agreement.top_overlap`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per fit: ``layer``, ``group``, ``status`` (of the fit), ``n_iter`` and
+        ``n_iter_longer``, ``converged_longer``, ``map_corr_min`` and ``map_corr_median``
+        (matched ``|corr|`` of the fit's maps with the longer run's), ``score_corr``
+        (correlation of the channels' key-neuron scores), ``key_overlap`` and ``seconds``
+        (of the longer run).
+    """
+    import pandas as pd
+
+    from .scoring import key_neuron_scores
+
+    check_is_fitted(networks)
+    if networks.mode != "layer":
+        raise ValueError(f"convergence_check needs a fit with mode='layer'; got mode={networks.mode!r}")
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ValueError(f"factor must be a positive integer; got {factor!r}")
+    records = [r for r in networks.convergence_ if r["selected"] is not None]
+    if layers is None:
+        stopped = [r for r in records if r["status"] == "not_converged"]
+        picks = np.unique(np.linspace(0, len(stopped) - 1, min(max_fits, len(stopped))).round().astype(int))
+        records = [stopped[i] for i in picks] if stopped else []
+    else:
+        unknown = sorted(set(layers) - set(networks.maps_))
+        if unknown:
+            raise ValueError(f"layers {unknown} were not fitted; fitted: {sorted(networks.maps_)}")
+        records = [r for r in records if r["key"] in set(layers)]
+    source = _as_source(X, None)
+    group_rows, _ = _split_groups(source.n_rows, source.doc_ids, networks.n_groups)
+    rows = []
+    for record in records:
+        layer, group = record["key"], record["group"]
+        block = networks._read_block(source, [layer], group_rows[group])
+        zscore_time_in_place(block)
+        white, _ = _whiten(networks._spatial_components(block, record["svd_seed"]))
+        start = time.perf_counter()
+        longer = _fastica_restart(white, record["ica_seeds"][record["selected"]],
+                                  factor * networks.max_iter, networks.tol)
+        seconds = time.perf_counter() - start
+        maps = longer["sources"].T
+        maps = (maps - maps.mean(axis=1, keepdims=True)) / maps.std(axis=1, keepdims=True)
+        fitted = networks.maps_[layer][networks.map_groups_[layer] == group].astype(np.float64)
+        _, corr = match_maps(fitted, maps)
+        channels = {0: networks.voxel_channels_[layer]}
+        width = int(channels[0].max()) + 1
+        a = key_neuron_scores({0: fitted}, channels, width)[0]
+        b = key_neuron_scores({0: maps}, channels, width)[0]
+        rows.append({"layer": layer, "group": group, "status": record["status"],
+                     "n_iter": record["n_iter"][record["selected"]], "n_iter_longer": longer["n_iter"],
+                     "converged_longer": longer["converged"], "map_corr_min": float(corr.min()),
+                     "map_corr_median": float(np.median(corr)),
+                     "score_corr": float(np.corrcoef(a, b)[0, 1]), "key_overlap": top_overlap(a, b, fraction),
+                     "seconds": seconds})
+    columns = ["layer", "group", "status", "n_iter", "n_iter_longer", "converged_longer", "map_corr_min",
+               "map_corr_median", "score_corr", "key_overlap", "seconds"]
+    return pd.DataFrame(rows, columns=columns)

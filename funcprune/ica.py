@@ -34,23 +34,21 @@ estimator checks run in ``tests/test_ica_estimator.py``); the maps of one layer 
 Used in the chapter :doc:`/executed/02_functional_networks`.
 
 Why one module: :class:`FunctionalNetworks` is one estimator whose fitting (groups, seeds,
-converged-first selection among restarts), input handling and record are read top to bottom
-by someone checking the method; the numerical steps it calls (z-scoring, randomized SVD,
-whitening, one FastICA restart) live in :mod:`funcprune._fastica`, the agreement measures in
-:mod:`funcprune.agreement`.
+converged-first selection among restarts) and record are read top to bottom by someone checking
+the method; the numerical steps it calls (z-scoring, randomized SVD, whitening, one FastICA
+restart) live in :mod:`funcprune._fastica`, its inputs (arrays, mappings, a store; groups of
+texts) in :mod:`funcprune._ica_input`, and the agreement measures and the longer-run convergence
+check in :mod:`funcprune.agreement`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from joblib import Parallel, delayed
-from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import Tags, check_random_state
@@ -59,10 +57,9 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from ._fastica import _fastica_restart, _numerical_rank, _randomized_svd_torch, _whiten, zscore_time_in_place
-from .agreement import match_maps, top_overlap
-from .store import ActivationStore, StoreView
+from ._ica_input import _as_source, _is_array, _Source, _split_groups
 
-__all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "convergence_check", "zscore_time_in_place"]
+__all__ = ["FunctionalNetworks", "ICAConvergenceWarning", "zscore_time_in_place"]
 
 NETWORKS_FORMAT = "funcprune-networks/1"
 MODES = ("layer", "window")
@@ -74,201 +71,6 @@ WHITENING_MIN_CONDITION = 1e-2
 
 class ICAConvergenceWarning(ConvergenceWarning):
     """FastICA did not converge, overflowed or produced NaN, or the data's rank is below ``k``."""
-
-
-def convergence_check(networks: "FunctionalNetworks", X: Any, layers: Sequence[int] | None = None, *,
-                      factor: int = 10, max_fits: int = 3, fraction: float = 0.2) -> "Any":
-    """Would a longer FastICA run change the maps, or the key neurons drawn from them?
-
-    FastICA is deterministic given its seed, so running the *selected* restart of a
-    fit again from the same seed with ``factor * max_iter`` iterations continues the
-    very run that produced the maps. Comparing the two says whether a run stopped by
-    ``max_iter`` ("not converged") holds maps that mean anything: if they match the
-    longer run as closely as two fits that converged would, the stop was a matter of
-    the tolerance, not of the maps.
-
-    Parameters
-    ----------
-    networks : FunctionalNetworks
-        A fit with ``mode="layer"``.
-    X : ActivationStore, path, array or mapping of arrays
-        The input it was fitted on.
-    layers : sequence of int, optional
-        Layers to check. Default: up to ``max_fits`` layer-and-group fits whose
-        selected restart did not converge, spread over depth.
-    factor : int, default=10
-        The longer run has ``factor * networks.max_iter`` iterations.
-    max_fits : int, default=3
-        Fits checked when ``layers`` is not given.
-    fraction : float, default=0.2
-        Share of channels counted as key neurons for :func:`~funcprune.agreement.top_overlap`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per fit: ``layer``, ``group``, ``status`` (of the fit), ``n_iter`` and
-        ``n_iter_longer``, ``converged_longer``, ``map_corr_min`` and ``map_corr_median``
-        (matched ``|corr|`` of the fit's maps with the longer run's), ``score_corr``
-        (correlation of the channels' key-neuron scores), ``key_overlap`` and ``seconds``
-        (of the longer run).
-    """
-    import pandas as pd
-
-    from .scoring import key_neuron_scores
-
-    check_is_fitted(networks)
-    if networks.mode != "layer":
-        raise ValueError(f"convergence_check needs a fit with mode='layer'; got mode={networks.mode!r}")
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
-        raise ValueError(f"factor must be a positive integer; got {factor!r}")
-    records = [r for r in networks.convergence_ if r["selected"] is not None]
-    if layers is None:
-        stopped = [r for r in records if r["status"] == "not_converged"]
-        picks = np.unique(np.linspace(0, len(stopped) - 1, min(max_fits, len(stopped))).round().astype(int))
-        records = [stopped[i] for i in picks] if stopped else []
-    else:
-        unknown = sorted(set(layers) - set(networks.maps_))
-        if unknown:
-            raise ValueError(f"layers {unknown} were not fitted; fitted: {sorted(networks.maps_)}")
-        records = [r for r in records if r["key"] in set(layers)]
-    source = _as_source(X, None)
-    group_rows, _ = _split_groups(source.n_rows, source.doc_ids, networks.n_groups)
-    rows = []
-    for record in records:
-        layer, group = record["key"], record["group"]
-        block = networks._read_block(source, [layer], group_rows[group])
-        zscore_time_in_place(block)
-        white, _ = _whiten(networks._spatial_components(block, record["svd_seed"]))
-        start = time.perf_counter()
-        longer = _fastica_restart(white, record["ica_seeds"][record["selected"]],
-                                  factor * networks.max_iter, networks.tol)
-        seconds = time.perf_counter() - start
-        maps = longer["sources"].T
-        maps = (maps - maps.mean(axis=1, keepdims=True)) / maps.std(axis=1, keepdims=True)
-        fitted = networks.maps_[layer][networks.map_groups_[layer] == group].astype(np.float64)
-        _, corr = match_maps(fitted, maps)
-        channels = {0: networks.voxel_channels_[layer]}
-        width = int(channels[0].max()) + 1
-        a = key_neuron_scores({0: fitted}, channels, width)[0]
-        b = key_neuron_scores({0: maps}, channels, width)[0]
-        rows.append({"layer": layer, "group": group, "status": record["status"],
-                     "n_iter": record["n_iter"][record["selected"]], "n_iter_longer": longer["n_iter"],
-                     "converged_longer": longer["converged"], "map_corr_min": float(corr.min()),
-                     "map_corr_median": float(np.median(corr)),
-                     "score_corr": float(np.corrcoef(a, b)[0, 1]), "key_overlap": top_overlap(a, b, fraction),
-                     "seconds": seconds})
-    columns = ["layer", "group", "status", "n_iter", "n_iter_longer", "converged_longer", "map_corr_min",
-               "map_corr_median", "score_corr", "key_overlap", "seconds"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-# ----------------------------------------------------------------------------------
-# Inputs: an array, a mapping of arrays, or an ActivationStore
-# ----------------------------------------------------------------------------------
-@dataclass
-class _Source:
-    """Uniform read access to the input of :meth:`FunctionalNetworks.fit`."""
-
-    layers: list[int]
-    n_rows: int
-    doc_ids: np.ndarray | None
-    read: Callable[[int, slice | np.ndarray], np.ndarray]
-    voxel_channels: Callable[[int], np.ndarray]
-    description: dict[str, Any] = field(default_factory=dict)
-
-
-def _is_array(X: Any) -> bool:
-    """Whether ``X`` is an array-like (scikit-learn's input), not a store, its path or a mapping of layers."""
-    if isinstance(X, (str, os.PathLike, ActivationStore, StoreView)):
-        return False
-    return issparse(X) or not isinstance(X, Mapping)  # a dok sparse matrix is a dict
-
-
-def _as_source(X: Any, doc_ids: np.ndarray | None) -> _Source:
-    if isinstance(X, (str, os.PathLike)):
-        X = ActivationStore(X)
-    if isinstance(X, (ActivationStore, StoreView)):
-        if doc_ids is not None:
-            raise ValueError("doc_ids is taken from the store (store.doc_ids); do not pass it")
-        store = X
-
-        def read_store(layer: int, rows: slice | np.ndarray) -> np.ndarray:
-            # one kind's memory map at a time, only this group's rows: never a whole layer
-            return np.concatenate([np.asarray(store.layer(layer, kind)[rows], dtype=np.float64)
-                                   for kind in store.kinds], axis=1)
-
-        return _Source(
-            layers=list(store.layers), n_rows=store.n_tokens, doc_ids=store.doc_ids,
-            read=read_store,
-            voxel_channels=store.voxel_channels,
-            description={"kind": "store" if isinstance(X, ActivationStore) else "view", "path": str(store.path),
-                         "dtype": store.dtype.name,
-                         "kinds": list(store.kinds), "model": store.manifest.get("model"),
-                         "dataset": store.manifest.get("dataset"), "n_tokens": store.n_tokens},
-        )
-    if isinstance(X, Mapping):
-        arrays = {int(k): np.asarray(v) for k, v in X.items()}
-    else:
-        arrays = {0: np.asarray(X)}
-    shapes = {k: a.shape for k, a in arrays.items()}
-    if not arrays or any(len(s) != 2 for s in shapes.values()):
-        raise ValueError(f"expected 2-D arrays of shape (n_tokens, n_voxels); got shapes {shapes}")
-    if any(not np.issubdtype(a.dtype, np.number) for a in arrays.values()):
-        raise ValueError("activations must be numeric arrays")
-    n_rows = {s[0] for s in shapes.values()}
-    if len(n_rows) != 1:
-        raise ValueError(f"every layer needs the same number of rows (tokens); got shapes {shapes}")
-    n = n_rows.pop()
-    if doc_ids is not None:
-        doc_ids = np.asarray(doc_ids)
-        if doc_ids.shape != (n,):
-            raise ValueError(f"doc_ids has shape {doc_ids.shape}, expected ({n},) (one per row)")
-    return _Source(
-        layers=sorted(arrays), n_rows=n, doc_ids=doc_ids,
-        read=lambda layer, rows: np.array(arrays[layer][rows], dtype=np.float64),
-        voxel_channels=lambda layer: np.arange(arrays[layer].shape[1]),
-        description={"kind": "array", "shapes": {str(k): list(s) for k, s in shapes.items()}},
-    )
-
-
-def _split_groups(n_rows: int, doc_ids: np.ndarray | None, n_groups: int
-                  ) -> tuple[list[slice | np.ndarray], list[dict[str, Any]]]:
-    """Split rows into ``n_groups`` groups; rows of one text always share a group.
-
-    Texts are taken in order of first appearance and dealt out in contiguous runs of
-    (nearly) equal numbers of texts, as the paper's groups of 40 texts. Without
-    ``doc_ids`` the rows are split into contiguous blocks of (nearly) equal size.
-
-    Returns
-    -------
-    rows : list of slice or ndarray
-        Row selector of each group (a slice when the rows are contiguous).
-    info : list of dict
-        ``group``, ``n_tokens``, ``rows`` (``[start, stop]`` or None) and ``docs``.
-    """
-    if doc_ids is None:
-        if n_groups > n_rows:
-            raise ValueError(f"n_groups={n_groups} exceeds the number of rows ({n_rows})")
-        bounds = np.linspace(0, n_rows, n_groups + 1).round().astype(int)
-        chunks = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        docs: list[list[int] | None] = [None] * n_groups
-    else:
-        unique, first = np.unique(doc_ids, return_index=True)
-        ordered = unique[np.argsort(first, kind="stable")]
-        if n_groups > len(ordered):
-            raise ValueError(f"n_groups={n_groups} exceeds the number of texts ({len(ordered)}); "
-                             "each group needs at least one text")
-        doc_chunks = np.array_split(ordered, n_groups)
-        chunks = [np.flatnonzero(np.isin(doc_ids, chunk)) for chunk in doc_chunks]
-        docs = [[int(d) for d in chunk] for chunk in doc_chunks]
-    rows: list[slice | np.ndarray] = []
-    info: list[dict[str, Any]] = []
-    for g, (idx, doc) in enumerate(zip(chunks, docs)):
-        contiguous = len(idx) > 0 and idx[-1] - idx[0] + 1 == len(idx)
-        rows.append(slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx)
-        info.append({"group": g, "n_tokens": int(len(idx)), "docs": doc,
-                     "rows": [int(idx[0]), int(idx[-1]) + 1] if contiguous else None})
-    return rows, info
 
 
 # ----------------------------------------------------------------------------------

@@ -351,7 +351,7 @@ def test_fast_cube_equals_sklearn_cube() -> None:
 # -- convergence: is a stopped run's map what a longer run gives? ------------------------
 def test_convergence_check_continues_the_selected_run(planted_data):
     """factor=1 reruns exactly the fit's selected restart; a longer run converges onto the planted sources."""
-    from funcprune.ica import convergence_check
+    from funcprune.agreement import convergence_check
 
     X, _, _, sources_z = planted_data
     with pytest.warns(ICAConvergenceWarning):
