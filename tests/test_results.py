@@ -10,6 +10,7 @@ import json
 from importlib.metadata import version
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -26,7 +27,7 @@ from funcprune.evaluate import count_parameters
 from funcprune.heldout import evaluation_parts, evaluation_stream, select_windows
 from funcprune.run.pipeline import prune_all, read_index
 from funcprune.reference import reference_numbers
-from funcprune.run.results import evaluate_run, load_results
+from funcprune.run.results import EvaluationProtocol, evaluate_run, load_results
 from funcprune.tables import (DENSE_KEY, TABLE_COLUMNS, aggregate_seeds, significant_differences,
                               validate_results_table)
 from funcprune.tasks import ALL_TASKS
@@ -38,8 +39,14 @@ SEQ_LENS = (32, 256)  # 256 exceeds the tiny model's 128 positions: clamped
 MAX_TOKENS = 512
 TASKS = ("arc_easy", "winogrande")
 LIMIT = 2
-SETTINGS = dict(eval_dataset="wiki", ppl_seq_lens=SEQ_LENS, eval_max_tokens=MAX_TOKENS, zero_shot_tasks=TASKS,
-                zero_shot_limit=LIMIT, batch_size=8, progress=False)
+PROTOCOL = dict(eval_dataset="wiki", ppl_seq_lens=SEQ_LENS, eval_max_tokens=MAX_TOKENS, zero_shot_tasks=TASKS,
+                zero_shot_limit=LIMIT)
+
+
+def evaluate(run_dir: Path, dense_dir: Path, **changed: Any) -> pd.DataFrame:
+    """``evaluate_run`` under the test protocol, with ``changed`` protocol settings."""
+    return evaluate_run(run_dir, EvaluationProtocol(**{**PROTOCOL, **changed}), model=str(dense_dir), batch_size=8,
+                        progress=False)
 
 
 def tiny_tokenizer(texts: list[str]) -> tf.PreTrainedTokenizerFast:
@@ -79,7 +86,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     capture_activations(model, tok, [t.text for t in calib], run_dir / "activations", text_ids=[t.id for t in calib],
                         dataset=dataset_info("wiki", "calibration", calib), max_tokens=32, progress=False)
     prune_all(str(dense_dir), run_dir, ["random", "magnitude"], [0.05], seeds=[0, 1], progress=False)
-    table = evaluate_run(run_dir, model=str(dense_dir), **SETTINGS)
+    table = evaluate(run_dir, dense_dir)
     return {"run_dir": run_dir, "dense_dir": dense_dir, "table": table, "tok": tok, "calib": calib}
 
 
@@ -150,7 +157,7 @@ def test_a_second_call_reuses_every_finished_model(run: dict, monkeypatch: pytes
         raise AssertionError("a finished model was evaluated again")
 
     monkeypatch.setattr(results, "_evaluate_model", forbidden)
-    again = evaluate_run(run["run_dir"], model=str(run["dense_dir"]), **SETTINGS)
+    again = evaluate(run["run_dir"], run["dense_dir"])
     pd.testing.assert_frame_equal(again, run["table"])
 
 
@@ -167,7 +174,7 @@ def test_an_interrupted_run_continues_with_the_missing_models(run: dict, monkeyp
         return real(lm, tokenizer, stream, settings, progress)
 
     monkeypatch.setattr(results, "_evaluate_model", spy)
-    again = evaluate_run(run_dir, model=str(run["dense_dir"]), **SETTINGS)
+    again = evaluate(run_dir, run["dense_dir"])
     assert evaluated == [missing]
     pd.testing.assert_frame_equal(again, run["table"])  # deterministic: the same numbers
 
@@ -181,9 +188,9 @@ def test_a_changed_protocol_is_not_served_from_the_cache(run: dict, monkeypatch:
 
     monkeypatch.setattr(results, "_evaluate_model", stop)
     with pytest.raises(Recomputed):
-        evaluate_run(run["run_dir"], model=str(run["dense_dir"]), **{**SETTINGS, "eval_max_tokens": 256})
+        evaluate(run["run_dir"], run["dense_dir"], eval_max_tokens=256)
     with pytest.raises(Recomputed):
-        evaluate_run(run["run_dir"], model=str(run["dense_dir"]), **{**SETTINGS, "zero_shot_limit": 3})
+        evaluate(run["run_dir"], run["dense_dir"], zero_shot_limit=3)
 
 
 def test_a_tampered_part_is_named_and_evaluated_again(run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,7 +207,7 @@ def test_a_tampered_part_is_named_and_evaluated_again(run: dict, monkeypatch: py
                         lambda lm, *a, **k: evaluated.append(lm.source["name"]) or real(lm, *a, **k))
     with pytest.warns(UserWarning, match=f"building results of this model again: .*{key}.json: has "
                                          "(changed since it was written|[0-9]+ bytes where)"):
-        again = evaluate_run(run_dir, model=str(run["dense_dir"]), **SETTINGS)
+        again = evaluate(run_dir, run["dense_dir"])
     assert evaluated == [key]
     pd.testing.assert_frame_equal(again, run["table"])
 
@@ -231,8 +238,7 @@ def test_a_tiered_protocol_screens_the_other_ratios(run: dict, tmp_path: Path) -
 
     run_dir = tmp_path / "run"
     shutil.copytree(run["run_dir"], run_dir)
-    table = evaluate_run(run_dir, model=str(run["dense_dir"]), **{**SETTINGS, "eval_max_tokens": [512, 256]},
-                         full_ratios=[0.2])
+    table = evaluate(run_dir, run["dense_dir"], eval_max_tokens=[512, 256], full_ratios=[0.2])
     pairs = {k: set(zip(g["metric"], g["setting"])) for k, g in table.groupby("key")}
     assert ("ppl", "256") in pairs[DENSE_KEY] and ("acc", "arc_easy") in pairs[DENSE_KEY]
     for key, p in pairs.items():
@@ -241,7 +247,20 @@ def test_a_tiered_protocol_screens_the_other_ratios(run: dict, tmp_path: Path) -
     dense = table.query("key == @DENSE_KEY and metric == 'ppl'").set_index("setting")["n"]
     assert dense["32"] == 512 // 32 and dense["256"] == 256 // 128  # one budget per window length
     with pytest.raises(ValueError, match="one per window length"):
-        evaluate_run(run_dir, model=str(run["dense_dir"]), **{**SETTINGS, "eval_max_tokens": [512]})
+        EvaluationProtocol(**{**PROTOCOL, "eval_max_tokens": [512]})
+
+
+@pytest.mark.parametrize("changed, match", [
+    ({"ppl_seq_lens": [32, 32]}, r"ppl_seq_lens must be distinct ints >= 2, got \[32, 32\]"),
+    ({"ppl_seq_lens": [1]}, "ppl_seq_lens must be distinct ints >= 2"),
+    ({"zero_shot_tasks": ["mmlu"]}, r"unknown zero-shot task\(s\) \['mmlu'\]; accepted: \['boolq'"),
+    ({"eval_max_tokens": 1}, "eval_max_tokens must be ints >= 2 or None"),
+])
+def test_a_bad_protocol_is_refused_when_it_is_made(changed: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        EvaluationProtocol(**{**PROTOCOL, **changed})
+    protocol = EvaluationProtocol(**PROTOCOL, full_ratios=(0.2,))
+    assert protocol.full_ratios == [0.2] and protocol.budgets == [MAX_TOKENS] * len(SEQ_LENS)
 
 
 # -- held-out text ------------------------------------------------------------------------------------------
@@ -270,7 +289,7 @@ def test_calibration_overlap_is_refused(run: dict, tmp_path: Path) -> None:
     manifest["text_ids"] = manifest["dataset"]["ids"] = [*manifest["text_ids"], leaked]
     (bad / "activations" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=f"held-out text ids \\['{leaked}'\\].*calibration"):
-        evaluate_run(bad, model=str(run["dense_dir"]), **SETTINGS)
+        evaluate(bad, run["dense_dir"])
 
 
 def test_held_out_articles_split_into_disjoint_validation_and_test_parts() -> None:

@@ -55,6 +55,7 @@ import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -82,6 +83,7 @@ __all__ = [
     "PART_FORMAT",
     "PPL_SANITY_FACTOR",
     "RESULTS_FORMAT",
+    "EvaluationProtocol",
     "evaluate_run",
     "load_results",
     "perplexity_sanity",
@@ -206,10 +208,73 @@ def _evaluate_model(lm: LoadedModel, tokenizer: Any, stream: EvaluationStream, s
 # ----------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------
-def _protocol(stream: EvaluationStream, seq_lens: list[int], eval_max_tokens: Any, budgets: list[int | None],
-              full_ratios: list[float] | None, tasks: list[str], zero_shot_limit: int | None, offline: bool,
-              zero_shot_seed: int, dtype_name: str) -> dict[str, Any]:
-    """Everything that makes two evaluations comparable: its fingerprint keys every cached part."""
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """What every model of a run is measured on, and how: the settings two evaluations must share to compare.
+
+    Parameters
+    ----------
+    eval_dataset : str, default="wiki"
+        Corpus whose held-out (``"evaluation"``) split gives the perplexity text.
+    eval_part : {"test", "validation", "all"}, default="test"
+        Which held-out articles (:func:`funcprune.heldout.evaluation_parts`, disjoint by article):
+        reported results use ``"test"``; design choices are made on ``"validation"``.
+    ppl_seq_lens : sequence of int, default=(128, 2048)
+        Window lengths, distinct, each at least 2; each is clamped to the model's maximum (recorded).
+    eval_max_tokens : int, None or sequence, default=4096
+        Held-out tokens per perplexity setting (``eval_max_tokens // seq_len`` windows,
+        spread over the stream); ``None``: every window of the stream. A sequence gives
+        one budget per window length (e.g. ``[8192, 16384]``: 64 windows of 128 and 8
+        of 2048 tokens).
+    zero_shot_tasks : sequence of str or None, default=ALL_TASKS
+        Tasks of :data:`funcprune.tasks.TASKS`; empty or ``None`` skips zero-shot.
+    zero_shot_limit : int, optional
+        First items per task (``None``: all).
+    zero_shot_seed : int, default=1234
+        The harness's seeds.
+    full_ratios : sequence of float, optional
+        A tiered protocol: the dense model and the pruned models at these ratios are
+        scored at every window length and on the zero-shot tasks; the others only at the
+        shortest window length (a screen). ``None``: every model gets everything.
+
+    Raises
+    ------
+    ValueError
+        A window length or budget out of range, or an unknown task (the accepted ones are listed).
+    """
+
+    eval_dataset: str = "wiki"
+    eval_part: str = "test"
+    ppl_seq_lens: Sequence[int] = (128, 2048)
+    eval_max_tokens: Any = 4096
+    zero_shot_tasks: Sequence[str] | None = ALL_TASKS
+    zero_shot_limit: int | None = None
+    zero_shot_seed: int = 1234
+    full_ratios: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        seq_lens = [int(s) for s in self.ppl_seq_lens]
+        if not seq_lens or any(s < 2 for s in seq_lens) or len(set(seq_lens)) != len(seq_lens):
+            raise ValueError(f"ppl_seq_lens must be distinct ints >= 2, got {list(self.ppl_seq_lens)}")
+        tasks = list(self.zero_shot_tasks or [])
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown zero-shot task(s) {unknown}; accepted: {list(ALL_TASKS)}")
+        object.__setattr__(self, "ppl_seq_lens", seq_lens)
+        object.__setattr__(self, "zero_shot_tasks", tasks)
+        if self.full_ratios is not None:
+            object.__setattr__(self, "full_ratios", [float(r) for r in self.full_ratios])
+        _token_budgets(seq_lens, self.eval_max_tokens)  # checked now, not after the model is loaded
+
+    @property
+    def budgets(self) -> list[int | None]:
+        """One held-out token budget per window length."""
+        return _token_budgets(self.ppl_seq_lens, self.eval_max_tokens)
+
+
+def _protocol(stream: EvaluationStream, p: EvaluationProtocol, offline: bool, dtype_name: str) -> dict[str, Any]:
+    """The protocol's record in ``results.json``: its fingerprint keys every cached part."""
+    seq_lens, budgets, tasks, full_ratios = p.ppl_seq_lens, p.budgets, p.zero_shot_tasks, p.full_ratios
     harness_version = None
     if tasks:
         from importlib.metadata import version
@@ -225,14 +290,14 @@ def _protocol(stream: EvaluationStream, seq_lens: list[int], eval_max_tokens: An
                 "rule": "every window starts with the BOS token when the tokenizer puts one in front of a text; "
                         "a window then holds seq_len - 1 tokens of text, all scored (else seq_len tokens, the "
                         "last seq_len - 1 scored)"},
-        "ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "eval_budgets": budgets,
+        "ppl_seq_lens": seq_lens, "eval_max_tokens": p.eval_max_tokens, "eval_budgets": budgets,
         "tiers": {"full_ratios": full_ratios,
                   "rule": "the dense model and registered methods' models at full_ratios (all when None): every "
                           "window length and zero-shot; the others (grid points of the decomposition included): the "
                           "shortest window length only"},
         "window_selection": "evenly spread subset of the non-overlapping grid (select_windows)",
-        "zero_shot": {"tasks": tasks, "limit": zero_shot_limit, "harness": "lm-eval",
-                      "harness_version": harness_version, "offline": offline, "seed": zero_shot_seed,
+        "zero_shot": {"tasks": tasks, "limit": p.zero_shot_limit, "harness": "lm-eval",
+                      "harness_version": harness_version, "offline": offline, "seed": p.zero_shot_seed,
                       "num_fewshot": 0},
         "dtype": dtype_name,
     }
@@ -266,21 +331,14 @@ def _evaluate_part(start: float, run: RunDir, job: Mapping[str, Any], dense: Loa
 
 def evaluate_run(
     run_dir: str | os.PathLike[str],
+    protocol: EvaluationProtocol | None = None,
     *,
     model: str | None = None,
-    eval_dataset: str = "wiki",
-    eval_part: str = "test",
-    ppl_seq_lens: Sequence[int] = (128, 2048),
-    eval_max_tokens: int | None = 4096,
-    zero_shot_tasks: Sequence[str] | None = ALL_TASKS,
-    zero_shot_limit: int | None = None,
     batch_size: int = 8,
     ppl_batch_tokens: int = 2048,
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
     offline: bool = True,
-    zero_shot_seed: int = 1234,
-    full_ratios: Sequence[float] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Evaluate the dense model and every pruned checkpoint of a run under one protocol.
@@ -295,22 +353,9 @@ def evaluate_run(
         index's ``base_model`` name, which only works for registry aliases and hub ids
         (a local directory is recorded by its base name): pass local paths. Its
         revision must match the one the pruned models were made from.
-    eval_dataset : str, default="wiki"
-        Corpus whose held-out (``"evaluation"``) split gives the perplexity text.
-    eval_part : {"test", "validation", "all"}, default="test"
-        Which held-out articles (:func:`funcprune.heldout.evaluation_parts`, disjoint by article):
-        reported results use ``"test"``; design choices are made on ``"validation"``.
-    ppl_seq_lens : sequence of int, default=(128, 2048)
-        Window lengths; each is clamped to the model's maximum (recorded).
-    eval_max_tokens : int, None or sequence, default=4096
-        Held-out tokens per perplexity setting (``eval_max_tokens // seq_len`` windows,
-        spread over the stream); ``None``: every window of the stream. A sequence gives
-        one budget per window length (e.g. ``[8192, 16384]``: 64 windows of 128 and 8
-        of 2048 tokens).
-    zero_shot_tasks : sequence of str or None, default=ALL_TASKS
-        Tasks of :data:`funcprune.tasks.TASKS`; empty or ``None`` skips zero-shot.
-    zero_shot_limit : int, optional
-        First items per task (``None``: all).
+    protocol : EvaluationProtocol, optional
+        What every model is measured on and how (default :class:`EvaluationProtocol`'s defaults); with
+        ``dtype`` and ``offline`` it makes the protocol fingerprint that keys every cached part.
     batch_size : int, default=8
         Harness batch size (on a CPU, 4 wastes the least padding).
     ppl_batch_tokens : int, default=2048
@@ -321,12 +366,6 @@ def evaluate_run(
         Where every model runs (``"cuda"`` on a GPU).
     offline : bool, default=True
         Zero-shot data from the offline copies (see :mod:`funcprune.tasks`).
-    zero_shot_seed : int, default=1234
-        The harness's seeds.
-    full_ratios : sequence of float, optional
-        A tiered protocol: the dense model and the pruned models at these ratios are
-        scored at every window length and on the zero-shot tasks; the others only at the
-        shortest window length (a screen). ``None``: every model gets everything.
     progress : bool, default=True
         Progress bars.
 
@@ -344,32 +383,23 @@ def evaluate_run(
         model, the index is malformed, or a setting is out of range.
     """
     run = RunDir(run_dir)
-    seq_lens = [int(s) for s in ppl_seq_lens]
-    if not seq_lens or any(s < 2 for s in seq_lens) or len(set(seq_lens)) != len(seq_lens):
-        raise ValueError(f"ppl_seq_lens must be distinct ints >= 2, got {list(ppl_seq_lens)}")
-    budgets = _token_budgets(seq_lens, eval_max_tokens)
-    if full_ratios is not None:
-        full_ratios = [float(r) for r in full_ratios]
-    tasks = list(zero_shot_tasks or [])
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown zero-shot task(s) {unknown}; accepted: {list(ALL_TASKS)}")
+    p = EvaluationProtocol() if protocol is None else protocol
+    seq_lens, budgets, tasks, full_ratios = p.ppl_seq_lens, p.budgets, p.zero_shot_tasks, p.full_ratios
     dtype_name = str(dtype).replace("torch.", "")
     index = run.index()
     base = index.get("base_model") or {}
     model_name = model or base.get("name") or DEFAULT_MODEL
 
     tokenizer = _load_tokenizer(model_name)
-    stream = evaluation_stream(tokenizer, eval_dataset, eval_part)
+    stream = evaluation_stream(tokenizer, p.eval_dataset, p.eval_part)
     calibration = calibration_record(run)
     disjoint = check_disjoint(stream, calibration)
 
-    protocol = _protocol(stream, seq_lens, eval_max_tokens, budgets, full_ratios, tasks, zero_shot_limit, offline,
-                         zero_shot_seed, dtype_name)
-    protocol_id = _fingerprint(protocol)
-    settings = {"ppl_seq_lens": seq_lens, "eval_max_tokens": eval_max_tokens, "eval_budgets": budgets,
-                "zero_shot_tasks": tasks, "zero_shot_limit": zero_shot_limit, "batch_size": batch_size,
-                "ppl_batch_tokens": ppl_batch_tokens, "offline": offline, "zero_shot_seed": zero_shot_seed,
+    record = _protocol(stream, p, offline, dtype_name)
+    protocol_id = _fingerprint(record)
+    settings = {"ppl_seq_lens": seq_lens, "eval_max_tokens": p.eval_max_tokens, "eval_budgets": budgets,
+                "zero_shot_tasks": tasks, "zero_shot_limit": p.zero_shot_limit, "batch_size": batch_size,
+                "ppl_batch_tokens": ppl_batch_tokens, "offline": offline, "zero_shot_seed": p.zero_shot_seed,
                 "full_ratios": full_ratios}
     shortest = seq_lens.index(min(seq_lens))
     screen = {**settings, "ppl_seq_lens": [seq_lens[shortest]], "eval_budgets": [budgets[shortest]],
@@ -416,7 +446,7 @@ def evaluate_run(
     atomic_write_text(run.results_csv, table.to_csv(index=False))
     atomic_write_text(run.comparisons_csv, comparisons.to_csv(index=False))
     atomic_write_json(run.results_json, {
-        "format": RESULTS_FORMAT, "protocol": protocol, "protocol_id": protocol_id,
+        "format": RESULTS_FORMAT, "protocol": record, "protocol_id": protocol_id,
         "eval_text_ids": stream.dataset["ids"], "calibration": calibration, "disjointness": disjoint,
         "dense_model": {"name": model_name, **parts[DENSE_KEY]["model"]}, "base_model": base,
         "settings": {k: v for k, v in settings.items()}, "columns": list(TABLE_COLUMNS), "metrics": METRICS,
