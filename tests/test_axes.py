@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import transformers as tf
-from tiny_models import tiny_config
+from tiny_models import tiny_deep_llama
 
 from funcprune.axes import (COMPENSATIONS, CRITERIA, GLOBAL, UNIFORM, Criterion, LeastSquaresRefit, ProgressiveBias,
                             StaticBias, WidthsOf, compensation_label)
@@ -24,10 +23,7 @@ PRUNABLE = (3, 4, 5)
 
 @pytest.fixture(scope="module")
 def dense() -> torch.nn.Module:
-    config = tiny_config("llama")
-    config.num_hidden_layers = 8
-    torch.manual_seed(0)
-    return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    return tiny_deep_llama()
 
 
 def _networks(widths: dict[int, int]) -> SimpleNamespace:

@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-import transformers as tf
-from tiny_models import tiny_config
+from tiny_models import tiny_deep_llama
 
 from funcprune.evaluate import perplexity
 from funcprune.hf_export import ModelCard
@@ -23,10 +22,7 @@ RATIO = 0.2
 @pytest.fixture(scope="module")
 def dense() -> torch.nn.Module:
     """A tiny llama of 8 layers: 3 of them prunable (the first three and the last two are protected)."""
-    config = tiny_config("llama")
-    config.num_hidden_layers = 8
-    torch.manual_seed(0)
-    return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    return tiny_deep_llama()
 
 
 def _stored(dense: torch.nn.Module, calls: list[str], seed: int):

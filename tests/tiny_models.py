@@ -32,6 +32,15 @@ def tiny_model(model_type: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def tiny_deep_llama(n_layers: int = 8, seed: int = 0) -> torch.nn.Module:
+    """A tiny llama deep enough to prune: of 8 layers, 3 are prunable (the first three and the last two are
+    protected by default)."""
+    config = tiny_config("llama")
+    config.num_hidden_layers = n_layers
+    torch.manual_seed(seed)
+    return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
 class CharTokenizer:
     """A minimal offline tokenizer: one id per character (mod vocab), right padding."""
 
