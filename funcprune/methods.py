@@ -61,7 +61,7 @@ from typing import Any, Literal, Mapping, Sequence
 from torch import nn
 
 from .axes import (ALLOCATIONS, COMPENSATIONS, CRITERIA, GLOBAL, LS_RIDGE, UNIFORM, Allocation, Compensation,
-                   Criterion, ProgressiveBias, StaticBias, WidthsOf)
+                   Criterion, ProgressiveBias, StaticBias, WidthsOf, compensation_label)
 from .compensation import DownMoments
 from .models import load_model
 from .plan import PruningPlan
@@ -239,8 +239,7 @@ def variant(criterion: str, allocation: str | None = None, compensation: str | N
     if comp is not None and comp.refits and ridge is not None:
         comp_tag = f"+{comp.name}{float(ridge):g}"
     comp_words = comp.label if comp else "no compensation"
-    ridge_words = f", ridge {comp.ridge:g}" if comp is not None and comp.refits else ""  # type: ignore[attr-defined]
-    parts = [p for p in (alloc_label, comp_words + ridge_words if comp != base.compensation else "") if p]
+    parts = [p for p in (alloc_label, compensation_label(comp) if comp != base.compensation else "") if p]
     return dataclasses.replace(
         base, name=f"{base.name}{alloc_tag}{comp_tag}", allocation=alloc, compensation=comp,
         label=f"{base.label} ({', '.join(parts)})" if parts else base.label,
