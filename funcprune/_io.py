@@ -113,6 +113,11 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the package writes JSON files: indented, keys sorted, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Serialise ``obj`` as indented JSON and write it atomically.
 
@@ -128,7 +133,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     pathlib.Path
         The destination path.
     """
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return atomic_write_text(path, json_text(obj))
 
 
 def json_round_trip(obj: Any, *, default: Any = None) -> Any:

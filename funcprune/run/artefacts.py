@@ -28,7 +28,6 @@ as an artefact made from its stage key, and reuses it by the same rule.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence, overload
 
 import numpy as np
 
-from .._io import ArtefactError, atomic_open, atomic_write_json, file_record, json_round_trip, read_json, verify_file
+from .._io import (ArtefactError, atomic_open, atomic_write_json, file_record, json_round_trip, json_text, read_json,
+                   verify_file)
 from ..ica import NETWORKS_FORMAT, FunctionalNetworks
 from ..scoring import ChannelStatistics
 
@@ -312,7 +312,7 @@ def part_record(path: str | os.PathLike[str]) -> Path:
 
 def save_part(path: str | os.PathLike[str], part: Mapping[str, Any], inputs: Mapping[str, Any]) -> Path:
     """Write one model's part (indented JSON, as it is copied into ``results.json``), then its record."""
-    data = (json.dumps(part, indent=2, sort_keys=True) + "\n").encode()
+    data = json_text(part).encode("utf-8")
     PART.write(part_record(path), {"part": (Path(path).name, lambda fh: fh.write(data))}, {"key": part.get("key")},
                inputs)
     return Path(path)

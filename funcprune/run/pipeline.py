@@ -235,7 +235,8 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
         bar.set_postfix_str(job.key)
         plan = job.plan
         assert plan is not None
-        report, biases, seconds, status = _build_or_reuse(run, job, dense, inputs, previous.get(job.key),
+        sha = _plan_sha(plan)
+        report, biases, seconds, status = _build_or_reuse(run, job, sha, dense, inputs, previous.get(job.key),
                                                           (source or {}).get("revision"))
         entry = {
             "key": job.key, "method": job.method.name, "seed": job.seed,
@@ -246,7 +247,7 @@ def prune_all(model: str | os.PathLike[str] | nn.Module, run_dir: str | os.PathL
             "ratio_total": (before["total"] - report["params_total_after"]) / before["total"],
             "ratio_mlp": (before["mlp"] - report["params_mlp_after"]) / before["mlp"],
             "widths": [len(plan.kept[i]) for i in sorted(base_widths)],
-            "plan": run.plan_ref(job.key), "plan_sha256": _plan_sha(plan), "biases": biases,
+            "plan": run.plan_ref(job.key), "plan_sha256": sha, "biases": biases,
             "seconds": seconds, "status": status,
         }
         entries[job.key] = entry
@@ -298,9 +299,11 @@ def _stage_inputs(run: RunDir, dense: nn.Module, resolved: Sequence[Method], *, 
     return _Inputs(networks, calibration, stats, moments, record)
 
 
-def _build_or_reuse(run: RunDir, job: _Job, dense: nn.Module, inputs: _Inputs, old: Mapping[str, Any] | None,
+def _build_or_reuse(run: RunDir, job: _Job, sha: str, dense: nn.Module, inputs: _Inputs,
+                    old: Mapping[str, Any] | None,
                     revision: str | None) -> tuple[dict[str, int], dict[str, Any] | None, float | None, str]:
-    """Write the job's plan unless the same plan is on disk, and build its model unless it can be reused.
+    """Write the job's plan (its digest ``sha``) unless the same plan is on disk, and build its model unless it can
+    be reused.
 
     Reused: the same plan (provenance aside) is on disk and, for a compensated method, its biases are a current
     :data:`~funcprune.run.artefacts.BIASES` artefact made from that plan. Returns the parameter counts after
@@ -309,10 +312,9 @@ def _build_or_reuse(run: RunDir, job: _Job, dense: nn.Module, inputs: _Inputs, o
     plan = job.plan
     assert plan is not None
     plan_path = run.plan_path(job.key)
-    plan_on_disk = plan_path.exists() and _plan_content(PruningPlan.load(plan_path)) == _plan_content(plan)
+    plan_on_disk = plan_path.exists() and _plan_sha(PruningPlan.load(plan_path)) == sha
     if not plan_on_disk:
         plan.save(plan_path)
-    sha = _plan_sha(plan)
     biases = _saved_biases(run, job.key, sha) if job.method.compensation else None
     if plan_on_disk and (job.method.compensation is None or biases is not None):
         same = old is not None and old.get("plan_sha256") == sha and (
