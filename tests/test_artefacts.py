@@ -91,3 +91,31 @@ def test_stale_says_why_an_artefact_is_not_reused(tmp_path: Path) -> None:
     assert THING.stale(record_path, ["data"], {"key": "b"}) == "things made from other inputs"
     (tmp_path / "thing.bin").write_bytes(b"")
     assert THING.stale(record_path, ["data"], {"key": "a"}).startswith("things unusable (")
+
+
+def test_reusable_gives_the_checked_record_or_the_same_reason_as_stale(tmp_path: Path) -> None:
+    record_path = tmp_path / "thing.json"
+    assert THING.reusable(record_path, ["data"], {"key": "a"}) == (None, "no record of things")
+    written = _write(tmp_path, inputs={"key": "a"})
+    assert THING.reusable(record_path, ["data"], {"key": "a"}) == (written, None)
+    assert THING.reusable(record_path, ["data"], {"key": "b"}) == (None, "things made from other inputs")
+    (tmp_path / "thing.bin").write_bytes(b"")
+    record, reason = THING.reusable(record_path, ["data"], {"key": "a"})
+    assert record is None and reason == THING.stale(record_path, ["data"], {"key": "a"})
+    assert "thing.bin" in reason
+
+
+def test_a_part_is_reused_only_for_its_inputs_and_keeps_its_bytes(tmp_path: Path) -> None:
+    from funcprune._io import atomic_write_json
+    from funcprune.run.artefacts import load_part, part_record, save_part
+
+    part = {"key": "fn_r0.20", "perplexity": {"128": {"window_nll": [1.5, 2.0]}}, "sha256": "x"}
+    stamp = {"protocol_id": "p", "identity": {"plan_sha256": "s"}, "tier": "full"}
+    path = save_part(tmp_path / "parts" / "fn_r0.20.json", part, stamp)
+    assert part_record(path) == tmp_path / "parts" / "fn_r0.20.record.json"
+    atomic_write_json(tmp_path / "plain.json", part)  # the form results.json and bundles copy
+    assert path.read_bytes() == (tmp_path / "plain.json").read_bytes()
+    assert load_part(path, stamp) == part
+    assert load_part(path, {**stamp, "tier": "screen"}) is None
+    part_record(path).unlink()  # interrupted before its record: not trusted
+    assert load_part(path, stamp) is None
