@@ -152,10 +152,10 @@ def down_input_moments(model: nn.Module, tokenizer: Any, texts: Sequence[str], *
     was_training = model.training
     model.eval()
     try:
-        with MLPRecorder(model, kinds=("product",), layers=chosen, adapter=get_adapter(model)) as rec:
+        with MLPRecorder(model, kinds=("product",), layers=chosen, stop_early=True, adapter=get_adapter(model)) as rec:
             for _, batch in tqdm(batches, desc="down-projection moments", unit="batch", disable=not progress):
                 rec.mask = batch["attention_mask"].bool()
-                model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+                rec.forward(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
                 for i in chosen:
                     acc[i].update(rec.records[(i, "product")])
                 n += int(batch["attention_mask"].sum())

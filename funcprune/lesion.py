@@ -29,13 +29,14 @@ network's channels stratum by stratum of activation RMS (:func:`matched_channels
 (Wilcoxon signed-rank, one-sided), or across layers (``unit="layer"``: the networks of
 one layer are one piece of evidence), and sentences that say what was found, true for
 any outcome; :func:`lesion_scope` says what the test can and cannot show. Tokens are
-scored by the package's one NLL engine, :func:`funcprune.evaluate.token_nll`.
+scored by the package's one NLL engine, :func:`funcprune.evaluate.token_nll`; a lesioned
+pass starts at its layer (:class:`funcprune.layerpass.LayerInputs`: the same NLL to the bit).
 Used in the chapter :doc:`/executed/06_ablations`.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -48,6 +49,7 @@ from tqdm.auto import tqdm
 from .adapters import get_adapter
 from .atlas import key_channel_sets
 from .capture import MLPRecorder
+from .layerpass import LayerInputs
 from .evaluate import token_nll
 from .ica import FunctionalNetworks
 from .models import input_device
@@ -140,31 +142,16 @@ def channel_magnitude(model: nn.Module, windows: torch.Tensor, layers: Sequence[
     dict[int, ndarray of shape (width,)]
         Layer -> ``sqrt(mean over tokens of a_j^2)``, float64.
     """
-    adapter = get_adapter(model)
-    blocks = adapter.get_layers(model)
+    layers = [int(layer) for layer in layers]
     sums: dict[int, torch.Tensor] = {}
-    count = [0]
-    handles = []
-
-    def hook(layer: int) -> Any:
-        def record(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-            sums[layer] = sums.get(layer, 0) + (x ** 2).sum(dim=0).cpu()
-        return record
-
-    try:
-        for layer in layers:
-            handles.append(adapter.module(blocks[layer], "mlp.down").register_forward_pre_hook(hook(int(layer))))
+    with torch.inference_mode(), MLPRecorder(model, kinds=("product",), layers=layers, stop_early=True) as rec:
         device = input_device(model)
-        with torch.inference_mode():
-            for start in range(0, windows.shape[0], batch_size):
-                ids = windows[start:start + batch_size]
-                model(input_ids=ids.to(device), use_cache=False)
-                count[0] += ids.numel()
-    finally:
-        for h in handles:
-            h.remove()
-    return {int(layer): np.sqrt(sums[int(layer)].numpy() / count[0]) for layer in layers}
+        for start in range(0, windows.shape[0], batch_size):
+            rec.forward(input_ids=windows[start:start + batch_size].to(device), use_cache=False)
+            for layer in layers:
+                x = rec.records[(layer, "product")].double()
+                sums[layer] = sums.get(layer, 0) + (x ** 2).sum(dim=0)
+    return {layer: np.sqrt(sums[layer].numpy() / windows.numel()) for layer in layers}
 
 
 def matched_channels(rng: np.random.Generator, magnitude: np.ndarray, channels: Sequence[int],
@@ -308,7 +295,11 @@ def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor
     widths = {i: adapter.mlp_weight(adapter.get_layers(model)[i], "mlp.down").shape[1] for i in layers}
     members = key_channel_sets(fn, threshold)
     courses = _time_courses(model, fn, windows, layers, _kinds(fn, kinds), batch_size)
-    dense = token_nll(model, windows, batch_size=batch_size)
+    inputs = {layer: LayerInputs(model, layer) for layer in layers}  # a lesion recomputes from its layer on
+    with ExitStack() as stack:
+        for recorder in inputs.values():
+            stack.enter_context(recorder.record())
+        dense = token_nll(model, windows, batch_size=batch_size)
     if magnitude is None:
         magnitude = channel_magnitude(model, windows, layers, batch_size=batch_size)
     mags = {}
@@ -329,7 +320,7 @@ def lesion_study(model: nn.Module, fn: FunctionalNetworks, windows: torch.Tensor
         active = tc >= np.quantile(tc, 1.0 - active_share)
 
         def effect(channels: np.ndarray) -> tuple[float, float, float]:
-            with lesion(model, {layer: channels}):
+            with lesion(model, {layer: channels}), inputs[layer].replay():
                 delta = token_nll(model, windows, batch_size=batch_size) - dense
             bar.update(1)
             return float(delta.mean()), float(delta[active].mean()), float(delta[~active].mean())

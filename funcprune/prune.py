@@ -44,7 +44,6 @@ saving and loading a pruned checkpoint live in :mod:`funcprune.checkpoint`.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
@@ -55,9 +54,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
-from .capture import MLPRecorder, StopForward, tokenize_batches
+from .capture import MLPRecorder, tokenize_batches
+from .layerpass import layer_calls
 from .evaluate import count_parameters
-from .models import input_device
 from .plan import PlanMismatchError, PruningPlan, channel_parameters
 from .scoring import ChannelStatistics, ColumnMoments
 
@@ -398,32 +397,8 @@ def prune_progressively(model: nn.Module, plan: PruningPlan, calib: CalibrationD
                                     max_tokens=calib.max_tokens))
     if not batches:
         raise ValueError("bias compensation needs calibration tokens: every text is empty")
-    device = input_device(model)
-    # 1. Record how each layer is called (masks, position embeddings ...) and layer 0's input.
-    calls: list[list[tuple[tuple, dict]]] = []
-    hidden: list[torch.Tensor] = []
-
-    def record(i: int, _module: nn.Module, args: tuple, kwargs: dict) -> None:
-        kwargs = dict(kwargs)
-        h, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
-        if i == 0:
-            hidden.append(h)
-        calls[-1].append((rest, kwargs))
-        if i == n_layers - 1:
-            raise StopForward
-
-    handles = [layer.register_forward_pre_hook(functools.partial(record, i), with_kwargs=True)
-               for i, layer in enumerate(layers)]
-    try:
-        for _, batch in batches:
-            calls.append([])
-            try:
-                model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-            except StopForward:
-                pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    # 1. How each layer is called (masks, position embeddings ...) and layer 0's input, no layer computed.
+    hidden, calls = layer_calls(model, [batch for _, batch in batches], adapter=adapter)
 
     def run(i: int, b: int) -> torch.Tensor:
         rest, kwargs = calls[b][i]

@@ -12,6 +12,7 @@ from tiny_models import TEXTS, CharTokenizer, tiny_model
 
 from funcprune import MLPRecorder, capture_activations, get_adapter
 from funcprune.capture import StopForward, all_finite, rows_finite
+from funcprune.layerpass import LayerInputs, layer_calls
 from funcprune.store import ActivationStore, ActivationWriter, IncompatibleStoreError
 
 
@@ -526,3 +527,100 @@ def test_layer_summary_matches_the_textbook_formulas(tmp_path: Path) -> None:
                     "dead_fraction": 1 / 6, "top1_share": total.max() / total.sum()}
         for key, value in expected.items():
             assert row[key] == pytest.approx(value, rel=1e-12), key
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal to the bit, through tuples, lists and dicts of tensors."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+            and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_layer_calls_are_the_calls_of_a_real_pass_without_computing_a_layer(family_model: torch.nn.Module) -> None:
+    """Stubbed layers see the calls (masks, position embeddings ...) that a real pass hands them, and none runs."""
+    layers = get_adapter(family_model).get_layers(family_model)
+    batches = [{"input_ids": torch.randint(1, 97, (2, 7)), "attention_mask": torch.tensor([[1] * 7, [1] * 5 + [0] * 2])},
+               {"input_ids": torch.randint(1, 97, (1, 4)), "attention_mask": torch.ones(1, 4, dtype=torch.long)}]
+    real_inputs, real_calls = [], []
+
+    def record(i: int, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+        if i == 0:
+            real_inputs.append(hidden)
+        real_calls[-1].append((rest, kwargs))
+
+    handles = [layer.register_forward_pre_hook(lambda m, a, k, i=i: record(i, m, a, k), with_kwargs=True)
+               for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                real_calls.append([])
+                family_model(**batch, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    ran: list[int] = []
+    downs = [get_adapter(family_model).module(layer, "mlp.down") for layer in layers]
+    watchers = [down.register_forward_hook(lambda *_, i=i: ran.append(i)) for i, down in enumerate(downs)]
+    try:
+        with torch.no_grad():
+            inputs, calls = layer_calls(family_model, batches)
+    finally:
+        for w in watchers:
+            w.remove()
+    assert ran == [] and all("forward" not in vars(layer) for layer in layers)
+    assert _same(inputs, real_inputs) and len(calls) == len(real_calls) == 2
+    for got, want in zip(calls, real_calls):
+        assert len(got) == len(want) == len(layers)
+        assert all(_same(g, w) for g, w in zip(got, want))
+
+
+def test_a_replayed_pass_gives_the_same_logits_to_the_bit(family_model: torch.nn.Module) -> None:
+    """Later layers fed the recorded input of a layer, earlier ones skipped: the logits of a full pass, also with a
+    hook at that layer (a lesion)."""
+    layers = get_adapter(family_model).get_layers(family_model)
+    down = get_adapter(family_model).module(layers[2], "mlp.down")
+    batches = [torch.randint(1, 97, (2, 6)), torch.randint(1, 97, (1, 6))]
+    prefix = LayerInputs(family_model, 2)
+    with torch.no_grad():
+        with prefix.record():
+            dense = [family_model(input_ids=ids).logits for ids in batches]
+        handle = down.register_forward_pre_hook(lambda _m, args: (args[0] * 0.5,))
+        try:
+            full = [family_model(input_ids=ids).logits for ids in batches]
+            ran: list[int] = []
+            watch = get_adapter(family_model).module(layers[0], "mlp.down").register_forward_hook(
+                lambda *_: ran.append(0))
+            with prefix.replay():
+                replayed = [family_model(input_ids=ids).logits for ids in batches]
+            watch.remove()
+        finally:
+            handle.remove()
+    assert ran == [] and len(prefix.states) == 2
+    assert not torch.equal(full[0], dense[0])  # the hook changed the pass ...
+    assert all(torch.equal(a, b) for a, b in zip(replayed, full))  # ... and replaying changed nothing else
+    assert all("forward" not in vars(layer) for layer in layers)  # the layers are restored
+
+
+def test_replaying_other_batches_or_more_passes_is_refused() -> None:
+    model = tiny_model("llama")
+    prefix = LayerInputs(model, 1)
+    with torch.no_grad():
+        with prefix.record():
+            model(input_ids=torch.randint(1, 97, (2, 6)))
+        with pytest.raises(RuntimeError, match=r"a batch of shape \(1, 6, 32\), recorded \(2, 6, 32\)"):
+            with prefix.replay():
+                model(input_ids=torch.randint(1, 97, (1, 6)))
+        with pytest.raises(RuntimeError, match="more passes than the 1 recorded inputs of layer 1"):
+            with prefix.replay():
+                model(input_ids=torch.randint(1, 97, (2, 6)))
+                model(input_ids=torch.randint(1, 97, (2, 6)))
+    assert all("forward" not in vars(layer) for layer in model.model.layers)
+    with pytest.raises(ValueError, match=r"layer must be in \[0, 2\], got 3"):
+        LayerInputs(model, 3)
