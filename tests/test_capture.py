@@ -11,7 +11,7 @@ import torch
 from tiny_models import TEXTS, CharTokenizer, tiny_model
 
 from funcprune import MLPRecorder, capture_activations, get_adapter
-from funcprune.capture import StopForward, all_finite, rows_finite
+from funcprune.capture import StopForward, all_finite, rows_finite, stop_at_input
 from funcprune.layerpass import LayerInputs, layer_calls
 from funcprune.store import ActivationStore, ActivationWriter, IncompatibleStoreError
 
@@ -225,7 +225,7 @@ def test_a_refused_direct_write_falls_back_to_buffered(tmp_path: Path, monkeypat
     refused = _write_synthetic(tmp_path / "refused", 128, direct=True)
     assert refused.bytes_direct == 0 and not refused.direct_io
     monkeypatch.undo()
-    reference = _write_synthetic(tmp_path / "reference", 128, direct=False)
+    _write_synthetic(tmp_path / "reference", 128, direct=False)
     assert (tmp_path / "refused" / "layer_001_act.bin").read_bytes() == \
         (tmp_path / "reference" / "layer_001_act.bin").read_bytes()
 
@@ -624,3 +624,25 @@ def test_replaying_other_batches_or_more_passes_is_refused() -> None:
     assert all("forward" not in vars(layer) for layer in model.model.layers)
     with pytest.raises(ValueError, match=r"layer must be in \[0, 2\], got 3"):
         LayerInputs(model, 3)
+
+
+def test_stop_at_input_ends_the_pass_after_the_hooks_before_it(family_model: torch.nn.Module) -> None:
+    """The recorder's hook on the down projection's input runs, the projection itself does not."""
+    adapter = get_adapter(family_model)
+    down = adapter.module(adapter.get_layers(family_model)[1], "mlp.down")
+    ran: list[str] = []
+    watch = down.register_forward_hook(lambda *_: ran.append("down"))
+    ids = torch.randint(0, 97, (2, 5))
+    try:
+        with torch.no_grad(), MLPRecorder(family_model, kinds=("product",), layers=[1]) as rec:
+            family_model(input_ids=ids)
+            expected = rec.records[(1, "product")]
+            ran.clear()
+            with stop_at_input(down):
+                with pytest.raises(StopForward):
+                    family_model(input_ids=ids)
+            assert ran == [] and torch.equal(rec.records[(1, "product")], expected)
+            family_model(input_ids=ids)  # the hook is gone on exit
+            assert ran == ["down"]
+    finally:
+        watch.remove()
