@@ -203,12 +203,17 @@ def compare_with_flap(dense: nn.Module, stats: ChannelStatistics, networks: obje
                       weight: float, ratios: Sequence[float], protect: float | None = None,
                       basis: Literal["total", "mlp"] = "total", protected_layers: Sequence[int] | None = None,
                       round_to: int = 1, batch_size: int = 4, n_boot: int = 10_000, progress: bool = True,
-                      source: Mapping[str, Any] | None = None) -> pd.DataFrame:
+                      source: Mapping[str, Any] | None = None,
+                      scored: Mapping[float, tuple[np.ndarray, Mapping[int, Sequence[int]]]] | None = None
+                      ) -> pd.DataFrame:
     """One candidate criterion against FLAP at each ratio, paired on the same (test) windows.
 
     Both models come from :func:`build_fn_flap` (FLAP is weight 0 with nothing protected,
     the same code path, with the same ``source``), so they differ only in the channels they
-    keep.
+    keep. ``scored`` gives, by ratio, FLAP's per-window NLL already measured on ``windows`` and
+    the channels its plan kept (chapter 5's records, :func:`funcprune.run.results.recorded_nll`):
+    where FLAP's plan here keeps the same channels, its model is that one (the same static bias
+    from the same statistics) and is not built and scored again.
 
     Returns
     -------
@@ -228,6 +233,13 @@ def compare_with_flap(dense: nn.Module, stats: ChannelStatistics, networks: obje
         for w, t in ((0.0, None), chosen):
             if (w, t) in results:
                 continue
+            if (w, t) == (0.0, None) and float(ratio) in (scored or {}):
+                nll, kept = scored[float(ratio)]  # type: ignore[index]
+                plan = make_plan(criterion_method(w, t), dense, ratio, networks=networks, stats=stats, basis=basis,
+                                 protected_layers=protected_layers, round_to=round_to, source=source)
+                if plan.kept == {int(i): list(c) for i, c in kept.items()}:
+                    results[(w, t)] = (np.asarray(nll, dtype=np.float64), plan)
+                    continue
             results[(w, t)] = candidate_nll(dense, stats, networks, windows, ratio, weight=w, protect=t, basis=basis,
                                             protected_layers=protected_layers, round_to=round_to,
                                             batch_size=batch_size, source=source)

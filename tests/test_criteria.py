@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from tiny_models import tiny_model
 
@@ -238,3 +239,24 @@ def test_score_agreement_recovers_planted_agreement_and_disagreement(sign: float
     else:  # the key neurons are FLAP's lowest: the channels it removes first
         assert (table["key_pruned"] == table["pruned"]).all()
         assert "reverse order" in text[0] and "every channel it removes is a key neuron" in text[1]
+
+
+def test_flap_already_scored_with_the_same_channels_is_not_scored_again() -> None:
+    """compare_with_flap takes FLAP's recorded NLL where FLAP's plan keeps the same channels, else measures it."""
+    import torch
+
+    from funcprune.ablation import candidate_nll, compare_with_flap
+
+    model, stats, fn = _inputs(3)
+    windows = torch.randint(0, 97, (6, 12), generator=torch.Generator().manual_seed(2))
+    kwargs = dict(weight=1.0, ratios=[0.05], protected_layers=[], n_boot=200, progress=False)
+    measured = compare_with_flap(model, stats, fn, windows, **kwargs)
+    flap_nll, flap_plan = candidate_nll(model, stats, fn, windows, 0.05, protected_layers=[])
+    assert measured["ppl_flap"].iloc[0] == float(np.exp(flap_nll.mean()))
+    planted = flap_nll + 0.25  # a recording that differs from a measurement: which one was used shows
+    reused = compare_with_flap(model, stats, fn, windows, **kwargs, scored={0.05: (planted, flap_plan.kept)})
+    assert reused["ppl_flap"].iloc[0] == float(np.exp(planted.mean()))
+    assert reused["ppl"].iloc[0] == measured["ppl"].iloc[0]  # the candidate is measured as before
+    other = {i: list(c)[1:] for i, c in flap_plan.kept.items()}  # another plan's channels: measured again
+    again = compare_with_flap(model, stats, fn, windows, **kwargs, scored={0.05: (planted, other)})
+    pd.testing.assert_frame_equal(again, measured)

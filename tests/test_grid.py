@@ -60,6 +60,9 @@ def test_describe_native_states_decisions_and_ranking_changes() -> None:
     text = describe_native(pd.DataFrame([base, flipped]), labels={"flap": "FLAP"})
     assert "0.80 times" in text[0] and "lower, decided" in text[0] and "does not change" in text[0]
     assert "not decided" in text[1] and "changes with the baseline's calibration" in text[1]
+    assert "(1,024 windows of 128 tokens of wiki, 131,072 tokens)" in text[0]  # the authors' count: nothing to add
+    fewer = describe_native(pd.DataFrame([dict(base, windows=64, tokens=8192)]), labels={"flap": "FLAP"})[0]
+    assert "(64 windows of 128 tokens of wiki, 8,192 tokens; its authors' code takes 1,024 windows)" in fewer
 
 
 def test_native_text_joins_the_sentences_or_says_why_there_are_none() -> None:

@@ -25,7 +25,7 @@ from funcprune.run import results
 from funcprune.data import dataset_info, load_texts
 from funcprune.evaluate import count_parameters
 from funcprune.heldout import evaluation_parts, evaluation_stream, select_windows
-from funcprune.run.pipeline import prune_all, read_index
+from funcprune.run.pipeline import prune_all, read_index, rebuild_pruned
 from funcprune.reference import reference_numbers
 from funcprune.run.results import EvaluationProtocol, evaluate_run, load_results
 from funcprune.tables import (DENSE_KEY, TABLE_COLUMNS, aggregate_seeds, significant_differences,
@@ -504,3 +504,26 @@ def test_heldout_windows_put_bos_first_where_the_family_uses_it() -> None:
         assert bool((windows[:, 0] == bos).all()) is adds_bos and not (windows[:, 1:] == bos).any()
     with pytest.raises(ValueError, match="n_windows >= 1"):
         heldout.heldout_windows(tok, "wiki", seq_len=16, n_windows=0)
+
+
+def test_recorded_nll_is_what_stage_5_measured_on_those_windows(run: dict) -> None:
+    """Chapter 6 reuses a model's recorded test NLL only on the windows it was scored on, with its plan's channels."""
+    from funcprune.evaluate import window_nll
+    from funcprune.plan import PruningPlan
+    from funcprune.run.results import recorded_nll
+
+    run_dir, length = run["run_dir"], SEQ_LENS[0]
+    windows = heldout.heldout_windows(run["tok"], "wiki", "test", seq_len=length, n_windows=MAX_TOKENS // length)
+    got = recorded_nll(run_dir, "magnitude", run["tok"], windows, str(length))
+    assert list(got) == [0.05]
+    nll, kept = got[0.05]
+    key = read_index(run_dir).set_index("method").loc["magnitude", "key"]
+    assert kept == PruningPlan.load(run_dir / "plans" / f"{key}.json").kept
+    from funcprune.models import load_model
+
+    dense = load_model(str(run["dense_dir"]))
+    model = rebuild_pruned(run_dir, key, dense.model, source=dense.source).model
+    np.testing.assert_allclose(nll, window_nll(model, windows), rtol=0, atol=1e-6)  # batched differently
+    assert recorded_nll(run_dir, "magnitude", run["tok"], windows[:, 1:], str(length - 1)) == {}  # not scored
+    assert recorded_nll(run_dir, "magnitude", run["tok"], windows.flip(0), str(length)) == {}  # other windows
+    assert recorded_nll(run_dir, "flap", run["tok"], windows, str(length)) == {}  # not in this run

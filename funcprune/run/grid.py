@@ -397,8 +397,10 @@ def describe_native(table: pd.DataFrame, *, labels: Mapping[str, str] | None = N
         name = labels.get(r["method"], r["method"])
         change = (f"{'lower' if r['estimate'] < 1 else 'higher'}, decided by the paired test" if r["decided"]
                   else "not decided by the paired test")
+        theirs = NATIVE_CALIBRATION.get(r["method"], ("", r["windows"]))[1]
+        fewer = "" if theirs == r["windows"] else f"; its authors' code takes {theirs:,} windows"
         text = (f"At {100 * r['ratio']:.0f} %, {name} calibrated as its authors do ({r['windows']:,} windows of "
-                f"{r['tokens'] // r['windows']} tokens of {r['corpus']}, {r['tokens']:,} tokens) has "
+                f"{r['tokens'] // r['windows']} tokens of {r['corpus']}, {r['tokens']:,} tokens{fewer}) has "
                 f"{r['estimate']:.2f} times the perplexity of {name} with the book's calibration "
                 f"({r['ci_low']:.2f}-{r['ci_high']:.2f}; {change}).")
         if "fn_vs_native" in r and r["fn_vs_native"] == r["fn_vs_native"]:

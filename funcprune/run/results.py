@@ -67,13 +67,15 @@ from tqdm.auto import tqdm
 from .._io import ArtefactError, atomic_write_json, atomic_write_text, json_round_trip, json_sha256, read_json
 from .artefacts import load_part, save_part
 from .calibration import calibration_record
-from ..compare import article_clusters, headline_comparisons
+from ..compare import article_clusters, headline_comparisons, method_groups, recorded_window_nll
+from ..decompose import windows_match
 from ..intervals import add_holm
 from ..evaluate import count_parameters, flops_per_token, max_positions, perplexity
 from ..heldout import EvaluationStream, check_disjoint, evaluation_stream, ids_sha256, select_windows
 from ..model_assets import DEFAULT_MODEL, MODELS, ensure_model
 from ..models import LoadedModel, load_model, prepare_tokenizer
 from .pipeline import rebuild_pruned
+from ..plan import PruningPlan
 from ..provenance import environment_info
 from .rundir import RunDir
 from ..tables import DENSE_KEY, METRICS, TABLE_COLUMNS, table_from_parts, typed_table, validate_results_table
@@ -87,6 +89,7 @@ __all__ = [
     "evaluate_run",
     "load_results",
     "perplexity_sanity",
+    "recorded_nll",
 ]
 
 RESULTS_FORMAT = "funcprune-results/1"
@@ -453,6 +456,23 @@ def evaluate_run(
         "models": parts, "sanity": sanity, "environment": environment_info(),
     })
     return table
+
+
+def recorded_nll(run_dir: str | os.PathLike[str], method: str, tokenizer: Any, windows: Any,
+                 setting: str) -> dict[float, tuple[np.ndarray, dict[int, list[int]]]]:
+    """A method's per-window NLL that stage 5 recorded on ``windows``, and the channels its plan kept, by ratio.
+
+    What :func:`funcprune.ablation.compare_with_flap` takes as ``scored`` (``method="flap"``);
+    empty where the method was scored on other windows, at another window length, or not at
+    all. A seeded method gives its first seed's model.
+    """
+    run = RunDir(run_dir)
+    out = {}
+    for (name, ratio), group in method_groups(run.results_record()["models"]).items():
+        part = group[0]
+        if name == method and str(setting) in part["perplexity"] and windows_match(tokenizer, windows, part, setting):
+            out[ratio] = (recorded_window_nll(part, setting)[0], PruningPlan.load(run.plan_path(part["key"])).kept)
+    return out
 
 
 #: A dense PPL at the shortest window above this multiple of the PPL at the longest is flagged.
